@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+RAMM := $(VENV)/bin/ramm
+STAMP := $(VENV)/.installed
+DATA ?= data/emojibench
+RUN ?= runs/demo
+
+.PHONY: demo demo-tiny test bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(RAMM) demo --config configs/demo.json --data $(DATA) --run $(RUN)
+
+demo-tiny: $(STAMP)
+	$(RAMM) demo --config configs/demo-tiny.json --data $(DATA) --run runs/demo-tiny
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs
