@@ -1,0 +1,283 @@
+"""The RA-CM3 / CM3Leon generator: a decoder-only transformer over the unified CM3 token stream.
+
+Pre-norm blocks (RMSNorm without learnable bias), rotary positions, fused `scaled_dot_product_attention`,
+SwiGLU MLP, optional weight tying, and a KV cache for incremental decoding of left-padded batches.
+`forward(idx, targets) -> (logits, loss)` as nanoGPT; the loss takes per-token weights so that
+RA-CM3's `-log p(x | m) - alpha log p(m)` is one weighted cross-entropy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ramm.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# Named sizes (minGPT style). `small` is the EmojiBench demo (EMOJIBENCH.md: 4 layers, d=256).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=4, d_model=64, d_ff=172, max_seq_len=512),
+    "small": dict(n_layer=4, n_head=8, d_model=256, d_ff=688, max_seq_len=512),
+    "medium": dict(n_layer=8, n_head=8, d_model=512, d_ff=1376, max_seq_len=1024),
+    "base": dict(n_layer=12, n_head=12, d_model=768, d_ff=2048, max_seq_len=2048),
+    "large": dict(n_layer=24, n_head=16, d_model=1024, d_ff=2816, max_seq_len=4096),
+}
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int  # size of the unified vocabulary (text + image codes + specials [+ GRACE ids])
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 8  # attention heads; d_model must divide evenly
+    d_model: int = 256  # residual width
+    d_ff: int = 688  # SwiGLU hidden width (about 8/3 d_model, as LLaMA)
+    max_seq_len: int = 512  # longest sequence (prompt + generation) the rotary table covers
+    rope_theta: float = 10000.0  # rotary base
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_weights: bool = True  # share the input embedding with the output projection
+    dropout: float = 0.0  # residual/attention dropout (CM3Leon uses none)
+    init_std: float = 0.02  # normal init std; residual output projections get std / sqrt(2 n_layer)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TransformerConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown model size {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class KVCache:
+    """Keys/values of every layer for `batch` sequences of up to `max_len` tokens; `length` filled so far."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int, device, dtype):
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, nh, T, hs) keys/values; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select/duplicate batch rows (beam search)."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # fused q, k, v projection
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        drop = self.dropout if self.training else 0.0
+        if mask is None:  # plain causal training batch: the fused kernel's own causal mask
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)  # fused SwiGLU gate and up
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w * ce) / sum(w) over targets != -100 (RA-CM3: w = alpha on retrieved tokens, 1 on the main doc)."""
+    flat = rearrange(logits, "b t v -> (b t) v").float()
+    if weights is None:
+        return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100)
+    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="none")
+    w = weights.reshape(-1).float() * targets.reshape(-1).ne(-100)
+    return (ce * w).sum() / w.sum().clamp_min(1e-8)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.embed.weight
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+        angles = torch.outer(torch.arange(cfg.max_seq_len).float(), inv_freq).repeat(1, 2)  # (S, hs)
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        max_len = max_len or self.cfg.max_seq_len
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds max_seq_len={self.cfg.max_seq_len}")
+        p = self.embed.weight
+        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len,
+                       device or p.device, dtype or p.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
+                cache: KVCache | None = None, attention_mask: torch.Tensor | None = None):
+        """idx (B, T) -> logits (B, T, V) and the weighted loss when `targets` (B, T; -100 ignored) are given.
+
+        With `cache`, idx holds only the new tokens: they are appended and only their logits returned.
+        `attention_mask` (B, S) marks real tokens (False = left padding) over all S = cache.length + T
+        positions; positions count real tokens only, so a left-padded row sees the same positions as alone.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        S = past + T
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {S} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        if cache is not None and (S > cache.max_len or cache.k.shape[1] != B):
+            raise ValueError(f"cache holds {cache.k.shape[1]} x {cache.max_len} tokens, got batch {B} reaching {S}")
+        if attention_mask is not None and attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask must be (B, S) = ({B}, {S}), got {tuple(attention_mask.shape)}")
+
+        if attention_mask is None:
+            cos, sin = self.rope_cos[past:S], self.rope_sin[past:S]  # (T, hs)
+            mask = None
+            if past:  # new queries see every cached key and the causal part of the new ones
+                mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)
+        else:
+            am = attention_mask.bool()
+            pos = (am.long().cumsum(-1) - 1).clamp_min(0)[:, past:]  # (B, T) positions of real tokens
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, hs)
+            causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)
+            # a padding query sees only itself, so no row is all False (SDPA would return NaN)
+            itself = F.pad(torch.eye(T, dtype=torch.bool, device=idx.device), (past, 0))
+            mask = ((causal & am[:, None, :]) | itself)[:, None]  # (B, 1, T, S)
+        x = self.drop(self.embed(idx))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length = S
+        logits = self.lm_head(self.norm(x))
+        loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
+        return logits, loss
+
+    def resize_token_embeddings(self, n: int) -> None:
+        """Grow (or shrink) the vocabulary to `n` ids; new rows start at the mean embedding (GRACE's atomic ids)."""
+        if n <= 0:
+            raise ValueError(f"vocabulary size must be positive, got {n}")
+        old = self.embed.weight.data
+        keep = min(n, old.shape[0])
+        new = old.mean(0, keepdim=True).repeat(n, 1)
+        new[:keep] = old[:keep]
+        self.embed = nn.Embedding(n, self.cfg.d_model, device=old.device, dtype=old.dtype)
+        self.embed.weight.data.copy_(new)
+        if self.cfg.tie_weights:
+            self.lm_head = nn.Linear(self.cfg.d_model, n, bias=False, device=old.device, dtype=old.dtype)
+            self.lm_head.weight = self.embed.weight
+        else:
+            head = self.lm_head.weight.data
+            self.lm_head = nn.Linear(self.cfg.d_model, n, bias=False, device=old.device, dtype=old.dtype)
+            self.lm_head.weight.data.zero_()
+            self.lm_head.weight.data[:keep] = head[:keep]
+        self.cfg.vocab_size = n
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json + model.safetensors (the tied output projection is stored once)."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                 if not (self.cfg.tie_weights and k == "lm_head.weight")}
+        atomic_write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
+        atomic_write_json(directory / "config.json", asdict(self.cfg))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device=None) -> "Transformer":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found (not a saved generator?)")
+        cfg = TransformerConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        model = cls(cfg)
+        missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+        allowed = {"lm_head.weight"} if cfg.tie_weights else set()
+        if set(missing) - allowed or unexpected:
+            raise ValueError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        return model.to(device) if device else model

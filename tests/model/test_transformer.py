@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from ramm.model.transformer import Transformer, TransformerConfig
+
+torch.set_num_threads(1)
+V = 97
+
+
+def tiny(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=64, **kw)).eval()
+
+
+def test_changing_a_later_token_never_changes_an_earlier_logit():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 1) % V
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_kv_cache_logits_equal_full_recompute():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 24))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2, 32)
+        parts = [model(idx[:, :10], cache=cache)[0]]
+        parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(10, 24)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 24
+
+
+def test_left_padded_batch_with_cache_matches_each_row_alone():
+    model = tiny()
+    rows = [torch.randint(0, V, (n,)) for n in (7, 12)]
+    steps = torch.randint(0, V, (2, 5))
+    pad = max(len(r) for r in rows)
+    idx = torch.stack([torch.cat([torch.zeros(pad - len(r), dtype=torch.long), r]) for r in rows])
+    am = torch.stack([torch.arange(pad) >= pad - len(r) for r in rows])
+    with torch.no_grad():
+        cache = model.new_cache(2, 32)
+        out = [model(idx, cache=cache, attention_mask=am)[0][:, -1]]
+        for t in range(5):
+            am = torch.cat([am, torch.ones(2, 1, dtype=torch.bool)], 1)
+            out.append(model(steps[:, t:t + 1], cache=cache, attention_mask=am)[0][:, -1])
+        batched = torch.stack(out, 1)  # (B, 6, V)
+        for b, r in enumerate(rows):
+            alone, _ = model(torch.cat([r, steps[b]])[None])
+            torch.testing.assert_close(batched[b], alone[0, len(r) - 1:], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(batched).all()
+
+
+def test_save_load_round_trip(tmp_path):
+    for tie in (True, False):
+        model = tiny(tie_weights=tie)
+        model.save_pretrained(tmp_path / str(tie))
+        again = Transformer.from_pretrained(tmp_path / str(tie)).eval()
+        idx = torch.randint(0, V, (1, 9))
+        torch.testing.assert_close(model(idx)[0], again(idx)[0])
+        assert (again.lm_head.weight is again.embed.weight) == tie
+
+
+def test_loss_weights_mean_over_weighted_non_ignored_targets():
+    model = tiny()
+    idx = torch.randint(0, V, (1, 6))
+    tgt = torch.randint(0, V, (1, 6))
+    tgt[0, 0] = -100
+    w = torch.tensor([[5.0, 0.1, 0.1, 1.0, 1.0, 1.0]])
+    logits, loss = model(idx, tgt, w)
+    ce = torch.nn.functional.cross_entropy(logits[0, 1:], tgt[0, 1:], reduction="none")
+    torch.testing.assert_close(loss, (ce * w[0, 1:]).sum() / w[0, 1:].sum())
+    _, unweighted = model(idx, tgt)
+    torch.testing.assert_close(unweighted, ce.mean())
+
+
+def test_tiny_loss_falls_on_a_repeating_pattern():
+    torch.manual_seed(0)
+    model = tiny().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = torch.arange(33).repeat(4, 1) % 11
+    first = None
+    for _ in range(40):
+        _, loss = model(data[:, :-1], data[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.3 * first
+
+
+def test_resize_token_embeddings_keeps_old_rows_and_ties():
+    model = tiny()
+    old = model.embed.weight.detach().clone()
+    model.resize_token_embeddings(V + 5)
+    assert model.cfg.vocab_size == V + 5 and model.lm_head.weight is model.embed.weight
+    torch.testing.assert_close(model.embed.weight[:V], old)
+    logits, _ = model(torch.tensor([[V + 4, 3]]))
+    assert logits.shape == (1, 2, V + 5)
+
+
+def test_bad_input_raises_value_error(tmp_path):
+    with pytest.raises(ValueError, match="d_model"):
+        TransformerConfig(vocab_size=10, n_head=3, d_model=64)
+    with pytest.raises(ValueError, match="unknown model size"):
+        TransformerConfig.preset("huge", vocab_size=10)
+    model = tiny()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(FileNotFoundError):
+        Transformer.from_pretrained(tmp_path)
