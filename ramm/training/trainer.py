@@ -1,0 +1,382 @@
+"""A model-agnostic training loop (minGPT's `trainer.py` idea): it knows a model, a dataset and a loss.
+
+AdamW with warmup + cosine, gradient accumulation and clipping, bf16 autocast where supported, tqdm,
+JSONL metrics (+ TensorBoard when installed), atomic checkpoints with everything needed to resume
+bit-for-bit (weights, optimizer, step = data position, RNG states of every rank), and DDP when run
+under `torchrun` (gloo on CPU, nccl on GPU) or FSDP as an option.
+
+The data order is a pure function of (seed, step): sample n of the run is `perm_{n // N}[n % N]`, where
+perm_e is a seeded permutation for epoch e, so resuming only needs the step. Every optimizer step
+takes `batch_size` samples; rank r's micro-batch a takes the (a * world + r)-th slice of them, so one
+rank with accumulation and several ranks see the same global batch.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    out_dir: str  # checkpoints and metrics.jsonl go here
+    steps: int = 1000  # optimizer steps; also the cosine schedule's length
+    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time, even before `steps`
+    batch_size: int = 16  # samples per optimizer step, over all ranks and accumulation micro-steps
+    grad_accum: int = 1  # micro-steps per optimizer step on each rank
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or biases)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    log_every: int = 10  # steps between metrics rows
+    ckpt_every: int = 200  # steps between checkpoints (one is always written at the end)
+    eval_every: int = 0  # steps between eval_fn calls (0: only at the end)
+    seed: int = 0  # data order and initial RNG
+    amp: bool = True  # bf16 autocast where the device supports it
+    strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several ranks
+    device: str | None = None  # None: cuda if available, else cpu
+    resume: bool = False  # continue from out_dir/checkpoint if present
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, eval_every >= 0")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError("max_minutes must be positive")
+
+
+def lr_at(step: int, cfg: TrainerConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine to cfg.lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def default_step_fn(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """`model(**batch) -> (out, loss)`; tokens = non-ignored targets (or the first tensor's size)."""
+    _, loss = model(**batch)
+    tgt = batch.get("targets")
+    n = int(tgt.ne(-100).sum()) if tgt is not None else next(iter(batch.values())).numel()
+    return loss, n
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    if torch.cuda.is_available():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["cuda"])), dtype=torch.uint8))
+
+
+def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state (keyed by parameter name) -> tensors for safetensors + JSON-able rest."""
+    tensors, scalars = {}, {}
+    for pname, st in osd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pname}::{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pname}::{k}"] = v
+    return tensors, {"param_groups": osd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[str, dict[str, Any]] = {}
+    for key, v in [*tensors.items(), *meta["scalars"].items()]:
+        pname, k = key.rsplit("::", 1)
+        state.setdefault(pname, {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage (tied weights): keep the first name, record the aliases."""
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for k, v in sd.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            out[k] = v.detach().cpu().contiguous()
+    return out, aliases
+
+
+class Trainer:
+    """Trains `model` on `dataset` (map-style) with `collate_fn` batches and `step_fn(model, batch) -> (loss, tokens)`.
+
+    A dataset with `set_epoch(e)` is told the epoch of each sample it serves (for per-epoch randomness).
+    `eval_fn(model) -> dict[str, float]` runs on every rank every `eval_every` steps and at the end.
+    """
+
+    def __init__(self, model: torch.nn.Module, dataset, cfg: TrainerConfig, collate_fn: Callable | None = None,
+                 step_fn: Callable = default_step_fn, eval_fn: Callable | None = None):
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.cfg, self.dataset, self.step_fn, self.eval_fn = cfg, dataset, step_fn, eval_fn
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+        self.out = Path(cfg.out_dir)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"batch_size={cfg.batch_size} must divide by ranks x grad_accum = {self.world * cfg.grad_accum}")
+        self.micro = cfg.batch_size // (self.world * cfg.grad_accum)
+        device = pick_device(cfg.device)
+        if device == "cuda" and self.distributed:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        self.device = device
+        self.amp_dtype = autocast_dtype(device) if cfg.amp else None
+        torch.manual_seed(cfg.seed)
+        self.raw_model = model.to(device)
+        self.model = self._wrap(self.raw_model)
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+        self.step = 0
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+
+    def _wrap(self, model):
+        if not self.distributed:
+            return model
+        if self.cfg.strategy == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+            return FullyShardedDataParallel(model, use_orig_params=True)
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
+
+    # ------------------------------------------------------------------ data order
+    def _index(self, n: int) -> int:
+        N = len(self.dataset)
+        epoch = n // N
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+            self._perm_cache = (epoch, torch.randperm(N, generator=g))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return int(self._perm_cache[1][n % N])
+
+    def _micro_batch(self, step: int, a: int):
+        start = step * self.cfg.batch_size + (a * self.world + self.rank) * self.micro
+        return _to(self.collate_fn([self.dataset[self._index(n)] for n in range(start, start + self.micro)]), self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        """Write checkpoint.tmp/ completely, then swap it for checkpoint/ (a crash leaves the old one)."""
+        from safetensors.torch import save
+
+        tmp = self.out / "checkpoint.tmp"
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        msd, osd = get_state_dict(self.model, self.optimizer, options=opts)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        atomic_write_json(tmp / f"rng-{self.rank}.json", _rng_state())
+        if self.rank == 0:
+            weights, aliases = _dedupe(msd)
+            atomic_write_bytes(tmp / "model.safetensors", save(weights))
+            otensors, ometa = _flatten_optimizer(osd)
+            atomic_write_bytes(tmp / "optimizer.safetensors", save(otensors))
+            atomic_write_json(tmp / "trainer_state.json", {
+                "step": self.step, "world": self.world, "aliases": aliases, "optimizer": ometa,
+                "config": asdict(self.cfg)})
+        self._barrier()
+        if self.rank == 0:
+            old = self.out / "checkpoint.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.ckpt_dir.exists():
+                self.ckpt_dir.rename(old)
+            tmp.rename(self.ckpt_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+
+    def load_checkpoint(self) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((self.ckpt_dir / "trainer_state.json").read_text())
+        weights = load_file(self.ckpt_dir / "model.safetensors")
+        for alias, name in state["aliases"].items():
+            weights[alias] = weights[name]
+        osd = _unflatten_optimizer(load_file(self.ckpt_dir / "optimizer.safetensors"), state["optimizer"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=osd,
+                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        rng = self.ckpt_dir / f"rng-{self.rank}.json"
+        if state["world"] == self.world and rng.exists():
+            _set_rng_state(json.loads(rng.read_text()))
+        else:
+            log.warning("checkpoint from %d ranks resumed on %d: RNG streams restart", state["world"], self.world)
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", self.ckpt_dir, self.step)
+
+    def _barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ loop
+    def _metrics_writer(self):
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.step and path.exists():  # drop rows logged after the checkpoint we resumed from
+            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
+            atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+        elif path.exists():
+            path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tb"))
+        except ImportError:
+            self.tb = None
+        return path.open("a")
+
+    def _log(self, f, row: dict):
+        if f is None:
+            return
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def _evaluate(self, f) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            result = self.eval_fn(self.raw_model)
+        self.model.train()
+        self._log(f, {"step": self.step, **result})
+        return result
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.split(":")[0], enabled=False)
+        return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype)
+
+    def fit(self, until_step: int | None = None) -> dict:
+        """Train to cfg.steps (or `until_step`, or the time limit); returns the last metrics row."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if cfg.resume and (self.ckpt_dir / "trainer_state.json").exists():
+            self.load_checkpoint()
+        end = min(cfg.steps, until_step or cfg.steps)
+        f = self._metrics_writer()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.rank == 0),
+                   desc="train", dynamic_ncols=True)
+        t0 = t_log = time.time()
+        tokens = 0
+        row: dict = {}
+        self.model.train()
+        while self.step < end:
+            lr = lr_at(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for a in range(cfg.grad_accum):
+                batch = self._micro_batch(self.step, a)
+                sync = a == cfg.grad_accum - 1 or not self.distributed
+                ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+                with ctx, self._autocast():
+                    loss, n = self.step_fn(self.model, batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                tokens += n
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)) \
+                if cfg.grad_clip > 0 else float("nan")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == end:
+                if self.distributed:  # mean loss and total tokens over ranks
+                    t = torch.tensor([loss_sum, tokens], dtype=torch.float64, device=self.device)
+                    dist.all_reduce(t)
+                    loss_sum, tokens = t[0].item() / self.world, int(t[1].item())
+                now = time.time()
+                row = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": tokens / max(now - t_log, 1e-9), "elapsed_s": now - t0}
+                self._log(f, row)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                t_log, tokens = now, 0
+            bar.update(1)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != end:
+                row.update(self._evaluate(f))
+            out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
+            if self.distributed:
+                flag = torch.tensor([float(out_of_time)], device=self.device)
+                dist.broadcast(flag, 0)
+                out_of_time = bool(flag.item())
+            if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
+                self.save_checkpoint()
+            if out_of_time:
+                log.info("time limit of %.1f minutes reached at step %d", cfg.max_minutes, self.step)
+                break
+        bar.close()
+        row.update(self._evaluate(f))
+        if f is not None:
+            f.close()
+            if self.tb is not None:
+                self.tb.close()
+        return row

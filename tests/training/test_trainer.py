@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ramm.training.trainer import TrainerConfig, lr_at
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import run  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def losses(out):
+    return [json.loads(r)["loss"] for r in (Path(out) / "metrics.jsonl").read_text().splitlines() if "loss" in r]
+
+
+def test_loss_falls(tmp_path):
+    run(tmp_path, steps=30)
+    curve = losses(tmp_path)
+    assert len(curve) == 30 and sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    run(tmp_path / "a", steps=12)
+    run(tmp_path / "b", steps=12, until=7)  # stops at 7, checkpoint written there
+    assert json.loads((tmp_path / "b/checkpoint/trainer_state.json").read_text())["step"] == 7
+    run(tmp_path / "b", steps=12, resume=True)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # dropout on: RNG state restored too
+    wa, wb = load_file(tmp_path / "a/checkpoint/model.safetensors"), load_file(tmp_path / "b/checkpoint/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    subprocess.run([sys.executable, str(HERE / "tiny_run.py"), str(tmp_path / "one"), "1"], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(HERE / "tiny_run.py"), str(tmp_path / "two"), "1"], check=True, env=env, capture_output=True)
+    one, two = load_file(tmp_path / "one/checkpoint/model.safetensors"), load_file(tmp_path / "two/checkpoint/model.safetensors")
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], atol=2e-5, rtol=1e-4)
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainerConfig(out_dir="x", steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(50, cfg) < lr_at(20, cfg) and lr_at(100, cfg) == pytest.approx(0.1)
+
+
+def test_bad_config_raises_value_error():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainerConfig(out_dir="x", batch_size=0)
+    with pytest.raises(ValueError, match="strategy"):
+        TrainerConfig(out_dir="x", strategy="zero")

@@ -1,0 +1,36 @@
+"""Trains a tiny transformer with the Trainer; run as a script (also under torchrun) by the trainer tests."""
+import sys
+
+import torch
+
+from ramm.model.transformer import Transformer, TransformerConfig
+from ramm.training.trainer import Trainer, TrainerConfig
+
+V, T = 31, 16
+
+
+class Pattern(torch.utils.data.Dataset):
+    """Fixed-length sequences (equal tokens per micro-batch, so rank means average to the global mean)."""
+
+    def __init__(self, n=24):
+        g = torch.Generator().manual_seed(1)
+        self.rows = (torch.randint(0, V, (n, 1), generator=g) + torch.arange(T + 1) * 3) % V
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return {"idx": self.rows[i, :-1], "targets": self.rows[i, 1:]}
+
+
+def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=T, dropout=dropout))
+    cfg = TrainerConfig(out_dir=str(out_dir), steps=steps, batch_size=4, grad_accum=grad_accum, lr=3e-3,
+                        warmup_steps=2, log_every=1, ckpt_every=5, resume=resume, progress=False, device="cpu")
+    return Trainer(model, Pattern(), cfg).fit(until_step=until)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], grad_accum=int(sys.argv[2]), dropout=0.0)
