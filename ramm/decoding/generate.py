@@ -1,0 +1,192 @@
+"""Batched, KV-cached generation under the CM3 grammar (RA-CM3 sec. 3, CM3Leon sec. 4.2).
+
+One loop serves every task: prompts are left-padded into one batch (an attention mask marks the
+padding), the model's KV cache is filled once and extended one token per step, and a per-row
+`ModalityConstraint` decides which ids are legal: inside `<img> ... </img>` only image codes, exactly
+`tokens_per_image` of them, then `</img>` is forced; outside, text and control tokens until a stop
+token or the token budget. CFG and CD-K run the conditional and unconditional streams as the two
+halves of the same batch, so they share the cache and one forward per step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ramm.decoding.guidance import cfg_logits, contrastive_scores
+from ramm.decoding.sampling import sample
+from ramm.tokenizers.vocab import Vocabulary
+from ramm.utils import autocast_dtype
+
+log = logging.getLogger(__name__)
+
+METHODS = ("greedy", "sample", "cfg", "cd")
+
+
+@dataclass
+class DecodeConfig:
+    """How the next token is chosen from the model's logits."""
+
+    method: str = "sample"  # greedy | sample | cfg (classifier-free guidance) | cd (contrastive decoding CD-K)
+    temperature: float = 1.0  # softmax temperature of the final draw; greedy ignores it
+    top_k: int = 0  # keep only the k most likely tokens (0 = all)
+    top_p: float = 1.0  # nucleus: keep the most likely tokens covering this mass (1 = all)
+    guidance_scale: float = 3.0  # CFG weight s in uncond + s * (cond - uncond); CM3Leon swept 1..7
+    cd_alpha: float = 0.1  # CD-K: candidates have p_cond >= alpha * (k-th largest p_cond)
+    cd_k: int = 8  # CD-K: rank of the probability that sets the candidate threshold
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown decoding method {self.method!r}; choose one of {METHODS}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.cd_alpha <= 1.0:
+            raise ValueError(f"cd_alpha must be in [0, 1], got {self.cd_alpha}")
+        if self.cd_k < 1:
+            raise ValueError(f"cd_k must be >= 1, got {self.cd_k}")
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.method in ("cfg", "cd")
+
+
+class ModalityConstraint:
+    """Per-row position in the CM3 grammar, turned into a (B, V) mask of legal next ids."""
+
+    def __init__(self, vocab: Vocabulary, n_logits: int, tokens_per_image: int, prompts: Sequence[Sequence[int]],
+                 stop_tokens: Sequence[int], allow_images: bool, stop_after_image: bool, device):
+        self.vocab, self.tpi, self.stop_after_image = vocab, tokens_per_image, stop_after_image
+        ids = torch.arange(n_logits, device=device)
+        self.image_ids = torch.as_tensor(vocab.is_image(ids.cpu().numpy()), device=device)
+        # text mode: text ids and control tokens; never image codes, </img>, <pad>, or ids past the vocabulary
+        self.text_ids = ~self.image_ids & (ids < vocab.size)
+        self.text_ids[[vocab.pad, vocab.img_end]] = False
+        self.text_ids[vocab.img] = allow_images
+        self.text_no_image = self.text_ids.clone()
+        self.text_no_image[vocab.img] = False
+        self.only_img_end = ids == vocab.img_end
+        self.only_pad = ids == vocab.pad
+        self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+        # a prompt ending inside an image (e.g. text -> image prompts end in <img>) starts in image mode
+        in_image, count = [], []
+        for p in prompts:
+            p = list(p)
+            opened = max((i for i, t in enumerate(p) if t == vocab.img), default=-1)
+            closed = max((i for i, t in enumerate(p) if t == vocab.img_end), default=-1)
+            in_image.append(opened > closed)
+            count.append(len(p) - opened - 1 if opened > closed else 0)
+        if any(c > tokens_per_image for c in count):
+            raise ValueError(f"a prompt's open image already has more than {tokens_per_image} codes")
+        self.in_image = torch.tensor(in_image, dtype=torch.bool, device=device)
+        self.count = torch.tensor(count, dtype=torch.long, device=device)
+        self.finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+
+    def allowed(self, remaining: int) -> torch.Tensor:
+        """(B, V) bool; `remaining` = tokens left in the budget, so an image is only opened if it can close."""
+        text = self.text_ids if remaining >= self.tpi + 2 else self.text_no_image
+        in_img = self.in_image[:, None]
+        codes_left = (self.count < self.tpi)[:, None]
+        mask = torch.where(in_img & codes_left, self.image_ids, torch.where(in_img, self.only_img_end, text))
+        return torch.where(self.finished[:, None], self.only_pad, mask)
+
+    def update(self, tokens: torch.Tensor) -> None:
+        live = ~self.finished
+        is_img_end = tokens == self.vocab.img_end
+        self.count = torch.where(self.in_image & live, self.count + 1, self.count)
+        self.in_image = torch.where(live & (tokens == self.vocab.img), True, self.in_image & ~is_img_end)
+        self.count = torch.where(live & (tokens == self.vocab.img), 0, self.count)
+        done = torch.isin(tokens, self.stop) | (is_img_end & self.stop_after_image)
+        self.finished |= live & done
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths -> ids (B, T) padded on the left and a bool mask of the real tokens."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, T - len(r):] = True
+    return ids.to(device), mask.to(device)
+
+
+def next_token_scores(logits: torch.Tensor, allowed: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
+    """Logits of the whole batch (2B rows when guided: cond then uncond) -> (B, V) scores to sample from."""
+    neg = float("-inf")
+    if config.method == "cfg":
+        cond, uncond = logits.chunk(2)
+        return cfg_logits(cond, uncond, config.guidance_scale).masked_fill(~allowed, neg)
+    if config.method == "cd":
+        cond, uncond = (x.masked_fill(~allowed, neg).log_softmax(-1) for x in logits.chunk(2))
+        return contrastive_scores(cond, uncond, config.cd_alpha, config.cd_k)
+    return logits.masked_fill(~allowed, neg)
+
+
+@torch.no_grad()
+def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, tokens_per_image: int,
+             max_new_tokens: int, config: DecodeConfig | None = None,
+             uncond_prompts: Sequence[Sequence[int]] | None = None, stop_tokens: Sequence[int] = (),
+             allow_images: bool = True, stop_after_image: bool = False,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> list[list[int]]:
+    """Continue each prompt; returns the new ids per row, ending with the stop token when one was emitted.
+
+    `uncond_prompts` (one per prompt) feed CFG / CD-K. `use_cache=False` recomputes the whole prefix at
+    every step: the slow exact path the cache is checked against.
+    """
+    config = config or DecodeConfig()
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    B = len(prompts)
+    rows = list(prompts)
+    if config.needs_uncond:
+        if uncond_prompts is None or len(uncond_prompts) != B:
+            raise ValueError(f"decoding method {config.method!r} needs one unconditional prompt per prompt")
+        rows += list(uncond_prompts)
+    device = next(model.parameters()).device
+    idx, attn = left_pad(rows, vocab.pad, device)
+    limit = model.cfg.max_seq_len
+    if idx.size(1) + max_new_tokens > limit:
+        raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
+                         f"context of {limit}")
+    amp = autocast_dtype(str(device))
+    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+    cache = model.new_cache(len(rows), idx.size(1) + max_new_tokens, device, amp or next(model.parameters()).dtype) \
+        if use_cache else None
+    with autocast:
+        logits, _ = model(idx, cache=cache, attention_mask=attn)
+    n_logits = logits.size(-1)
+    constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
+                                    stop_after_image, device)
+    greedy = config.method == "greedy"
+    out = []
+    for step in range(max_new_tokens):
+        scores = next_token_scores(logits[:, -1].float(), constraint.allowed(max_new_tokens - step), config)
+        tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
+        out.append(tok)
+        constraint.update(tok)
+        if constraint.finished.all() or step == max_new_tokens - 1:
+            break
+        feed = tok.repeat(len(rows) // B)[:, None]  # the unconditional half follows the same tokens
+        attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
+        with autocast:
+            if use_cache:
+                logits, _ = model(feed, cache=cache, attention_mask=attn)
+            else:
+                idx = torch.cat([idx, feed], 1)
+                logits, _ = model(idx, attention_mask=attn)
+    new = torch.stack(out, 1).tolist()
+    return [_until_stop(r, vocab.pad) for r in new]
+
+
+def _until_stop(row: list[int], pad: int) -> list[int]:
+    """Drop the padding emitted after a row finished."""
+    return row[:row.index(pad)] if pad in row else row
