@@ -1,0 +1,188 @@
+"""A small CLIP-style dual encoder (Radford et al. 2021), trained from scratch on EmojiBench.
+
+RA-CM3 retrieves with a frozen CLIP bi-encoder; at laptop scale we train our own: a CNN image tower
+for 32x32 images and a small transformer text tower over a byte-level BPE, both projected to one
+shared, L2-normalised space. Trained with `ramm.training.retriever_recipe`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ramm.retrieval.encoder import Encoder, as_image_batch
+from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss
+from ramm.utils import atomic_write_json, pick_device
+
+log = logging.getLogger(__name__)
+
+PAD = "<pad>"
+
+
+@dataclass
+class DualEncoderConfig:
+    image_size: int = 32  # input images are resized to image_size x image_size
+    channels: tuple[int, ...] = (32, 64, 128)  # CNN width per stage; each stage halves the resolution
+    text_vocab_size: int = 1024  # byte-level BPE vocabulary of the text tower
+    text_max_len: int = 32  # text tokens kept per caption (longer captions are truncated)
+    text_width: int = 192  # text transformer width
+    text_layers: int = 2  # text transformer layers
+    text_heads: int = 4  # attention heads of the text transformer
+    embed_dim: int = 256  # dimension of the shared embedding space
+    model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        if self.image_size < 8 or self.image_size % (2 ** len(self.channels)):
+            raise ValueError(f"image_size {self.image_size} must be >= 8 and divisible by 2**len(channels)")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
+        for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DualEncoderConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def train_text_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE over the training captions; id 0 is padding."""
+    if not texts:
+        raise ValueError("cannot train a tokenizer on zero texts")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+class ImageTower(nn.Module):
+    def __init__(self, cfg: DualEncoderConfig):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.GELU(),
+                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.GELU()]
+            c_in = c
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, D)
+        h = self.net(x * 2 - 1)  # (B, C, h, w)
+        return self.proj(h.mean(dim=(2, 3)))
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: DualEncoderConfig):
+        super().__init__()
+        self.tok_emb = nn.Embedding(cfg.text_vocab_size, cfg.text_width, padding_idx=0)
+        self.pos_emb = nn.Parameter(torch.randn(cfg.text_max_len, cfg.text_width) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.text_width, cfg.text_heads, 4 * cfg.text_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(cfg.text_width)
+        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) long, 0 = pad -> (B, D)
+        real = ids != 0  # (B, T)
+        h = self.tok_emb(ids) + self.pos_emb[: ids.shape[1]]
+        h = self.ln(self.blocks(h, src_key_padding_mask=~real))
+        w = real.unsqueeze(-1).float()
+        return self.proj((h * w).sum(1) / w.sum(1).clamp(min=1))  # mean over real tokens
+
+
+class DualEncoder(nn.Module, Encoder):
+    """`encode_*` are differentiable (training); `embed_*` return normalised float32 numpy (retrieval)."""
+
+    def __init__(self, cfg: DualEncoderConfig, tokenizer: Tokenizer):
+        super().__init__()
+        if tokenizer.get_vocab_size() > cfg.text_vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} entries > text_vocab_size {cfg.text_vocab_size}")
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.image_tower, self.text_tower = ImageTower(cfg), TextTower(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
+        self.batch_size = 256  # embed_* batch size
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, image_b: torch.Tensor | None = None):
+        """Training loss: symmetric InfoNCE image<->text, plus image<->image_b (another view or style
+        of the same item, which teaches the image tower style-invariant features) when given.
+        Returns (None, loss) so the generic trainer's step function applies."""
+        img, txt = self.encode_image(image), self.encode_text(text)
+        loss = clip_loss(img, txt, self.logit_scale)
+        if image_b is not None:
+            img_b = self.encode_image(image_b)
+            loss = (loss + clip_loss(img_b, txt, self.logit_scale) + clip_loss(img, img_b, self.logit_scale)) / 3
+        return None, loss
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(B, T) long, right-padded with 0, T <= text_max_len."""
+        if isinstance(texts, str):
+            raise ValueError("tokenize takes a list of strings, not one string")
+        rows = [e.ids[: self.cfg.text_max_len] or [0] for e in self.tokenizer.encode_batch(list(texts))]
+        ids = torch.zeros(len(rows), max(map(len, rows), default=1), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_tower(ids.to(self.device)), dim=-1)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_tower(x.to(self.device)), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        self.eval()
+        out = [self.encode_text(self.tokenize(texts[i: i + self.batch_size])).float().cpu()
+               for i in range(0, len(texts), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def embed_image(self, images) -> np.ndarray:
+        self.eval()
+        x = as_image_batch(images, self.cfg.image_size)
+        out = [self.encode_image(x[i: i + self.batch_size]).float().cpu() for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / ".model.safetensors.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.replace(out_dir / "model.safetensors")
+        tmp = out_dir / ".tokenizer.json.tmp"
+        self.tokenizer.save(str(tmp))
+        tmp.replace(out_dir / "tokenizer.json")
+        atomic_write_json(out_dir / "config.json", asdict(self.cfg))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> "DualEncoder":
+        path = Path(path)
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            if not (path / f).exists():
+                raise FileNotFoundError(f"no dual encoder at {path} (missing {f})")
+        cfg = DualEncoderConfig.from_dict(json.loads((path / "config.json").read_text()))
+        model = cls(cfg, Tokenizer.from_file(str(path / "tokenizer.json")))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model.to(pick_device(device)).eval()

@@ -1,0 +1,244 @@
+"""The retrieval memory (RA-CM3 section 3.2): a FAISS inner-product index over mixed-modal document
+embeddings plus an on-disk document store, kept in agreement across crashes.
+
+Layout of a memory directory:
+  config.json    MemoryConfig: encoder path, dim, index factory + search params, vector count
+  store.sqlite   DocStore: documents and their embeddings in row order (row = FAISS id)
+  index.faiss    the index, saved atomically; on load or resume, rows the store has and the index
+                 lacks are re-added from the stored embeddings (no re-encoding)
+The store commits each batch in one transaction, so a build killed at any point resumes where it
+stopped and ends with every document exactly once.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ramm.corpus.document import BadItem, Document
+from ramm.retrieval.encoder import Encoder, load_encoder
+from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
+from ramm.retrieval.store import DocStore
+from ramm.retrieval.strategies import Strategy, get_strategy, select
+from ramm.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemoryConfig:
+    encoder: str  # directory of the encoder that embedded the documents (queries must use it too)
+    dim: int  # embedding dimension
+    index: dict = field(default_factory=lambda: IndexSpec("Flat").to_dict())  # IndexSpec in use
+    count: int = 0  # vectors in the saved index
+    flat_below: int = 100_000  # exact search below this many documents, IVF-PQ beyond
+
+    def __post_init__(self):
+        if self.dim < 1 or self.count < 0 or self.flat_below < 0:
+            raise ValueError(f"bad memory config: dim={self.dim} count={self.count} flat_below={self.flat_below}")
+
+
+def _as_document(item: Any) -> Document:
+    """Corpus items may be Documents, Document dicts, or the BadItem a loader could not read."""
+    if isinstance(item, Exception):
+        raise item if isinstance(item, ValueError) else BadItem("unreadable", "?", repr(item))
+    doc = Document.from_dict(item) if isinstance(item, dict) else item
+    if not isinstance(doc, Document):
+        raise BadItem("not_a_document", repr(item)[:60])
+    if not doc.texts and doc.image is None:
+        raise BadItem("empty_document", doc.id, "no text and no image pixels")
+    return doc
+
+
+class Memory:
+    def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None):
+        self.root, self.config = Path(root), config
+        self.store = DocStore(self.root / "store.sqlite", config.dim)
+        self.spec = IndexSpec(**config.index)
+        index_file = self.root / "index.faiss"
+        self.index = load_index(index_file, self.spec) if index_file.exists() else None
+        self._encoder = encoder
+        self.stats: Counter = Counter()  # what the last build/add did: added, skipped, reasons
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, corpus: Iterable, encoder: Encoder | str | Path, out_dir: str | Path, *,
+              encoder_path: str | Path | None = None, batch_size: int = 256, flat_below: int = 100_000,
+              progress: bool = True) -> "Memory":
+        """Stream `corpus` into a new memory, or resume an interrupted build of the same directory."""
+        if isinstance(encoder, (str, Path)):
+            encoder_path, encoder = encoder, load_encoder(encoder)
+        out_dir = Path(out_dir)
+        cfg_file = out_dir / "config.json"
+        if cfg_file.exists():
+            mem = cls.load(out_dir, encoder=encoder)
+            if mem.config.dim != encoder.dim:
+                raise ValueError(f"{out_dir} holds dim-{mem.config.dim} embeddings, the encoder gives {encoder.dim}")
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            cfg = MemoryConfig(encoder=str(Path(encoder_path).resolve()) if encoder_path else "",
+                               dim=encoder.dim, flat_below=flat_below)
+            atomic_write_json(cfg_file, asdict(cfg))
+            mem = cls(out_dir, cfg, encoder)
+        mem._ingest(corpus, batch_size, progress)
+        mem._sync_index(rechoose=True)
+        return mem
+
+    def add(self, docs: Iterable, batch_size: int = 256, progress: bool = False) -> Counter:
+        """Append documents (new ids only) to the store and the index, without a rebuild."""
+        self._ingest(docs, batch_size, progress)
+        self._sync_index()
+        return self.stats
+
+    def _ingest(self, corpus: Iterable, batch_size: int, progress: bool) -> None:
+        self.stats = Counter()
+        items = iter(tqdm(corpus, desc="memory", unit="doc", disable=not progress))
+        while batch := list(itertools.islice(items, batch_size)):
+            docs: dict[str, Document] = {}
+            for item in batch:
+                try:
+                    doc = _as_document(item)
+                except ValueError as e:
+                    reason = getattr(e, "reason", "bad_document")
+                    self.stats["skipped"] += 1
+                    self.stats[f"skipped_{reason}"] += 1
+                    log.warning("skipping corpus item: %s", e)
+                    continue
+                if doc.id in docs:
+                    self.stats["duplicate_id"] += 1
+                docs[doc.id] = doc
+            present = self.store.existing(docs)
+            new = [d for i, d in docs.items() if i not in present]
+            self.stats["already_present"] += len(present)
+            if new:
+                self.store.add(new, self.encoder.embed_documents(new))  # one transaction per batch
+                self.stats["added"] += len(new)
+        log.info("memory %s: %s", self.root, dict(self.stats))
+
+    def _sync_index(self, rechoose: bool = False) -> None:
+        """Bring the index to the store's rows (re-adding what a crash lost) and save it atomically."""
+        n = len(self.store)
+        if rechoose:
+            spec = choose_index(n, self.config.dim, self.config.flat_below)
+            if self.index is None or spec.factory != self.spec.factory:
+                self.spec, self.index = spec, None
+        if self.index is not None and self.index.ntotal > n:
+            log.warning("index has %d rows but the store %d; rebuilding it", self.index.ntotal, n)
+            self.index = None
+        if self.index is None:
+            train = self.store.sample_embeddings(self.spec.train_size) if self.spec.train_size else None
+            self.index = new_index(self.spec, self.config.dim, train)
+        if self.index.ntotal < n:
+            for chunk in self.store.iter_embeddings(self.index.ntotal):
+                self.index.add(check_vectors(chunk, self.config.dim))
+            self.save()
+        elif self.config.count != n or not (self.root / "index.faiss").exists():
+            self.save()
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, out_dir: str | Path | None = None) -> None:
+        """Index first, then config: a crash between them leaves a config the load reconciles."""
+        if out_dir is not None and Path(out_dir) != self.root:
+            raise ValueError("a memory lives in its directory; copy the directory to move it")
+        save_index(self.index, self.root / "index.faiss")
+        self.config.index, self.config.count = self.spec.to_dict(), self.index.ntotal
+        atomic_write_json(self.root / "config.json", asdict(self.config))
+
+    @classmethod
+    def load(cls, root: str | Path, encoder: Encoder | None = None) -> "Memory":
+        import json
+        root = Path(root)
+        if not (root / "config.json").exists():
+            raise FileNotFoundError(f"no memory at {root} (missing config.json)")
+        mem = cls(root, MemoryConfig(**json.loads((root / "config.json").read_text())), encoder)
+        mem._sync_index()
+        return mem
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            if not self.config.encoder:
+                raise ValueError(f"memory {self.root} records no encoder path; pass encoder= to Memory.load")
+            self._encoder = load_encoder(self.config.encoder)
+        return self._encoder
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.store.ids()
+
+    def get(self, id: str) -> Document:
+        return self.store.get(id)
+
+    # ---- search -------------------------------------------------------------------------------
+    def embed_query(self, query: str | np.ndarray | Document) -> np.ndarray:
+        """(1, dim): text -> text tower, uint8 (H, W, 3) image -> image tower, Document -> mixed."""
+        if isinstance(query, str):
+            return self.encoder.embed_text([query])
+        if isinstance(query, np.ndarray):
+            return self.encoder.embed_image(query[None] if query.ndim == 3 else query)
+        if isinstance(query, Document):
+            return self.encoder.embed_documents([query])
+        raise ValueError(f"a query is a text, a uint8 image array or a Document, got {type(query).__name__}")
+
+    def search_vectors(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw index search: (scores (N, k), rows (N, k)); rows are store rows, -1 where fewer exist."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self.index.search(check_vectors(q, self.config.dim), k)
+
+    def search(self, query: str | np.ndarray | Document, k: int = 5, exclude_ids: Sequence[str] = (),
+               strategy: Strategy | str | None = None) -> list[tuple[Document, float]]:
+        """Top-k documents for one query, after the strategy. A Document query never returns itself
+        or an exact duplicate of its content."""
+        query_hash = [query.content_hash()] if isinstance(query, Document) else []
+        exclude = list(exclude_ids) + ([query.id] if isinstance(query, Document) else [])
+        return self._search_many(self.embed_query(query), k, [exclude], get_strategy(strategy), [query_hash])[0]
+
+    def neighbours(self, queries: np.ndarray, k: int, exclude_ids: Sequence[Sequence[str]] | None = None,
+                   strategy: Strategy | str | None = None) -> list[list[tuple[str, float]]]:
+        """Batched search for training inputs: per query vector, k (id, score) after the strategy,
+        never an excluded id (e.g. the query document itself) nor an exact duplicate of one."""
+        exclude_ids = exclude_ids if exclude_ids is not None else [()] * len(queries)
+        if len(exclude_ids) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(exclude_ids)} exclusion lists")
+        hits = self._search_many(queries, k, exclude_ids, get_strategy(strategy), [[]] * len(queries))
+        return [[(d.id, s) for d, s in row] for row in hits]
+
+    def _search_many(self, q, k, exclude_ids, strategy: Strategy, query_hashes) -> list[list[tuple[Document, float]]]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n = len(self.store)
+        all_excluded = sorted({i for ex in exclude_ids for i in ex})
+        excl_rows = self.store.rows_of(all_excluded)
+        hashes = self.store.hashes(list(excl_rows.values())) if strategy.exclude_duplicates else {}
+        results: list[list[tuple[Document, float]] | None] = [None] * len(q)
+        todo = list(range(len(q)))
+        fetch = min(n, 4 * k + 2 * max((len(e) for e in exclude_ids), default=0) + 16)
+        while todo:
+            scores, rows = self.search_vectors(q[todo], fetch)
+            retry = []
+            for j, qi in enumerate(todo):
+                banned = {excl_rows[i] for i in exclude_ids[qi] if i in excl_rows}
+                dup_hashes = {hashes[r] for r in banned if r in hashes} | set(query_hashes[qi])
+                if strategy.exclude_duplicates and dup_hashes:
+                    banned |= self.store.rows_with_hash(dup_hashes)
+                keep = [(int(r), float(s)) for r, s in zip(rows[j], scores[j]) if r >= 0 and r not in banned]
+                docs = self.store.documents([r for r, _ in keep])
+                cand_scores = np.array([s for _, s in keep], dtype=np.float32)
+                embs = self.store.embeddings([r for r, _ in keep]) if strategy.diversity is not None else None
+                picked = select(strategy, docs, cand_scores, embs, k)
+                if len(picked) < k and fetch < n:
+                    retry.append(qi)
+                else:
+                    results[qi] = [(docs[i], float(cand_scores[i])) for i in picked]
+            todo, fetch = retry, min(n, fetch * 4)
+        return results

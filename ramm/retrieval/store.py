@@ -1,0 +1,119 @@
+"""The memory's document store: SQLite, one row per document, row number = FAISS row id.
+
+Why SQLite: stdlib (no extra dependency), one file on disk (10M+ rows without holding them in RAM),
+transactional (a batch of documents and their embeddings lands completely or not at all, which is
+what makes kill -9 during a build safe) and append-friendly. Each row keeps the Document JSON (PNG
+bytes base64, text, metadata, optional image tokens), its content hash (exact-duplicate detection)
+and its float32 embedding (so the index can be rebuilt or reconciled without re-encoding).
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ramm.corpus.document import Document
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    row INTEGER PRIMARY KEY,   -- 0-based insertion order = FAISS row id
+    id TEXT UNIQUE NOT NULL,   -- Document.id
+    hash TEXT NOT NULL,        -- Document.content_hash()
+    doc TEXT NOT NULL,         -- Document.to_json()
+    emb BLOB NOT NULL          -- float32 embedding
+);
+CREATE INDEX IF NOT EXISTS docs_hash ON docs(hash);
+"""
+
+
+class DocStore:
+    def __init__(self, path: str | Path, dim: int):
+        self.path, self.dim = Path(path), dim
+        self.db = sqlite3.connect(str(self.path))
+        self.db.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts committed rows
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+
+    def add(self, docs: list[Document], embeddings: np.ndarray) -> None:
+        """Append in one transaction: either the whole batch is stored or none of it."""
+        if len(docs) != len(embeddings) or embeddings.shape[1:] != (self.dim,):
+            raise ValueError(f"{len(docs)} documents but embeddings of shape {embeddings.shape} (dim {self.dim})")
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        with self.db:
+            start = len(self)
+            self.db.executemany(
+                "INSERT INTO docs(row, id, hash, doc, emb) VALUES (?, ?, ?, ?, ?)",
+                [(start + i, d.id, d.content_hash(), d.to_json(), emb[i].tobytes()) for i, d in enumerate(docs)])
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i: i + 500]
+            q = f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.db.execute(q, chunk))
+        return found
+
+    def _rows(self, column: str, key: str, values: list) -> dict:
+        out = {}
+        for i in range(0, len(values), 500):
+            chunk = values[i: i + 500]
+            q = f"SELECT {key}, {column} FROM docs WHERE {key} IN ({','.join('?' * len(chunk))})"
+            out.update(self.db.execute(q, chunk).fetchall())
+        return out
+
+    def documents(self, rows: list[int]) -> list[Document]:
+        found = self._rows("doc", "row", [int(r) for r in rows])
+        return [Document.from_json(found[int(r)]) for r in rows]
+
+    def get(self, id: str) -> Document:
+        r = self.db.execute("SELECT doc FROM docs WHERE id = ?", (id,)).fetchone()
+        if r is None:
+            raise KeyError(f"no document {id!r} in the memory")
+        return Document.from_json(r[0])
+
+    def rows_of(self, ids: list[str]) -> dict[str, int]:
+        return self._rows("row", "id", list(ids))
+
+    def hashes(self, rows: list[int]) -> dict[int, str]:
+        return self._rows("hash", "row", [int(r) for r in rows])
+
+    def rows_with_hash(self, hashes: Iterable[str]) -> set[int]:
+        """Every row whose content equals one of `hashes` (exact duplicates)."""
+        hashes, rows = list(set(hashes)), set()
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i: i + 500]
+            q = f"SELECT row FROM docs WHERE hash IN ({','.join('?' * len(chunk))})"
+            rows.update(r[0] for r in self.db.execute(q, chunk))
+        return rows
+
+    def ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM docs ORDER BY row")]
+
+    def ids_of(self, rows: list[int]) -> dict[int, str]:
+        return self._rows("id", "row", [int(r) for r in rows])
+
+    def embeddings(self, rows: list[int]) -> np.ndarray:
+        found = self._rows("emb", "row", [int(r) for r in rows])
+        return np.stack([np.frombuffer(found[int(r)], np.float32) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
+
+    def iter_embeddings(self, start: int = 0, chunk: int = 65536) -> Iterator[np.ndarray]:
+        """Embeddings of rows start.. in row order, `chunk` rows at a time (streams past RAM)."""
+        while True:
+            rows = self.db.execute("SELECT emb FROM docs WHERE row >= ? ORDER BY row LIMIT ?", (start, chunk)).fetchall()
+            if not rows:
+                return
+            yield np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), self.dim)
+            start += len(rows)
+
+    def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
+        total = len(self)
+        rows = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+        return np.concatenate([self.embeddings(rows[i: i + 50000].tolist()) for i in range(0, len(rows), 50000)])

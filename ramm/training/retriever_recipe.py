@@ -1,0 +1,142 @@
+"""Recipe: train the CLIP-style retriever (ramm.retrieval.dual_encoder) on a corpus's train split.
+
+Each sample is one concept: two images (EmojiBench's two styles, or two augmentations of the one
+image) and one text view (either style's caption, or the style-free "emoji: <name>"). The loss pulls
+both images to the text and to each other, so a query finds the other style's document through the
+text part (text->image) or the image part (image->text) of its mixed-modal embedding.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ramm.corpus.document import Document
+from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+from ramm.retrieval.recall import concept_of, exact_leave_one_out, recall_at_k
+from ramm.training.trainer import Trainer, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrieverRecipeConfig:
+    name_view_prob: float = 0.25  # chance the text view is the style-free "emoji: <name>"
+    other_style_prob: float = 0.25  # chance the text view is the other image's caption
+    max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
+    seed: int = 0  # sampling and augmentation seed
+
+    def __post_init__(self):
+        if not 0 <= self.name_view_prob + self.other_style_prob <= 1 or min(self.name_view_prob, self.other_style_prob) < 0:
+            raise ValueError("name_view_prob and other_style_prob must be >= 0 and sum to <= 1")
+        if self.max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
+
+
+def name_of(doc: Document) -> str:
+    """The concept's name without the style: metadata 'name', else the caption after its first ': '."""
+    name = doc.metadata.get("name")
+    return str(name).lower() if name else doc.text.split(": ", 1)[-1]
+
+
+def shift_image(pixels: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    if max_shift == 0:
+        return pixels
+    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+    h, w, _ = pixels.shape
+    out = np.full_like(pixels, 255)
+    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = pixels[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)]
+    return out
+
+
+class ConceptViews(torch.utils.data.Dataset):
+    """One item per concept: {'image', 'image_b', 'text'} with fresh randomness per epoch."""
+
+    def __init__(self, docs: list[Document], model: DualEncoder, cfg: RetrieverRecipeConfig):
+        groups: dict[str, list[Document]] = defaultdict(list)
+        for d in docs:
+            if d.image is None or not d.texts:
+                raise ValueError(f"retriever training needs image+text documents; {d.id} is not one")
+            groups[concept_of(d)].append(d)
+        self.groups, self.model, self.cfg, self.epoch = list(groups.values()), model, cfg, 0
+        self.size = model.cfg.image_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng((self.cfg.seed, self.epoch, i))
+        group = self.groups[i]
+        a, b = (group[j] for j in rng.permutation(len(group))[:2]) if len(group) > 1 else (group[0], group[0])
+        u = rng.random()
+        text = (f"emoji: {name_of(a)}" if u < self.cfg.name_view_prob
+                else b.text if u < self.cfg.name_view_prob + self.cfg.other_style_prob else a.text)
+        images = np.stack([shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True) \
+            if x.shape[-1] != self.size else x
+        return {"image": x[0], "image_b": x[1], "text": self.model.tokenize([text])[0]}
+
+
+def collate(items: list[dict]) -> dict:
+    t = max(len(it["text"]) for it in items)
+    text = torch.zeros(len(items), t, dtype=torch.long)
+    for i, it in enumerate(items):
+        text[i, : len(it["text"])] = it["text"]
+    return {"image": torch.stack([it["image"] for it in items]),
+            "image_b": torch.stack([it["image_b"] for it in items]), "text": text}
+
+
+def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], ks=(1, 5, 10)) -> dict:
+    """Exact Recall@K (recall.py's definition) over a small in-RAM memory; queries must be in `memory`."""
+    row = {d.id: i for i, d in enumerate(memory)}
+    mem = model.embed_documents(memory)
+    concepts = [concept_of(d) for d in memory]
+    targets = [concept_of(d) for d in queries]
+    self_rows = [row[d.id] for d in queries]
+    out = {}
+    for name, q in (("t2i", model.embed_text([d.text for d in queries])),
+                    ("i2t", model.embed_image(np.stack([d.image for d in queries])))):
+        top = exact_leave_one_out(q, mem, self_rows, max(ks))
+        for k, r in recall_at_k([[concepts[j] for j in t] for t in top], targets, ks).items():
+            out[f"{name}_r{k}"] = r
+    return out
+
+
+def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg: TrainerConfig,
+                    model_cfg: DualEncoderConfig | None = None, recipe: RetrieverRecipeConfig | None = None,
+                    val_docs: list[Document] | None = None, memory_docs: list[Document] | None = None) -> dict:
+    """Train and save the encoder to `out_dir` (config.json, model.safetensors, tokenizer.json).
+
+    With `val_docs`, logs leave-one-out recall of val queries against `memory_docs` (default:
+    train + val) at each evaluation. Returns the trainer's last metrics row."""
+    if not train_docs:
+        raise ValueError("no training documents")
+    model_cfg, recipe = model_cfg or DualEncoderConfig(), recipe or RetrieverRecipeConfig()
+    out = Path(out_dir)
+    tok_file = out / "tokenizer.json"
+    if trainer_cfg.resume and tok_file.exists():  # resuming: the tokenizer must not change under the weights
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(str(tok_file))
+    else:
+        texts = [d.text for d in train_docs] + [f"emoji: {name_of(d)}" for d in train_docs]
+        tokenizer = train_text_tokenizer(texts, model_cfg.text_vocab_size)
+    torch.manual_seed(trainer_cfg.seed)
+    model = DualEncoder(model_cfg, tokenizer)
+    model.save_pretrained(out)  # tokenizer + config on disk before the first checkpoint
+    eval_fn = None
+    if val_docs:
+        memory_docs = memory_docs or train_docs + val_docs
+        eval_fn = lambda m: leave_one_out_recall(m, val_docs, memory_docs)  # noqa: E731
+    trainer = Trainer(model, ConceptViews(train_docs, model, recipe), trainer_cfg, collate_fn=collate, eval_fn=eval_fn)
+    row = trainer.fit()
+    model.save_pretrained(out)
+    log.info("retriever saved to %s: %s", out, row)
+    return row
