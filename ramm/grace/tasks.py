@@ -1,0 +1,88 @@
+"""GRACE's two training tasks as CM3 token sequences (Li et al. 2024, sec. 3.3).
+
+    learning to memorize   <doc> <img> i_1 ... i_N </img> <sep>  identifier </doc>
+    learning to retrieve   <doc> query text <sep>              identifier </doc>
+
+The loss covers only the identifier. Retrieval queries are the captions plus pseudo-queries (the name
+without the style, the short names) that stand in for the paraphrases a user would type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ramm.corpus.document import Document
+from ramm.grace.identifiers import Identifiers
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: list[int]  # input tokens, ending in <sep>
+    target: list[int]  # identifier tokens, ending in </doc>
+
+
+def query_prompt(fmt, text: str) -> list[int]:
+    if not text or not text.strip():
+        raise ValueError("the query is empty")
+    return [fmt.vocab.doc, *fmt.text.encode(text), fmt.vocab.sep]
+
+
+def image_prompt(fmt, codes) -> list[int]:
+    return [fmt.vocab.doc, *fmt.encode_image_codes(codes), fmt.vocab.sep]
+
+
+def pseudo_queries(doc: Document) -> list[str]:
+    """Extra training queries: the name without the style and the short names ("flag_jp" -> "flag jp")."""
+    meta = doc.metadata or {}
+    out = [meta["name"].lower()] if meta.get("name") else []
+    out += [s.replace("_", " ").replace("-", " ") for s in meta.get("short_names", [])]
+    return list(dict.fromkeys(q for q in out if q.strip() and q != doc.text))
+
+
+def memorize_examples(docs: Sequence[Document], codes: np.ndarray, ids: Identifiers, fmt) -> list[Example]:
+    """Image tokens -> identifier, one per memorized image; `codes` (N, tokens_per_image) as `docs`."""
+    if len(codes) != len(docs):
+        raise ValueError(f"{len(docs)} documents but {len(codes)} code rows")
+    return [Example(image_prompt(fmt, c), ids.token_sequence(d.id)) for d, c in zip(docs, codes)]
+
+
+def retrieve_examples(docs: Sequence[Document], ids: Identifiers, fmt, pseudo: bool = True) -> list[Example]:
+    """Query -> identifier for the captions (and pseudo-queries) of `docs`."""
+    out = []
+    for d in docs:
+        target = ids.token_sequence(d.id)
+        for q in [d.text, *(pseudo_queries(d) if pseudo else [])]:
+            out.append(Example(query_prompt(fmt, q), target))
+    return out
+
+
+class ExampleDataset:
+    """Map-style dataset of Examples for the Trainer; `collate` right-pads and masks the prompt from the loss."""
+
+    def __init__(self, examples: Sequence[Example], pad: int):
+        if not examples:
+            raise ValueError("no GRACE training examples")
+        self.examples, self.pad = list(examples), pad
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    def collate(self, batch: list[Example]) -> dict:
+        import torch
+
+        seqs = [e.prompt + e.target for e in batch]
+        T = max(len(s) for s in seqs) - 1
+        idx = torch.full((len(batch), T), self.pad, dtype=torch.long)
+        targets = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+        for b, (e, s) in enumerate(zip(batch, seqs)):
+            idx[b, :len(s) - 1] = torch.tensor(s[:-1])
+            p = len(e.prompt)
+            targets[b, p - 1:len(s) - 1] = torch.tensor(e.target)  # position t predicts token t + 1
+        return {"idx": idx, "targets": targets}
