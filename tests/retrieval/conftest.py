@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ramm.corpus.document import Document
-from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+from ramm.retrieval.dual_encoder import DualEncoderConfig
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20),
           "purple": (140, 30, 170), "black": (10, 10, 10)}
@@ -52,10 +52,11 @@ def docs() -> list[Document]:
 
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory, docs):
-    """An untrained tiny encoder saved to disk (its embeddings are still deterministic)."""
-    torch.manual_seed(0)
-    tok = train_text_tokenizer([d.text for d in docs], 300)
-    model = DualEncoder(DualEncoderConfig(**TINY), tok)
+    """A tiny encoder trained for a few seconds on the fixture corpus, saved to disk."""
+    from ramm.training.retriever_recipe import train_retriever
+    from ramm.training.trainer import TrainerConfig
+    torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("encoder")
-    model.save_pretrained(path)
+    train_retriever(docs, path, TrainerConfig(out_dir=str(path), steps=60, batch_size=30, lr=3e-3, warmup_steps=5,
+                                              progress=False, amp=False), DualEncoderConfig(**TINY))
     return path

@@ -1,0 +1,123 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ramm.corpus.document import BadItem, Document, TextSegment
+from ramm.retrieval.dual_encoder import DualEncoder
+from ramm.retrieval.index import IndexSpec, choose_index
+from ramm.retrieval.memory import Memory
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture()
+def memory(tmp_path, docs, encoder_dir):
+    return Memory.build(docs, encoder_dir, tmp_path / "mem", batch_size=16, progress=False)
+
+
+def test_build_stores_every_document_once_and_index_agrees(memory, docs):
+    assert len(memory) == len(docs) == memory.index.ntotal
+    assert memory.ids == [d.id for d in docs]
+    assert memory.config.index["factory"] == "Flat"
+
+
+def test_save_load_round_trip_returns_same_documents_and_scores(memory, docs):
+    before = memory.search("red circle", k=5)
+    loaded = Memory.load(memory.root)
+    after = loaded.search("red circle", k=5)
+    assert [d.id for d, _ in before] == [d.id for d, _ in after]
+    assert np.allclose([s for _, s in before], [s for _, s in after], atol=1e-5)
+    assert loaded.get(docs[3].id) == docs[3]
+
+
+def test_add_after_load_appends_without_rebuild(memory, docs):
+    loaded = Memory.load(memory.root)
+    new = Document.from_pair("new-doc", "filled emoji: red circle", docs[0].image, metadata={"concept": "red-circle"})
+    stats = loaded.add([new, docs[0]])
+    assert stats["added"] == 1 and stats["already_present"] == 1
+    again = Memory.load(memory.root)
+    assert len(again) == again.index.ntotal == len(docs) + 1
+    assert again.ids[-1] == "new-doc"
+
+
+def test_search_by_text_image_and_document_returns_scored_documents(memory, docs):
+    by_text = memory.search(docs[0].text, k=3)
+    by_image = memory.search(docs[0].image, k=3)
+    by_doc = memory.search(docs[0], k=3)
+    for hits in (by_text, by_image):
+        assert len(hits) == 3 and all(isinstance(d, Document) for d, _ in hits)
+        assert [s for _, s in hits] == sorted([s for _, s in hits], reverse=True)
+    assert by_image[0][0].id == docs[0].id  # the exact image finds its own document first
+    assert docs[0].id not in [d.id for d, _ in by_doc]  # a Document query never returns itself
+
+
+def test_search_scores_match_exact_inner_product(memory, docs):
+    emb = memory.encoder.embed_documents(docs)
+    q = memory.encoder.embed_text(["blue ring"])
+    exact = np.sort(emb @ q[0])[::-1][:5]
+    assert np.allclose([s for _, s in memory.search("blue ring", k=5)], exact, atol=1e-5)
+
+
+def test_corrupt_document_is_skipped_and_counted(tmp_path, docs, encoder_dir):
+    bad_png = {"id": "bad", "segments": [{"type": "image", "png": "bm90IGEgcG5n"}]}
+    corpus = [docs[0], bad_png, BadItem("corrupt_image", "x"), Document("empty", [TextSegment("")][:0]), docs[1]]
+    mem = Memory.build(corpus, encoder_dir, tmp_path / "m", batch_size=2, progress=False)
+    assert len(mem) == 2
+    assert mem.stats["skipped"] == 3 and mem.stats["skipped_corrupt_image"] == 2
+
+
+def test_index_reconciled_with_store_after_lost_index_save(memory, docs):
+    os.remove(memory.root / "index.faiss")
+    cfg = json.loads((memory.root / "config.json").read_text())
+    assert cfg["count"] == len(docs)
+    again = Memory.load(memory.root)
+    assert again.index.ntotal == len(again) == len(docs)
+
+
+def test_index_choice_by_size():
+    assert choose_index(99_999, 512).factory == "Flat"
+    big = choose_index(1_000_000, 512)
+    assert big.factory.startswith("IVF4096,PQ64x4fs") and "nprobe" in big.params and big.train_size > 0
+
+
+def test_ivf_pq_memory_agrees_with_exact_search(tmp_path, docs, encoder_dir, monkeypatch):
+    """The approximate path (IVF-PQ + refine) against the exact Flat one on the same store."""
+    import ramm.retrieval.memory as memory_mod
+    spec = IndexSpec("IVF4,PQ16x4fs,Refine(SQ8)", params="nprobe=4,k_factor_rf=8", train_size=len(docs))
+    monkeypatch.setattr(memory_mod, "choose_index", lambda n, dim, flat_below: spec)
+    approx = Memory.build(docs, encoder_dir, tmp_path / "ivf", batch_size=16, progress=False)
+    monkeypatch.undo()
+    exact = Memory.build(docs, encoder_dir, tmp_path / "flat", batch_size=16, progress=False)
+    assert approx.config.index["factory"] == spec.factory and exact.config.index["factory"] == "Flat"
+    q = exact.encoder.embed_documents(docs[:20])
+    _, a = approx.search_vectors(q, 5)
+    _, e = exact.search_vectors(q, 5)
+    overlap = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, e)])
+    assert overlap >= 0.9
+
+
+def test_kill_9_during_build_then_resume_gives_every_document_once(tmp_path, docs, encoder_dir):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "_slow_build.py"), str(encoder_dir), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "SLOW": "1"})
+    for line in proc.stdout:  # the child reports each document it hands to the build
+        if int(line) >= 25:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = Memory.load(out, encoder=DualEncoder.from_pretrained(encoder_dir))
+    assert 0 < len(partial) < len(docs)  # killed mid-build
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    mem = Memory.load(out)
+    assert sorted(mem.ids) == sorted(d.id for d in docs)
+    assert len(mem) == mem.index.ntotal == len(docs)
+    emb = mem.encoder.embed_documents(docs)
+    _, rows = mem.search_vectors(emb, 1)
+    assert [mem.ids[r] for r in rows[:, 0]] == [d.id for d in docs]  # index rows agree with store rows
