@@ -19,19 +19,27 @@ class CLI:
         "memory": "build and query the retrieval memory",
         "generate": "generate images, captions, infills",
         "grace": "generative cross-modal retrieval",
+        "eval": "evaluate a run and render its report",
     }
 
     def __init__(self):
         self.parser = argparse.ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
         self.top = self.parser.add_subparsers(dest="command", metavar="COMMAND")
         self._groups: dict[str, argparse._SubParsersAction] = {}
+        self._group_parsers: dict[str, argparse.ArgumentParser] = {}
 
     def group(self, name: str) -> argparse._SubParsersAction:
         if name not in self._groups:
             p = self.top.add_parser(name, help=self.GROUP_HELP.get(name, name))
             p.set_defaults(func=lambda args, p=p: p.print_help() or 2)
+            self._group_parsers[name] = p
             self._groups[name] = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
         return self._groups[name]
+
+    def group_parser(self, name: str) -> argparse.ArgumentParser:
+        """The group's own parser, for options of the bare group command (`ramm eval --run DIR`)."""
+        self.group(name)
+        return self._group_parsers[name]
 
     def command(self, name: str, help: str, group: str | None = None) -> argparse.ArgumentParser:
         subs = self.group(group) if group else self.top
