@@ -1,0 +1,236 @@
+"""The VQ image tokenizer (VQ-VAE, van den Oord et al. 2017; the VQGAN layout of Esser et al. 2021 without
+the GAN): images -> a grid of discrete codes the generator reads and writes as image tokens (RA-CM3 / CM3Leon
+use a VQGAN tokenizer, 256x256 -> 32x32 = 1,024 tokens; EmojiBench uses 32x32 -> 8x8 = 64).
+
+A residual conv encoder downsamples by 2 `log2(image_size / grid)` times; the quantizer is either FSQ
+(Mentzer et al. 2023: per-channel rounding, no codebook to collapse) or an EMA codebook with k-means init,
+dead-code replacement and a low-dimensional lookup, both from `vector-quantize-pytorch`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ramm.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageTokenizerConfig:
+    image_size: int = 32  # input images are (3, image_size, image_size)
+    grid: int = 8  # codes per side: tokens_per_image = grid ** 2; image_size / grid must be a power of 2
+    patch: int = 2  # space-to-depth factor applied first (pixel unshuffle): convs start at image_size / patch
+    channels: int = 64  # width of the first conv stage; each downsampling doubles it (capped by max_mult)
+    max_mult: int = 2  # cap on the channel multiplier
+    res_blocks: int = 1  # residual blocks per resolution stage
+    quantizer: str = "fsq"  # "fsq" (finite scalar quantization) or "vq" (EMA codebook)
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # FSQ levels per channel; codebook = product
+    codebook_size: int = 512  # VQ only: number of codes (FSQ derives it from fsq_levels)
+    codebook_dim: int = 8  # VQ only: the lookup happens in this projected dimension
+    latent_dim: int = 64  # encoder output channels fed to the quantizer
+    commitment_weight: float = 0.25  # VQ only: weight of the commitment loss
+    ema_decay: float = 0.9  # VQ only: EMA decay of the codebook
+    l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
+
+    def __post_init__(self):
+        self.fsq_levels = [int(v) for v in self.fsq_levels]
+        if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:
+            raise ValueError(f"image_size={self.image_size} must be a positive multiple of grid={self.grid}")
+        ratio = self.image_size // self.grid
+        if ratio & (ratio - 1):
+            raise ValueError(f"image_size / grid = {ratio} must be a power of 2")
+        if self.patch <= 0 or ratio % self.patch:
+            raise ValueError(f"patch={self.patch} must divide image_size / grid = {ratio}")
+        if self.quantizer not in ("fsq", "vq"):
+            raise ValueError(f"quantizer must be 'fsq' or 'vq', got {self.quantizer!r}")
+        if self.quantizer == "fsq" and (not self.fsq_levels or min(self.fsq_levels) < 3):
+            raise ValueError(f"fsq_levels must be non-empty with every level >= 3, got {self.fsq_levels}")
+        if self.quantizer == "fsq":
+            self.codebook_size = math.prod(self.fsq_levels)
+        for name in ("patch", "channels", "max_mult", "res_blocks", "codebook_size", "codebook_dim", "latent_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0:
+            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0")
+
+    @property
+    def n_down(self) -> int:
+        return int(math.log2(self.image_size // self.grid // self.patch))
+
+    def stage_channels(self) -> list[int]:
+        """Channels of each resolution stage, from image_size / patch down to the grid."""
+        return [self.channels * min(2 ** i, self.max_mult) for i in range(self.n_down + 1)]
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(8, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.GroupNorm(8, c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.block(x)
+
+
+def _head(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.GroupNorm(8, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        chs = cfg.stage_channels()
+        layers: list[nn.Module] = [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch ** 2, chs[0], 3, padding=1)]
+        for i, c in enumerate(chs):
+            c_in = chs[i - 1] if i else chs[0]
+            layers += [ResBlock(c_in if j == 0 else c, c) for j in range(cfg.res_blocks)]
+            if i < len(chs) - 1:
+                layers.append(nn.Conv2d(c, c, 4, stride=2, padding=1))
+        layers.append(_head(chs[-1], cfg.latent_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):  # (B, 3, H, W) in [-1, 1] -> (B, latent_dim, grid, grid)
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        chs = cfg.stage_channels()[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, chs[0], 3, padding=1)]
+        for i, c in enumerate(chs):
+            c_in = chs[i - 1] if i else chs[0]
+            layers += [ResBlock(c_in if j == 0 else c, c) for j in range(cfg.res_blocks)]
+            if i < len(chs) - 1:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        layers += [_head(chs[-1], 3 * cfg.patch ** 2), nn.PixelShuffle(cfg.patch)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):  # (B, latent_dim, grid, grid) -> (B, 3, H, W), roughly [-1, 1]
+        return self.net(z)
+
+
+def _make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
+    if cfg.quantizer == "fsq":
+        from vector_quantize_pytorch import FSQ
+        return FSQ(levels=cfg.fsq_levels, dim=cfg.latent_dim)
+    from vector_quantize_pytorch import VectorQuantize
+    return VectorQuantize(dim=cfg.latent_dim, codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim,
+                          decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight, kmeans_init=True,
+                          kmeans_iters=10, threshold_ema_dead_code=2)
+
+
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, l1_weight: float) -> torch.Tensor:
+    """MSE (what PSNR measures) plus a little L1, both on [0, 1] pixels."""
+    return F.mse_loss(recon, images) + l1_weight * F.l1_loss(recon, images)
+
+
+def psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for [0, 1] images (B, 3, H, W) -> (B,)."""
+    mse = (recon.clamp(0, 1) - images).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+class ImageTokenizer(nn.Module):
+    """`encode(images (B, 3, H, W) in [0, 1]) -> LongTensor (B, grid**2)`; `decode(tokens) -> images in [0, 1]`."""
+
+    def __init__(self, cfg: ImageTokenizerConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or ImageTokenizerConfig()
+        self.encoder = Encoder(self.cfg)
+        self.quantizer = _make_quantizer(self.cfg)
+        self.decoder = Decoder(self.cfg)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def grid(self) -> int:
+        return self.cfg.grid
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.cfg.grid ** 2
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        s = self.cfg.image_size
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a float tensor (B, 3, {s}, {s}) in [0, 1], got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) -> quantized (B, D, h, w), codes (B, h*w), aux loss."""
+        h = z.shape[-2]
+        seq = rearrange(z, "b d h w -> b (h w) d").float()
+        if self.cfg.quantizer == "fsq":
+            q, codes = self.quantizer(seq)
+            aux = seq.new_zeros(())
+        else:
+            q, codes, aux = self.quantizer(seq)
+        return rearrange(q, "b (h w) d -> b d h w", h=h), codes.long(), aux.sum()
+
+    def _codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.cfg.quantizer == "fsq":
+            q = self.quantizer.indices_to_codes(codes)
+        else:
+            q = self.quantizer.get_output_from_indices(codes)
+        return rearrange(q, "b (h w) d -> b d h w", h=self.cfg.grid)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: images in [0, 1] -> (reconstruction (unclamped), codes, loss)."""
+        self._check_images(images)
+        q, codes, aux = self._quantize(self.encoder(images * 2 - 1))
+        recon = (self.decoder(q) + 1) / 2
+        loss = reconstruction_loss(recon.float(), images.float(), self.cfg.l1_weight) + aux
+        return recon, codes, loss
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        return self._quantize(self.encoder(images.to(self._device()) * 2 - 1))[1]
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 2 or tokens.shape[1] != self.tokens_per_image:
+            raise ValueError(f"tokens must be (B, {self.tokens_per_image}), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
+        z = self._codes_to_latent(tokens.long().to(self._device()))
+        return ((self.decoder(z) + 1) / 2).clamp(0, 1).float()
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def save_pretrained(self, out_dir) -> None:
+        from safetensors.torch import save
+        out = Path(out_dir)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(out / "model.safetensors", save(state))
+        atomic_write_json(out / "config.json", {"kind": "ramm-vq", **asdict(self.cfg)})
+
+    @classmethod
+    def from_pretrained(cls, model_dir, device: str | None = None) -> "ImageTokenizer":
+        from safetensors.torch import load_file
+        d = Path(model_dir)
+        if not (d / "config.json").exists():
+            raise FileNotFoundError(f"no config.json in image tokenizer dir {d}")
+        raw = json.loads((d / "config.json").read_text())
+        raw.pop("kind", None)
+        model = cls(ImageTokenizerConfig(**raw))
+        model.load_state_dict(load_file(d / "model.safetensors"))
+        return model.to(device or "cpu").eval()

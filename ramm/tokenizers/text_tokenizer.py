@@ -1,0 +1,69 @@
+"""Byte-level BPE for the text side of the CM3 stream (HF `tokenizers`, as GPT-2 / CM3 use).
+
+Only text ids live here; the CM3 special tokens (<doc>, <img>, <mask:i>, ...) are in the unified
+`Vocabulary`, after the image ids. A `<pad>` id 0 is kept for users of the tokenizer on its own.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from ramm.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PAD = "<pad>"
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer):
+        self._tok = tokenizer  # a tokenizers.Tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> "TextTokenizer":
+        """Learn merges on `texts`; vocab_size counts the 256 byte symbols and <pad>."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 258:
+            raise ValueError(f"vocab_size must be >= 258 (256 bytes + <pad> + one merge), got {vocab_size}")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        log.info("trained byte-level BPE with %d tokens", tok.get_vocab_size())
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def pad(self) -> int:
+        return self._tok.token_to_id(PAD)
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        return self._tok.encode(text).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"text token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def save_pretrained(self, out_dir) -> None:
+        atomic_write_text(Path(out_dir) / "tokenizer.json", self._tok.to_str())
+
+    @classmethod
+    def from_pretrained(cls, model_dir) -> "TextTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
+        return cls(Tokenizer.from_file(str(path)))
