@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+from ramm.retrieval.encoder import load_encoder
+from ramm.retrieval.loss import clip_loss
+
+from conftest import TINY
+
+
+def test_clip_loss_low_for_matched_pairs_high_for_shuffled():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
+    scale = torch.tensor(np.log(50.0))
+    assert clip_loss(a, a, scale) < 0.1 < clip_loss(a, a.roll(1, 0), scale)
+    with pytest.raises(ValueError):
+        clip_loss(a, a[:4], scale)
+
+
+def test_training_loss_drops_and_retrieval_beats_chance(tmp_path, docs):
+    from ramm.training.retriever_recipe import leave_one_out_recall, train_retriever
+    from ramm.training.trainer import TrainerConfig
+    cfg = TrainerConfig(out_dir=str(tmp_path), steps=40, batch_size=30, lr=3e-3, warmup_steps=5, log_every=5,
+                        progress=False, amp=False)
+    train_retriever(docs, tmp_path, cfg, DualEncoderConfig(**TINY))
+    import json
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert losses[-1] < 0.7 * losses[0]
+    recall = leave_one_out_recall(DualEncoder.from_pretrained(tmp_path), docs, docs)
+    assert recall["t2i_r1"] > 0.3 and recall["i2t_r5"] > 5 * 5 / len(docs)  # chance is 1/30 per concept
+
+
+def test_embeddings_are_normalised_float32_and_reload_identically(encoder_dir, docs):
+    enc = load_encoder(encoder_dir)
+    assert isinstance(enc, DualEncoder)
+    t = enc.embed_text([d.text for d in docs[:5]])
+    i = enc.embed_image(np.stack([d.image for d in docs[:5]]))
+    m = enc.embed_documents(docs[:5])
+    for x in (t, i, m):
+        assert x.dtype == np.float32 and x.shape == (5, enc.dim)
+        assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert np.allclose(m, (t + i) / np.linalg.norm(t + i, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(DualEncoder.from_pretrained(encoder_dir).embed_text([docs[0].text]), t[:1], atol=1e-6)
+    # float tensor input and other sizes are accepted (resized to the configured size)
+    big = torch.from_numpy(np.stack([d.image for d in docs[:2]])).permute(0, 3, 1, 2).float() / 255
+    assert enc.embed_image(torch.nn.functional.interpolate(big, size=32)).shape == (2, enc.dim)
+
+
+def test_bad_inputs_raise_value_errors(encoder_dir):
+    enc = load_encoder(encoder_dir)
+    with pytest.raises(ValueError, match="uint8"):
+        enc.embed_image(np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError):
+        enc.embed_text("not a list")
+    with pytest.raises(ValueError, match="text_width"):
+        DualEncoderConfig(text_width=30, text_heads=4)
+    with pytest.raises(FileNotFoundError):
+        load_encoder(encoder_dir / "nope")
+
+
+def test_hf_clip_adapter_loads_a_local_tiny_clip(tmp_path, docs):
+    from tokenizers import Tokenizer
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    from ramm.retrieval.hf_clip import HFClipEncoder
+    torch.manual_seed(0)
+    tok: Tokenizer = train_text_tokenizer([d.text for d in docs], 400)
+    cfg = CLIPConfig(text_config=dict(vocab_size=tok.get_vocab_size(), eos_token_id=2, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32),
+                     vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>").save_pretrained(tmp_path)
+    enc = load_encoder(tmp_path)
+    assert isinstance(enc, HFClipEncoder) and enc.dim == 16
+    t, i, m = enc.embed_text([docs[0].text, docs[1].text]), enc.embed_image(docs[0].image), enc.embed_documents(docs[:3])
+    assert t.shape == (2, 16) and i.shape == (1, 16) and m.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(m, axis=1), 1, atol=1e-5)
+    assert not np.allclose(t[0], t[1])
