@@ -53,13 +53,13 @@ from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 SCHEMA = 1
 SYSTEMS = ("RA", "vanilla", "retrieval-only")  # the headline experiment's systems, in display order
 FILES_DIR = "report_files"
-# metric key -> (column title, higher is better, format)
+# metric key -> (column title, format); FID is lower-is-better, the others higher-is-better
 METRICS = {
-    "fid": ("FID", False, "{:.4f}"),
-    "clip_score": ("CLIPScore", True, "{:.2f}"),
-    "recognition": ("recognition", True, "{:.1%}"),
-    "cider": ("CIDEr", True, "{:.3f}"),
-    "bleu4": ("BLEU-4", True, "{:.3f}"),
+    "fid": ("FID", "{:.4f}"),
+    "clip_score": ("CLIPScore", "{:.2f}"),
+    "recognition": ("recognition", "{:.1%}"),
+    "cider": ("CIDEr", "{:.3f}"),
+    "bleu4": ("BLEU-4", "{:.3f}"),
 }
 
 
@@ -193,7 +193,7 @@ def pick_examples(docs: list[Document], per_split: int = 6, flags: int = 2,
 
 
 def _fmt(key: str, value: float | None) -> str:
-    return "–" if value is None else METRICS[key][2].format(value)
+    return "–" if value is None else METRICS[key][1].format(value)
 
 
 def _ordered(systems: set[str]) -> list[str]:
@@ -217,7 +217,8 @@ def _score_rows(results: Results) -> tuple[list[str], list[list[str]]]:
 
 
 def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
-    """RA's relative change over each baseline, per metric (a lower FID is an improvement)."""
+    """RA's relative change over each baseline per metric (a lower FID is an improvement); recognition,
+    a rate that is often 0 for a baseline, as a difference in percentage points."""
     header = ["split", "RA vs"] + [METRICS[k][0] for k in METRICS]
     rows = []
     for split, systems in results.scores.items():
@@ -227,7 +228,12 @@ def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
             cells = []
             for k in METRICS:
                 ra, other = getattr(systems["RA"], k), getattr(systems[base], k)
-                cells.append("–" if ra is None or not other else f"{(ra - other) / abs(other):+.0%}")
+                if ra is None or other is None:
+                    cells.append("–")
+                elif k == "recognition":
+                    cells.append(f"{100 * (ra - other):+.0f} pts")
+                else:
+                    cells.append(f"{(ra - other) / abs(other):+.0%}" if other else "–")
             rows.append([split, base] + cells)
     return header, rows
 
@@ -272,23 +278,35 @@ def _example_groups(examples: list[Example]) -> dict[str, list[Example]]:
     return groups
 
 
-def render_markdown(results: Results, examples: list[Example]) -> str:
-    systems = _example_systems(examples)
-    out = [f"# ramm report: {results.run}", "",
-           f"Computed {results.created}. FID is **{results.fid_features}** (not Inception: values are only "
-           f"comparable between systems of this report); CLIPScore and recognition use the {results.clip_features}.", "",
-           "## Headline", "", _md_table(*_score_rows(results)), ""]
+def _intro(results: Results) -> str:
+    caveat = ("" if "Inception" in results.fid_features else
+              " These features are not Inception's: compare values only between the systems of this report.")
+    return (f"Computed {results.created}. FID column: {results.fid_features}.{caveat} "
+            f"CLIPScore and recognition use the {results.clip_features}.")
+
+
+def _tables(results: Results, examples: list[Example], img, text) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rendered rows) in report order; `img(path, caption)` and `text(s)` render a cell."""
+    plain = [("Headline", *_score_rows(results))]
     cmp_header, cmp_rows = _comparison_rows(results)
     if cmp_rows:
-        out += ["## RA against the baselines (relative change)", "", _md_table(cmp_header, cmp_rows), ""]
+        plain.append(("RA against the baselines (relative change)", cmp_header, cmp_rows))
     if results.retrieval:
-        out += ["## Retrieval (Recall@K)", "", _md_table(*_retrieval_rows(results)), ""]
+        plain.append(("Retrieval (Recall@K)", *_retrieval_rows(results)))
+    tables = [(title, header, [[text(c) for c in r] for r in rows]) for title, header, rows in plain]
+    systems = _example_systems(examples)
+    for split, group in _example_groups(examples).items():
+        tables.append((f"Samples: {split}", _grid_header(systems), [_example_cells(ex, systems, img, text) for ex in group]))
+    return tables
+
+
+def render_markdown(results: Results, examples: list[Example]) -> str:
+    md_img = lambda path, cap: f"![{cap.replace(']', ')').replace('[', '(')}]({path})"
+    out = [f"# ramm report: {results.run}", "", _intro(results), ""]
+    for title, header, rows in _tables(results, examples, md_img, lambda s: s):
+        out += [f"## {title}", "", _md_table(header, rows), ""]
     if results.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
-    md_img = lambda path, cap: f"![{cap.replace(']', ')').replace('[', '(')}]({path})"
-    for split, group in _example_groups(examples).items():
-        rows = [_example_cells(ex, systems, md_img, lambda s: s) for ex in group]
-        out += [f"## Samples: {split}", "", _md_table(_grid_header(systems), rows), ""]
     if results.config:
         out += ["## Config", "", "```json", json.dumps(results.config, indent=2), "```", ""]
     return "\n".join(out)
@@ -299,44 +317,32 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px;max-width:96px}
 img{width:64px;height:64px;image-rendering:pixelated;border:1px solid #ddd}.note{color:#555}"""
+_NUMBER = re.compile(r"^[+-]?[\d.,]+(%| pts)?$")
 
 
-def _html_table(header: list[str], rows: list[list[str]], escape: bool = True) -> str:
-    esc = html.escape if escape else (lambda s: s)
-    num = re.compile(r"^[+-]?[\d.,]+%?$")
-    body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if escape and num.match(c) else f"<td>{esc(c)}</td>"
-                                    for c in r) + "</tr>" for r in rows)
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    """Cells are HTML already (escaped text or figures); numbers are right-aligned."""
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if _NUMBER.match(c) else f"<td>{c}</td>" for c in r)
+                   + "</tr>" for r in rows)
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{body}</table>"
 
 
 def render_html(results: Results, examples: list[Example], run_dir: Path) -> str:
-    systems = _example_systems(examples)
-
     def img(path: str, cap: str) -> str:
         data = base64.b64encode(_read_image(run_dir, path)).decode()
         return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(cap)}">'
                 f"<figcaption>{html.escape(cap)}</figcaption></figure>")
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ramm report: {html.escape(results.run)}</title>"
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>ramm report: {html.escape(results.run)}</h1>",
-             f"<p class='note'>Computed {html.escape(results.created)}. FID is <b>{html.escape(results.fid_features)}</b> "
-             f"(not Inception: values are only comparable between systems of this report); CLIPScore and recognition "
-             f"use the {html.escape(results.clip_features)}.</p>",
-             "<h2>Headline</h2>", _html_table(*_score_rows(results))]
-    cmp_header, cmp_rows = _comparison_rows(results)
-    if cmp_rows:
-        parts += ["<h2>RA against the baselines (relative change)</h2>", _html_table(cmp_header, cmp_rows)]
-    if results.retrieval:
-        parts += ["<h2>Retrieval (Recall@K)</h2>", _html_table(*_retrieval_rows(results))]
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ramm report: {esc(results.run)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>ramm report: {esc(results.run)}</h1>",
+             f"<p class='note'>{esc(_intro(results))}</p>"]
+    for title, header, rows in _tables(results, examples, img, esc):
+        parts += [f"<h2>{esc(title)}</h2>", _html_table(header, rows)]
     if results.notes:
-        parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in results.notes) + "</ul>"]
-    for split, group in _example_groups(examples).items():
-        rows = [_example_cells(ex, systems, img, html.escape) for ex in group]
-        parts += [f"<h2>Samples: {html.escape(split)}</h2>", _html_table(_grid_header(systems), rows, escape=False)]
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in results.notes) + "</ul>")
     if results.config:
-        parts += ["<details><summary>Config</summary><pre>" + html.escape(json.dumps(results.config, indent=2))
-                  + "</pre></details>"]
+        parts.append(f"<details><summary>Config</summary><pre>{esc(json.dumps(results.config, indent=2))}</pre></details>")
     return "\n".join(parts + ["</body></html>"])
 
 
