@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ramm.corpus.document import Document, encode_png
+from ramm.evaluation.captioning import emoji_references
 from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SCHEMA = 1
@@ -187,9 +188,34 @@ def pick_examples(docs: list[Document], per_split: int = 6, flags: int = 2,
     for split in splits:
         pool = [d for d in order if d.metadata.get("split") == split]
         chosen = [d for d in pool if is_flag(d)][:flags]
-        chosen += [d for d in pool if d not in chosen][: per_split - len(chosen)]
+        taken = {d.id for d in chosen}
+        chosen += [d for d in pool if d.id not in taken][: per_split - len(chosen)]
         out += chosen
     return out
+
+
+def make_example(run_dir: str | Path, doc: Document, retrieved: list[tuple[Document, float]],
+                 samples: dict[str, np.ndarray], captions: dict[str, str] | None = None) -> Example:
+    """Save one grid row's images under run_dir/report_files/ and describe it.
+
+    doc: the target (text + real image, EmojiBench metadata); retrieved: what the RA model saw;
+    samples: system -> generated uint8 (H, W, 3) image.
+    """
+    if doc.image is None:
+        raise ValueError(f"example {doc.id} has no reference image")
+    stem = _file_stem(doc.id)
+    return Example(
+        doc_id=doc.id, split=doc.metadata.get("split", "?"), prompt=doc.text, flag=is_flag(doc),
+        reference=save_image(run_dir, f"{stem}-reference", doc.image),
+        retrieved=[Retrieved(doc_id=r.id, text=r.text, score=float(score),
+                             image=save_image(run_dir, f"{stem}-retrieved{i}", r.image) if r.image is not None else None)
+                   for i, (r, score) in enumerate(retrieved)],
+        samples={name: save_image(run_dir, f"{stem}-{_file_stem(name)}", img) for name, img in samples.items()},
+        captions=dict(captions or {}), references=emoji_references(doc.metadata) if doc.metadata.get("name") else [])
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def _fmt(key: str, value: float | None) -> str:

@@ -89,3 +89,19 @@ def test_pick_examples_is_fixed_and_includes_flags():
     assert [d.id for d in pick_examples(list(reversed(docs)), per_split=5, flags=3)] == [d.id for d in picked]
     with pytest.raises(ValueError, match="flags"):
         pick_examples(docs, per_split=2, flags=3)
+
+
+def test_make_example_saves_every_image_and_renders(tmp_path):
+    from ramm.evaluation.report import make_example
+    px = lambda v: np.full((8, 8, 3), v, np.uint8)
+    meta = {"split": "heldout", "category": "Flags", "name": "Japan Flag", "short_names": ["flag-jp", "jp"]}
+    doc = Document.from_pair("twitter-1f1ef-1f1f5", "twitter emoji: japan flag", px(10), metadata=meta)
+    other = Document.from_pair("google-1f1ef-1f1f5", "google emoji: japan flag", px(20))
+    ex = make_example(tmp_path, doc, [(other, 0.95)], {"RA": px(30), "vanilla": px(40), "retrieval-only": px(20)},
+                      {"RA": "japan flag"})
+    assert ex.flag and ex.split == "heldout" and ex.references == ["Japan Flag", "flag-jp", "jp"]
+    assert ex.retrieved[0].doc_id == "google-1f1ef-1f1f5" and ex.retrieved[0].score == pytest.approx(0.95)
+    assert all((tmp_path / p).is_file() for p in ex.image_paths()) and len(set(ex.image_paths())) == 5
+    results = Results(run="one", fid_features="FID on ramm-encoder features")
+    md, _ = write_report(tmp_path, results, [ex])
+    assert "report_files/twitter-1f1ef-1f1f5-retrieval-only.png" in md.read_text()
