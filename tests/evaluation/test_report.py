@@ -105,3 +105,13 @@ def test_make_example_saves_every_image_and_renders(tmp_path):
     results = Results(run="one", fid_features="FID on ramm-encoder features")
     md, _ = write_report(tmp_path, results, [ex])
     assert "report_files/twitter-1f1ef-1f1f5-retrieval-only.png" in md.read_text()
+
+
+def test_eval_group_takes_run_and_subcommands_from_other_modules():
+    from ramm.cli import CLI
+    from ramm.cli.evaluation import register
+    cli = CLI()
+    register(cli)
+    cli.command("retrieval", "recall of a retriever", group="eval").set_defaults(func="retrieval")
+    assert cli.parser.parse_args(["eval", "--run", "runs/x"]).run == "runs/x"
+    assert cli.parser.parse_args(["eval", "retrieval"]).func == "retrieval"
