@@ -57,7 +57,8 @@ def evaluate(model: ImageTokenizer, images: torch.Tensor, batch_size: int = 256)
             "perplexity": math.exp(entropy)}
 
 
-def _step(model, batch):
+def tokenizer_step(model, batch):
+    """Trainer step: the tokenizer's own loss; counts images."""
     _, _, loss = model(batch)
     return loss, batch.shape[0]
 
@@ -71,7 +72,7 @@ def train_image_tokenizer(docs: Sequence[Document], cfg: ImageTokenizerConfig, t
     eval_images = ImageDataset(eval_docs, cfg.image_size).images.float() / 255 if eval_docs else None
     model = ImageTokenizer(cfg)
     eval_fn = (lambda m: evaluate(m, eval_images)) if eval_images is not None and len(eval_images) else None
-    trainer = Trainer(model, data, trainer_cfg, step_fn=_step, eval_fn=eval_fn)
+    trainer = Trainer(model, data, trainer_cfg, step_fn=tokenizer_step, eval_fn=eval_fn)
     log.info("training image tokenizer on %d images (%d parameters)", len(data),
              sum(p.numel() for p in model.parameters()))
     row = trainer.fit()

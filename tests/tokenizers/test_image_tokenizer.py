@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ramm.corpus.document import Document, TextSegment
+from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from ramm.training.tokenizer_recipe import ImageDataset, evaluate, tokenizer_step, train_image_tokenizer
+from ramm.training.trainer import Trainer, TrainerConfig
+
+torch.set_num_threads(1)
+TINY = dict(image_size=16, grid=4, channels=16, latent_dim=16)
+
+
+def _docs(n=24, size=16, seed=0):
+    """Coloured rectangles on white: structure a tokenizer can learn in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        img = np.full((size, size, 3), 255, np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        h, w = rng.integers(3, size // 2, 2)
+        img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+        docs.append(Document.from_pair(f"d{i}", f"shape {i}", img, metadata={"split": "train"}))
+    return docs
+
+
+def _images(docs):
+    return ImageDataset(docs, 16).images.float() / 255
+
+
+def _tcfg(tmp_path, **kw):
+    return TrainerConfig(out_dir=str(tmp_path), **{**dict(steps=60, batch_size=8, lr=3e-3, warmup_steps=5,
+                                                         weight_decay=0.0, progress=False, device="cpu"), **kw})
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_encode_decode_shapes_and_range(quantizer):
+    tok = ImageTokenizer(ImageTokenizerConfig(quantizer=quantizer, codebook_size=32, **TINY))
+    codes = tok.encode(_images(_docs(3)))
+    assert codes.shape == (3, 16) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < tok.codebook_size
+    out = tok.decode(codes)
+    assert out.shape == (3, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
+    assert tok.tokens_per_image == 16 and tok.grid == 4
+
+
+def test_fsq_codebook_size_is_product_of_levels():
+    assert ImageTokenizerConfig(fsq_levels=[8, 5, 5, 5]).codebook_size == 1000
+
+
+def test_paper_scale_256_images_give_32x32_grid():
+    cfg = ImageTokenizerConfig(image_size=256, grid=32, channels=8, latent_dim=8)
+    tok = ImageTokenizer(cfg)
+    assert tok.encode(torch.rand(1, 3, 256, 256)).shape == (1, 1024)
+
+
+def test_training_reduces_reconstruction_error(tmp_path):
+    docs = _docs()
+    cfg = ImageTokenizerConfig(**TINY)
+    before = evaluate(ImageTokenizer(cfg), _images(docs))["psnr"]
+    tok, metrics = train_image_tokenizer(docs, cfg, _tcfg(tmp_path), eval_docs=docs)
+    assert metrics["psnr"] > before + 3, (before, metrics)
+    assert 0 < metrics["usage"] <= 1 and metrics["perplexity"] >= 1
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_save_load_gives_identical_codes(tmp_path, quantizer):
+    torch.manual_seed(0)
+    tok = ImageTokenizer(ImageTokenizerConfig(quantizer=quantizer, codebook_size=32, **TINY))
+    x = _images(_docs(6))
+    tok.train()
+    tok(x)  # VQ: k-means init + an EMA update, so the saved codebook is not the initial one
+    tok.eval()
+    tok.save_pretrained(tmp_path)
+    loaded = ImageTokenizer.from_pretrained(tmp_path)
+    assert loaded.cfg == tok.cfg
+    assert torch.equal(loaded.encode(x), tok.encode(x))
+    assert torch.allclose(loaded.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    docs = _docs(16)
+    cfg = ImageTokenizerConfig(**TINY)
+    torch.manual_seed(0)
+    full, _ = train_image_tokenizer(docs, cfg, _tcfg(tmp_path / "full", steps=12))
+    torch.manual_seed(0)
+    Trainer(ImageTokenizer(cfg), ImageDataset(docs, 16), _tcfg(tmp_path / "cut", steps=12, ckpt_every=6),
+            step_fn=tokenizer_step).fit(until_step=6)
+    torch.manual_seed(1)  # resuming must not depend on the fresh model's initialisation
+    resumed, metrics = train_image_tokenizer(docs, cfg, _tcfg(tmp_path / "cut", steps=12, resume=True))
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_bad_inputs_raise_value_error():
+    tok = ImageTokenizer(ImageTokenizerConfig(**TINY))
+    with pytest.raises(ValueError, match="images must be"):
+        tok.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="images must be"):
+        tok.encode(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="dtype"):
+        tok.encode(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="tokens must be"):
+        tok.decode(torch.zeros(1, 15, dtype=torch.long))
+    with pytest.raises(ValueError, match="tokens must lie"):
+        tok.decode(torch.full((1, 16), tok.codebook_size))
+    with pytest.raises(ValueError, match="multiple of grid"):
+        ImageTokenizerConfig(image_size=30, grid=8)
+    with pytest.raises(ValueError, match="quantizer"):
+        ImageTokenizerConfig(quantizer="rvq")
+    with pytest.raises(ValueError, match="must be 16x16"):
+        ImageDataset(_docs(2, size=32), 16)
+
+
+def test_text_only_corpus_raises(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        train_image_tokenizer([Document(id="a", segments=[TextSegment("only text")])],
+                              ImageTokenizerConfig(**TINY), _tcfg(tmp_path))
