@@ -157,19 +157,23 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
     if idx.size(1) + max_new_tokens > limit:
         raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
                          f"context of {limit}")
+    # without padding the model's cheaper plain-causal path gives the same result
+    padded = not bool(attn.all())
     amp = autocast_dtype(str(device))
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    cache = model.new_cache(len(rows), idx.size(1) + max_new_tokens, device, amp or next(model.parameters()).dtype) \
-        if use_cache else None
+    cache = None
     with autocast:
-        logits, _ = model(idx, cache=cache, attention_mask=attn)
+        if use_cache:
+            logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
+        else:
+            logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
     n_logits = logits.size(-1)
     constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
                                     stop_after_image, device)
     greedy = config.method == "greedy"
     out = []
     for step in range(max_new_tokens):
-        scores = next_token_scores(logits[:, -1].float(), constraint.allowed(max_new_tokens - step), config)
+        scores = next_token_scores(logits.float(), constraint.allowed(max_new_tokens - step), config)
         tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
         out.append(tok)
         constraint.update(tok)
@@ -179,12 +183,30 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
         attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
         with autocast:
             if use_cache:
-                logits, _ = model(feed, cache=cache, attention_mask=attn)
+                logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
             else:
                 idx = torch.cat([idx, feed], 1)
-                logits, _ = model(idx, attention_mask=attn)
+                logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
     new = torch.stack(out, 1).tolist()
     return [_until_stop(r, vocab.pad) for r in new]
+
+
+def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):
+    """Fill a new KV cache with the prompts; returns the last logits (B, V) and the cache.
+
+    Identical prompts (n samples of one caption) share one prefill row, then the cache is copied out.
+    """
+    device = next(model.parameters()).device
+    unique = {tuple(r): None for r in rows}
+    slot = {r: i for i, r in enumerate(unique)}
+    idx, attn = left_pad(list(unique), pad, device)  # the longest prompt is among them: same width
+    cache = model.new_cache(len(unique), max_len, device, dtype or next(model.parameters()).dtype)
+    logits = model(idx, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
+    if len(unique) < len(rows):
+        where = torch.tensor([slot[tuple(r)] for r in rows], device=device)
+        cache.reorder(where)
+        logits = logits[where]
+    return logits, cache
 
 
 def _until_stop(row: list[int], pad: int) -> list[int]:

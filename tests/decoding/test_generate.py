@@ -169,3 +169,9 @@ def test_bad_inputs_raise_clear_errors(model, vocab):
         DecodeConfig(method="beam")
     with pytest.raises(ValueError, match="top_p"):
         DecodeConfig(top_p=0.0)
+
+
+def test_repeated_prompts_share_one_prefill_and_match_separate_runs(model, vocab):
+    p, q = [vocab.doc, 1, 2, 3, 4, 5], [vocab.doc, 6]
+    kw = dict(config=DecodeConfig(method="greedy"), max_new_tokens=10, tokens_per_image=TPI)
+    assert generate(model, vocab, [p, q, p, p], **kw) == [generate(model, vocab, [r], **kw)[0] for r in (p, q, p, p)]
