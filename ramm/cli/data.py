@@ -1,0 +1,102 @@
+"""`ramm data emojibench` and `ramm data stats`."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+
+def register(cli) -> None:
+    p = cli.command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)", group="data")
+    p.add_argument("--out", required=True, help="output folder (tar shards + manifest.jsonl + meta.json)")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--styles", default="google,twitter", help="comma-separated styles (default google,twitter)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the concept-level splits (default 0)")
+    p.add_argument("--skin-tones", action="store_true", help="add skin-tone variants as concepts")
+    p.add_argument("--cache", default=None, help="download cache (default $RAMM_CACHE or ~/.cache/ramm)")
+    p.set_defaults(func=_emojibench)
+
+    p = cli.command("stats", "count documents per split, style and category (or stream-check any corpus)",
+                    group="data")
+    p.add_argument("path", help="EmojiBench folder, COCO captions JSON, JSONL/CSV, or webdataset tar shard(s)")
+    p.add_argument("--verify", action="store_true", help="EmojiBench: check every image against its sha256")
+    p.add_argument("--strict", action="store_true", help="other corpora: stop at the first bad item")
+    p.add_argument("--images", default=None, help="image folder for COCO/JSONL/CSV (default: beside the file)")
+    p.set_defaults(func=_stats)
+
+
+def _emojibench(args) -> int:
+    from tqdm import tqdm
+
+    from ramm.corpus.emojibench import EmojiBenchConfig, FetchError, build_emojibench, read_manifest
+    from ramm.corpus.skips import SkipCounter
+
+    cfg = EmojiBenchConfig(size=args.size, styles=tuple(s.strip() for s in args.styles.split(",") if s.strip()),
+                           seed=args.seed, skin_tones=args.skin_tones)
+    skips = SkipCounter()
+    try:
+        meta = build_emojibench(args.out, cfg, cache_dir=args.cache, skips=skips,
+                                progress=lambda it: tqdm(it, desc="render", unit="img", leave=False))
+    except FetchError as e:
+        print(f"ramm: error: {e}", file=sys.stderr)
+        return 1
+    print(f"EmojiBench in {args.out}: {meta['n_documents']} documents, {meta['n_concepts']} concepts "
+          f"({skips.summary() if skips.read or skips.skipped else 'already complete'})")
+    _print_emojibench_table(read_manifest(args.out))
+    return 0
+
+
+def _stats(args) -> int:
+    from pathlib import Path
+
+    from ramm.corpus.emojibench import is_emojibench_dir, read_manifest, verify_emojibench
+
+    if is_emojibench_dir(args.path):
+        rows = read_manifest(args.path)
+        _print_emojibench_table(rows)
+        if args.verify:
+            problems = verify_emojibench(args.path)
+            for p in problems[:20]:
+                print(f"  {p}")
+            print(f"verify: {len(rows) - len(problems)} of {len(rows)} images match the manifest")
+            return 1 if problems else 0
+        return 0
+
+    from tqdm import tqdm
+
+    from ramm.corpus.loaders import open_corpus
+
+    corpus = open_corpus(Path(args.path), strict=args.strict, images=args.images)
+    sizes, n_img = Counter(), 0
+    for doc in tqdm(corpus, desc="read", unit="doc"):
+        for img in doc.images:
+            n_img += 1
+            sizes[f"{img.pixels.shape[1]}x{img.pixels.shape[0]}"] += 1
+    print(f"{args.path} ({corpus.kind}): {corpus.skips.summary()}; {n_img} images")
+    for size, n in sizes.most_common(5):
+        print(f"  {size}: {n}")
+    return 0
+
+
+def _print_emojibench_table(rows: list[dict]) -> None:
+    from ramm.corpus.splits import SPLITS
+
+    styles = sorted({r["style"] for r in rows})
+    print(_table("split", SPLITS, styles, Counter((r["split"], r["style"]) for r in rows), "concepts",
+                 Counter(r["split"] for r in rows if r["style"] == styles[0])))
+    cats = sorted({r["category"] for r in rows})
+    print()
+    print(_table("category", cats, SPLITS, Counter((r["category"], r["split"]) for r in rows if r["style"] == styles[0]),
+                 None, None, note="concepts"))
+
+
+def _table(head: str, rows, cols, counts: Counter, extra: str | None, extra_counts: Counter | None, note="") -> str:
+    cols = list(cols) + ["total"]
+    width = max(len(head), *(len(str(r)) for r in rows)) + 2
+    lines = [f"{head:<{width}}" + "".join(f"{c:>9}" for c in cols) + (f"{extra:>10}" if extra else "")
+             + (f"   ({note})" if note else "")]
+    for r in list(rows) + ["total"]:
+        vals = [sum(n for (a, _), n in counts.items() if a == r or r == "total") if c == "total"
+                else sum(n for (a, b), n in counts.items() if b == c and (a == r or r == "total")) for c in cols]
+        tail = f"{(sum(extra_counts.values()) if r == 'total' else extra_counts[r]):>10}" if extra else ""
+        lines.append(f"{r:<{width}}" + "".join(f"{v:>9}" for v in vals) + tail)
+    return "\n".join(lines)

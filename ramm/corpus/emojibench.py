@@ -1,0 +1,340 @@
+"""EmojiBench: the built-in corpus (protocol in EMOJIBENCH.md).
+
+One document per (concept, style): "<style> emoji: <name>" then the emoji image (64x64 RGBA PNG from the
+npm packages emoji-datasource-<style>@16.0.0, composited on white, resized with LANCZOS). Splits are by
+concept (ramm.corpus.splits). The output is webdataset-style tar shards plus manifest.jsonl and
+meta.json, written shard by shard atomically; manifest and meta come last, so a half-built folder is
+never trusted, and a rerun rewrites only what is missing or differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes, encode_png
+from ramm.corpus.skips import SkipCounter
+from ramm.corpus.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits
+from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+VERSION = "16.0.0"
+# sha256 of the npm tarballs, pinned: a changed upstream package must not silently change the benchmark.
+TARBALL_SHA256 = {
+    "google": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
+    "twitter": "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
+}
+STYLES = tuple(TARBALL_SHA256)
+MIN_HELDOUT_FLAGS = 25
+SHARD_SIZE = 1000
+MANIFEST, META = "manifest.jsonl", "meta.json"
+SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
+              "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
+_SHARD_RE = re.compile(r"^\d{5}\.tar$")
+NPM_HINT = "install Node.js + npm (e.g. apt-get install nodejs npm)"
+
+
+class FetchError(RuntimeError):
+    """The npm packages could not be fetched or failed their checksum."""
+
+
+@dataclass(frozen=True)
+class EmojiBenchConfig:
+    """What a build depends on; saved in meta.json so that a rerun can tell whether the output is current."""
+
+    size: int = 32  # output image side in pixels (sources are 64x64)
+    styles: tuple[str, ...] = STYLES  # artwork sets, each one document per concept
+    seed: int = 0  # seed of the concept-level splits
+    skin_tones: bool = False  # add skin-tone variants as concepts (sharing their base concept's split)
+
+    def __post_init__(self):
+        if not 8 <= self.size <= 64:
+            raise ValueError(f"size must be in [8, 64] pixels, got {self.size}")
+        bad = [s for s in self.styles if s not in STYLES]
+        if bad or not self.styles:
+            raise ValueError(f"unknown style(s) {bad or self.styles}; choose from {', '.join(STYLES)}")
+        if len(set(self.styles)) != len(self.styles):
+            raise ValueError(f"duplicate style in {self.styles}")
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "styles": list(self.styles), "seed": self.seed, "skin_tones": self.skin_tones}
+
+
+# ---------------------------------------------------------------------------------------------- fetch
+def fetch_package(style: str, cache_dir: str | Path | None = None) -> Path:
+    """Path of the verified emoji-datasource-<style> tarball, fetched with `npm pack` into the cache."""
+    if style not in TARBALL_SHA256:
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    dest_dir = Path(cache_dir or default_cache_dir()) / "npm"
+    name = f"emoji-datasource-{style}-{VERSION}.tgz"
+    dest = dest_dir / name
+    if dest.exists() and _sha256_file(dest) == TARBALL_SHA256[style]:
+        return dest
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError(f"npm not found: {NPM_HINT}")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        spec = f"emoji-datasource-{style}@{VERSION}"
+        log.info("fetching %s with npm pack", spec)
+        r = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True)
+        got = Path(tmp) / name
+        if r.returncode != 0 or not got.exists():
+            raise FetchError(f"`npm pack {spec}` failed (needs network access to registry.npmjs.org; {NPM_HINT}): "
+                             f"{r.stderr.strip()[-500:]}")
+        digest = _sha256_file(got)
+        if digest != TARBALL_SHA256[style]:
+            raise FetchError(f"{spec}: sha256 {digest} does not match the pinned {TARBALL_SHA256[style]}")
+        got.replace(dest)
+    return dest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- concepts
+def read_concepts(tgz: Path, skin_tones: bool = False) -> list[dict]:
+    """Concept records from the package's emoji.json, in the package's sort order."""
+    with tarfile.open(tgz) as tf:
+        entries = json.load(tf.extractfile("package/emoji.json"))
+    entries.sort(key=lambda e: e["sort_order"])
+    out = []
+    for e in entries:
+        base = {"name": e["name"], "short_names": e["short_names"], "category": e["category"],
+                "subcategory": e["subcategory"]}
+        out.append(dict(base, concept=e["unified"].lower(), image=e["image"], base_concept=e["unified"].lower(),
+                        has_img={s: e.get(f"has_img_{s}", True) for s in STYLES}))
+        if skin_tones:
+            for tones, v in sorted((e.get("skin_variations") or {}).items()):
+                tone_names = ", ".join(SKIN_TONES.get(t, t) for t in tones.split("-"))
+                out.append(dict(base, name=f"{e['name']}: {tone_names}", concept=v["unified"].lower(),
+                                image=v["image"], base_concept=e["unified"].lower(),
+                                has_img={s: v.get(f"has_img_{s}", True) for s in STYLES}))
+    return out
+
+
+def emojibench_splits(concepts: list[dict], seed: int = 0) -> dict[str, str]:
+    """concept -> split; flags are a stratum with >= 25 heldout; skin-tone variants follow their base."""
+    bases = {c["base_concept"]: c["category"] for c in concepts}
+    strata = {b: ("flag" if cat == "Flags" else "other") for b, cat in bases.items()}
+    split = assign_splits(bases, seed=seed, fractions=DEFAULT_FRACTIONS, strata=strata,
+                          min_per_stratum={("flag", "heldout"): MIN_HELDOUT_FLAGS})
+    return {c["concept"]: split[c["base_concept"]] for c in concepts}
+
+
+def caption(style: str, name: str) -> str:
+    return f"{style} emoji: {name.lower()}"
+
+
+def _read_art(tgz: Path, style: str, images: set[str]) -> dict[str, bytes]:
+    """image file name -> 64x64 PNG bytes, in one sequential pass (random access into a .tgz re-inflates)."""
+    prefix, out = f"package/img/{style}/64/", {}
+    with tarfile.open(tgz, mode="r|gz") as tf:
+        for m in tf:
+            if m.isfile() and m.name.startswith(prefix) and m.name[len(prefix):] in images:
+                out[m.name[len(prefix):]] = tf.extractfile(m).read()
+    return out
+
+
+def _render(png: bytes, item: str, size: int) -> bytes:
+    """64x64 RGBA source PNG -> RGB on white, resized with LANCZOS, as PNG bytes."""
+    pixels = decode_image_bytes(png, item)
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS))
+    return encode_png(pixels)
+
+
+# ---------------------------------------------------------------------------------------------- build
+def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfig(),
+                     cache_dir: str | Path | None = None, shard_size: int = SHARD_SIZE,
+                     progress: Callable[[Iterable], Iterable] | None = None, skips: SkipCounter | None = None) -> dict:
+    """Build (or complete) EmojiBench in `out`; returns the meta dict. A current, valid output is left as is.
+
+    progress: wraps an iterable to show progress (the CLI passes tqdm); skips counts entries without art.
+    """
+    out = Path(out)
+    meta_path = out / META
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text("utf-8"))
+        if meta.get("config") == config.to_dict() and meta.get("shard_size") == shard_size and not verify_emojibench(out):
+            log.info("%s is complete and current; nothing to do", out)
+            return meta
+    skips = skips or SkipCounter()
+    tarballs = {s: fetch_package(s, cache_dir) for s in config.styles}
+    concepts = read_concepts(tarballs[config.styles[0]], config.skin_tones)
+    split_of = emojibench_splits(concepts, config.seed)
+
+    items = []  # (manifest row, png bytes, json bytes) in concept order, styles interleaved
+    pngs: dict[str, dict[str, bytes]] = {}
+    for style in config.styles:
+        art = _read_art(tarballs[style], style, {c["image"] for c in concepts})
+        for c in (progress(concepts) if progress else concepts):
+            key = f"{style}-{c['concept']}"
+            try:
+                if not c["has_img"][style] or c["image"] not in art:
+                    raise BadItem("missing_image", key, f"no {style} art for {c['image']} in {tarballs[style].name}")
+                pngs.setdefault(c["concept"], {})[style] = _render(art[c["image"]], key, config.size)
+                skips.ok()
+            except BadItem as e:
+                skips.skip(e)
+    for c in concepts:
+        for style, png in sorted(pngs.get(c["concept"], {}).items(), key=lambda kv: config.styles.index(kv[0])):
+            key = f"{style}-{c['concept']}"
+            meta_doc = {"concept": c["concept"], "style": style, "split": split_of[c["concept"]], "name": c["name"].lower(),
+                        "short_names": c["short_names"], "category": c["category"], "subcategory": c["subcategory"]}
+            if config.skin_tones:
+                meta_doc["base_concept"] = c["base_concept"]
+            text = caption(style, c["name"])
+            row = {"key": key, "concept": c["concept"], "style": style, "split": meta_doc["split"], "caption": text,
+                   "category": c["category"], "sha256": _sha256(png)}
+            doc_json = json.dumps({"id": key, "text": text, "metadata": meta_doc}, ensure_ascii=False, sort_keys=True)
+            items.append((row, png, doc_json.encode("utf-8")))
+
+    # A half-rebuilt folder must not be trusted: drop manifest and meta before touching any shard.
+    out.mkdir(parents=True, exist_ok=True)
+    for p in (meta_path, out / MANIFEST):
+        p.unlink(missing_ok=True)
+    n_shards = (len(items) + shard_size - 1) // shard_size
+    rows = []
+    for i in range(n_shards):
+        name = f"{i:05d}.tar"
+        chunk = items[i * shard_size:(i + 1) * shard_size]
+        data = _tar_bytes([(f"{r['key']}.png", png) for r, png, _ in chunk] +
+                          [(f"{r['key']}.json", js) for r, _, js in chunk], order=[r["key"] for r, _, _ in chunk])
+        if not (out / name).exists() or (out / name).read_bytes() != data:
+            atomic_write_bytes(out / name, data)
+        rows += [dict(r, shard=name) for r, _, _ in chunk]
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name) and int(p.name[:5]) >= n_shards:
+            p.unlink()
+    manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(out / MANIFEST, manifest)
+    meta = {"config": config.to_dict(), "shard_size": shard_size, "n_documents": len(rows),
+            "n_concepts": len({r["concept"] for r in rows}), "source": {
+                s: {"package": f"emoji-datasource-{s}@{VERSION}", "sha256": TARBALL_SHA256[s]} for s in config.styles},
+            "manifest_sha256": _sha256(manifest.encode("utf-8")), "skipped": dict(skips.skipped)}
+    atomic_write_json(meta_path, meta)
+    log.info("built %s: %d documents in %d shards (%s)", out, len(rows), n_shards, skips.summary())
+    return meta
+
+
+def _tar_bytes(files: list[tuple[str, bytes]], order: list[str]) -> bytes:
+    """A deterministic tar (mtime 0, fixed owner) with each key's files adjacent, as webdataset expects."""
+    rank = {k: i for i, k in enumerate(order)}
+    files = sorted(files, key=lambda f: (rank[f[0].rsplit(".", 1)[0]], f[0]))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- read
+def read_manifest(root: str | Path) -> list[dict]:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build EmojiBench with `ramm data emojibench --out {root}`")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _check(values, allowed, what) -> set[str] | None:
+    if values is None:
+        return None
+    values = (values,) if isinstance(values, str) else tuple(values)
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+    return set(values)
+
+
+def iter_emojibench(root: str | Path, splits: Iterable[str] | str | None = None,
+                    styles: Iterable[str] | str | None = None, verify: bool = True) -> Iterator[Document]:
+    """Stream the documents of the chosen splits/styles in manifest order; each image checked against its sha256."""
+    root = Path(root)
+    want_splits, want_styles = _check(splits, SPLITS, "split(s)"), _check(styles, STYLES, "style(s)")
+    rows = [r for r in read_manifest(root)
+            if (want_splits is None or r["split"] in want_splits) and (want_styles is None or r["style"] in want_styles)]
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    for shard, shard_rows in by_shard.items():
+        files = _read_shard(root / shard)
+        for r in shard_rows:
+            key = r["key"]
+            png, js = files.get(f"{key}.png"), files.get(f"{key}.json")
+            if png is None or js is None:
+                raise BadItem("missing_file", key, f"not in {root / shard}; rebuild with `ramm data emojibench`")
+            if verify and _sha256(png) != r["sha256"]:
+                raise BadItem("checksum_mismatch", key, f"{root / shard}; rebuild with `ramm data emojibench`")
+            d = json.loads(js)
+            yield Document(id=key, segments=[TextSegment(d["text"]), ImageSegment(pixels=decode_image_bytes(png, key))],
+                           source="emojibench", metadata=d["metadata"])
+
+
+def load_emojibench(root: str | Path, splits: Iterable[str] | str | None = None,
+                    styles: Iterable[str] | str | None = None, verify: bool = True) -> list[Document]:
+    """All documents of the chosen splits (None = all) and styles (None = all), in manifest order."""
+    return list(iter_emojibench(root, splits, styles, verify))
+
+
+def _read_shard(path: Path) -> dict[str, bytes]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild with `ramm data emojibench --out {path.parent}`")
+    try:
+        with tarfile.open(path) as tf:
+            return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    except tarfile.TarError as e:
+        raise BadItem("corrupt_shard", str(path), str(e)) from None
+
+
+def verify_emojibench(root: str | Path) -> list[str]:
+    """Problems found (empty when every manifest row's image is present with the right sha256)."""
+    root = Path(root)
+    try:
+        rows = read_manifest(root)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        return [f"manifest: {e}"]
+    problems, shards = [], {}
+    for r in rows:
+        if r["shard"] not in shards:
+            try:
+                shards[r["shard"]] = _read_shard(root / r["shard"])
+            except (FileNotFoundError, BadItem) as e:
+                shards[r["shard"]] = {}
+                problems.append(str(e))
+        png = shards[r["shard"]].get(f"{r['key']}.png")
+        if png is None or f"{r['key']}.json" not in shards[r["shard"]]:
+            problems.append(f"{r['key']}: missing from {r['shard']}")
+        elif _sha256(png) != r["sha256"]:
+            problems.append(f"{r['key']}: sha256 mismatch in {r['shard']}")
+    return problems
+
+
+def is_emojibench_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / MANIFEST).is_file() and (path / META).is_file()
