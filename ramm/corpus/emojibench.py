@@ -40,6 +40,7 @@ TARBALL_SHA256 = {
 STYLES = tuple(TARBALL_SHA256)
 MIN_HELDOUT_FLAGS = 25
 SHARD_SIZE = 1000
+FORMAT = 1  # bump when the documents change, so that reruns rebuild older outputs
 MANIFEST, META = "manifest.jsonl", "meta.json"
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
@@ -178,7 +179,8 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     meta_path = out / META
     if meta_path.exists():
         meta = json.loads(meta_path.read_text("utf-8"))
-        if meta.get("config") == config.to_dict() and meta.get("shard_size") == shard_size and not verify_emojibench(out):
+        current = (meta.get("format"), meta.get("config"), meta.get("shard_size")) == (FORMAT, config.to_dict(), shard_size)
+        if current and not verify_emojibench(out):
             log.info("%s is complete and current; nothing to do", out)
             return meta
     skips = skips or SkipCounter()
@@ -231,7 +233,7 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
             p.unlink()
     manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(out / MANIFEST, manifest)
-    meta = {"config": config.to_dict(), "shard_size": shard_size, "n_documents": len(rows),
+    meta = {"format": FORMAT, "config": config.to_dict(), "shard_size": shard_size, "n_documents": len(rows),
             "n_concepts": len({r["concept"] for r in rows}), "source": {
                 s: {"package": f"emoji-datasource-{s}@{VERSION}", "sha256": TARBALL_SHA256[s]} for s in config.styles},
             "manifest_sha256": _sha256(manifest.encode("utf-8")), "skipped": dict(skips.skipped)}
