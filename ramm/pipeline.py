@@ -1,0 +1,266 @@
+"""The top-level facade: load a trained generator bundle and run RA-CM3's tasks on it.
+
+    ramm = RAMM.load("runs/gen-ra", memory_dir="runs/memory")
+    out = ramm.generate_image("twitter emoji: japan flag", n=8, method="cfg")
+    out.outputs[0], out.retrieved   # best sample first, and the evidence it was conditioned on
+
+Every call retrieves k documents from the memory by default (RA-CM3: k = 2), or takes the caller's,
+and returns them with the outputs. A generator bundle is a directory with the transformer
+(config.json + model.safetensors) and `ramm.json` naming its tokenizers (see `load_generator_bundle`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ramm.corpus.document import Document, ImageSegment, decode_image_bytes
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "ramm.json"
+
+
+@dataclass
+class Result:
+    """What every facade call returns: outputs best first, their scores, and the retrieved evidence."""
+
+    outputs: list  # images: uint8 (H, W, 3); captions: str; infill / generate: Document
+    retrieved: list[Document]  # documents the model was conditioned on (retrieved or given)
+    scores: list[float] = field(default_factory=list)  # re-ranking score per output, higher is better
+    tokens: list[list[int]] = field(default_factory=list)  # generated ids per output
+
+
+@dataclass
+class GeneratorBundle:
+    """A trained generator and the token format it reads and writes."""
+
+    model: object  # ramm.model.transformer.Transformer
+    format: object  # ramm.tokenizers.cm3_format.CM3Format (holds the vocabulary and both tokenizers)
+    memory_dir: Path | None  # the memory the generator was trained with, when the bundle names one
+
+
+def load_generator_bundle(model_dir: str | Path, device: str | None = None) -> GeneratorBundle:
+    """Read `model_dir`: config.json + model.safetensors and ramm.json =
+    {"text_tokenizer": DIR, "image_tokenizer": DIR, "vocab": {text_size, image_size, n_sentinels},
+    "memory": DIR (optional)}; relative paths are relative to model_dir."""
+    from ramm.model.transformer import Transformer
+    from ramm.tokenizers.cm3_format import CM3Format
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer
+    from ramm.tokenizers.text_tokenizer import TextTokenizer
+    from ramm.tokenizers.vocab import Vocabulary
+
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model directory {root} does not exist")
+    if not (root / BUNDLE_FILE).is_file():
+        raise FileNotFoundError(f"{root / BUNDLE_FILE} not found: {root} is not a generator bundle "
+                                f"(train one with `ramm train generator`)")
+    try:
+        spec = json.loads((root / BUNDLE_FILE).read_text())
+        paths = {k: root / spec[k] for k in ("text_tokenizer", "image_tokenizer")}
+        vocab = Vocabulary.from_dict(spec["vocab"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{root / BUNDLE_FILE} is malformed ({e!r})") from None
+    model = Transformer.from_pretrained(root, device=device).eval()
+    image_tok = ImageTokenizer.from_pretrained(paths["image_tokenizer"], device=device)
+    fmt = CM3Format(vocab, TextTokenizer.from_pretrained(paths["text_tokenizer"]), image_tok)
+    if model.cfg.vocab_size < vocab.size:
+        raise ValueError(f"{root}: model has {model.cfg.vocab_size} ids but the vocabulary needs {vocab.size}")
+    memory = root / spec["memory"] if spec.get("memory") else None
+    return GeneratorBundle(model, fmt, memory)
+
+
+def read_image(image, size: int) -> np.ndarray:
+    """A path, PIL image or uint8 (H, W, 3) array -> uint8 (size, size, 3); unreadable files raise."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} not found")
+        return decode_image_bytes(path.read_bytes(), str(path), size)
+    if isinstance(image, Image.Image):
+        image = ImageSegment.from_pil(image).pixels
+    pixels = ImageSegment(pixels=np.asarray(image)).pixels  # validates dtype and shape
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS))
+    return pixels
+
+
+class RAMM:
+    """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
+
+    def __init__(self, model, fmt, memory=None):
+        import torch
+
+        self.model, self.format, self.memory = model, fmt, memory
+        self.vocab = fmt.vocab
+        self.device = next(model.parameters()).device
+        self._torch = torch
+
+    @classmethod
+    def load(cls, model_dir: str | Path, memory_dir: str | Path | None = None, device: str | None = None) -> "RAMM":
+        """Load a generator bundle, and the memory (`memory_dir`, else the one the bundle names)."""
+        from ramm.utils import pick_device
+
+        bundle = load_generator_bundle(model_dir, pick_device(device))
+        memory_dir = memory_dir or bundle.memory_dir
+        memory = None
+        if memory_dir is not None:
+            from ramm.retrieval.memory import Memory
+            memory = Memory.load(memory_dir)
+        return cls(bundle.model, bundle.format, memory)
+
+    # ------------------------------------------------------------------ retrieval
+    def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,
+                 exclude_ids: Sequence[str] = ()) -> list[Document]:
+        """The caller's documents if given; else k from the memory (none when retrieve=False or k=0)."""
+        if retrieved is not None:
+            return list(retrieved)
+        if not retrieve or k == 0:
+            return []
+        if self.memory is None:
+            raise ValueError("retrieval needs a memory: load one (memory_dir=...), or pass retrieve=False "
+                             "or retrieved=[...]")
+        return [doc for doc, _ in self.memory.search(query, k, exclude_ids=exclude_ids)]
+
+    # ------------------------------------------------------------------ tasks
+    def generate_image(self, caption: str, n: int = 8, *, retrieve: bool = True,
+                       retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+                       method: str = "sample", seed: int = 0, rerank: bool = True, batch_size: int = 8,
+                       progress: Callable[[int], None] | None = None, **decoding) -> Result:
+        """Text -> image: n samples, best first by the retriever's image-text similarity (when a memory
+        is loaded and rerank=True). Sampling is the default: greedy image decoding collapses to blanks."""
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError("caption is empty")
+        docs = self.retrieve(caption, k, retrieve, retrieved, exclude_ids)
+        prompt = self.format.image_prompt(caption, docs)
+        tpi = self.format.tokens_per_image
+        rows = self._sample([prompt] * n, [self.format.unconditional_image_prompt()] * n, method, decoding, seed,
+                            batch_size, progress, max_new_tokens=tpi + 1, stop_after_image=True)
+        codes = self._torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=self._torch.long)
+        images = self._decode_images(codes)
+        scores: list[float] = []
+        if rerank and n > 1 and self.memory is not None:
+            from ramm.decoding.rerank import image_text_scores, rank
+            s = image_text_scores(self.memory.encoder, images, caption)
+            order = rank(s)
+            images, rows, scores = images[order], [rows[i] for i in order], s[order].tolist()
+        return Result(list(images), docs, scores, rows)
+
+    def caption_image(self, image, n: int = 8, *, retrieve: bool = True,
+                      retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+                      method: str = "sample", seed: int = 0, rerank: bool = True, max_new_tokens: int = 32,
+                      batch_size: int = 8, progress: Callable[[int], None] | None = None, **decoding) -> Result:
+        """Image -> text by CM3 infilling of a masked caption; n samples, best first by the model's
+        own perplexity (RA-CM3). `image`: a path, PIL image or uint8 (H, W, 3) array."""
+        pixels = read_image(image, self.format.image_tokenizer.cfg.image_size)
+        docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
+        codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
+        prompt = self.format.caption_prompt(codes, docs)
+        rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, method, decoding, seed,
+                            batch_size, progress, max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.eos,),
+                            allow_images=False)
+        texts = [self._text(r) for r in rows]
+        scores: list[float] = []
+        if rerank and n > 1:
+            from ramm.decoding.rerank import continuation_nll, rank
+            nll = continuation_nll(self.model, self.vocab.pad, [prompt] * n, rows)
+            order = rank(nll, higher_is_better=False)
+            texts, rows, scores = [texts[i] for i in order], [rows[i] for i in order], (-nll[order]).tolist()
+        return Result(texts, docs, scores, rows)
+
+    def infill(self, document: Document, masked: Sequence[int], n: int = 1, *, retrieve: bool = True,
+               retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+               method: str = "sample", seed: int = 0, max_new_tokens: int = 32, **decoding) -> Result:
+        """CM3 infilling: regenerate the segments at indices `masked` (their content is ignored) given the
+        rest of the document; image spans get exactly one image's codes, text spans end at a sentinel."""
+        if method not in ("sample", "greedy"):
+            raise ValueError(f"infill decodes with 'sample' or 'greedy', not {method!r}")
+        kept = [s for i, s in enumerate(document.segments) if i not in set(masked)]
+        query = Document(document.id, kept) if kept else None  # the masked content must not leak in
+        docs = self.retrieve(query, k, retrieve and query is not None, retrieved, exclude_ids)
+        prompt, kinds = self.format.infill_prompt(document, masked, docs)
+        generator = self._generator(seed)
+        rows = [list(prompt) for _ in range(n)]
+        spans: list[list[int]] = [[] for _ in range(n)]
+        for j, kind in enumerate(kinds):
+            if j:
+                rows = [r + [self.vocab.sentinel(j)] for r in rows]
+            opener = [self.vocab.img] if kind == "image" else []
+            if kind == "image":
+                new = self._generate([r + opener for r in rows], None, method, decoding, generator,
+                                     max_new_tokens=self.format.tokens_per_image + 1, stop_after_image=True)
+            else:
+                stops = (self.vocab.eos, *(self.vocab.sentinel(i) for i in range(self.vocab.n_sentinels)))
+                new = self._generate(rows, None, method, decoding, generator, max_new_tokens=max_new_tokens,
+                                     stop_tokens=stops, allow_images=False)
+                new = [[t for t in r if t not in stops] for r in new]
+            rows = [r + opener + t for r, t in zip(rows, new)]
+            spans = [s + ([self.vocab.sentinel(j)] if j else []) + opener + t for s, t in zip(spans, new)]
+        outputs = [self.format.parse(r + [self.vocab.eos], doc_id=f"{document.id}-infill-{i}")
+                   for i, r in enumerate(rows)]
+        return Result(outputs, docs, [], spans)
+
+    def generate(self, prompt: Document, demonstrations: Sequence[Document] = (), n: int = 1, *,
+                 retrieve: bool = True, retrieved: Sequence[Document] | None = None, k: int = 2,
+                 exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0,
+                 max_new_tokens: int = 96, **decoding) -> Result:
+        """In-context continuation: retrieved documents, then the demonstrations, <sep>, then the
+        open prompt document, continued until </doc>. Outputs are the completed prompt documents."""
+        if method not in ("sample", "greedy"):
+            raise ValueError(f"generate decodes with 'sample' or 'greedy', not {method!r}")
+        docs = self.retrieve(prompt, k, retrieve, retrieved, exclude_ids)
+        context = [*docs, *demonstrations]
+        prefix = [t for d in context for t in self.format.encode_document(d)] + ([self.vocab.sep] if context else [])
+        ids = prefix + self.format.encode_document(prompt)[:-1]  # the prompt document stays open
+        rows = self._generate([ids] * n, None, method, decoding, self._generator(seed),
+                              max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.doc_end,))
+        outputs = [self.format.parse(ids + r + ([] if r[-1:] == [self.vocab.doc_end] else [self.vocab.doc_end]),
+                                     doc_id=f"{prompt.id}-continued-{i}") for i, r in enumerate(rows)]
+        return Result(outputs, docs, [], rows)
+
+    # ------------------------------------------------------------------ helpers
+    def _generator(self, seed: int):
+        return self._torch.Generator(device=self.device).manual_seed(seed)
+
+    def _generate(self, prompts, uncond, method, decoding, generator, **kw) -> list[list[int]]:
+        from ramm.decoding.generate import DecodeConfig, generate
+        return generate(self.model, self.vocab, prompts, tokens_per_image=self.format.tokens_per_image,
+                        config=DecodeConfig(method=method, **decoding), uncond_prompts=uncond,
+                        generator=generator, **kw)
+
+    def _sample(self, prompts, uncond, method, decoding, seed, batch_size, progress, **kw) -> list[list[int]]:
+        """n samples in batches of batch_size (one seeded generator across batches)."""
+        if len(prompts) < 1:
+            raise ValueError(f"n must be >= 1, got {len(prompts)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        generator = self._generator(seed)
+        rows: list[list[int]] = []
+        for i in range(0, len(prompts), batch_size):
+            rows += self._generate(prompts[i:i + batch_size], uncond[i:i + batch_size], method, decoding,
+                                   generator, **kw)
+            if progress:
+                progress(len(rows))
+        return rows
+
+    def _decode_images(self, codes) -> np.ndarray:
+        """(N, tokens_per_image) codes -> uint8 (N, H, W, 3)."""
+        img = self.format.image_tokenizer.decode(codes)  # (N, 3, H, W) in [0, 1]
+        return (img.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+    def _text(self, row: list[int]) -> str:
+        """The caption: text ids up to the first non-text token."""
+        ids = []
+        for t in row:
+            if not self.vocab.is_text(t):
+                break
+            ids.append(t)
+        return self.format.text.decode(ids).strip()
+
