@@ -1,0 +1,187 @@
+"""Each loader on a tiny fixture holding every bad-input case: skipped and counted, or raised under strict."""
+import csv
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ramm.corpus import open_corpus
+from ramm.corpus.document import BadItem, MAX_IMAGE_PIXELS
+from ramm.corpus.skips import SkipCounter
+
+
+def png_bytes(color=(200, 30, 30), size=(6, 4), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_bytes() -> bytes:
+    """A small file that decodes to more pixels than the limit (1-bit, so cheap to make)."""
+    buf = io.BytesIO()
+    Image.new("1", (8193, MAX_IMAGE_PIXELS // 8192)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """good.png, red.jpg, corrupt.png (garbage), truncated.png (half a PNG), bomb.png (over the pixel limit)."""
+    d = tmp_path_factory.mktemp("imgs")
+    (d / "good.png").write_bytes(png_bytes())
+    Image.new("RGB", (5, 5), (0, 0, 255)).save(d / "blue.jpg")
+    (d / "corrupt.png").write_bytes(b"this is not an image at all")
+    full = png_bytes(size=(64, 64), color=(1, 2, 3))
+    (d / "truncated.png").write_bytes(full[: len(full) // 2])
+    (d / "bomb.png").write_bytes(bomb_bytes())
+    return d
+
+
+# (row id, image file, caption, expected skip reason or None)
+ROWS = [
+    ("ok1", "good.png", "a red box", None),
+    ("ok2", "blue.jpg", "a blue box", None),
+    ("corrupt", "corrupt.png", "garbage", "corrupt_image"),
+    ("trunc", "truncated.png", "half an image", "corrupt_image"),
+    ("missing", "nowhere.png", "no file", "missing_file"),
+    ("empty", "good.png", "   ", "empty_caption"),
+    ("bomb", "bomb.png", "too big", "image_too_large"),
+]
+GOOD = ["ok1", "ok2"]
+BAD_REASONS = {"corrupt_image": 2, "missing_file": 1, "empty_caption": 1, "image_too_large": 1}
+
+
+def read_all(corpus):
+    docs = list(corpus)
+    return docs, dict(corpus.skips.skipped)
+
+
+def test_jsonl_reads_good_rows_and_counts_every_bad_one(images):
+    lines = [json.dumps({"id": i, "image": f, "caption": c}).encode() for i, f, c, _ in ROWS]
+    lines.insert(3, b'{"id": "broken", "image": "good.png", "caption": ')  # malformed JSON
+    lines.insert(4, json.dumps({"id": "latin1", "image": "good.png"}).encode()[:-1] + b', "caption": "caf\xe9"}')
+    lines.insert(5, b'["a list", "not an object"]')
+    (images / "c.jsonl").write_bytes(b"\n".join(lines) + b"\n\n")
+    docs, skipped = read_all(open_corpus(images / "c.jsonl"))
+    assert [d.id for d in docs] == GOOD
+    assert docs[0].text == "a red box" and docs[0].image.shape == (4, 6, 3)
+    assert tuple(docs[0].image[0, 0]) == (200, 30, 30)
+    assert skipped == dict(BAD_REASONS, malformed_row=2, bad_encoding=1)
+
+
+def test_jsonl_strict_raises_with_id_and_path(images):
+    (images / "s.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f, "caption": c}) for i, f, c, _ in ROWS))
+    corpus = open_corpus(images / "s.jsonl", strict=True)
+    with pytest.raises(BadItem) as e:
+        list(corpus)
+    assert e.value.reason == "corrupt_image" and "corrupt" in str(e.value) and "corrupt.png" in str(e.value)
+
+
+def test_csv_skips_bad_rows_and_resizes(images):
+    with open(images / "c.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image_path", "caption", "license"])
+        for i, fn, c, _ in ROWS:
+            w.writerow([i, fn, c, "cc0"])
+        w.writerow(["short", "good.png"])  # too few fields
+    with open(images / "c.csv", "ab") as f:
+        f.write(b"latin1,good.png,caf\xe9,cc0\n")
+    corpus = open_corpus(images / "c.csv", image_size=8)
+    docs, skipped = read_all(corpus)
+    assert [d.id for d in docs] == GOOD
+    assert docs[1].image.shape == (8, 8, 3) and docs[1].metadata["license"] == "cc0"
+    assert skipped == dict(BAD_REASONS, malformed_row=1, bad_encoding=1)
+    assert corpus.skips.summary().startswith("2 read, 7 skipped: corrupt_image x 2")
+
+
+def test_csv_without_caption_column_is_rejected(images):
+    (images / "h.csv").write_text("image,label\ngood.png,1\n")
+    with pytest.raises(ValueError, match="caption column"):
+        list(open_corpus(images / "h.csv"))
+
+
+def test_coco_one_document_per_image_with_all_captions(images):
+    ims = [{"id": n, "file_name": f} for n, (_, f, _, _) in enumerate(ROWS)] + [{"file_name": "good.png"}]
+    anns = [{"image_id": n, "caption": c} for n, (_, _, c, _) in enumerate(ROWS)]
+    anns += [{"image_id": 0, "caption": "a second caption"}, {"caption": "orphan"}]
+    (images / "coco.json").write_text(json.dumps({"images": ims, "annotations": anns}))
+    docs, skipped = read_all(open_corpus(images / "coco.json"))
+    assert [d.id for d in docs] == ["coco-0", "coco-1"]
+    assert docs[0].metadata["captions"] == ["a red box", "a second caption"]
+    # image 5's only caption is blank: its annotation and then the image are both counted
+    assert skipped == {"corrupt_image": 2, "missing_file": 1, "empty_caption": 2, "image_too_large": 1,
+                       "malformed_row": 2}
+
+
+def test_coco_file_that_is_not_coco_is_rejected(images):
+    (images / "other.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not COCO"):
+        list(open_corpus(images / "other.json"))
+
+
+def write_tar(path, members, truncate=False):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    path.write_bytes(data[: len(data) // 2 + 100] if truncate else data)
+
+
+def test_webdataset_img2dataset_layout(images, tmp_path):
+    read = lambda f: (images / f).read_bytes()
+    members = [("000.jpg", read("blue.jpg")), ("000.txt", b"blue box"),
+               ("000.json", json.dumps({"key": "000", "url": "http://x", "caption": "ignored"}).encode()),
+               ("001.png", read("good.png")), ("001.json", json.dumps({"caption": "from json"}).encode()),
+               ("002.png", read("corrupt.png")), ("002.txt", b"bad image"),
+               ("003.png", read("good.png")), ("003.txt", b"\xff\xfe not utf-8"),
+               ("004.png", read("good.png")), ("004.json", b"{not json"),
+               ("005.txt", b"caption without image"),
+               ("006.png", read("bomb.png")), ("006.txt", b"bomb"),
+               ("007.png", read("good.png")), ("007.txt", b"")]
+    write_tar(tmp_path / "00000.tar", members)
+    write_tar(tmp_path / "00001.tar", [m for n in range(40) for m in
+                                       [(f"1{n:02d}.png", read("good.png")), (f"1{n:02d}.txt", b"x")]], truncate=True)
+    (tmp_path / "00000_stats.json").write_text("{}")  # img2dataset writes these beside the shards
+    corpus = open_corpus(tmp_path)
+    docs, skipped = read_all(corpus)
+    assert corpus.kind == "webdataset"
+    ids = [d.id for d in docs]
+    assert ids[:2] == ["000", "001"]
+    assert 5 < len(ids[2:]) < 40 and all(i.startswith("1") for i in ids[2:])  # the truncated shard's whole items
+    assert docs[0].text == "blue box" and docs[0].metadata == {"url": "http://x"}
+    assert docs[1].text == "from json"
+    assert skipped == {"corrupt_image": 1, "bad_encoding": 1, "malformed_row": 1, "missing_file": 1,
+                       "image_too_large": 1, "empty_caption": 1, "corrupt_shard": 1}
+
+
+def test_corpus_is_reiterable_and_streams(images):
+    (images / "r.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f, "caption": c}) for i, f, c, _ in ROWS))
+    corpus = open_corpus(images / "r.jsonl")
+    first = next(iter(corpus))
+    assert first.id == "ok1" and corpus.skips.read == 1 and not corpus.skips.skipped  # nothing read ahead
+    assert [d.id for d in corpus] == [d.id for d in corpus] == GOOD
+
+
+def test_open_corpus_rejects_unknown_and_missing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_corpus(tmp_path / "nope.jsonl")
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown corpus format"):
+        open_corpus(tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="neither EmojiBench"):
+        open_corpus(tmp_path)
+
+
+def test_skip_counter_summary_and_strict():
+    s = SkipCounter()
+    s.ok(), s.ok()
+    s.skip(BadItem("missing_file", "a")), s.skip(BadItem("corrupt_image", "b")), s.skip(BadItem("corrupt_image", "c"))
+    assert s.summary() == "2 read, 3 skipped: corrupt_image x 2, missing_file x 1"
+    with pytest.raises(BadItem, match="missing_file: z"):
+        SkipCounter(strict=True).skip(BadItem("missing_file", "z"))
+    assert np.isclose(s.n_skipped, 3)
