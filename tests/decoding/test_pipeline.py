@@ -145,3 +145,44 @@ def test_retrieval_without_a_memory_is_a_clear_error(bundle):
     with pytest.raises(ValueError, match="memory"):
         no_memory.generate_image("a emoji: red square", n=1)
     assert len(no_memory.generate_image("a emoji: red square", n=2, retrieve=False).outputs) == 2
+
+
+def cli(*argv):
+    from ramm.__main__ import main
+    return main([str(a) for a in argv])
+
+
+def test_cli_generate_image_writes_samples_grid_and_page(bundle, tmp_path, capsys):
+    out = tmp_path / "img"
+    rc = cli("generate", "image", "a emoji: red square", "--model", bundle / "gen", "--memory", bundle / "memory",
+             "--n", 3, "--out", out, "--device", "cpu", "--method", "cfg", "--exclude", "a-red")
+    assert rc == 0
+    from PIL import Image
+    assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png", "sample_01.png", "sample_02.png"]
+    assert Image.open(out / "sample_00.png").size == (SIZE, SIZE)
+    assert Image.open(out / "grid.png").size == (4 * (3 * (SIZE + 2) + 2), 4 * (SIZE + 4))
+    page = (out / "index.html").read_text()
+    assert "a emoji: red square" in page and "retrieved_0.png" in page and "sample_02.png" in page
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["retrieved"]) == 2 and "a-red" not in result["retrieved"]
+
+
+def test_cli_caption_and_infill(bundle, tmp_path, capsys):
+    img = tmp_path / "q.png"
+    img.write_bytes(encode_png(square(COLOURS["blue"])))
+    common = ["--model", bundle / "gen", "--memory", bundle / "memory", "--device", "cpu", "--n", 2]
+    assert cli("generate", "caption", img, "--out", tmp_path / "cap", "--max-tokens", 6, *common) == 0
+    assert (tmp_path / "cap" / "index.html").exists() and (tmp_path / "cap" / "query.png").exists()
+    assert cli("generate", "infill", "--caption", "b emoji: blue square", "--mask", "image",
+               "--out", tmp_path / "inf", *common) == 0
+    assert len(list((tmp_path / "inf").glob("sample_*.png"))) == 2
+    assert cli("generate", "infill", "--image", img, "--mask", "caption", "--out", tmp_path / "inf2", *common) == 0
+
+
+def test_cli_reports_bad_input_cleanly(bundle, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    assert cli("generate", "caption", bad, "--model", bundle / "gen", "--out", tmp_path / "o", "--no-retrieve") == 1
+    assert "bad.png" in capsys.readouterr().err
+    assert cli("generate", "image", "x", "--model", tmp_path / "nope", "--out", tmp_path / "o") == 1
+    assert "does not exist" in capsys.readouterr().err
