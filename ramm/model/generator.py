@@ -1,0 +1,41 @@
+"""A generator directory: the transformer (config.json + model.safetensors) plus generator.json, which
+references the tokenizers and memory it was trained with, so decoding can rebuild the CM3 format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ramm.model.transformer import Transformer
+from ramm.utils import atomic_write_json, pick_device
+
+INFO = "generator.json"
+
+
+def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer: str | Path, image_tokenizer: str | Path,
+                   memory: str | Path | None = None, alpha: float = 0.1, **extra) -> None:
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    atomic_write_json(directory / INFO, {
+        "text_tokenizer": str(Path(text_tokenizer).resolve()), "image_tokenizer": str(Path(image_tokenizer).resolve()),
+        "memory": str(Path(memory).resolve()) if memory else None, "alpha": alpha, **extra})
+
+
+def load_generator(directory: str | Path, device: str | None = None):
+    """(model, CM3Format with both tokenizers, info dict) from a directory written by save_generator."""
+    from ramm.tokenizers.cm3_format import CM3Format
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer
+    from ramm.tokenizers.text_tokenizer import TextTokenizer
+    from ramm.tokenizers.vocab import Vocabulary
+
+    directory = Path(directory)
+    if not (directory / INFO).is_file():
+        raise FileNotFoundError(f"{directory / INFO} not found (train one with `ramm train generator`)")
+    info = json.loads((directory / INFO).read_text())
+    device = pick_device(device)
+    model = Transformer.from_pretrained(directory, device=device).eval()
+    text = TextTokenizer.from_pretrained(info["text_tokenizer"])
+    image = ImageTokenizer.from_pretrained(info["image_tokenizer"], device=device)
+    vocab = Vocabulary(text_size=text.vocab_size, image_size=image.codebook_size)
+    if model.cfg.vocab_size < vocab.size:
+        raise ValueError(f"{directory}: model has {model.cfg.vocab_size} ids, its tokenizers need {vocab.size}")
+    return model, CM3Format(vocab, text, image, alpha=info.get("alpha", 0.1)), info

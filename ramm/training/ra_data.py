@@ -1,0 +1,189 @@
+"""Retrieval-augmented training data for the generator (RA-CM3 sec. 3.3; CM3Leon's pretraining stage).
+
+Work done once per run, not per step:
+- every document's image is VQ-encoded once and cached as .npy, keyed by the tokenizer's weights
+  and the documents' content (`encode_images_cached`);
+- for every training document two neighbour lists are precomputed with the Memory: one for its
+  text as the query (20% query-word dropout) and one for its image; the document itself and exact
+  duplicates are excluded by the Memory; candidates above the diversity threshold are skipped,
+  except (optionally) the leave-one-out partner (same concept, other style: EMOJIBENCH.md).
+Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
+sample k from `k_choices`, build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ramm.corpus.document import Document, ImageSegment, batch_pixels
+from ramm.retrieval.strategies import Strategy, query_dropout
+from ramm.tokenizers.cm3_format import CM3Format
+from ramm.utils import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RAConfig:
+    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly per example (RA-CM3)
+    n_candidates: int = 2  # neighbours kept per query (k <= this)
+    diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
+    exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
+    query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
+    prefer_mixed_modal: bool = True  # RA-CM3: mixed-modal documents retrieve better
+    alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
+    max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
+    seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
+
+    def __post_init__(self):
+        if not self.k_choices or min(self.k_choices) < 0:
+            raise ValueError(f"k_choices must be non-negative and non-empty, got {self.k_choices}")
+        if max(self.k_choices) > self.n_candidates:
+            raise ValueError(f"k_choices {self.k_choices} exceed n_candidates={self.n_candidates}")
+        if self.diversity is not None and not -1 <= self.diversity <= 1:
+            raise ValueError(f"diversity threshold must be a cosine in [-1, 1], got {self.diversity}")
+        if not 0 <= self.query_dropout < 1 or self.alpha < 0 or self.max_len < 8:
+            raise ValueError("need 0 <= query_dropout < 1, alpha >= 0, max_len >= 8")
+        self.k_choices = tuple(self.k_choices)
+
+
+def _tokenizer_key(tokenizer_dir: str | Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        h.update((Path(tokenizer_dir) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Sequence[Document],
+                         cache_dir: str | Path | None = None, batch: int = 256) -> dict[str, np.ndarray]:
+    """{doc id: codes (tokens_per_image,)} for each document's first image; computed once, then read
+    from <cache>/image_codes/<tokenizer hash>/<documents hash>.npy."""
+    docs = [d for d in docs if d.image is not None]
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.id.encode() + b"\0" + d.content_hash().encode())
+    path = Path(cache_dir or default_cache_dir()) / "image_codes" / _tokenizer_key(tokenizer_dir) / f"{h.hexdigest()[:16]}.npy"
+    if path.exists():
+        codes = np.load(path, allow_pickle=False)
+        log.info("image codes of %d documents read from %s", len(docs), path)
+    else:
+        with torch.no_grad():
+            codes = np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch])).cpu().numpy()
+                                    for i in range(0, len(docs), batch)]).astype(np.int64)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, codes)
+        tmp.replace(path)
+        log.info("encoded %d images to %s", len(docs), path)
+    return {d.id: c for d, c in zip(docs, codes)}
+
+
+def with_codes(doc: Document, codes: dict[str, np.ndarray]) -> Document:
+    """The document with its image replaced by its cached codes (the format needs no tokenizer then)."""
+    segs = [ImageSegment(tokens=codes[doc.id]) if isinstance(s, ImageSegment) else s for s in doc.segments]
+    return Document(id=doc.id, segments=segs, source=doc.source, metadata=doc.metadata)
+
+
+def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str, set[str]]:
+    """Leave-one-out partners: documents of `pool` sharing `metadata['concept']` (other styles)."""
+    by_concept: dict[str, set[str]] = {}
+    for d in pool:
+        if "concept" in d.metadata:
+            by_concept.setdefault(d.metadata["concept"], set()).add(d.id)
+    return {d.id: by_concept.get(d.metadata.get("concept"), set()) - {d.id} for d in docs}
+
+
+def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
+                          dropout: float | None = None) -> dict[str, list[list[str]]]:
+    """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each.
+    Text queries lose `dropout` (default cfg.query_dropout) of their words first."""
+    rng = np.random.default_rng(cfg.seed)
+    p = cfg.query_dropout if dropout is None else dropout
+    texts = [query_dropout(d.text, p, rng) if p > 0 else d.text for d in docs]
+    queries = {"text": memory.encoder.embed_text(texts),
+               "image": memory.encoder.embed_image(np.stack([d.image for d in docs]))}
+    base = Strategy(prefer_mixed_modal=cfg.prefer_mixed_modal, diversity=cfg.diversity)
+    out: dict[str, list[list[str]]] = {}
+    for kind, q in queries.items():
+        rows = []
+        for d, v in zip(docs, q):
+            strategy = base.with_exempt(partners.get(d.id, ())) if cfg.exempt_partner else base
+            rows.append([i for i, _ in memory.neighbours(v[None], cfg.n_candidates, [[d.id]], strategy)[0]])
+        out[kind] = rows
+    return out
+
+
+def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, weights) sequences into idx/targets (-100 on padding)/loss_weights tensors."""
+    T = max(len(ids) for ids, _ in seqs) - 1
+    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
+    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
+    w = torch.zeros(len(seqs), T)
+    for b, (ids, weights) in enumerate(seqs):
+        n = len(ids) - 1
+        idx[b, :n] = torch.tensor(ids[:-1])
+        tgt[b, :n] = torch.tensor(ids[1:])
+        w[b, :n] = torch.tensor(weights[1:])
+    return {"idx": idx, "targets": tgt, "loss_weights": w}
+
+
+class RADataset(torch.utils.data.Dataset):
+    """Training examples: main documents (image codes attached) with their precomputed neighbours."""
+
+    def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
+                 fmt: CM3Format, cfg: RAConfig):
+        if not docs:
+            raise ValueError("no training documents")
+        self.docs, self.neighbours, self.lookup, self.fmt, self.cfg = list(docs), neighbours, lookup, fmt, cfg
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def example(self, i: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
+        kind = "text" if rng.random() < 0.5 else "image"
+        k = int(rng.choice(self.cfg.k_choices))
+        retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
+        while True:
+            seq = self.fmt.encode_ra(self.docs[i], retrieved, rng=rng, mask=True)
+            if len(seq) <= self.cfg.max_len + 1 or not retrieved:
+                return seq.ids[:self.cfg.max_len + 1], seq.weights[:self.cfg.max_len + 1]
+            retrieved = retrieved[:-1]
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[float]]:
+        return self.example(i, np.random.default_rng((self.cfg.seed, self.epoch, i)))
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        return pad_batch(items, self.fmt.vocab.pad)
+
+
+def image_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
+                     batch_size: int = 32, device=None) -> float:
+    """Mean next-token loss on the main document's image tokens (uncorrupted, after the retrieved ones)."""
+    vocab = fmt.vocab
+    device = device or next(model.parameters()).device
+    total, count = 0.0, 0
+    for s in range(0, len(docs), batch_size):
+        seqs = [fmt.encode_ra(d, r, mask=False) for d, r in zip(docs[s:s + batch_size], retrieved[s:s + batch_size])]
+        weights = []
+        for seq in seqs:  # weight 1 on image codes of the main document only
+            start = seq.ids.index(vocab.sep) + 1 if vocab.sep in seq.ids else 0
+            weights.append([float(j >= start and vocab.is_image(t)) for j, t in enumerate(seq.ids)])
+        batch = pad_batch([(q.ids, w) for q, w in zip(seqs, weights)], vocab.pad)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits, _ = model(batch["idx"])
+        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(),
+                                               ignore_index=-100, reduction="none")
+        w = batch["loss_weights"].flatten()
+        total += float((ce * w).sum())
+        count += float(w.sum())
+    return total / max(count, 1.0)

@@ -1,0 +1,117 @@
+"""RA training data on a tiny synthetic corpus: two styles of coloured shapes, an untrained tiny encoder."""
+import numpy as np
+import pytest
+import torch
+
+from ramm.corpus.document import Document
+from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+from ramm.retrieval.memory import Memory
+from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from ramm.tokenizers.text_tokenizer import TextTokenizer
+from ramm.tokenizers.vocab import Vocabulary
+from ramm.training.ra_data import (RAConfig, RADataset, encode_images_cached, image_token_loss, partner_ids,
+                                   precompute_neighbours, with_codes)
+
+COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
+
+
+def draw(color, style, size=16):
+    img = np.full((size, size, 3), 255, np.uint8)
+    if style == "filled":
+        img[4:12, 4:12] = color
+    else:
+        img[4:12, 4] = img[4:12, 11] = img[4, 4:12] = img[11, 4:12] = color
+    return img
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("ra")
+    docs = [Document.from_pair(f"{st}-{i}", f"{st} emoji: colour {i}", draw(c, st),
+                               metadata={"concept": str(i), "style": st, "split": "train"})
+            for i, c in enumerate(COLORS) for st in ("filled", "outline")]
+    # an exact duplicate (same content, other id) of filled-0: it must never be retrieved for filled-0
+    docs.append(Document(id="copy-of-filled-0", segments=docs[0].segments, metadata={"concept": "copy", "split": "train"}))
+    texts = [d.text for d in docs]
+    enc = DualEncoder(DualEncoderConfig(image_size=16, channels=(8, 16), text_vocab_size=300, text_max_len=8,
+                                        text_width=16, text_layers=1, text_heads=2, embed_dim=16),
+                      train_text_tokenizer(texts, 300))
+    enc.save_pretrained(tmp / "enc")
+    memory = Memory.build(docs, tmp / "enc", tmp / "mem", progress=False)
+    itok = ImageTokenizer(ImageTokenizerConfig(image_size=16, grid=4, channels=8, latent_dim=8, fsq_levels=[3, 3]))
+    itok.save_pretrained(tmp / "tok")
+    codes = encode_images_cached(itok, tmp / "tok", docs, cache_dir=tmp / "cache")
+    ttok = TextTokenizer.train(texts, vocab_size=300, min_frequency=1)
+    fmt = CM3Format(Vocabulary(ttok.vocab_size, itok.codebook_size), ttok, tokens_per_image=16)
+    lookup = {d.id: with_codes(d, codes) for d in docs}
+    return docs, memory, fmt, lookup, tmp, itok
+
+
+def test_image_codes_are_cached_and_reread(setup):
+    docs, _, _, lookup, tmp, itok = setup
+    files = list((tmp / "cache").rglob("*.npy"))
+    assert len(files) == 1
+    again = encode_images_cached(None, tmp / "tok", docs, cache_dir=tmp / "cache")  # no tokenizer needed: cached
+    assert all(np.array_equal(again[d.id], lookup[d.id].images[0].tokens) for d in docs)
+
+
+@pytest.mark.parametrize("exempt", [True, False])
+def test_a_retrieved_document_equal_to_the_query_never_appears_in_a_training_input(setup, exempt):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig(k_choices=(2,), n_candidates=2, diversity=None if exempt else 0.9, exempt_partner=exempt)
+    partners = partner_ids(docs, docs)
+    nb = precompute_neighbours(memory, docs, cfg, partners)
+    for kind in ("text", "image"):
+        for d, row in zip(docs, nb[kind]):
+            assert d.id not in row and len(row) == 2
+            assert all(lookup[r].content_hash() != d.content_hash() for r in row)
+    data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        for i, d in enumerate(docs):
+            ids, weights = data[i]
+            cut = ids.index(fmt.vocab.sep)
+            prefix, main = ids[:cut], fmt.encode_document(lookup[d.id])
+            assert all(prefix[s:s + len(main)] != main for s in range(len(prefix)))
+            assert set(weights[:cut]) == {0.1} and set(weights[cut:]) == {1.0}
+
+
+def test_k_is_sampled_from_the_choices_and_examples_are_deterministic(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig()
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
+    ks = {data[i][0].count(fmt.vocab.doc) - 1 for i in range(len(docs)) for _ in [data.set_epoch(i)]}
+    assert ks == {0, 1, 2}
+    data.set_epoch(5)
+    assert data[3] == data[3]
+    batch = data.collate([data[0], data[1]])
+    assert batch["idx"].shape == batch["targets"].shape == batch["loss_weights"].shape
+    assert (batch["loss_weights"][batch["targets"] == -100] == 0).all()
+
+
+def test_partner_exemption_lets_the_other_style_through_a_strict_threshold(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    partners = partner_ids(docs, docs)
+    strict = RAConfig(k_choices=(1,), n_candidates=1, diversity=-1.0, query_dropout=0.0, exempt_partner=True)
+    nb = precompute_neighbours(memory, docs, strict, partners)
+    for d, row in zip(docs, nb["image"]):  # only the partner passes a threshold of -1
+        assert row == sorted(partners[d.id])
+    lax = RAConfig(k_choices=(1,), n_candidates=1, diversity=-1.0, query_dropout=0.0, exempt_partner=False)
+    assert all(row == [] for row in precompute_neighbours(memory, docs, lax, partners)["image"])
+
+
+def test_image_token_loss_counts_only_the_main_documents_image_tokens(setup):
+    docs, _, fmt, lookup, _, _ = setup
+    torch.manual_seed(0)
+    from ramm.model.transformer import Transformer, TransformerConfig
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=fmt.vocab.size, max_seq_len=128)).eval()
+    main = [lookup[d.id] for d in docs[:3]]
+    with torch.no_grad():
+        plain = image_token_loss(model, fmt, main, [[] for _ in main])
+        ra = image_token_loss(model, fmt, main, [[lookup[docs[5].id]] for _ in main])
+    assert np.isfinite(plain) and abs(plain - np.log(fmt.vocab.size)) < 1.0
+    assert plain != ra  # the retrieved document changed the context, not the scored tokens' count
