@@ -5,24 +5,22 @@
     out.outputs[0], out.retrieved   # best sample first, and the evidence it was conditioned on
 
 Every call retrieves k documents from the memory by default (RA-CM3: k = 2), or takes the caller's,
-and returns them with the outputs. A generator bundle is a directory with the transformer
-(config.json + model.safetensors) and `ramm.json` naming its tokenizers (see `load_generator_bundle`).
+and returns them with the outputs. The model directory is what `ramm train generator` writes
+(`ramm.model.generator`: the transformer plus generator.json naming its tokenizers and memory).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ramm.corpus.document import Document, ImageSegment, decode_image_bytes
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FILE = "ramm.json"
 
 
 @dataclass
@@ -33,46 +31,6 @@ class Result:
     retrieved: list[Document]  # documents the model was conditioned on (retrieved or given)
     scores: list[float] = field(default_factory=list)  # re-ranking score per output, higher is better
     tokens: list[list[int]] = field(default_factory=list)  # generated ids per output
-
-
-@dataclass
-class GeneratorBundle:
-    """A trained generator and the token format it reads and writes."""
-
-    model: object  # ramm.model.transformer.Transformer
-    format: object  # ramm.tokenizers.cm3_format.CM3Format (holds the vocabulary and both tokenizers)
-    memory_dir: Path | None  # the memory the generator was trained with, when the bundle names one
-
-
-def load_generator_bundle(model_dir: str | Path, device: str | None = None) -> GeneratorBundle:
-    """Read `model_dir`: config.json + model.safetensors and ramm.json =
-    {"text_tokenizer": DIR, "image_tokenizer": DIR, "vocab": {text_size, image_size, n_sentinels},
-    "memory": DIR (optional)}; relative paths are relative to model_dir."""
-    from ramm.model.transformer import Transformer
-    from ramm.tokenizers.cm3_format import CM3Format
-    from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.tokenizers.text_tokenizer import TextTokenizer
-    from ramm.tokenizers.vocab import Vocabulary
-
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"model directory {root} does not exist")
-    if not (root / BUNDLE_FILE).is_file():
-        raise FileNotFoundError(f"{root / BUNDLE_FILE} not found: {root} is not a generator bundle "
-                                f"(train one with `ramm train generator`)")
-    try:
-        spec = json.loads((root / BUNDLE_FILE).read_text())
-        paths = {k: root / spec[k] for k in ("text_tokenizer", "image_tokenizer")}
-        vocab = Vocabulary.from_dict(spec["vocab"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{root / BUNDLE_FILE} is malformed ({e!r})") from None
-    model = Transformer.from_pretrained(root, device=device).eval()
-    image_tok = ImageTokenizer.from_pretrained(paths["image_tokenizer"], device=device)
-    fmt = CM3Format(vocab, TextTokenizer.from_pretrained(paths["text_tokenizer"]), image_tok)
-    if model.cfg.vocab_size < vocab.size:
-        raise ValueError(f"{root}: model has {model.cfg.vocab_size} ids but the vocabulary needs {vocab.size}")
-    memory = root / spec["memory"] if spec.get("memory") else None
-    return GeneratorBundle(model, fmt, memory)
 
 
 def read_image(image, size: int) -> np.ndarray:
@@ -96,25 +54,24 @@ class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
     def __init__(self, model, fmt, memory=None):
-        import torch
-
         self.model, self.format, self.memory = model, fmt, memory
         self.vocab = fmt.vocab
         self.device = next(model.parameters()).device
-        self._torch = torch
 
     @classmethod
     def load(cls, model_dir: str | Path, memory_dir: str | Path | None = None, device: str | None = None) -> "RAMM":
-        """Load a generator bundle, and the memory (`memory_dir`, else the one the bundle names)."""
-        from ramm.utils import pick_device
+        """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with)."""
+        from ramm.model.generator import load_generator
 
-        bundle = load_generator_bundle(model_dir, pick_device(device))
-        memory_dir = memory_dir or bundle.memory_dir
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        model, fmt, info = load_generator(model_dir, device)
+        memory_dir = memory_dir or info.get("memory")
         memory = None
-        if memory_dir is not None:
+        if memory_dir:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
-        return cls(bundle.model, bundle.format, memory)
+        return cls(model, fmt, memory)
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,
@@ -143,7 +100,7 @@ class RAMM:
         tpi = self.format.tokens_per_image
         rows = self._sample([prompt] * n, [self.format.unconditional_image_prompt()] * n, method, decoding, seed,
                             batch_size, progress, max_new_tokens=tpi + 1, stop_after_image=True)
-        codes = self._torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=self._torch.long)
+        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
         images = self._decode_images(codes)
         scores: list[float] = []
         if rerank and n > 1 and self.memory is not None:
@@ -227,7 +184,7 @@ class RAMM:
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, seed: int):
-        return self._torch.Generator(device=self.device).manual_seed(seed)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def _generate(self, prompts, uncond, method, decoding, generator, **kw) -> list[list[int]]:
         from ramm.decoding.generate import DecodeConfig, generate

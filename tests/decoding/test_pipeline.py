@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment, encode_png
-from ramm.pipeline import RAMM, load_generator_bundle
+from ramm.pipeline import RAMM
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 20)}
 SIZE = 16
@@ -26,6 +26,7 @@ def make_docs():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A generator bundle (random weights), its tokenizers and a memory, written as `ramm` would."""
+    from ramm.model.generator import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
     from ramm.retrieval.memory import Memory
@@ -42,11 +43,9 @@ def bundle(tmp_path_factory):
     image_tok = ImageTokenizer(ImageTokenizerConfig(image_size=SIZE, grid=4, patch=2, channels=8, latent_dim=8,
                                                     fsq_levels=[3, 3, 3]))
     image_tok.save_pretrained(root / "image-tok")
-    vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size, n_sentinels=3)
+    vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
     gen = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=160))
-    gen.save_pretrained(root / "gen")
-    (root / "gen" / "ramm.json").write_text(json.dumps(
-        {"text_tokenizer": "../text-tok", "image_tokenizer": "../image-tok", "vocab": vocab.to_dict()}))
+    save_generator(gen, root / "gen", text_tokenizer=root / "text-tok", image_tokenizer=root / "image-tok")
     cfg = DualEncoderConfig(image_size=SIZE, channels=(8, 16), text_vocab_size=300, text_max_len=16,
                             text_width=32, text_layers=1, text_heads=2, embed_dim=32)
     enc = DualEncoder(cfg, train_text_tokenizer([d.text for d in docs], 300))
@@ -132,8 +131,8 @@ def test_bad_input_gives_clear_errors(ramm, bundle, tmp_path):
         ramm.caption_image(tmp_path / "missing.png")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         RAMM.load(tmp_path / "no-such-model")
-    with pytest.raises(FileNotFoundError, match="ramm.json"):
-        load_generator_bundle(bundle / "image-tok")
+    with pytest.raises(FileNotFoundError, match="generator.json"):
+        RAMM.load(bundle / "image-tok")
     with pytest.raises(ValueError, match="method"):
         ramm.generate_image("a emoji: red square", n=1, method="beam")
     with pytest.raises(ValueError, match="infill"):
