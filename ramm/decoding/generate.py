@@ -65,15 +65,16 @@ class ModalityConstraint:
         self.vocab, self.tpi, self.stop_after_image = vocab, tokens_per_image, stop_after_image
         ids = torch.arange(n_logits, device=device)
         self.image_ids = torch.as_tensor(vocab.is_image(ids.cpu().numpy()), device=device)
-        # text mode: text ids and control tokens; never image codes, </img>, <pad>, or ids past the vocabulary
-        self.text_ids = ~self.image_ids & (ids < vocab.size)
-        self.text_ids[[vocab.pad, vocab.img_end]] = False
+        self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+        # text mode, the grammar inside a document: text ids, <break>, <img> when allowed, and the stop tokens
+        self.text_ids = torch.as_tensor(vocab.is_text(ids.cpu().numpy()), device=device)
+        self.text_ids[vocab.brk] = True
+        self.text_ids[self.stop] = True
         self.text_ids[vocab.img] = allow_images
         self.text_no_image = self.text_ids.clone()
         self.text_no_image[vocab.img] = False
         self.only_img_end = ids == vocab.img_end
         self.only_pad = ids == vocab.pad
-        self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
         # a prompt ending inside an image (e.g. text -> image prompts end in <img>) starts in image mode
         in_image, count = [], []
         for p in prompts:
@@ -179,8 +180,9 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
         constraint.update(tok)
         if constraint.finished.all() or step == max_new_tokens - 1:
             break
-        feed = tok.repeat(len(rows) // B)[:, None]  # the unconditional half follows the same tokens
-        attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
+        feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
+        if padded:
+            attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
         with autocast:
             if use_cache:
                 logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]

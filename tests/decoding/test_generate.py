@@ -110,7 +110,22 @@ def test_text_decoding_stops_at_the_stop_token_or_budget(model, vocab):
     for row in out:
         stops = [t for t in row if t in (vocab.doc_end, vocab.eos)]
         assert (len(row) == 20 and not stops) or (stops == [row[-1]])
-        assert not vocab.is_image(row).any() and vocab.img not in row and vocab.pad not in row
+        assert all(vocab.is_text(t) or t in (vocab.brk, vocab.doc_end, vocab.eos) for t in row)
+
+
+def test_text_mode_follows_the_document_grammar(model, vocab):
+    """Free generation: only text, <break>, whole images and the stop token; never <sep>, <doc>, sentinels."""
+    out = run(model, vocab, [[vocab.doc, i] for i in range(6)], stop_tokens=[vocab.doc_end], max_new_tokens=40,
+              config=DecodeConfig(temperature=2.0))
+    for row in out:
+        i = 0
+        while i < len(row):
+            if row[i] == vocab.img:
+                assert vocab.is_image(row[i + 1:i + 1 + TPI]).all() and row[i + 1 + TPI] == vocab.img_end
+                i += TPI + 2
+                continue
+            assert vocab.is_text(row[i]) or row[i] in (vocab.brk, vocab.doc_end)
+            i += 1
 
 
 class Biased(torch.nn.Module):
