@@ -28,17 +28,16 @@ def register(cli) -> None:
     p.set_defaults(func=_run_text)
 
 
-def _load(corpus: str, split: str):
+def _load(corpus: str, image_size: int | None = None) -> list:
     from ramm.corpus import open_corpus
-    from ramm.training.tokenizer_recipe import split_docs
-    return split_docs(list(open_corpus(corpus)), split)
+    return list(open_corpus(corpus, image_size=image_size))
 
 
 def _run_image(args) -> int:
     import torch
 
     from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
-    from ramm.training.tokenizer_recipe import train_image_tokenizer
+    from ramm.training.tokenizer_recipe import split_docs, train_image_tokenizer
     from ramm.training.trainer import TrainerConfig
 
     if args.threads:
@@ -49,8 +48,8 @@ def _run_image(args) -> int:
     tcfg = TrainerConfig(out_dir=args.out, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size,
                          lr=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.0,
                          ckpt_every=200, log_every=20, device=args.device, resume=args.resume)
-    train = _load(args.corpus, "train")
-    test = _load(args.corpus, "test")
+    docs = _load(args.corpus, args.image_size)
+    train, test = split_docs(docs, "train"), split_docs(docs, "test")
     print(f"training on {len(train)} train documents; evaluating on {len(test)} test documents")
     model, metrics = train_image_tokenizer(train, cfg, tcfg, eval_docs=test)
     print(f"saved image tokenizer to {args.out} ({model.tokens_per_image} tokens/image, {model.codebook_size} codes)")
@@ -62,8 +61,9 @@ def _run_image(args) -> int:
 
 def _run_text(args) -> int:
     from ramm.tokenizers.text_tokenizer import TextTokenizer
+    from ramm.training.tokenizer_recipe import split_docs
 
-    texts = [t for d in _load(args.corpus, "train") for t in d.texts]
+    texts = [t for d in split_docs(_load(args.corpus), "train") for t in d.texts]
     if not texts:
         raise ValueError(f"corpus {args.corpus} has no train text to learn BPE merges from")
     tok = TextTokenizer.train(texts, vocab_size=args.vocab_size)

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -120,3 +121,33 @@ def test_text_only_corpus_raises(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         train_image_tokenizer([Document(id="a", segments=[TextSegment("only text")])],
                               ImageTokenizerConfig(**TINY), _tcfg(tmp_path))
+
+
+def _jsonl_corpus(tmp_path, docs):
+    from ramm.corpus.document import encode_png
+    rows = []
+    for d in docs:
+        (tmp_path / f"{d.id}.png").write_bytes(encode_png(d.image))
+        rows.append(json.dumps({"id": d.id, "image": f"{d.id}.png", "caption": d.text}))
+    (tmp_path / "corpus.jsonl").write_text("\n".join(rows) + "\n")
+    return tmp_path / "corpus.jsonl"
+
+
+def test_cli_trains_saves_and_resumes(tmp_path, capsys):
+    from ramm.cli import build_parser
+
+    corpus = _jsonl_corpus(tmp_path, _docs(8))
+    argv = ["train", "tokenizer", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--steps", "4",
+            "--batch-size", "4", "--image-size", "16", "--grid", "4", "--channels", "16", "--device", "cpu"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert "training on 8 train documents" in capsys.readouterr().out
+    tok = ImageTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.tokens_per_image == 16
+    assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    argv[argv.index("--steps") + 1] = "6"
+    args = build_parser().parse_args([*argv, "--resume"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
+    rows = [json.loads(r) for r in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [4, 6]  # continued from step 4, not restarted

@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,3 +47,20 @@ def test_bad_inputs_raise_value_error(tok, tmp_path):
         tok.encode(b"bytes")
     with pytest.raises(FileNotFoundError):
         TextTokenizer.from_pretrained(tmp_path / "missing")
+
+
+def test_cli_trains_on_corpus_text(tmp_path, capsys):
+    from ramm.cli import build_parser
+    from ramm.corpus.document import encode_png
+
+    rows = []
+    for i, text in enumerate(TEXTS):
+        (tmp_path / f"{i}.png").write_bytes(encode_png(np.full((8, 8, 3), 255, np.uint8)))
+        rows.append(json.dumps({"id": str(i), "image": f"{i}.png", "caption": text}))
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    args = build_parser().parse_args(["train", "text-tokenizer", "--corpus", str(tmp_path / "c.jsonl"),
+                                      "--out", str(tmp_path / "bpe"), "--vocab-size", "300"])
+    assert args.func(args) == 0
+    assert "tokens per text" in capsys.readouterr().out
+    tok = TextTokenizer.from_pretrained(tmp_path / "bpe")
+    assert tok.decode(tok.encode(TEXTS[0])) == TEXTS[0] and tok.vocab_size <= 300
