@@ -6,7 +6,8 @@ from collections import Counter
 
 
 def register(cli) -> None:
-    p = cli.command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)", group="data")
+    p = cli.command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)",
+                    group="data")
     p.add_argument("--out", required=True, help="output folder (tar shards + manifest.jsonl + meta.json)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--styles", default="google,twitter", help="comma-separated styles (default google,twitter)")
@@ -85,8 +86,8 @@ def _print_emojibench_table(rows: list[dict]) -> None:
                  Counter(r["split"] for r in rows if r["style"] == styles[0])))
     cats = sorted({r["category"] for r in rows})
     print()
-    print(_table("category", cats, SPLITS, Counter((r["category"], r["split"]) for r in rows if r["style"] == styles[0]),
-                 None, None, note="concepts"))
+    per_cat = Counter((r["category"], r["split"]) for r in rows if r["style"] == styles[0])
+    print(_table("category", cats, SPLITS, per_cat, None, None, note="concepts"))
 
 
 def _table(head: str, rows, cols, counts: Counter, extra: str | None, extra_counts: Counter | None, note="") -> str:

@@ -40,8 +40,9 @@ TARBALL_SHA256 = {
 STYLES = tuple(TARBALL_SHA256)
 MIN_HELDOUT_FLAGS = 25
 SHARD_SIZE = 1000
-FORMAT = 1  # bump when the documents change, so that reruns rebuild older outputs
+FORMAT = 2  # bump when the documents change, so that reruns rebuild older outputs
 MANIFEST, META = "manifest.jsonl", "meta.json"
+DOC_KEYS = ("concept", "style", "split", "name", "short_names", "category", "subcategory", "base_concept")
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
 _SHARD_RE = re.compile(r"^\d{5}\.tar$")
@@ -177,12 +178,11 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     """
     out = Path(out)
     meta_path = out / META
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text("utf-8"))
-        current = (meta.get("format"), meta.get("config"), meta.get("shard_size")) == (FORMAT, config.to_dict(), shard_size)
-        if current and not verify_emojibench(out):
-            log.info("%s is complete and current; nothing to do", out)
-            return meta
+    meta = _read_meta(meta_path)
+    if (meta.get("format"), meta.get("config"), meta.get("shard_size")) == (FORMAT, config.to_dict(), shard_size) \
+            and not verify_emojibench(out):
+        log.info("%s is complete and current; nothing to do", out)
+        return meta
     skips = skips or SkipCounter()
     tarballs = {s: fetch_package(s, cache_dir) for s in config.styles}
     concepts = read_concepts(tarballs[config.styles[0]], config.skin_tones)
@@ -204,15 +204,14 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     for c in concepts:
         for style, png in sorted(pngs.get(c["concept"], {}).items(), key=lambda kv: config.styles.index(kv[0])):
             key = f"{style}-{c['concept']}"
-            meta_doc = {"concept": c["concept"], "style": style, "split": split_of[c["concept"]], "name": c["name"].lower(),
-                        "short_names": c["short_names"], "category": c["category"], "subcategory": c["subcategory"]}
+            meta_doc = {"concept": c["concept"], "style": style, "split": split_of[c["concept"]],
+                        "name": c["name"].lower(), "short_names": c["short_names"], "category": c["category"],
+                        "subcategory": c["subcategory"]}
             if config.skin_tones:
                 meta_doc["base_concept"] = c["base_concept"]
             text = caption(style, c["name"])
-            row = {"key": key, "concept": c["concept"], "style": style, "split": meta_doc["split"], "caption": text,
-                   "category": c["category"], "sha256": _sha256(png)}
             doc_json = json.dumps({"id": key, "text": text, "metadata": meta_doc}, ensure_ascii=False, sort_keys=True)
-            items.append((row, png, doc_json.encode("utf-8")))
+            items.append((dict(key=key, caption=text, sha256=_sha256(png), **meta_doc), png, doc_json.encode("utf-8")))
 
     # A half-rebuilt folder must not be trusted: drop manifest and meta before touching any shard.
     out.mkdir(parents=True, exist_ok=True)
@@ -223,11 +222,10 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     for i in range(n_shards):
         name = f"{i:05d}.tar"
         chunk = items[i * shard_size:(i + 1) * shard_size]
-        data = _tar_bytes([(f"{r['key']}.png", png) for r, png, _ in chunk] +
-                          [(f"{r['key']}.json", js) for r, _, js in chunk], order=[r["key"] for r, _, _ in chunk])
+        data, offsets = _tar_bytes(chunk)
         if not (out / name).exists() or (out / name).read_bytes() != data:
             atomic_write_bytes(out / name, data)
-        rows += [dict(r, shard=name) for r, _, _ in chunk]
+        rows += [dict(r, shard=name, offset=offsets[r["key"]], size=len(png)) for r, png, _ in chunk]
     for p in out.iterdir():
         if _SHARD_RE.match(p.name) and int(p.name[:5]) >= n_shards:
             p.unlink()
@@ -242,17 +240,26 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     return meta
 
 
-def _tar_bytes(files: list[tuple[str, bytes]], order: list[str]) -> bytes:
-    """A deterministic tar (mtime 0, fixed owner) with each key's files adjacent, as webdataset expects."""
-    rank = {k: i for i, k in enumerate(order)}
-    files = sorted(files, key=lambda f: (rank[f[0].rsplit(".", 1)[0]], f[0]))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _tar_bytes(chunk: list[tuple[dict, bytes, bytes]]) -> tuple[bytes, dict[str, int]]:
+    """A deterministic tar (mtime 0) holding KEY.json and KEY.png adjacent, as webdataset expects, and the
+    byte offset of each KEY.png in it, so that readers slice images out without parsing tar headers."""
+    buf, offsets = io.BytesIO(), {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as tf:
+        for row, png, js in chunk:
+            for ext, data in (("json", js), ("png", png)):
+                info = tarfile.TarInfo(f"{row['key']}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                offsets[row["key"]] = tf.offset + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8"))
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), offsets
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -279,23 +286,19 @@ def iter_emojibench(root: str | Path, splits: Iterable[str] | str | None = None,
     """Stream the documents of the chosen splits/styles in manifest order; each image checked against its sha256."""
     root = Path(root)
     want_splits, want_styles = _check(splits, SPLITS, "split(s)"), _check(styles, STYLES, "style(s)")
-    rows = [r for r in read_manifest(root)
-            if (want_splits is None or r["split"] in want_splits) and (want_styles is None or r["style"] in want_styles)]
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
-    for shard, shard_rows in by_shard.items():
-        files = _read_shard(root / shard)
-        for r in shard_rows:
-            key = r["key"]
-            png, js = files.get(f"{key}.png"), files.get(f"{key}.json")
-            if png is None or js is None:
-                raise BadItem("missing_file", key, f"not in {root / shard}; rebuild with `ramm data emojibench`")
-            if verify and _sha256(png) != r["sha256"]:
-                raise BadItem("checksum_mismatch", key, f"{root / shard}; rebuild with `ramm data emojibench`")
-            d = json.loads(js)
-            yield Document(id=key, segments=[TextSegment(d["text"]), ImageSegment(pixels=decode_image_bytes(png, key))],
-                           source="emojibench", metadata=d["metadata"])
+    shard, data = None, b""
+    for r in read_manifest(root):
+        if (want_splits and r["split"] not in want_splits) or (want_styles and r["style"] not in want_styles):
+            continue
+        if r["shard"] != shard:
+            shard, data = r["shard"], _read_shard(root / r["shard"])
+        png = _image_bytes(data, r, verify)
+        if png is None:
+            raise BadItem("checksum_mismatch", r["key"], f"{root / shard}; rebuild with `ramm data emojibench`")
+        meta = {k: r[k] for k in DOC_KEYS if k in r}
+        yield Document(id=r["key"], segments=[TextSegment(r["caption"]),
+                                              ImageSegment(pixels=decode_image_bytes(png, r["key"]))],
+                       source="emojibench", metadata=meta)
 
 
 def load_emojibench(root: str | Path, splits: Iterable[str] | str | None = None,
@@ -304,14 +307,18 @@ def load_emojibench(root: str | Path, splits: Iterable[str] | str | None = None,
     return list(iter_emojibench(root, splits, styles, verify))
 
 
-def _read_shard(path: Path) -> dict[str, bytes]:
+def _read_shard(path: Path) -> bytes:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; rebuild with `ramm data emojibench --out {path.parent}`")
-    try:
-        with tarfile.open(path) as tf:
-            return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
-    except tarfile.TarError as e:
-        raise BadItem("corrupt_shard", str(path), str(e)) from None
+    return path.read_bytes()
+
+
+def _image_bytes(shard: bytes, row: dict, verify: bool = True) -> bytes | None:
+    """The row's PNG sliced from its shard, or None when it is cut off or (verify) fails its sha256."""
+    png = shard[row["offset"]:row["offset"] + row["size"]]
+    if len(png) != row["size"] or (verify and _sha256(png) != row["sha256"]):
+        return None
+    return png
 
 
 def verify_emojibench(root: str | Path) -> list[str]:
@@ -319,21 +326,15 @@ def verify_emojibench(root: str | Path) -> list[str]:
     root = Path(root)
     try:
         rows = read_manifest(root)
-    except (FileNotFoundError, json.JSONDecodeError) as e:
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as e:
         return [f"manifest: {e}"]
     problems, shards = [], {}
     for r in rows:
         if r["shard"] not in shards:
-            try:
-                shards[r["shard"]] = _read_shard(root / r["shard"])
-            except (FileNotFoundError, BadItem) as e:
-                shards[r["shard"]] = {}
-                problems.append(str(e))
-        png = shards[r["shard"]].get(f"{r['key']}.png")
-        if png is None or f"{r['key']}.json" not in shards[r["shard"]]:
-            problems.append(f"{r['key']}: missing from {r['shard']}")
-        elif _sha256(png) != r["sha256"]:
-            problems.append(f"{r['key']}: sha256 mismatch in {r['shard']}")
+            path = root / r["shard"]
+            shards[r["shard"]] = path.read_bytes() if path.exists() else b""
+        if _image_bytes(shards[r["shard"]], r) is None:
+            problems.append(f"{r['key']}: missing or changed in {r['shard']}")
     return problems
 
 

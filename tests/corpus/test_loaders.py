@@ -185,3 +185,15 @@ def test_skip_counter_summary_and_strict():
     with pytest.raises(BadItem, match="missing_file: z"):
         SkipCounter(strict=True).skip(BadItem("missing_file", "z"))
     assert np.isclose(s.n_skipped, 3)
+
+
+def test_cli_stats_streams_a_user_corpus_and_strict_fails_cleanly(images, capsys):
+    from ramm.__main__ import main
+
+    (images / "cli.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f, "caption": c})
+                                               for i, f, c, _ in ROWS))
+    assert main(["data", "stats", str(images / "cli.jsonl")]) == 0
+    assert "2 read, 5 skipped: corrupt_image x 2" in capsys.readouterr().out
+    assert main(["data", "stats", str(images / "cli.jsonl"), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "ramm: error: corrupt_image: corrupt (" in err and "corrupt.png" in err
