@@ -14,6 +14,7 @@ from ramm.corpus import open_corpus
 from ramm.corpus.document import BadItem
 
 N_FLAGS, N_OTHER = 30, 20
+HELDOUT_SHA256 = "111846e1b0c4f7bb3ad7d4770a2420772b4dced87e268a3c16fe3f0b29906c19"
 
 
 def fake_package(style: str) -> bytes:
@@ -164,6 +165,10 @@ def test_real_emojibench_end_to_end(tmp_path):
     assert {r["style"] for r in rows} == {"google", "twitter"}
     heldout_flags = {r["concept"] for r in rows if r["split"] == "heldout" and r["category"] == "Flags"}
     assert len(heldout_flags) >= 25
+    assert {r["split"] for r in rows if r["category"] == "Flags"} == {"train", "val", "test", "heldout"}
+    # the seed-0 heldout set is pinned: results measured on it must stay comparable across code changes
+    heldout = ",".join(sorted({r["concept"] for r in rows if r["split"] == "heldout"}))
+    assert hashlib.sha256(heldout.encode()).hexdigest() == HELDOUT_SHA256
     assert not eb.verify_emojibench(out)
     docs = eb.load_emojibench(out, splits="val")
     assert docs and all(d.image.shape == (32, 32, 3) for d in docs)
