@@ -68,10 +68,15 @@ def test_generate_image_returns_n_images_and_the_retrieved_evidence(ramm):
         assert len(row) == ramm.format.tokens_per_image + 1 and row[-1] == ramm.vocab.img_end
 
 
-@pytest.mark.parametrize("method", ["cfg", "cd"])
-def test_generate_image_with_guidance(ramm, method):
-    out = ramm.generate_image("b emoji: blue square", n=2, method=method, guidance_scale=3.0)
-    assert len(out.outputs) == 2
+def test_guided_decoding_serves_images_and_captions(ramm):
+    for method in ("cfg", "cd"):
+        assert len(ramm.generate_image("b emoji: blue square", n=2, method=method).outputs) == 2
+    image, kw = square(COLOURS["blue"]), dict(n=2, max_new_tokens=6, seed=3, rerank=False)
+    # CFG at scale 1 is the conditional model; CD-K with one candidate is greedy
+    assert ramm.caption_image(image, method="cfg", guidance_scale=1.0, **kw).tokens == \
+        ramm.caption_image(image, method="sample", **kw).tokens
+    assert ramm.caption_image(image, method="cd", cd_alpha=1.0, cd_k=1, **kw).tokens == \
+        ramm.caption_image(image, method="greedy", **kw).tokens
 
 
 def test_same_seed_same_images_and_progress_counts_samples(ramm):
