@@ -176,6 +176,8 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
 
     progress: wraps an iterable to show progress (the CLI passes tqdm); skips counts entries without art.
     """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
     out = Path(out)
     meta_path = out / META
     meta = _read_meta(meta_path)
@@ -188,8 +190,7 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     concepts = read_concepts(tarballs[config.styles[0]], config.skin_tones)
     split_of = emojibench_splits(concepts, config.seed)
 
-    items = []  # (manifest row, png bytes, json bytes) in concept order, styles interleaved
-    pngs: dict[str, dict[str, bytes]] = {}
+    pngs: dict[str, dict[str, bytes]] = {}  # concept -> style -> rendered PNG
     for style in config.styles:
         art = _read_art(tarballs[style], style, {c["image"] for c in concepts})
         for c in (progress(concepts) if progress else concepts):
@@ -201,6 +202,7 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
                 skips.ok()
             except BadItem as e:
                 skips.skip(e)
+    items = []  # (manifest row, PNG bytes, KEY.json bytes) in concept order, styles interleaved
     for c in concepts:
         for style, png in sorted(pngs.get(c["concept"], {}).items(), key=lambda kv: config.styles.index(kv[0])):
             key = f"{style}-{c['concept']}"
