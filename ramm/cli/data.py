@@ -79,25 +79,24 @@ def _stats(args) -> int:
 
 
 def _print_emojibench_table(rows: list[dict]) -> None:
+    """Documents per split and style, then concepts per category and split."""
     from ramm.corpus.splits import SPLITS
 
+    def count(field_a, a, field_b, b, unique=False):
+        hits = [r for r in rows if a in ("total", r[field_a]) and b in ("total", r[field_b])]
+        return len({r["concept"] for r in hits}) if unique else len(hits)
+
     styles = sorted({r["style"] for r in rows})
-    print(_table("split", SPLITS, styles, Counter((r["split"], r["style"]) for r in rows), "concepts",
-                 Counter(r["split"] for r in rows if r["style"] == styles[0])))
-    cats = sorted({r["category"] for r in rows})
+    print(_table("split", [*SPLITS, "total"], [*styles, "documents", "concepts"],
+                 lambda sp, c: count("split", sp, "style", "total" if c in ("documents", "concepts") else c,
+                                     unique=c == "concepts")))
     print()
-    per_cat = Counter((r["category"], r["split"]) for r in rows if r["style"] == styles[0])
-    print(_table("category", cats, SPLITS, per_cat, None, None, note="concepts"))
+    print(_table("category (concepts)", [*sorted({r["category"] for r in rows}), "total"], [*SPLITS, "total"],
+                 lambda cat, sp: count("category", cat, "split", sp, unique=True)))
 
 
-def _table(head: str, rows, cols, counts: Counter, extra: str | None, extra_counts: Counter | None, note="") -> str:
-    cols = list(cols) + ["total"]
-    width = max(len(head), *(len(str(r)) for r in rows)) + 2
-    lines = [f"{head:<{width}}" + "".join(f"{c:>9}" for c in cols) + (f"{extra:>10}" if extra else "")
-             + (f"   ({note})" if note else "")]
-    for r in list(rows) + ["total"]:
-        vals = [sum(n for (a, _), n in counts.items() if a == r or r == "total") if c == "total"
-                else sum(n for (a, b), n in counts.items() if b == c and (a == r or r == "total")) for c in cols]
-        tail = f"{(sum(extra_counts.values()) if r == 'total' else extra_counts[r]):>10}" if extra else ""
-        lines.append(f"{r:<{width}}" + "".join(f"{v:>9}" for v in vals) + tail)
+def _table(head: str, rows: list[str], cols: list[str], cell) -> str:
+    width = max(map(len, [head, *rows])) + 2
+    lines = [f"{head:<{width}}" + "".join(f"{c:>10}" for c in cols)]
+    lines += [f"{r:<{width}}" + "".join(f"{cell(r, c):>10}" for c in cols) for r in rows]
     return "\n".join(lines)
