@@ -95,8 +95,11 @@ def fetch_package(style: str, cache_dir: str | Path | None = None) -> Path:
         r = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True)
         got = Path(tmp) / name
         if r.returncode != 0 or not got.exists():
-            raise FetchError(f"`npm pack {spec}` failed (needs network access to registry.npmjs.org; {NPM_HINT}): "
-                             f"{r.stderr.strip()[-500:]}")
+            log.debug("npm pack stderr:\n%s", r.stderr)
+            codes = re.findall(r"code:? '?([A-Z][A-Z0-9_]+)", r.stderr)
+            reason = codes[0] if codes else (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"`npm pack {spec}` failed ({reason}); it needs network access to "
+                             f"registry.npmjs.org and npm: {NPM_HINT}")
         digest = _sha256_file(got)
         if digest != TARBALL_SHA256[style]:
             raise FetchError(f"{spec}: sha256 {digest} does not match the pinned {TARBALL_SHA256[style]}")

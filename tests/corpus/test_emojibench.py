@@ -141,6 +141,25 @@ def test_missing_npm_says_what_to_install(tmp_path, monkeypatch):
         eb.fetch_package("google", tmp_path)
 
 
+def fake_npm_binary(tmp_path, script: str) -> str:
+    path = tmp_path / "npm"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_failed_fetch_and_bad_checksum_raise_fetch_error(tmp_path, monkeypatch):
+    offline = fake_npm_binary(tmp_path, "echo 'npm error code ECONNREFUSED' >&2; exit 1\n")
+    monkeypatch.setattr(eb.shutil, "which", lambda name: offline)
+    with pytest.raises(eb.FetchError, match="ECONNREFUSED.*registry.npmjs.org"):
+        eb.fetch_package("google", tmp_path / "cache")
+    tampered = fake_npm_binary(tmp_path, f"echo tampered > emoji-datasource-google-{eb.VERSION}.tgz\n")
+    monkeypatch.setattr(eb.shutil, "which", lambda name: tampered)
+    with pytest.raises(eb.FetchError, match="does not match the pinned"):
+        eb.fetch_package("google", tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "npm").iterdir())  # nothing unverified is left in the cache
+
+
 def test_cli_build_stats_and_open_corpus(fake_npm, tmp_path, capsys):
     out = tmp_path / "eb"
     assert main(["data", "emojibench", "--out", str(out), "--styles", "google"]) == 0
