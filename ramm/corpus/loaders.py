@@ -97,7 +97,11 @@ def _image_file(root: Path, rel, item: str, size: int | None) -> tuple[ImageSegm
     path = root / rel
     if not path.is_file():
         raise BadItem("missing_file", item, str(path))
-    return ImageSegment(pixels=decode_image_bytes(path.read_bytes(), f"{item} ({path})", size)), str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadItem("unreadable_file", item, f"{path}: {e.strerror}") from None
+    return ImageSegment(pixels=decode_image_bytes(data, f"{item} ({path})", size)), str(path)
 
 
 def _pick(row: dict, keys: tuple[str, ...]):
