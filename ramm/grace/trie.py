@@ -15,7 +15,7 @@ class PrefixTrie:
 
     def __init__(self, sequences: Iterable[Sequence[int]] = (), values: Iterable[int] | None = None):
         self.root: dict = {}
-        self._len = 0
+        self._len = self._depth = 0
         sequences = list(sequences)
         values = range(len(sequences)) if values is None else list(values)
         if len(values) != len(sequences):
@@ -42,6 +42,7 @@ class PrefixTrie:
             raise ValueError(f"sequence {seq} {what} (identifiers must be unique and prefix-free)")
         node[last] = int(value)
         self._len += 1
+        self._depth = max(self._depth, len(seq))
 
     def _walk(self, prefix: Sequence[int]):
         node = self.root
@@ -82,4 +83,4 @@ class PrefixTrie:
 
     def depth(self) -> int:
         """Length of the longest stored sequence (bounds the decoding steps)."""
-        return max((len(s) for s, _ in self), default=0)
+        return self._depth

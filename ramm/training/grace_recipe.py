@@ -63,8 +63,6 @@ class GraceConfig:
 
 def encode_images(image_tokenizer, docs, batch: int = 256) -> np.ndarray:
     """(N, tokens_per_image) codes of each document's first image."""
-    import torch
-
     from ramm.corpus.document import batch_pixels
 
     out = []
@@ -92,8 +90,6 @@ def eval_queries(docs) -> list[tuple[str, str]]:
 
 def train_grace(cfg: GraceConfig):
     """Builds identifiers, trains the stages, saves the GRACE model in cfg.out; returns the GraceRetriever."""
-    import torch
-
     from ramm.corpus.emojibench import load_emojibench
     from ramm.grace.identifiers import build_identifiers
     from ramm.grace.retriever import GraceRetriever
@@ -113,10 +109,19 @@ def train_grace(cfg: GraceConfig):
     retrieve_docs = [d for d in memorized if d.metadata["split"] in cfg.retrieve_splits]
     if not retrieve_docs:
         raise ValueError(f"no memorized documents in retrieve_splits {cfg.retrieve_splits}: queries need memorized targets")
-    text_tok = TextTokenizer.from_pretrained(cfg.text_tokenizer)
-    image_tok = ImageTokenizer.from_pretrained(cfg.image_tokenizer)
-    vocab = Vocabulary(text_size=text_tok.vocab_size, image_size=image_tok.codebook_size)
-    fmt = CM3Format(vocab, text_tok, tokens_per_image=image_tok.tokens_per_image)
+    if cfg.init:  # the generator bundle brings its own tokenizers and vocabulary
+        from ramm.pipeline import load_generator_bundle
+        bundle = load_generator_bundle(cfg.init)
+        model, fmt = bundle.model, bundle.format
+        text_tok, image_tok, vocab = fmt.text, fmt.image_tokenizer, fmt.vocab
+    else:
+        text_tok = TextTokenizer.from_pretrained(cfg.text_tokenizer)
+        image_tok = ImageTokenizer.from_pretrained(cfg.image_tokenizer)
+        vocab = Vocabulary(text_size=text_tok.vocab_size, image_size=image_tok.codebook_size)
+        fmt = CM3Format(vocab, text_tok, tokens_per_image=image_tok.tokens_per_image)
+        prompt_len = 3 + image_tok.tokens_per_image + 2
+        model = Transformer(TransformerConfig.preset(cfg.preset, vocab_size=vocab.size,
+                                                     max_seq_len=max(128, prompt_len + 64)))
 
     embeddings = None
     if cfg.scheme == "structured":
@@ -127,15 +132,7 @@ def train_grace(cfg: GraceConfig):
                                k=cfg.k, leaf_size=cfg.leaf_size, seed=cfg.seed)
     log.info("%d %s identifiers, up to %d tokens", len(idents), cfg.scheme, max(len(t) for t in idents.tokens))
 
-    if cfg.init:
-        model = Transformer.from_pretrained(cfg.init)
-        if model.cfg.vocab_size != vocab.size:
-            raise ValueError(f"generator {cfg.init} has {model.cfg.vocab_size} ids but the tokenizers give {vocab.size}")
-    else:
-        prompt_len = 3 + image_tok.tokens_per_image + 2
-        model = Transformer(TransformerConfig.preset(cfg.preset, vocab_size=vocab.size,
-                                                     max_seq_len=max(128, prompt_len + 64)))
-    if idents.new_tokens:
+    if model.cfg.vocab_size != vocab.size + idents.new_tokens:  # room for atomic ids (or drop unused rows)
         model.resize_token_embeddings(vocab.size + idents.new_tokens)
 
     mem = memorize_examples(memorized, encode_images(image_tok, memorized), idents, fmt)
