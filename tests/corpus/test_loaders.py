@@ -197,3 +197,12 @@ def test_cli_stats_streams_a_user_corpus_and_strict_fails_cleanly(images, capsys
     assert main(["data", "stats", str(images / "cli.jsonl"), "--strict"]) == 1
     err = capsys.readouterr().err
     assert "ramm: error: corrupt_image: corrupt (" in err and "corrupt.png" in err
+
+
+def test_corpus_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ramm.corpus.loaders, ramm.corpus.emojibench, ramm.cli.data; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
