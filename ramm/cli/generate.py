@@ -89,6 +89,7 @@ def _image(args) -> int:
     _save_png(out / "grid.png", grid(res.outputs))
     samples = [(name, f"score {s:.3f}" if res.scores else "") for name, s in zip(names, res.scores or [0] * len(names))]
     _write_report(out, args, "text → image", html.escape(args.caption), res.retrieved, samples, ramm)
+    _print_retrieved(res.retrieved)
     print(f"wrote {len(names)} samples, grid.png and index.html to {out}")
     return 0
 
@@ -109,6 +110,7 @@ def _caption(args) -> int:
     samples = [(None, f"{html.escape(t)}" + (f" <small>(log p/token {s:.3f})</small>" if s is not None else ""))
                for t, s in zip(res.outputs, scores)]
     _write_report(out, args, "image → text", _img_tag("query.png"), res.retrieved, samples, ramm)
+    _print_retrieved(res.retrieved)
     for t, s in zip(res.outputs, scores):
         print(t if s is None else f"{s:8.3f}  {t}")
     return 0
@@ -162,6 +164,11 @@ def grid(images, columns: int = 8, pad: int = 2, scale: int = GRID_SCALE):
         r, c = divmod(i, cols)
         out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = im
     return out.repeat(scale, 0).repeat(scale, 1)
+
+
+def _print_retrieved(docs) -> None:
+    for d in docs:
+        print(f"retrieved {d.id}: {d.text}")
 
 
 def _save_png(path: Path, pixels) -> str:

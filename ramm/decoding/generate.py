@@ -132,7 +132,7 @@ def next_token_scores(logits: torch.Tensor, allowed: torch.Tensor, config: Decod
     return logits.masked_fill(~allowed, neg)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, tokens_per_image: int,
              max_new_tokens: int, config: DecodeConfig | None = None,
              uncond_prompts: Sequence[Sequence[int]] | None = None, stop_tokens: Sequence[int] = (),

@@ -22,7 +22,7 @@ def image_text_scores(encoder, images: np.ndarray, caption: str) -> np.ndarray:
     return (img @ txt[0]).astype(np.float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def continuation_nll(model, pad: int, prompts: Sequence[Sequence[int]],
                      continuations: Sequence[Sequence[int]]) -> np.ndarray:
     """Mean negative log-likelihood per token of each continuation given its prompt (log perplexity)."""
