@@ -63,6 +63,8 @@ class GraceConfig:
 
 def encode_images(image_tokenizer, docs, batch: int = 256) -> np.ndarray:
     """(N, tokens_per_image) codes of each document's first image."""
+    import torch
+
     from ramm.corpus.document import batch_pixels
 
     out = []

@@ -1,0 +1,70 @@
+"""GRACE text -> image Recall@1/5/10 per identifier scheme, next to the dense retriever (issue 7).
+
+Candidates: the memorized images (EmojiBench train + test concepts, both styles). Queries: the test concepts'
+captions and pseudo-queries (name without style, short names), unseen in training. A hit is an image of the
+query's concept (either style: EMOJIBENCH.md counts the other style as a hit). Peer: the dual encoder's exact
+cosine search over the same images. Target: the best scheme's R@1 >= dense.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import emit
+
+
+def main() -> int:
+    from ramm.corpus.emojibench import load_emojibench
+    from ramm.grace.retriever import GraceRetriever
+    from ramm.retrieval.encoder import load_encoder
+    from ramm.training.grace_recipe import eval_queries, recall_at_k
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
+    ap.add_argument("--corpus", default="data/emojibench", help="EmojiBench directory")
+    ap.add_argument("--retriever", default="runs/retriever", help="dense dual encoder (the peer)")
+    ap.add_argument("--split", default="test", help="split whose queries are evaluated")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    gcfg = json.loads((Path(args.models[0]) / "grace_config.json").read_text())
+    memorized = load_emojibench(args.corpus, splits=gcfg["memorize_splits"])
+    concept = {d.id: d.metadata["concept"] for d in memorized}
+    queries = eval_queries([d for d in memorized if d.metadata["split"] == args.split])
+    if not queries:
+        raise ValueError(f"no memorized documents in split {args.split!r}")
+    texts = [q for q, _ in queries]
+    relevant = [{d for d, c in concept.items() if c == qc} for _, qc in queries]
+    n_cap = sum(1 for d in memorized if d.metadata["split"] == args.split)
+    print(f"{len(memorized)} memorized images, {len(queries)} {args.split} queries ({n_cap} captions)")
+
+    enc = load_encoder(args.retriever)
+    img = enc.embed_image(np.stack([d.image for d in memorized]))
+    top = np.argsort(-(enc.embed_text(texts) @ img.T), axis=1)[:, :10]
+    dense = recall_at_k([[memorized[j].id for j in row] for row in top], relevant)
+    dense_cap = recall_at_k([[memorized[j].id for j in row] for row in top[:n_cap]], relevant[:n_cap])
+    print(f"dense: all {dense} | captions {dense_cap}")
+
+    rows = []
+    for m in args.models:
+        retriever = GraceRetriever.from_pretrained(m, device="cpu")
+        ranked = [[i for i, _ in retriever.search(q, k=10)] for q in texts]
+        ours, ours_cap = recall_at_k(ranked, relevant), recall_at_k(ranked[:n_cap], relevant[:n_cap])
+        scheme = retriever.identifiers.scheme
+        print(f"{scheme} ({m}): all {ours} | captions {ours_cap}")
+        for k in ("R@1", "R@5", "R@10"):
+            rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image {k}, {args.split} queries",
+                         "ours": round(ours[k], 4), "peer_name": "dense dual encoder", "peer": round(dense[k], 4),
+                         "ratio": round(ours[k] / max(dense[k], 1e-9), 3), "target": ">= 1 (best scheme, R@1)",
+                         "unit": "recall", "note": f"captions only: {ours_cap[k]:.3f} vs {dense_cap[k]:.3f}"})
+    emit(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
