@@ -80,7 +80,7 @@ def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: d
     for split, docs in eval_sets.items():
         if cfg.eval_limit:
             docs = docs[:cfg.eval_limit]
-        nb = precompute_neighbours(memory, docs, cfg.ra, partners, dropout=0.0)["text"] if max(ks) else None
+        nb = precompute_neighbours(memory, docs, cfg.ra, partners, dropout=0.0, kinds=("text",))["text"] if max(ks) else None
         for k in ks:
             retrieved = [[lookup[i] for i in row[:k]] for row in nb] if k else [[] for _ in docs]
             out[f"{split}_image_loss_k{k}"] = image_token_loss(model, fmt, docs, retrieved)

@@ -5,8 +5,9 @@ Work done once per run, not per step:
   and the documents' content (`encode_images_cached`);
 - for every training document two neighbour lists are precomputed with the Memory: one for its
   text as the query (20% query-word dropout) and one for its image; the document itself and exact
-  duplicates are excluded by the Memory; candidates above the diversity threshold are skipped,
-  except (optionally) the leave-one-out partner (same concept, other style: EMOJIBENCH.md).
+  duplicates are excluded by the Memory; candidates whose relevance to the query exceeds the diversity
+  threshold are skipped, except (optionally) the leave-one-out partner (same concept, other style:
+  EMOJIBENCH.md). One batched index search serves all queries; the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices`, build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, batch_pixels
-from ramm.retrieval.strategies import Strategy, query_dropout
+from ramm.retrieval.strategies import query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.utils import default_cache_dir
 
@@ -36,7 +37,6 @@ class RAConfig:
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
-    prefer_mixed_modal: bool = True  # RA-CM3: mixed-modal documents retrieve better
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
     seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
@@ -100,22 +100,40 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str,
 
 
 def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
-                          dropout: float | None = None) -> dict[str, list[list[str]]]:
+                          dropout: float | None = None, kinds=("text", "image")) -> dict[str, list[list[str]]]:
     """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each.
     Text queries lose `dropout` (default cfg.query_dropout) of their words first."""
     rng = np.random.default_rng(cfg.seed)
     p = cfg.query_dropout if dropout is None else dropout
-    texts = [query_dropout(d.text, p, rng) if p > 0 else d.text for d in docs]
-    queries = {"text": memory.encoder.embed_text(texts),
-               "image": memory.encoder.embed_image(np.stack([d.image for d in docs]))}
-    base = Strategy(prefer_mixed_modal=cfg.prefer_mixed_modal, diversity=cfg.diversity)
+    queries = {}
+    if "text" in kinds:
+        queries["text"] = memory.encoder.embed_text([query_dropout(d.text, p, rng) if p > 0 else d.text for d in docs])
+    if "image" in kinds:
+        queries["image"] = memory.encoder.embed_image(np.stack([d.image for d in docs]))
+    # one batched index search; then per query: drop itself and exact duplicates of it (by content hash),
+    # and candidates above the diversity threshold unless they are its leave-one-out partner
+    n = len(memory)
+    row_id = memory.store.ids_of(list(range(n)))
+    row_hash = memory.store.hashes(list(range(n)))
+    id_hash = {i: row_hash[r] for r, i in row_id.items()}
+    fetch = min(n, 4 * cfg.n_candidates + 8)
     out: dict[str, list[list[str]]] = {}
     for kind, q in queries.items():
-        rows = []
-        for d, v in zip(docs, q):
-            strategy = base.with_exempt(partners.get(d.id, ())) if cfg.exempt_partner else base
-            rows.append([i for i, _ in memory.neighbours(v[None], cfg.n_candidates, [[d.id]], strategy)[0]])
-        out[kind] = rows
+        scores, rows = memory.search_vectors(q, fetch)
+        picked = []
+        for d, srow, rrow in zip(docs, scores, rows):
+            own = id_hash.get(d.id) or d.content_hash()
+            keep = []
+            for score, r in zip(srow, rrow):
+                if r < 0 or row_id[int(r)] == d.id or row_hash[int(r)] == own:
+                    continue
+                i = row_id[int(r)]
+                if cfg.diversity is None or score <= cfg.diversity or (cfg.exempt_partner and i in partners.get(d.id, ())):
+                    keep.append(i)
+                if len(keep) == cfg.n_candidates:
+                    break
+            picked.append(keep)
+        out[kind] = picked
     return out
 
 
