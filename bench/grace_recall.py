@@ -17,6 +17,21 @@ import torch
 from _common import emit
 
 
+def added_images_rows(retriever, new_docs, split: str) -> list[dict]:
+    """Semantic ids of never-seen images inserted in the trie: R@K on their queries, over all images."""
+    from ramm.training.grace_recipe import eval_queries, recall_at_k
+
+    retriever.add_images([d.id for d in new_docs], [d.text for d in new_docs])
+    concept = {d.id: d.metadata["concept"] for d in new_docs}
+    queries = eval_queries(new_docs)
+    relevant = [{d for d, c in concept.items() if c == qc} for _, qc in queries]
+    r = recall_at_k([[i for i, _ in retriever.search(q, k=10)] for q, _ in queries], relevant)
+    print(f"semantic, {len(new_docs)} {split} images added without retraining: {r}")
+    return [{"bench": "grace_recall", "metric": f"semantic text->image {k}, {split} images added untrained",
+             "ours": round(r[k], 4), "peer_name": "-", "peer": None, "ratio": None, "target": "-", "unit": "recall",
+             "note": f"{len(queries)} queries, {len(retriever.identifiers)} identifiers"} for k in ("R@1", "R@5", "R@10")]
+
+
 def main() -> int:
     from ramm.corpus.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
@@ -28,6 +43,8 @@ def main() -> int:
     ap.add_argument("--corpus", default="data/emojibench", help="EmojiBench directory")
     ap.add_argument("--retriever", default="runs/retriever", help="dense dual encoder (the peer)")
     ap.add_argument("--split", default="test", help="split whose queries are evaluated")
+    ap.add_argument("--add-split", default=None,
+                    help="also add this unmemorized split's images to semantic models (no retraining) and evaluate its queries")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,6 +74,8 @@ def main() -> int:
         ours, ours_cap = recall_at_k(ranked, relevant), recall_at_k(ranked[:n_cap], relevant[:n_cap])
         scheme = retriever.identifiers.scheme
         print(f"{scheme} ({m}): all {ours} | captions {ours_cap}")
+        if args.add_split and scheme == "semantic":
+            rows += added_images_rows(retriever, load_emojibench(args.corpus, splits=[args.add_split]), args.add_split)
         for k in ("R@1", "R@5", "R@10"):
             rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image {k}, {args.split} queries",
                          "ours": round(ours[k], 4), "peer_name": "dense dual encoder", "peer": round(dense[k], 4),

@@ -118,7 +118,7 @@ class Identifiers:
         return cls(d["scheme"], d["ids"], d["strings"], [list(t) for t in d["tokens"]], d.get("new_tokens", 0))
 
 
-def _unique(strings: list[str]) -> list[str]:
+def unique_strings(strings: list[str]) -> list[str]:
     """Semantic ids: a repeated caption gets " (2)", " (3)", ... so that every image has its own."""
     count: Counter = Counter()
     out = []
@@ -145,7 +145,7 @@ def build_identifiers(scheme: str, image_ids: Sequence[str], vocab: Vocabulary, 
         empty = [image_ids[i] for i, c in enumerate(captions) if not c or not c.strip()]
         if empty:
             raise ValueError(f"image {empty[0]!r} has an empty caption (semantic identifiers need one)")
-        strings = _unique([c.strip() for c in captions])
+        strings = unique_strings([c.strip() for c in captions])
     elif scheme == "structured":
         if embeddings is None or len(embeddings) != n:
             raise ValueError("the structured scheme needs one embedding per image")

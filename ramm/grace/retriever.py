@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ramm.decoding.constrained_beam import constrained_beam_search
-from ramm.grace.identifiers import Identifiers
+from ramm.grace.identifiers import Identifiers, unique_strings
 from ramm.grace.tasks import image_prompt, query_prompt
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.vocab import Vocabulary
@@ -40,6 +40,25 @@ class GraceRetriever:
     def search_image(self, codes, k: int = 10) -> list[tuple[str, float]]:
         """Image tokens -> identifiers (the memorization task; near-duplicate lookup)."""
         return self._search(image_prompt(self.fmt, codes), k)
+
+    def add_images(self, image_ids: list[str], captions: list[str]) -> None:
+        """Make new images retrievable without retraining: semantic identifiers are captions, which a model
+        trained to map queries to captions already generates. Other schemes' new ids were never trained."""
+        if self.identifiers.scheme != "semantic":
+            raise ValueError(f"adding images to a {self.identifiers.scheme!r} model needs retraining "
+                             "(memorize + retrieve on the new identifiers); only 'semantic' adds without it")
+        if len(image_ids) != len(captions):
+            raise ValueError(f"{len(image_ids)} image ids but {len(captions)} captions")
+        empty = [i for i, c in zip(image_ids, captions) if not c or not c.strip()]
+        if empty:
+            raise ValueError(f"image {empty[0]!r} has an empty caption (semantic identifiers need one)")
+        old = self.identifiers
+        strings = unique_strings(old.strings + [c.strip() for c in captions])[len(old):]
+        tokens = [[*self.fmt.text.encode(s), self.fmt.vocab.doc_end] for s in strings]
+        self.identifiers = Identifiers(old.scheme, old.ids + list(image_ids), old.strings + strings,
+                                       old.tokens + tokens, old.new_tokens)
+        for i, t in enumerate(tokens, start=len(old)):
+            self.trie.add(t, i)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

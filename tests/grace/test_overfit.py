@@ -78,3 +78,19 @@ def test_collate_masks_the_prompt_and_pads():
     tgt = batch["targets"][0]
     assert tgt[tgt != -100].tolist() == idents.token_sequence("img-0")
     assert batch["idx"][0, len(ex[0].prompt) - 1].item() == vocab.sep
+
+
+def test_adding_images_extends_the_trie_for_semantic_ids_and_refuses_other_schemes():
+    docs, _ = corpus()
+    vocab = Vocabulary(text_size=256, image_size=CODES, n_sentinels=1)
+    fmt = CM3Format(vocab, ByteTokenizer(), tokens_per_image=TPI)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=64))
+    semantic = GraceRetriever(model, build_identifiers("semantic", [d.id for d in docs[:18]], vocab, fmt.text,
+                                                       captions=[d.text for d in docs[:18]]), fmt)
+    semantic.add_images(["new-0", "new-1"], ["emoji: rain", "emoji: cat"])  # "emoji: cat" is taken: made unique
+    assert len(semantic.trie) == 20 and semantic.identifiers.strings[-2:] == ["emoji: rain", "emoji: cat (2)"]
+    found = {i for i, _ in semantic.search("emoji: rain", k=20)}
+    assert {"new-0", "new-1"} <= found
+    numeric = GraceRetriever(model, build_identifiers("numeric", [d.id for d in docs], vocab, fmt.text), fmt)
+    with pytest.raises(ValueError, match="needs retraining"):
+        numeric.add_images(["new-0"], ["emoji: rain"])
