@@ -3,7 +3,10 @@ LlamaForCausalLM with the same dims (layers, d_model, heads, SwiGLU width, vocab
 measured interleaved in one run. Also achieved FLOP/s (6N + 12 L T d per token, PaLM's count)
 against a plain fp32 matmul's FLOP/s on the same machine.
 
-    .venv/bin/python bench/train_throughput.py [--size small] [--vocab 4625] [--seq 272] [--batch 8]
+    .venv/bin/python bench/train_throughput.py [--size small] [--vocab 4625] [--seq 272] [--batch 8] [--eager]
+
+Ours runs under torch.compile by default (fused RMSNorm, rotary and SwiGLU elementwise work on CPU);
+--eager measures the plain module (fused qkv and gate/up matmuls, SDPA is_causal).
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     ap.add_argument("--iters", type=int, default=1, help="steps per round")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--compile", action="store_true", help="torch.compile our model too")
+    ap.add_argument("--eager", action="store_true", help="do not torch.compile our model (HF runs eager either way)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
@@ -79,7 +82,7 @@ def main() -> int:
     ours_model, peer_model = Transformer(cfg).to(device), llama_like(cfg).to(device)
     data = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
     idx, tgt = data[:, :-1], data[:, 1:]
-    ours = make_step(torch.compile(ours_model) if args.compile else ours_model, idx, tgt, True, device)
+    ours = make_step(ours_model if args.eager else torch.compile(ours_model), idx, tgt, True, device)
     peer = make_step(peer_model, idx, None, False, device)
     for s in (ours, peer):  # warm up (and compile)
         timed(s, device, 2)
@@ -95,7 +98,8 @@ def main() -> int:
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * args.seq * cfg.d_model
     achieved, peak = tps_ours * flops_per_token, matmul_flops(device)
     note = (f"{args.size}: L={cfg.n_layer} d={cfg.d_model} h={cfg.n_head} ff={cfg.d_ff} V={args.vocab} "
-            f"T={args.seq} B={args.batch}, {n_params / 1e6:.1f}M params, fwd+bwd+AdamW, {device}")
+            f"T={args.seq} B={args.batch}, {n_params / 1e6:.1f}M params, fwd+bwd+AdamW, {device}, "
+            f"ours {'eager' if args.eager else 'torch.compile'}")
     emit([
         {"bench": "train_throughput", "metric": "training tokens/s", "ours": tps_ours, "peer_name": "HF LlamaForCausalLM",
          "peer": tps_peer, "ratio": tps_ours / tps_peer, "target": ">= 1.2", "unit": "tokens/s", "note": f"{note}; best of {args.rounds} interleaved rounds, median ratio "

@@ -115,3 +115,18 @@ def test_image_token_loss_counts_only_the_main_documents_image_tokens(setup):
         ra = image_token_loss(model, fmt, main, [[lookup[docs[5].id]] for _ in main])
     assert np.isfinite(plain) and abs(plain - np.log(fmt.vocab.size)) < 1.0
     assert plain != ra  # the retrieved document changed the context, not the scored tokens' count
+
+
+def test_generator_directory_round_trip_rebuilds_the_format(setup, tmp_path):
+    from ramm.model.generator import load_generator, save_generator
+    from ramm.model.transformer import Transformer, TransformerConfig
+    docs, _, fmt, lookup, tmp, _ = setup
+    fmt.text.save_pretrained(tmp_path / "text")
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=fmt.vocab.size, max_seq_len=64))
+    save_generator(model, tmp_path / "gen", text_tokenizer=tmp_path / "text", image_tokenizer=tmp / "tok", alpha=0.1)
+    again, fmt2, info = load_generator(tmp_path / "gen", device="cpu")
+    assert fmt2.vocab == fmt.vocab and fmt2.tokens_per_image == 16 and info["alpha"] == 0.1
+    ids = torch.tensor([fmt.encode_document(lookup[docs[0].id])])
+    torch.testing.assert_close(again(ids)[0], model.eval()(ids)[0])
+    with pytest.raises(FileNotFoundError, match="generator.json"):
+        load_generator(tmp_path / "text")
