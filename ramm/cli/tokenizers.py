@@ -10,7 +10,7 @@ def register(cli) -> None:
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (also the cosine schedule's length)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--quantizer", choices=("fsq", "vq"), default="fsq", help="FSQ or EMA-codebook VQ")
+    p.add_argument("--quantizer", choices=("vq", "fsq"), default="vq", help="EMA-codebook VQ or FSQ")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     p.add_argument("--grid", type=int, default=8, help="codes per side (tokens per image = grid**2)")
     p.add_argument("--channels", type=int, default=64, help="width of the first conv stage")

@@ -2,9 +2,10 @@
 the GAN): images -> a grid of discrete codes the generator reads and writes as image tokens (RA-CM3 / CM3Leon
 use a VQGAN tokenizer, 256x256 -> 32x32 = 1,024 tokens; EmojiBench uses 32x32 -> 8x8 = 64).
 
-A residual conv encoder downsamples by 2 `log2(image_size / grid)` times; the quantizer is either FSQ
-(Mentzer et al. 2023: per-channel rounding, no codebook to collapse) or an EMA codebook with k-means init,
-dead-code replacement and a low-dimensional lookup, both from `vector-quantize-pytorch`.
+A pixel-unshuffle then a residual conv encoder reach the grid; the quantizer (from `vector-quantize-pytorch`)
+is an EMA codebook with k-means init, dead-code replacement and a low-dimensional (8-d) lookup, or FSQ
+(Mentzer et al. 2023: per-channel rounding). On EmojiBench at equal steps VQ matched or beat FSQ on PSNR and
+used every code (FSQ [8,8,8]: ~82%), so VQ is the default.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ImageTokenizerConfig:
     channels: int = 64  # width of the first conv stage; each downsampling doubles it (capped by max_mult)
     max_mult: int = 2  # cap on the channel multiplier
     res_blocks: int = 1  # residual blocks per resolution stage
-    quantizer: str = "fsq"  # "fsq" (finite scalar quantization) or "vq" (EMA codebook)
+    quantizer: str = "vq"  # "vq" (EMA codebook; measured better on EmojiBench) or "fsq" (finite scalar quantization)
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # FSQ levels per channel; codebook = product
     codebook_size: int = 512  # VQ only: number of codes (FSQ derives it from fsq_levels)
     codebook_dim: int = 8  # VQ only: the lookup happens in this projected dimension

@@ -10,7 +10,7 @@ from ramm.training.tokenizer_recipe import ImageDataset, evaluate, tokenizer_ste
 from ramm.training.trainer import Trainer, TrainerConfig
 
 torch.set_num_threads(1)
-TINY = dict(image_size=16, grid=4, channels=16, latent_dim=16)
+TINY = dict(image_size=16, grid=4, channels=16, latent_dim=16, codebook_size=32)
 
 
 def _docs(n=24, size=16, seed=0):
@@ -37,7 +37,7 @@ def _tcfg(tmp_path, **kw):
 
 @pytest.mark.parametrize("quantizer", ["fsq", "vq"])
 def test_encode_decode_shapes_and_range(quantizer):
-    tok = ImageTokenizer(ImageTokenizerConfig(quantizer=quantizer, codebook_size=32, **TINY))
+    tok = ImageTokenizer(ImageTokenizerConfig(**{**TINY, "quantizer": quantizer}))
     codes = tok.encode(_images(_docs(3)))
     assert codes.shape == (3, 16) and codes.dtype == torch.long
     assert 0 <= codes.min() and codes.max() < tok.codebook_size
@@ -47,7 +47,7 @@ def test_encode_decode_shapes_and_range(quantizer):
 
 
 def test_fsq_codebook_size_is_product_of_levels():
-    assert ImageTokenizerConfig(fsq_levels=[8, 5, 5, 5]).codebook_size == 1000
+    assert ImageTokenizerConfig(quantizer="fsq", fsq_levels=[8, 5, 5, 5]).codebook_size == 1000
 
 
 def test_paper_scale_256_images_give_32x32_grid():
@@ -69,7 +69,7 @@ def test_training_reduces_reconstruction_error(tmp_path):
 @pytest.mark.parametrize("quantizer", ["fsq", "vq"])
 def test_save_load_gives_identical_codes(tmp_path, quantizer):
     torch.manual_seed(0)
-    tok = ImageTokenizer(ImageTokenizerConfig(quantizer=quantizer, codebook_size=32, **TINY))
+    tok = ImageTokenizer(ImageTokenizerConfig(**{**TINY, "quantizer": quantizer}))
     x = _images(_docs(6))
     tok.train()
     tok(x)  # VQ: k-means init + an EMA update, so the saved codebook is not the initial one
@@ -138,7 +138,8 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
 
     corpus = _jsonl_corpus(tmp_path, _docs(8))
     argv = ["train", "tokenizer", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--steps", "4",
-            "--batch-size", "4", "--image-size", "16", "--grid", "4", "--channels", "16", "--device", "cpu"]
+            "--batch-size", "4", "--image-size", "16", "--grid", "4", "--channels", "16", "--codebook-size", "32",
+            "--device", "cpu"]
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
     assert "training on 8 train documents" in capsys.readouterr().out
