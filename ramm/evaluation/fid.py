@@ -85,7 +85,7 @@ class FID:
                 raise ValueError(f"FID needs at least 2 {label} images, got {len(x)}")
             for i in range(0, len(x), self.batch_size):
                 self.metric.update(x[i: i + self.batch_size], real=label == "real")
-        value = float(self.metric.compute())
+        value = max(float(self.metric.compute()), 0.0)  # identical sets give -1e-6 from round-off
         log.info("%s: %.4f (%d real, %d fake)", self.name, value, len(real), len(fake))
         return value
 

@@ -11,7 +11,7 @@ def noise_images(seed: int, n: int = 64, low: int = 0, high: int = 256) -> np.nd
 
 def test_fid_of_a_set_with_itself_is_zero(conv_encoder):
     imgs = noise_images(0)
-    assert FID.from_encoder(conv_encoder)(imgs, imgs) == pytest.approx(0.0, abs=1e-4)
+    assert 0.0 <= FID.from_encoder(conv_encoder)(imgs, imgs) < 1e-4
 
 
 def test_fid_grows_with_the_distance_between_distributions(conv_encoder):
