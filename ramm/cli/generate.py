@@ -9,7 +9,7 @@ import html
 import json
 from pathlib import Path
 
-METHODS = ("sample", "greedy", "cfg", "cd")
+METHODS = ("sample", "greedy", "cfg", "cd", "mix")  # mix: images only (half sample, half cd)
 GRID_SCALE = 4  # emoji are 32x32: the grid and the page show them 4x larger, pixelated
 
 

@@ -71,6 +71,11 @@ def test_generate_image_returns_n_images_and_the_retrieved_evidence(ramm):
 def test_guided_decoding_serves_images_and_captions(ramm):
     for method in ("cfg", "cd"):
         assert len(ramm.generate_image("b emoji: blue square", n=2, method=method).outputs) == 2
+    seen = []
+    mix = ramm.generate_image("b emoji: blue square", n=5, method="mix", top_p=0.9, rerank=False, batch_size=2,
+                              progress=seen.append)
+    sampled = ramm.generate_image("b emoji: blue square", n=3, top_p=0.9, rerank=False, batch_size=2)
+    assert len(mix.outputs) == 5 and mix.tokens[:3] == sampled.tokens and seen == [2, 3, 5]
     image, kw = square(COLOURS["blue"]), dict(n=2, max_new_tokens=6, seed=3, rerank=False)
     # CFG at scale 1 is the conditional model; CD-K with one candidate is greedy
     assert ramm.caption_image(image, method="cfg", guidance_scale=1.0, **kw).tokens == \
