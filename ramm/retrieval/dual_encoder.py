@@ -33,7 +33,7 @@ class DualEncoderConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # CNN width per stage; each stage halves the resolution
     text_vocab_size: int = 1024  # byte-level BPE vocabulary of the text tower
     text_max_len: int = 32  # text tokens kept per caption (longer captions are truncated)
-    text_width: int = 192  # text transformer width
+    text_width: int = 128  # text transformer width
     text_layers: int = 2  # text transformer layers
     text_heads: int = 4  # attention heads of the text transformer
     embed_dim: int = 256  # dimension of the shared embedding space
@@ -116,16 +116,18 @@ class DualEncoder(nn.Module, Encoder):
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
         self.batch_size = 256  # embed_* batch size
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, image_b: torch.Tensor | None = None):
-        """Training loss: symmetric InfoNCE image<->text, plus image<->image_b (another view or style
-        of the same item, which teaches the image tower style-invariant features) when given.
-        Returns (None, loss) so the generic trainer's step function applies."""
+    def forward(self, image: torch.Tensor, text: torch.Tensor, image_b: torch.Tensor | None = None,
+                text_b: torch.Tensor | None = None):
+        """Training loss: symmetric InfoNCE image<->text; with a second view of each item (EmojiBench:
+        the other style's image and caption) also image_b<->text_b, image<->image_b (style-invariant
+        image features) and text<->text_b. Returns (None, loss) so the generic trainer applies."""
         img, txt = self.encode_image(image), self.encode_text(text)
-        loss = clip_loss(img, txt, self.logit_scale)
-        if image_b is not None:
-            img_b = self.encode_image(image_b)
-            loss = (loss + clip_loss(img_b, txt, self.logit_scale) + clip_loss(img, img_b, self.logit_scale)) / 3
-        return None, loss
+        losses = [clip_loss(img, txt, self.logit_scale)]
+        if image_b is not None and text_b is not None:
+            img_b, txt_b = self.encode_image(image_b), self.encode_text(text_b)
+            losses += [clip_loss(img_b, txt_b, self.logit_scale), clip_loss(img, img_b, self.logit_scale),
+                       clip_loss(txt, txt_b, self.logit_scale)]
+        return None, torch.stack(losses).mean()
 
     @property
     def dim(self) -> int:

@@ -30,3 +30,21 @@ def exact_leave_one_out(queries: np.ndarray, memory: np.ndarray, self_rows: Sequ
     scores = queries @ memory.T  # (N, M)
     scores[np.arange(len(queries)), np.asarray(self_rows)] = -np.inf
     return np.argsort(-scores, axis=1)[:, :k]
+
+
+def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10)) -> dict[str, dict[int, float]]:
+    """{'text->image': {K: recall}, 'image->text': {...}} for `queries` against a built Memory,
+    each query's own document left out (by id, and its exact duplicates)."""
+    if not queries:
+        raise ValueError("no query documents")
+    enc, k = memory.encoder, max(ks)
+    exclude = [[d.id] for d in queries]
+    targets = [concept_of(d) for d in queries]
+    known = {d.id: concept_of(d) for d in queries}
+    out = {}
+    for name, q in (("text->image", enc.embed_text([d.text for d in queries])),
+                    ("image->text", enc.embed_image(np.stack([d.image for d in queries])))):
+        hits = memory.neighbours(q, k, exclude_ids=exclude)
+        ranked = [[known[i] if i in known else concept_of(memory.get(i)) for i, _ in row] for row in hits]
+        out[name] = recall_at_k(ranked, targets, ks)
+    return out

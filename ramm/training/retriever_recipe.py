@@ -1,8 +1,8 @@
 """Recipe: train the CLIP-style retriever (ramm.retrieval.dual_encoder) on a corpus's train split.
 
-Each sample is one concept: two images (EmojiBench's two styles, or two augmentations of the one
-image) and one text view (either style's caption, or the style-free "emoji: <name>"). The loss pulls
-both images to the text and to each other, so a query finds the other style's document through the
+Each sample is one concept: two (image, text) views (EmojiBench's two styles, or two augmentations
+of a concept's one document); a text view is the caption or, sometimes, the style-free
+"emoji: <name>". The loss pulls images to texts, and each view to the other, so a query finds the other style's document through the
 text part (text->image) or the image part (image->text) of its mixed-modal embedding.
 """
 from __future__ import annotations
@@ -25,14 +25,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RetrieverRecipeConfig:
-    name_view_prob: float = 0.25  # chance the text view is the style-free "emoji: <name>"
-    other_style_prob: float = 0.25  # chance the text view is the other image's caption
+    name_view_prob: float = 0.25  # chance a text view is the style-free "emoji: <name>" instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):
-        if not 0 <= self.name_view_prob + self.other_style_prob <= 1 or min(self.name_view_prob, self.other_style_prob) < 0:
-            raise ValueError("name_view_prob and other_style_prob must be >= 0 and sum to <= 1")
+        if not 0 <= self.name_view_prob <= 1:
+            raise ValueError(f"name_view_prob must be in [0, 1], got {self.name_view_prob}")
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
 
@@ -75,23 +74,20 @@ class ConceptViews(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.cfg.seed, self.epoch, i))
         group = self.groups[i]
         a, b = (group[j] for j in rng.permutation(len(group))[:2]) if len(group) > 1 else (group[0], group[0])
-        u = rng.random()
-        text = (f"emoji: {name_of(a)}" if u < self.cfg.name_view_prob
-                else b.text if u < self.cfg.name_view_prob + self.cfg.other_style_prob else a.text)
+        texts = [f"emoji: {name_of(d)}" if rng.random() < self.cfg.name_view_prob else d.text for d in (a, b)]
         images = np.stack([shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
         x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True) \
             if x.shape[-1] != self.size else x
-        return {"image": x[0], "image_b": x[1], "text": self.model.tokenize([text])[0]}
+        t = self.model.tokenize(texts)
+        return {"image": x[0], "image_b": x[1], "text": t[0], "text_b": t[1]}
 
 
 def collate(items: list[dict]) -> dict:
-    t = max(len(it["text"]) for it in items)
-    text = torch.zeros(len(items), t, dtype=torch.long)
-    for i, it in enumerate(items):
-        text[i, : len(it["text"])] = it["text"]
-    return {"image": torch.stack([it["image"] for it in items]),
-            "image_b": torch.stack([it["image_b"] for it in items]), "text": text}
+    """Stack images; right-pad texts with 0 to the longest in the batch."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    return {"image": torch.stack([it["image"] for it in items]), "image_b": torch.stack([it["image_b"] for it in items]),
+            "text": pad([it["text"] for it in items], batch_first=True), "text_b": pad([it["text_b"] for it in items], batch_first=True)}
 
 
 def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], ks=(1, 5, 10)) -> dict:
