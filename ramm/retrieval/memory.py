@@ -12,6 +12,7 @@ stopped and ends with every document exactly once.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -152,7 +153,6 @@ class Memory:
 
     @classmethod
     def load(cls, root: str | Path, encoder: Encoder | None = None) -> "Memory":
-        import json
         root = Path(root)
         if not (root / "config.json").exists():
             raise FileNotFoundError(f"no memory at {root} (missing config.json)")
