@@ -57,7 +57,8 @@ def main() -> int:
     from ramm.corpus.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
     from ramm.retrieval.encoder import load_encoder
-    from ramm.training.grace_recipe import recall_at_k
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer
+    from ramm.training.grace_recipe import encode_images, recall_at_k
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
@@ -66,6 +67,7 @@ def main() -> int:
     ap.add_argument("--split", default="test", help="split whose queries are evaluated")
     ap.add_argument("--add-split", default=None,
                     help="also add this unmemorized split's images to semantic models (no retraining) and evaluate its queries")
+    ap.add_argument("--memorized-sample", type=int, default=200, help="memorized images checked image -> own id")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,19 +84,24 @@ def main() -> int:
     docs_dense = recall_at_k(dense_ranking(enc, memorized, texts, documents=True), relevant)
     print(f"dense (text+image documents): all {docs_dense}")
 
+    rng = np.random.default_rng(0)
+    sample = [memorized[i] for i in rng.choice(len(memorized), size=min(args.memorized_sample, len(memorized)), replace=False)]
+    codes = encode_images(ImageTokenizer.from_pretrained(gcfg["image_tokenizer"]), sample)
     rows = []
     for m in args.models:
         retriever = GraceRetriever.from_pretrained(m, device="cpu")
         ranked = [[i for i, _ in retriever.search(q, k=10)] for q in texts]
         ours, ours_cap = recall_at_k(ranked, relevant), recall_at_k(ranked[:n_cap], relevant[:n_cap])
         scheme = retriever.identifiers.scheme
-        print(f"{scheme} ({m}): all {ours} | captions {ours_cap}")
+        memo = float(np.mean([retriever.search_image(c, k=1)[0][0] == d.id for c, d in zip(codes, sample)]))
+        print(f"{scheme} ({m}): all {ours} | captions {ours_cap} | memorization R@1 (image -> own id) {memo:.3f}")
         for k in ("R@1", "R@5", "R@10"):
             rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image {k}, {args.split} queries",
                          "ours": round(ours[k], 4), "peer_name": "dense dual encoder", "peer": round(dense[k], 4),
                          "ratio": round(ours[k] / max(dense[k], 1e-9), 3), "target": ">= 1 (best scheme, R@1)",
                          "unit": "recall", "note": f"captions only: {ours_cap[k]:.3f} vs {dense_cap[k]:.3f}; "
-                                                   f"dense over text+image documents: {docs_dense[k]:.3f}"})
+                                                   f"dense over text+image documents: {docs_dense[k]:.3f}; "
+                                                   f"memorization R@1 {memo:.3f}"})
         if args.add_split and scheme == "semantic":
             rows += added_images_rows(retriever, enc, memorized, load_emojibench(args.corpus, splits=[args.add_split]),
                                       args.add_split)

@@ -86,3 +86,14 @@ class ExampleDataset:
             p = len(e.prompt)
             targets[b, p - 1:len(s) - 1] = torch.tensor(e.target)  # position t predicts token t + 1
         return {"idx": idx, "targets": targets}
+
+
+def add_identifier_tokens(model, base: int, n: int) -> None:
+    """Resize the generator to `base + n` ids; atomic ids get the model's normal init rather than the mean
+    embedding, so that they start distinguishable (identical rows make all atomic logits tie)."""
+    import torch
+
+    model.resize_token_embeddings(base + n)
+    if n:
+        with torch.no_grad():
+            model.embed.weight[base:].normal_(0.0, model.cfg.init_std)

@@ -95,7 +95,7 @@ def train_grace(cfg: GraceConfig):
     from ramm.corpus.emojibench import load_emojibench
     from ramm.grace.identifiers import build_identifiers
     from ramm.grace.retriever import GraceRetriever
-    from ramm.grace.tasks import ExampleDataset, memorize_examples, retrieve_examples
+    from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.tokenizers.cm3_format import CM3Format
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
@@ -135,7 +135,7 @@ def train_grace(cfg: GraceConfig):
     log.info("%d %s identifiers, up to %d tokens", len(idents), cfg.scheme, max(len(t) for t in idents.tokens))
 
     if model.cfg.vocab_size != vocab.size + idents.new_tokens:  # room for atomic ids (or drop unused rows)
-        model.resize_token_embeddings(vocab.size + idents.new_tokens)
+        add_identifier_tokens(model, vocab.size, idents.new_tokens)
 
     mem = memorize_examples(memorized, encode_images(image_tok, memorized), idents, fmt)
     ret = retrieve_examples(retrieve_docs, idents, fmt, pseudo=cfg.pseudo_queries)

@@ -5,7 +5,7 @@ import torch
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.grace.identifiers import build_identifiers
 from ramm.grace.retriever import GraceRetriever
-from ramm.grace.tasks import ExampleDataset, memorize_examples, pseudo_queries, retrieve_examples
+from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, pseudo_queries, retrieve_examples
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.vocab import Vocabulary
@@ -44,7 +44,7 @@ def test_tiny_model_overfit_on_20_images_retrieves_them_all(scheme, tmp_path):
     idents = build_identifiers(scheme, [d.id for d in docs], vocab, fmt.text)
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=64))
-    model.resize_token_embeddings(vocab.size + idents.new_tokens)
+    add_identifier_tokens(model, vocab.size, idents.new_tokens)
     data = ExampleDataset(memorize_examples(docs, codes, idents, fmt) + retrieve_examples(docs, idents, fmt), vocab.pad)
     assert len(data) == 4 * N  # image; caption, name, short name
     cfg = TrainerConfig(out_dir=str(tmp_path), steps=400, batch_size=20, lr=3e-3, warmup_steps=20, weight_decay=0.0,
