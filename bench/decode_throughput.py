@@ -1,10 +1,11 @@
 """Decoding speed: our batched KV-cache generation vs HF transformers' LlamaForCausalLM.generate.
 
 Both models have the same dims, vocabulary, batch and lengths (RMSNorm, rotary, SwiGLU, tied
-embeddings, no biases: Llama is the same architecture) and decode greedily for a fixed number of
-tokens, interleaved in one run so machine load hits both. Ours runs its real decoding path (the
-CM3 modality constraint included). Also: the latency of one 64-token image at batch 1 from an
-RA prompt (two retrieved documents + caption), as `ramm generate image` produces it.
+embeddings, no biases: Llama is the same architecture) and decode a fixed number of tokens (no stop
+token on either side), interleaved in one run so machine load hits both. Ours runs its real decoding
+path (the CM3 modality constraint included). Rows: greedy decoding of distinct prompts; n image
+samples of one RA prompt (two retrieved documents + caption), the `ramm generate image --n 8`
+workload, where ours prefills the shared prompt once; the latency of one 64-token image at batch 1.
 
     .venv/bin/python bench/decode_throughput.py [--preset small --batch 8 --prompt 64 --new 64]
 """
@@ -37,7 +38,7 @@ def hf_twin(cfg: TransformerConfig):
                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
                      max_position_embeddings=cfg.max_seq_len, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
                      tie_word_embeddings=cfg.tie_weights, attention_bias=False, mlp_bias=False,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                     pad_token_id=0, bos_token_id=1, eos_token_id=None)  # fixed lengths
     return LlamaForCausalLM(hf).eval()
 
 
@@ -82,7 +83,7 @@ def main() -> int:
     def run_hf():
         with torch.no_grad():
             out = theirs.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), do_sample=False,
-                                  max_new_tokens=args.new, min_new_tokens=args.new)
+                                  max_new_tokens=args.new)
         assert out.shape == (args.batch, args.prompt + args.new)
 
     run_ours(), run_hf()  # warm up (allocator, HF generation config)
@@ -111,8 +112,7 @@ def main() -> int:
     def images_hf(n):
         with torch.no_grad():
             theirs.generate(hf_prompt, attention_mask=torch.ones_like(hf_prompt), do_sample=True, top_k=0,
-                            num_return_sequences=n, max_new_tokens=TOKENS_PER_IMAGE + 1,
-                            min_new_tokens=TOKENS_PER_IMAGE + 1)
+                            num_return_sequences=n, max_new_tokens=TOKENS_PER_IMAGE + 1)
 
     images(1), images_hf(1)
     t_img = statistics.median(timed(lambda: images(args.batch), device) for _ in range(args.repeats))
