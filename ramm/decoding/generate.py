@@ -3,9 +3,10 @@
 One loop serves every task: prompts are left-padded into one batch (an attention mask marks the
 padding), the model's KV cache is filled once and extended one token per step, and a per-row
 `ModalityConstraint` decides which ids are legal: inside `<img> ... </img>` only image codes, exactly
-`tokens_per_image` of them, then `</img>` is forced; outside, text and control tokens until a stop
-token or the token budget. CFG and CD-K run the conditional and unconditional streams as the two
-halves of the same batch, so they share the cache and one forward per step.
+`tokens_per_image` of them, then `</img>` is forced; outside, text, `<break>` and `<img>` until a
+stop token or the token budget. CFG and CD-K run the conditional and unconditional streams as the
+two halves of the same batch, so they share the cache and one forward per step. Identical prompts
+(n samples of one caption) are prefilled once and their cache rows copied.
 """
 from __future__ import annotations
 
