@@ -12,7 +12,6 @@ the set is prefix-free and a `PrefixTrie` over it constrains decoding.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,6 @@ import numpy as np
 from ramm.grace.trie import PrefixTrie
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json
-
-log = logging.getLogger(__name__)
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 

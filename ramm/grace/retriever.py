@@ -6,7 +6,6 @@ A GRACE directory holds the generator (config.json + model.safetensors), identif
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from ramm.decoding.constrained_beam import constrained_beam_search
@@ -15,8 +14,6 @@ from ramm.grace.tasks import image_prompt, query_prompt
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json, pick_device
-
-log = logging.getLogger(__name__)
 
 
 class GraceRetriever:
