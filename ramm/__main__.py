@@ -10,6 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     from ramm.corpus.document import BadItem
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -85,8 +85,10 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
 
 
 def with_codes(doc: Document, codes: dict[str, np.ndarray]) -> Document:
-    """The document with its image replaced by its cached codes (the format needs no tokenizer then)."""
-    segs = [ImageSegment(tokens=codes[doc.id]) if isinstance(s, ImageSegment) else s for s in doc.segments]
+    """The document with its image's cached codes attached (the format needs no tokenizer then); pixels
+    are kept for image queries, metrics and reports."""
+    segs = [ImageSegment(pixels=s.pixels, tokens=codes[doc.id]) if isinstance(s, ImageSegment) else s
+            for s in doc.segments]
     return Document(id=doc.id, segments=segs, source=doc.source, metadata=doc.metadata)
 
 

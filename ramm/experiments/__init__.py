@@ -1,0 +1,1 @@
+"""End-to-end experiments that tie the components together (the demo's headline experiment)."""

@@ -1,0 +1,215 @@
+"""The headline experiment (RA-CM3's claim at laptop scale), as `ramm demo` runs it on EmojiBench.
+
+    corpus -> image + text tokenizers -> retriever -> memory -> RA generator + vanilla baseline
+           -> text->image and image->text on test + heldout -> metrics -> report
+
+Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when that file exists
+with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
+JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is EMOJIBENCH.md:
+leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID on our encoder's features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ramm.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("corpus", "tokenizer", "text_tokenizer", "retriever", "memory", "generator_ra", "generator_vanilla", "evaluate")
+
+
+@dataclass
+class EvalConfig:
+    """How the trained systems are sampled and scored."""
+
+    splits: tuple[str, ...] = ("test", "heldout")  # splits reported (never tune on heldout)
+    limit: int = 0  # documents per split (0: all); a fixed hash-ordered subset otherwise
+    k: int = 2  # retrieved documents at inference (RA-CM3's best)
+    image_method: str = "sample"  # decoding for text->image: sample | cfg | cd (greedy collapses)
+    temperature: float = 1.0  # sampling temperature for images
+    top_p: float = 0.9  # nucleus mass for images
+    guidance_scale: float = 3.0  # CFG weight when image_method == "cfg"
+    n_samples: int = 1  # images sampled per prompt; the best by retriever image-text similarity is kept
+    caption_method: str = "greedy"  # decoding for image->text
+    max_caption_tokens: int = 24  # caption length cap
+    batch_size: int = 64  # prompts decoded together
+    examples_per_split: int = 6  # image-grid rows per split in the report
+    example_flags: int = 2  # of which flags
+    seed: int = 0  # sampling seed
+
+    def __post_init__(self):
+        self.splits = tuple(self.splits)
+        if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0:
+            raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit >= 0")
+
+
+@dataclass
+class DemoConfig:
+    """Every stage's settings; a stage's section is passed to its recipe as keyword overrides."""
+
+    name: str = "demo"  # run name, the report title
+    threads: int = 0  # torch threads (0: torch's default)
+    emojibench: dict = field(default_factory=dict)  # EmojiBenchConfig fields (size, styles, seed, ...)
+    tokenizer: dict = field(default_factory=dict)  # {"model": ImageTokenizerConfig fields, "trainer": TrainerConfig fields}
+    text_tokenizer: dict = field(default_factory=lambda: {"vocab_size": 2048})  # TextTokenizer.train kwargs
+    retriever: dict = field(default_factory=dict)  # {"model": DualEncoderConfig, "trainer": TrainerConfig, "recipe": ...}
+    generator: dict = field(default_factory=dict)  # GeneratorConfig fields shared by RA and vanilla (same budget)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if isinstance(self.evaluation, dict):
+            self.evaluation = EvalConfig(**self.evaluation)
+        bad = set(self.generator) & {"corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval", "resume"}
+        if bad:
+            raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DemoConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"demo config {path} not found") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"demo config {path} is not valid JSON: {e}") from None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"demo config {path}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+class Stage:
+    """A cached step: runs `fn` unless RUN/<name>/done.json records the same config."""
+
+    def __init__(self, run: Path, name: str, config, report: Callable[[str], None]):
+        self.dir, self.name, self.report = run / name, name, report
+        self.key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def done(self) -> dict | None:
+        f = self.dir / "done.json"
+        if f.exists():
+            d = json.loads(f.read_text())
+            if d.get("key") == self.key:
+                return d["result"]
+        return None
+
+    def run(self, fn: Callable[[Path], dict]) -> dict:
+        cached = self.done()
+        if cached is not None:
+            self.report(f"[{self.name}] cached ({self.dir})")
+            return cached
+        self.report(f"[{self.name}] running ...")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        result = fn(self.dir)
+        result = {**result, "seconds": round(time.time() - t0, 1)}
+        atomic_write_json(self.dir / "done.json", {"key": self.key, "result": result})
+        self.report(f"[{self.name}] done in {result['seconds']:.0f}s: "
+                    + ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k != "seconds" and not isinstance(v, (dict, list))))
+        return result
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report: Callable[[str], None] = print) -> Path:
+    """Run every stage (cached); returns the path of report.md."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data, run = Path(data_dir), Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", asdict(cfg))
+    t_start = time.time()
+
+    from ramm.corpus.emojibench import EmojiBenchConfig, build_emojibench, load_emojibench
+
+    def corpus_stage(_):
+        meta = build_emojibench(data, EmojiBenchConfig(**cfg.emojibench))  # a no-op when complete and current
+        return {"documents": meta["n_documents"], "concepts": meta["n_concepts"]}
+
+    Stage(run, "corpus", [str(data), cfg.emojibench], report).run(corpus_stage)
+    docs = load_emojibench(data)
+    by_split: dict[str, list] = {}
+    for d in docs:
+        by_split.setdefault(d.metadata["split"], []).append(d)
+
+    # --- image tokenizer ---
+    def tokenizer_stage(out):
+        from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
+        from ramm.training.tokenizer_recipe import train_image_tokenizer
+        from ramm.training.trainer import TrainerConfig
+        tcfg = TrainerConfig(out_dir=str(out), **{"progress": True, **cfg.tokenizer.get("trainer", {})})
+        _, metrics = train_image_tokenizer(by_split["train"], ImageTokenizerConfig(**cfg.tokenizer.get("model", {})),
+                                           tcfg, eval_docs=by_split.get("test", []))
+        return metrics
+
+    tok = Stage(run, "tokenizer", cfg.tokenizer, report).run(tokenizer_stage)
+
+    def text_tokenizer_stage(out):
+        from ramm.tokenizers.text_tokenizer import TextTokenizer
+        t = TextTokenizer.train([d.text for d in by_split["train"]], **cfg.text_tokenizer)
+        t.save_pretrained(out)
+        return {"vocab_size": t.vocab_size}
+
+    Stage(run, "text_tokenizer", cfg.text_tokenizer, report).run(text_tokenizer_stage)
+
+    # --- retriever + memory ---
+    def retriever_stage(out):
+        from ramm.retrieval.dual_encoder import DualEncoderConfig
+        from ramm.training.retriever_recipe import RetrieverRecipeConfig, train_retriever
+        from ramm.training.trainer import TrainerConfig
+        r = cfg.retriever
+        row = train_retriever(by_split["train"], out, TrainerConfig(out_dir=str(out), **r.get("trainer", {})),
+                              DualEncoderConfig(**r.get("model", {})), RetrieverRecipeConfig(**r.get("recipe", {})))
+        return {"steps": row.get("step"), "loss": row.get("loss")}
+
+    Stage(run, "retriever", cfg.retriever, report).run(retriever_stage)
+
+    def memory_stage(out):
+        from ramm.retrieval.memory import Memory
+        from ramm.retrieval.recall import memory_recall
+        mem = Memory.build(docs, run / "retriever", out, progress=True)
+        rec = {}
+        for split in cfg.evaluation.splits:
+            for direction, r in memory_recall(mem, by_split[split]).items():
+                rec[f"{direction} {split}"] = {f"R@{k}": v for k, v in r.items()}
+        return {"documents": len(mem), "recall": rec}
+
+    mem_result = Stage(run, "memory", [cfg.retriever, cfg.emojibench, cfg.evaluation.splits], report).run(memory_stage)
+
+    # --- generators: same data, steps and seed; only retrieval differs ---
+    def generator_stage(retrieval: bool):
+        def fn(out):
+            from ramm.training.generator_recipe import GeneratorConfig, train_generator
+            from ramm.training.ra_data import RAConfig
+            g = dict(cfg.generator)
+            ra = RAConfig(**g.pop("ra", {}))
+            return train_generator(GeneratorConfig(corpus=str(data), memory=str(run / "memory"),
+                                                   tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
+                                                   out=str(out), retrieval=retrieval, ra=ra, **g))
+        return fn
+
+    upstream = [cfg.tokenizer, cfg.text_tokenizer, cfg.retriever, cfg.generator]
+    ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
+    va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
+
+    def evaluate_stage(out):
+        from ramm.experiments.headline import evaluate_headline
+        return evaluate_headline(run, by_split, docs, cfg, mem_result.get("recall", {}),
+                                 {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res}, report)
+
+    Stage(run, "evaluate", [upstream, asdict(cfg.evaluation)], report).run(evaluate_stage)
+    report(f"[demo] finished in {(time.time() - t_start) / 60:.1f} min")
+    return run / "report.md"

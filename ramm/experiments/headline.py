@@ -1,0 +1,216 @@
+"""Scoring the headline experiment: RA vs vanilla vs retrieval-only on test and heldout documents.
+
+For each document (concept c, style s) of a reported split (EMOJIBENCH.md):
+- text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
+  itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
+  returns the top-1 retrieved image. Scored by FID (our encoder's features), CLIPScore and recognition.
+- image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
+  image. Scored by CIDEr and BLEU-4 against name + short names.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ramm.corpus.document import Document
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("RA", "vanilla", "retrieval-only")
+
+
+def _subset(docs: list[Document], limit: int) -> list[Document]:
+    """A fixed, hash-ordered subset (all documents when limit is 0)."""
+    if not limit or limit >= len(docs):
+        return docs
+    return sorted(docs, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())[:limit]
+
+
+def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Sequence[list[int]] | None, config,
+                      batch_size: int, generator: torch.Generator, desc: str, **kw) -> list[list[int]]:
+    """Run ramm.decoding.generate over prompts in batches, with a progress bar."""
+    from ramm.decoding.generate import generate
+
+    rows: list[list[int]] = []
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+        for i in range(0, len(prompts), batch_size):
+            rows += generate(model, fmt.vocab, prompts[i:i + batch_size], tokens_per_image=fmt.tokens_per_image,
+                             config=config, uncond_prompts=uncond[i:i + batch_size] if uncond else None,
+                             generator=generator, **kw)
+            bar.update(len(prompts[i:i + batch_size]))
+    return rows
+
+
+def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
+                    desc: str) -> np.ndarray:
+    """One image per caption (uint8 (N, H, W, 3)): the best of n_samples by image-text similarity."""
+    from ramm.decoding.generate import DecodeConfig
+
+    n = ecfg.n_samples
+    prompts = [fmt.image_prompt(c, r) for c, r in zip(captions, retrieved) for _ in range(n)]
+    dcfg = DecodeConfig(method=ecfg.image_method, temperature=ecfg.temperature, top_p=ecfg.top_p,
+                        guidance_scale=ecfg.guidance_scale)
+    uncond = [fmt.unconditional_image_prompt()] * len(prompts) if dcfg.needs_uncond else None
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
+    tpi = fmt.tokens_per_image
+    rows = decode_in_batches(model, fmt, prompts, uncond=uncond, config=dcfg, batch_size=ecfg.batch_size,
+                             generator=gen, desc=desc, max_new_tokens=tpi + 1, stop_after_image=True)
+    codes = torch.tensor([[fmt.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
+    with torch.no_grad():
+        imgs = fmt.image_tokenizer.decode(codes)
+    images = (imgs.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    images = images.reshape(len(captions), n, *images.shape[1:])
+    if n == 1:
+        return images[:, 0]
+    from ramm.evaluation.clipscore import clip_scores
+    sims = clip_scores(encoder, images.reshape(-1, *images.shape[2:]), [c for c in captions for _ in range(n)])
+    best = sims.reshape(len(captions), n).argmax(1)
+    return images[np.arange(len(captions)), best]
+
+
+def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[Document]], ecfg, desc: str) -> list[str]:
+    """Image -> text by infilling the masked caption (greedy or sampled)."""
+    from ramm.decoding.generate import DecodeConfig
+
+    prompts = [fmt.caption_prompt(c, r) for c, r in zip(codes, retrieved)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
+    rows = decode_in_batches(model, fmt, prompts, uncond=None, config=DecodeConfig(method=ecfg.caption_method),
+                             batch_size=ecfg.batch_size, generator=gen, desc=desc,
+                             max_new_tokens=ecfg.max_caption_tokens, stop_tokens=(fmt.vocab.eos,), allow_images=False)
+    out = []
+    for r in rows:
+        ids = []
+        for t in r:
+            if not fmt.vocab.is_text(t):
+                break
+            ids.append(t)
+        out.append(fmt.text.decode(ids).strip())
+    return out
+
+
+def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
+                      stages: dict, report: Callable[[str], None]) -> dict:
+    """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
+    from ramm.evaluation.captioning import bleu4, cider, emoji_references, strip_style_prefix
+    from ramm.evaluation.clipscore import clip_score
+    from ramm.evaluation.fid import FID
+    from ramm.evaluation.recognition import Recognizer
+    from ramm.evaluation.report import (Results, SystemScores, is_flag, make_example, pick_examples, save_results,
+                                        write_report)
+    from ramm.model.generator import load_generator
+    from ramm.retrieval.memory import Memory
+    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, precompute_neighbours, with_codes
+
+    ecfg = cfg.evaluation
+    models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}
+    fmt = models["RA"][1]
+    memory = Memory.load(run / "memory")
+    encoder = memory.encoder
+    pool = {d.id: d for d in docs}
+    codes = encode_images_cached(fmt.image_tokenizer, run / "tokenizer", list(pool.values()))
+    lookup = {i: with_codes(d, codes) for i, d in pool.items()}
+    partners = partner_ids(list(pool.values()), list(pool.values()))
+    ra_cfg = RAConfig(**{**cfg.generator.get("ra", {}), "n_candidates": ecfg.k})
+    fid = FID.from_encoder(encoder)
+    recognizer = Recognizer(encoder, docs)
+
+    scores: dict[str, dict[str, SystemScores]] = {}
+    outputs: dict[str, dict] = {}
+    for split in ecfg.splits:
+        eval_docs = [lookup[d.id] for d in _subset(by_split.get(split, []), ecfg.limit)]
+        if not eval_docs:
+            continue
+        nb = precompute_neighbours(memory, eval_docs, ra_cfg, partners, dropout=0.0)
+        by_text = [[lookup[i] for i in row[:ecfg.k]] for row in nb["text"]]
+        by_image = [[lookup[i] for i in row[:ecfg.k]] for row in nb["image"]]
+        captions = [d.text for d in eval_docs]
+        images = {
+            "RA": generate_images(models["RA"][0], fmt, captions, by_text, ecfg, encoder, f"{split} RA images"),
+            "vanilla": generate_images(models["vanilla"][0], fmt, captions, [[] for _ in eval_docs], ecfg, encoder,
+                                       f"{split} vanilla images"),
+            "retrieval-only": np.stack([r[0].image for r in by_text]),
+        }
+        own = [np.asarray(d.images[0].tokens) for d in eval_docs]
+        texts = {
+            "RA": generate_captions(models["RA"][0], fmt, own, by_image, ecfg, f"{split} RA captions"),
+            "vanilla": generate_captions(models["vanilla"][0], fmt, own, [[] for _ in eval_docs], ecfg,
+                                         f"{split} vanilla captions"),
+            "retrieval-only": [r[0].text for r in by_image],
+        }
+        outputs[split] = {"docs": eval_docs, "images": images, "captions": texts, "retrieved": by_text}
+        subsets = {split: np.ones(len(eval_docs), bool)}
+        flags = np.array([is_flag(d) for d in eval_docs])
+        if flags.sum() >= 2:
+            subsets[f"{split} flags"] = flags
+        for name, sel in subsets.items():
+            sub = [d for d, s in zip(eval_docs, sel) if s]
+            real = np.stack([d.image for d in sub])
+            refs = {d.id: emoji_references(d.metadata) for d in sub}
+            scores[name] = {}
+            for system in SYSTEMS:
+                gen = images[system][sel]
+                with _threads(1):  # torchmetrics' eigvals is far slower multi-threaded on small matrices
+                    f = fid(real, gen)
+                rec = recognizer(gen, [d.metadata["concept"] for d in sub], [d.metadata["style"] for d in sub])
+                cands = {d.id: strip_style_prefix(c) for d, c, s in zip(eval_docs, texts[system], sel) if s}
+                scores[name][system] = SystemScores(
+                    n=len(sub), fid=f, clip_score=clip_score(encoder, gen, [d.text for d in sub]),
+                    recognition=rec.rate, cider=cider(cands, refs)[0], bleu4=bleu4(cands, refs))
+            report(f"[evaluate] {name}: " + "; ".join(
+                f"{s} FID {v.fid:.4f} rec {v.recognition:.1%} CIDEr {v.cider:.3f}" for s, v in scores[name].items()))
+
+    examples = []
+    for d in pick_examples([x for o in outputs.values() for x in o["docs"]], ecfg.examples_per_split,
+                           ecfg.example_flags, ecfg.splits):
+        o = outputs[d.metadata["split"]]
+        i = [x.id for x in o["docs"]].index(d.id)
+        q = encoder.embed_text([d.text])
+        retrieved = [(r, float((q @ encoder.embed_documents([r]).T).item())) for r in o["retrieved"][i]]
+        examples.append(make_example(run, d, retrieved, {s: o["images"][s][i] for s in SYSTEMS},
+                                     {s: o["captions"][s][i] for s in SYSTEMS}))
+
+    notes = [
+        f"FID and recognition use the project's own trained image encoder ({run / 'retriever'}), not Inception: "
+        "compare values only within this report.",
+        f"Generators: same preset, data order and {stages['generator_ra'].get('steps')} steps; RA trained "
+        f"{stages['generator_ra'].get('minutes', 0):.1f} min, vanilla {stages['generator_vanilla'].get('minutes', 0):.1f} min.",
+        f"Validation image-token loss on heldout with k={cfg.evaluation.k}: RA "
+        f"{_get(stages['generator_ra'], 'heldout_image_loss_k2')}, vanilla {_get(stages['generator_vanilla'], 'heldout_image_loss_k0')}.",
+        f"Image tokenizer on test: PSNR {_get(stages['tokenizer'], 'psnr')} dB, codebook usage {_get(stages['tokenizer'], 'usage')}.",
+        f"Decoding: images {ecfg.image_method} (top-p {ecfg.top_p}, T {ecfg.temperature}, best of {ecfg.n_samples}); "
+        f"captions {ecfg.caption_method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
+    ]
+    results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
+                      config=_jsonable(cfg))
+    save_results(run, results, examples)
+    md, html = write_report(run, results, examples)
+    return {"report": str(md), "html": str(html),
+            "scores": {s: {k: v.__dict__ for k, v in d.items()} for s, d in scores.items()}}
+
+
+def _get(d: dict, k: str) -> str:
+    v = d.get(k)
+    return f"{v:.4f}" if isinstance(v, float) else "n/a"
+
+
+def _jsonable(cfg) -> dict:
+    from dataclasses import asdict
+    return asdict(cfg)
+
+
+class _threads:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)

@@ -1,0 +1,15 @@
+"""Shared fixtures. The real EmojiBench is built once per machine into the ramm cache (the npm
+tarballs are cached there too), so slow tests run in CI's fresh clone as well."""
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def emojibench_dir() -> Path:
+    from ramm.corpus.emojibench import build_emojibench
+    from ramm.utils import default_cache_dir
+
+    out = default_cache_dir() / "emojibench-tests"
+    build_emojibench(out)  # a no-op when already complete and current
+    return out

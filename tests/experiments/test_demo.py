@@ -1,0 +1,68 @@
+"""The demo configs are valid, and `make demo-tiny`'s pipeline runs end to end (slow)."""
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from ramm.experiments.emojibench import DemoConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("demo*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
+    from ramm.retrieval.dual_encoder import DualEncoderConfig
+    from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
+    from ramm.training.generator_recipe import GeneratorConfig
+    from ramm.training.ra_data import RAConfig
+    from ramm.training.retriever_recipe import RetrieverRecipeConfig
+    from ramm.training.trainer import TrainerConfig
+
+    cfg = DemoConfig.load(path)
+    ImageTokenizerConfig(**cfg.tokenizer.get("model", {}))
+    TrainerConfig(out_dir=str(tmp_path), **cfg.tokenizer.get("trainer", {}))
+    DualEncoderConfig(**cfg.retriever.get("model", {}))
+    TrainerConfig(out_dir=str(tmp_path), **cfg.retriever.get("trainer", {}))
+    RetrieverRecipeConfig(**cfg.retriever.get("recipe", {}))
+    g = dict(cfg.generator)
+    RAConfig(**g.pop("ra", {}))
+    GeneratorConfig(corpus="c", memory="m", tokenizer="t", text_tokenizer="x", out="o", **g)
+    assert set(cfg.evaluation.splits) <= {"val", "test", "heldout"}
+
+
+def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "generatr": {}}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        DemoConfig.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        DemoConfig.load(bad)
+    with pytest.raises(ValueError, match="must not set"):
+        DemoConfig(generator={"retrieval": False})
+    with pytest.raises(FileNotFoundError):
+        DemoConfig.load(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
+    from ramm.evaluation.report import load_results
+    from ramm.experiments.emojibench import run_demo
+
+    cfg = DemoConfig.load(ROOT / "configs" / "demo-tiny.json")
+    lines: list[str] = []
+    md = run_demo(cfg, emojibench_dir, tmp_path / "run", report=lines.append)
+    assert md.exists() and md.with_suffix(".html").exists()
+    results, examples = load_results(tmp_path / "run")
+    for split in cfg.evaluation.splits:
+        assert set(results.scores[split]) == {"RA", "vanilla", "retrieval-only"}
+        for s in results.scores[split].values():
+            assert s.n == cfg.evaluation.limit and s.fid is not None and 0 <= s.recognition <= 1
+    assert results.fid_features == "FID on ramm-encoder features"
+    assert examples and all((tmp_path / "run" / e.reference).exists() for e in examples)
+    # a second run recomputes nothing
+    lines.clear()
+    run_demo(cfg, emojibench_dir, tmp_path / "run", report=lines.append)
+    assert all("cached" in ln for ln in lines if ln.startswith("[") and not ln.startswith("[demo]"))
