@@ -78,5 +78,5 @@ def train_image_tokenizer(docs: Sequence[Document], cfg: ImageTokenizerConfig, t
     row = trainer.fit()
     model.eval()
     model.save_pretrained(Path(trainer_cfg.out_dir))
-    return model, {k: row[k] for k in ("psnr", "usage", "perplexity", "step") if k in row}
+    return model, {**{k: row[k] for k in ("psnr", "usage", "perplexity") if k in row}, "step": trainer.step}
 
