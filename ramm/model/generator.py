@@ -1,8 +1,10 @@
-"""A generator directory: the transformer (config.json + model.safetensors) plus generator.json, which
-references the tokenizers and memory it was trained with, so decoding can rebuild the CM3 format."""
+"""A generator directory: the transformer (config.json + model.safetensors), copies of its tokenizers
+(text_tokenizer/, image_tokenizer/) and generator.json (paths relative to the directory, the memory it
+was trained with), so decoding can rebuild the CM3 format."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ramm.model.transformer import Transformer
@@ -13,11 +15,17 @@ INFO = "generator.json"
 
 def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer: str | Path, image_tokenizer: str | Path,
                    memory: str | Path | None = None, alpha: float = 0.1, **extra) -> None:
+    """Tokenizers are copied in (their source directories may be retrained later); the memory is referenced."""
     directory = Path(directory)
     model.save_pretrained(directory)
-    atomic_write_json(directory / INFO, {
-        "text_tokenizer": str(Path(text_tokenizer).resolve()), "image_tokenizer": str(Path(image_tokenizer).resolve()),
-        "memory": str(Path(memory).resolve()) if memory else None, "alpha": alpha, **extra})
+    for name, src in (("text_tokenizer", text_tokenizer), ("image_tokenizer", image_tokenizer)):
+        dst = directory / name
+        if Path(src).resolve() != dst.resolve():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint*", "metrics.jsonl"))
+    atomic_write_json(directory / INFO, {"text_tokenizer": "text_tokenizer", "image_tokenizer": "image_tokenizer",
+                                         "memory": str(Path(memory).resolve()) if memory else None,
+                                         "alpha": alpha, **extra})
 
 
 def load_generator(directory: str | Path, device: str | None = None):
@@ -33,8 +41,8 @@ def load_generator(directory: str | Path, device: str | None = None):
     info = json.loads((directory / INFO).read_text())
     device = pick_device(device)
     model = Transformer.from_pretrained(directory, device=device).eval()
-    text = TextTokenizer.from_pretrained(info["text_tokenizer"])
-    image = ImageTokenizer.from_pretrained(info["image_tokenizer"], device=device)
+    text = TextTokenizer.from_pretrained(directory / info["text_tokenizer"])
+    image = ImageTokenizer.from_pretrained(directory / info["image_tokenizer"], device=device)
     vocab = Vocabulary(text_size=text.vocab_size, image_size=image.codebook_size)
     if model.cfg.vocab_size < vocab.size:
         raise ValueError(f"{directory}: model has {model.cfg.vocab_size} ids, its tokenizers need {vocab.size}")
