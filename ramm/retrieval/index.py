@@ -39,7 +39,7 @@ def choose_index(n: int, dim: int, flat_below: int = 100_000) -> IndexSpec:
         return IndexSpec("Flat")
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
     m = dim // 8 if dim % 8 == 0 and (dim // 8) % 2 == 0 else dim // 2 if dim % 2 == 0 else dim
-    return IndexSpec(f"IVF{nlist},PQ{m}x4fs,Refine(SQ8)", params=f"nprobe={max(16, nlist // 128)},k_factor_rf=8",
+    return IndexSpec(f"IVF{nlist},PQ{m}x4fs,Refine(SQ8)", params=f"nprobe={max(16, nlist // 128)},k_factor_rf=100",
                      train_size=min(n, 64 * nlist))
 
 
