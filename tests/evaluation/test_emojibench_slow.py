@@ -1,20 +1,17 @@
-"""Metric sanity on the real EmojiBench corpus (skipped until data/emojibench is built)."""
-from pathlib import Path
-
+"""Metric sanity on the real EmojiBench corpus (built once per machine by the emojibench_dir fixture)."""
 import numpy as np
 import pytest
 
 from ramm.evaluation.captioning import cider, emoji_references
 from ramm.evaluation.report import is_flag, pick_examples
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "emojibench"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (DATA / "manifest.jsonl").exists(), reason="EmojiBench not built")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def docs():
+def docs(emojibench_dir):
     from ramm.corpus.emojibench import load_emojibench
-    return load_emojibench(DATA, splits=("test", "heldout"))
+    return load_emojibench(emojibench_dir, splits=("test", "heldout"))
 
 
 def test_example_set_has_heldout_flags_and_is_fixed(docs):
