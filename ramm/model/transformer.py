@@ -45,6 +45,8 @@ class TransformerConfig:
     tie_weights: bool = True  # share the input embedding with the output projection
     dropout: float = 0.0  # residual/attention dropout (CM3Leon uses none)
     init_std: float = 0.02  # normal init std; residual output projections get std / sqrt(2 n_layer)
+    image_tokens: int = 0  # codes per image; > 0 adds a learned grid-position embedding to image codes
+    image_open_id: int = -1  # the `<img>` id that starts an image's codes (needed when image_tokens > 0)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
@@ -54,6 +56,8 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.image_tokens < 0 or (self.image_tokens and not 0 <= self.image_open_id < self.vocab_size):
+            raise ValueError("image_tokens must be >= 0, and > 0 needs image_open_id inside the vocabulary")
 
     @property
     def head_dim(self) -> int:
@@ -82,6 +86,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.last_open = torch.full((batch,), -(1 << 30), dtype=torch.long, device=device)  # last <img> position
 
     @property
     def max_len(self) -> int:
@@ -98,6 +103,7 @@ class KVCache:
         """Select/duplicate batch rows (beam search)."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        self.last_open = self.last_open.index_select(0, index)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +171,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # DALL-E-style position of a code inside its image grid: lets a main-image code find the code at
+        # the same grid cell of a retrieved image by position, which rotary offsets alone cannot (the
+        # distance between the two depends on caption lengths)
+        self.image_pos = nn.Embedding(cfg.image_tokens, cfg.d_model) if cfg.image_tokens else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -226,7 +236,10 @@ class Transformer(nn.Module):
             # a padding query sees only itself, so no row is all False (SDPA would return NaN)
             itself = F.pad(torch.eye(T, dtype=torch.bool, device=idx.device), (past, 0))
             mask = ((causal & am[:, None, :]) | itself)[:, None]  # (B, 1, T, S)
-        x = self.drop(self.embed(idx))
+        x = self.embed(idx)
+        if self.image_pos is not None:
+            x = x + self._image_positions(idx, past, cache)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
@@ -234,6 +247,19 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x))
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
         return logits, loss
+
+    def _image_positions(self, idx: torch.Tensor, past: int, cache: KVCache | None) -> torch.Tensor:
+        """(B, T, D) grid-position embeddings: code j after an `<img>` gets row j, other tokens zero."""
+        B, T = idx.shape
+        pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
+        opens = torch.where(idx == self.cfg.image_open_id, pos, torch.full_like(pos, -(1 << 30)))
+        last = opens.cummax(dim=1).values  # (B, T) position of the latest <img> so far
+        if cache is not None:
+            last = torch.maximum(last, cache.last_open[:, None])
+            cache.last_open = last[:, -1].clone()
+        grid = pos - last - 1
+        inside = (grid >= 0) & (grid < self.cfg.image_tokens)
+        return self.image_pos(grid.clamp(0, self.cfg.image_tokens - 1)) * inside[..., None]
 
     def resize_token_embeddings(self, n: int) -> None:
         """Grow (or shrink) the vocabulary to `n` ids; new rows start at the mean embedding (GRACE's atomic ids)."""

@@ -137,7 +137,8 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     log.info("%d training documents, %d in the pool, prepared in %.0fs", len(data), len(lookup), time.time() - t0)
 
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len
-    model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len))
+    model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len,
+                                                 image_tokens=fmt.tokens_per_image, image_open_id=vocab.img))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)
     ks = (0, cfg.eval_k) if cfg.retrieval else (0,)
     val = {"val": [lookup[d.id] for d in splits.get("val", []) if d.id in lookup]}

@@ -116,3 +116,24 @@ def test_bad_input_raises_value_error(tmp_path):
         model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(FileNotFoundError):
         Transformer.from_pretrained(tmp_path)
+
+
+def test_image_grid_positions_are_relative_to_img_and_match_under_the_cache():
+    open_id, tpi = 5, 4
+    model = tiny(image_tokens=tpi, image_open_id=open_id)
+    with torch.no_grad():
+        model.image_pos.weight.normal_()
+    # a code's grid embedding depends on its distance from the latest <img>, not on its absolute position
+    a = torch.tensor([[1, 2, open_id, 10, 11, 12, 13, 6]])
+    b = torch.tensor([[1, 2, 3, 4, open_id, 10, 11, 12, 13, 6]])
+    ea, eb = model._image_positions(a, 0, None), model._image_positions(b, 0, None)
+    torch.testing.assert_close(ea[0, 3:7], eb[0, 5:9])
+    torch.testing.assert_close(ea[0, 3:7], model.image_pos.weight)
+    assert ea[0, [0, 1, 2, 7]].abs().sum() == 0 and eb[0, [0, 1, 2, 3, 4, 9]].abs().sum() == 0
+    # incremental decoding across an <img> boundary equals the full recompute
+    idx = torch.tensor([[7, open_id, 10, 11, 12, 13, 6, open_id, 20, 21, 22, 23]] * 2)
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2, 16)
+        parts = [model(idx[:, :2], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(2, 12)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
