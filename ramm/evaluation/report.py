@@ -259,7 +259,8 @@ def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                 elif k == "recognition":
                     cells.append(f"{100 * (ra - other):+.0f} pts")
                 else:
-                    cells.append(f"{(ra - other) / abs(other):+.0%}" if other else "–")
+                    # a relative change over a baseline of (almost) zero is noise, not a ratio
+                    cells.append(f"{(ra - other) / abs(other):+.0%}" if abs(other) > 1e-3 else "–")
             rows.append([split, base] + cells)
     return header, rows
 
