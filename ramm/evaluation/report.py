@@ -259,8 +259,9 @@ def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                 elif k == "recognition":
                     cells.append(f"{100 * (ra - other):+.0f} pts")
                 else:
-                    # a relative change over a baseline of (almost) zero is noise, not a ratio
-                    cells.append(f"{(ra - other) / abs(other):+.0%}" if abs(other) > 1e-3 else "–")
+                    # a relative change over a baseline that the table shows as zero is noise, not a ratio
+                    shown_zero = not any(c in "123456789" for c in METRICS[k][1].format(other))
+                    cells.append("–" if shown_zero else f"{(ra - other) / abs(other):+.0%}")
             rows.append([split, base] + cells)
     return header, rows
 
