@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -187,7 +188,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         f"captions {ecfg.caption_method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
     ]
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
-                      config=_jsonable(cfg))
+                      config=asdict(cfg))
     save_results(run, results, examples)
     md, html = write_report(run, results, examples)
     return {"report": str(md), "html": str(html),
@@ -197,11 +198,6 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
 def _get(d: dict, k: str) -> str:
     v = d.get(k)
     return f"{v:.4f}" if isinstance(v, float) else "n/a"
-
-
-def _jsonable(cfg) -> dict:
-    from dataclasses import asdict
-    return asdict(cfg)
 
 
 class _threads:
