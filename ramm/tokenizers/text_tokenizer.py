@@ -67,3 +67,16 @@ class TextTokenizer:
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
         return cls(Tokenizer.from_file(str(path)))
+
+
+class ByteTokenizer:
+    """Training-free UTF-8 bytes (256 ids): round-trips any text exactly; for tests and tiny corpora
+    where training a BPE is not worth it."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")

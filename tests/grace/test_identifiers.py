@@ -2,19 +2,10 @@ import numpy as np
 import pytest
 
 from ramm.grace.identifiers import SCHEMES, Identifiers, build_identifiers, identifier_text, kmeans_paths
+from ramm.tokenizers.text_tokenizer import ByteTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 
 VOCAB = Vocabulary(text_size=256, image_size=16, n_sentinels=2)
-
-
-class ByteTokenizer:
-    vocab_size = 256
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def build(scheme, n=75, **kw):

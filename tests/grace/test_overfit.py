@@ -8,6 +8,7 @@ from ramm.grace.retriever import GraceRetriever
 from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, pseudo_queries, retrieve_examples
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.text_tokenizer import ByteTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.training.trainer import Trainer, TrainerConfig
 
@@ -15,16 +16,6 @@ torch.set_num_threads(1)
 N, TPI, CODES = 20, 8, 32
 NAMES = ["cat", "dog", "sun", "moon", "star", "tree", "fish", "bird", "cake", "ball",
          "boat", "car", "key", "lock", "bell", "leaf", "rose", "fire", "snow", "rain"]
-
-
-class ByteTokenizer:
-    vocab_size = 256
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def corpus():

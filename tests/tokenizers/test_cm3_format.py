@@ -6,20 +6,10 @@ from hypothesis import given, settings, strategies as st
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.tokenizers.cm3_format import CM3Format, MaskingConfig
+from ramm.tokenizers.text_tokenizer import ByteTokenizer
 from ramm.tokenizers.vocab import SPECIALS, Vocabulary
 
 N_CODES, TPI = 16, 4
-
-
-class ByteTokenizer:
-    """Stand-in text tokenizer: UTF-8 bytes (round-trips any string exactly)."""
-    vocab_size = 256
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def make_format(**kw):
