@@ -46,6 +46,14 @@ class CLI:
         return subs.add_parser(name, help=help, description=help)
 
 
+def add_runtime_args(p: argparse.ArgumentParser, resume_help: str | None = None) -> None:
+    """--threads and --device for any command that runs a model; --resume for those that train."""
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    if resume_help:
+        p.add_argument("--resume", action="store_true", help=resume_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     cli = CLI()
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

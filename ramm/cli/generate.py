@@ -5,6 +5,8 @@ showing the query, the retrieved documents (image + text) and the samples side b
 """
 from __future__ import annotations
 
+from ramm.cli import add_runtime_args
+
 import html
 import json
 from pathlib import Path
@@ -30,8 +32,7 @@ def _common(p, n_default: int) -> None:
     p.add_argument("--cd-k", type=int, default=8, help="CD-K rank K setting the threshold (method cd)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=8, help="samples decoded together")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_args(p)
 
 
 def register(cli) -> None:

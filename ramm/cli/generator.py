@@ -1,6 +1,8 @@
 """`ramm train generator`: the RA-CM3 generator (--retrieval on) or its vanilla baseline (--retrieval off)."""
 from __future__ import annotations
 
+from ramm.cli import add_runtime_args
+
 
 def register(cli) -> None:
     p = cli.command("generator", "train the retrieval-augmented CM3 generator (or the no-retrieval baseline)",
@@ -28,9 +30,7 @@ def register(cli) -> None:
     p.add_argument("--alpha", type=float, default=0.1, help="loss weight on retrieved tokens")
     p.add_argument("--max-len", type=int, default=512, help="longest training sequence")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and masks")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_run)
 
 

@@ -1,6 +1,8 @@
 """`ramm train grace` (GRACE identifiers + memorize/retrieve training) and `ramm grace search DIR "query"`."""
 from __future__ import annotations
 
+from ramm.cli import add_runtime_args
+
 
 def register(cli) -> None:
     p = cli.command("grace", "train a GRACE generative retriever (identifiers, memorize, retrieve)", group="train")
@@ -27,9 +29,7 @@ def register(cli) -> None:
     p.add_argument("--leaf-size", type=int, default=30, help="structured: most images per leaf")
     p.add_argument("--beams", type=int, default=10, help="beam width at retrieval time")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue the stages' checkpoints")
+    add_runtime_args(p, "continue the stages' checkpoints")
     p.set_defaults(func=_train)
 
     p = cli.command("search", "retrieve images for a text query with a GRACE model", group="grace")

@@ -1,6 +1,8 @@
 """`ramm train retriever`, `ramm memory build|search`, `ramm eval retrieval`."""
 from __future__ import annotations
 
+from ramm.cli import add_runtime_args
+
 SPLITS_ALL = ("train", "val", "test", "heldout")
 
 
@@ -14,9 +16,7 @@ def register(cli) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--embed-dim", type=int, default=256, help="shared embedding dimension")
     p.add_argument("--eval-every", type=int, default=200, help="steps between val recall evaluations")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_train)
 
     p = cli.command("build", "embed a corpus and build (or resume building) a memory", group="memory")

@@ -1,6 +1,8 @@
 """`ramm train tokenizer` (VQ image tokenizer) and `ramm train text-tokenizer` (byte-level BPE)."""
 from __future__ import annotations
 
+from ramm.cli import add_runtime_args
+
 
 def register(cli) -> None:
     p = cli.command("tokenizer", "train the VQ image tokenizer on a corpus' train split", group="train")
@@ -16,9 +18,7 @@ def register(cli) -> None:
     p.add_argument("--channels", type=int, default=64, help="width of the first conv stage")
     p.add_argument("--codebook-size", type=int, default=512, help="VQ codebook size (FSQ: product of --fsq-levels)")
     p.add_argument("--fsq-levels", default="8,8,8", help="comma-separated FSQ levels")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_run_image)
 
     p = cli.command("text-tokenizer", "train the byte-level BPE text tokenizer on a corpus' train split", group="train")
