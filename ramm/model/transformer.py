@@ -106,6 +106,9 @@ class KVCache:
         self.last_open = self.last_open.index_select(0, index)
 
 
+ALL_KEYS = object()  # attention "mask" meaning every key is visible (one-token decoding steps)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -126,6 +129,8 @@ class Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
         if mask is None:  # plain causal training batch: the fused kernel's own causal mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        elif mask is ALL_KEYS:  # one new token per row, no padding: it sees every key, no mask to build
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))
@@ -226,7 +231,9 @@ class Transformer(nn.Module):
         if attention_mask is None:
             cos, sin = self.rope_cos[past:S], self.rope_sin[past:S]  # (T, hs)
             mask = None
-            if past:  # new queries see every cached key and the causal part of the new ones
+            if past and T == 1:  # a decoding step sees every key
+                mask = ALL_KEYS
+            elif past:  # new queries see every cached key and the causal part of the new ones
                 mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)
         else:
             am = attention_mask.bool()

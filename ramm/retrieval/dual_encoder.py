@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ramm.retrieval.encoder import Encoder, as_image_batch
-from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss
+from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
 from ramm.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class DualEncoderConfig:
     text_layers: int = 2  # text transformer layers
     text_heads: int = 4  # attention heads of the text transformer
     embed_dim: int = 256  # dimension of the shared embedding space
+    memory_loss_weight: float = 1.0  # training only: weight of the leave-one-out memory loss (0: CLIP losses only)
     model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
 
     def __post_init__(self):
@@ -120,13 +121,24 @@ class DualEncoder(nn.Module, Encoder):
                 text_b: torch.Tensor | None = None):
         """Training loss: symmetric InfoNCE image<->text; with a second view of each item (EmojiBench:
         the other style's image and caption) also image_b<->text_b, image<->image_b (style-invariant
-        image features) and text<->text_b. Returns (None, loss) so the generic trainer applies."""
+        image features) and text<->text_b; plus, with `cfg.memory_loss_weight`, `memory_loss`: every image
+        and text query against the batch's mixed-modal documents (both views), its own document left out
+        and the other view's document the positive, as leave-one-out retrieval scores them.
+        Returns (None, loss) so the generic trainer applies."""
         img, txt = self.encode_image(image), self.encode_text(text)
         losses = [clip_loss(img, txt, self.logit_scale)]
         if image_b is not None and text_b is not None:
             img_b, txt_b = self.encode_image(image_b), self.encode_text(text_b)
             losses += [clip_loss(img_b, txt_b, self.logit_scale), clip_loss(img, img_b, self.logit_scale),
                        clip_loss(txt, txt_b, self.logit_scale)]
+            w = self.cfg.memory_loss_weight
+            if w > 0:
+                B = img.shape[0]
+                docs = F.normalize(torch.cat([img + txt, img_b + txt_b]), dim=-1)  # rows 0..B-1 view a, B..2B-1 view b
+                a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
+                queries = torch.cat([img, txt, img_b, txt_b])
+                positive, own = torch.cat([b, b, a, a]), torch.cat([a, a, b, b])
+                return None, torch.stack(losses).mean() + w * memory_loss(queries, docs, positive, own, self.logit_scale)
         return None, torch.stack(losses).mean()
 
     @property

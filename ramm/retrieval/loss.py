@@ -22,3 +22,19 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> to
     logits = scale * a @ b.t()  # (B, B)
     labels = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def memory_loss(queries: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, own: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+    """InfoNCE shaped like leave-one-out retrieval from a memory: query i must rank docs[positive[i]]
+    above every other doc in the batch except docs[own[i]] (its own document, which retrieval leaves out).
+
+    Unlike `clip_loss`, the candidates include same-style documents of other concepts, the negatives
+    that image->document retrieval actually has to beat. queries (Q, D), docs (N, D) L2-normalised;
+    positive, own: (Q,) long indices into docs."""
+    if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"memory_loss needs (Q, D) and (N, D), got {tuple(queries.shape)} and {tuple(docs.shape)}")
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * queries @ docs.t()  # (Q, N)
+    logits = logits.masked_fill(F.one_hot(own, docs.shape[0]).bool(), float("-inf"))
+    return F.cross_entropy(logits, positive)

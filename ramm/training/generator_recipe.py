@@ -133,7 +133,10 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     else:
         neighbours = precompute_neighbours(memory, train, cfg.ra, partners)
         atomic_write_json(nb_file, neighbours)
-    data = RADataset([lookup[d.id] for d in train], neighbours, lookup, fmt, cfg.ra)
+    view_codes = None
+    if cfg.retrieval and cfg.ra.augment > 0:
+        view_codes = encode_images_cached(image_tok, cfg.tokenizer, list(pool.values()), views=cfg.ra.views)
+    data = RADataset([lookup[d.id] for d in train], neighbours, lookup, fmt, cfg.ra, view_codes=view_codes)
     log.info("%d training documents, %d in the pool, prepared in %.0fs", len(data), len(lookup), time.time() - t0)
 
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len

@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the style-free "emoji: <name>" instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
+    flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):
         if not 0 <= self.name_view_prob <= 1:
             raise ValueError(f"name_view_prob must be in [0, 1], got {self.name_view_prob}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
 
@@ -76,6 +79,8 @@ class ConceptViews(torch.utils.data.Dataset):
         a, b = (group[j] for j in rng.permutation(len(group))[:2]) if len(group) > 1 else (group[0], group[0])
         texts = [f"emoji: {name_of(d)}" if rng.random() < self.cfg.name_view_prob else d.text for d in (a, b)]
         images = np.stack([shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)])
+        flip = rng.random(2) < self.cfg.flip_prob
+        images = np.stack([im[:, ::-1] if f else im for im, f in zip(images, flip)])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
         x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True) \
             if x.shape[-1] != self.size else x

@@ -4,7 +4,7 @@ import torch
 
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.encoder import load_encoder
-from ramm.retrieval.loss import clip_loss
+from ramm.retrieval.loss import clip_loss, memory_loss
 
 from conftest import TINY
 
@@ -16,6 +16,24 @@ def test_clip_loss_low_for_matched_pairs_high_for_shuffled():
     assert clip_loss(a, a, scale) < 0.1 < clip_loss(a, a.roll(1, 0), scale)
     with pytest.raises(ValueError):
         clip_loss(a, a[:4], scale)
+
+
+def test_memory_loss_ranks_the_partner_and_ignores_the_own_document():
+    torch.manual_seed(0)
+    scale = torch.tensor(np.log(20.0))
+    docs = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    q = docs[[0, 1]]  # queries identical to docs 0 and 1 (their own documents)
+    own, near = torch.tensor([0, 1]), torch.tensor([3, 4])
+    # the own document is left out: changing it cannot change the query's loss
+    moved = docs.clone()
+    moved[0] = -moved[0]
+    assert torch.allclose(memory_loss(q[:1], docs, near[:1], own[:1], scale), memory_loss(q[:1], moved, near[:1], own[:1], scale))
+    # a positive that equals the query scores lower loss than a random one
+    close = docs.clone()
+    close[3], close[4] = docs[0], docs[1]
+    assert memory_loss(q, close, near, own, scale) < memory_loss(q, docs, near, own, scale) - 0.5
+    with pytest.raises(ValueError):
+        memory_loss(q, docs[:, :4], near, own, scale)
 
 
 def test_training_loss_drops_and_retrieval_beats_chance(tmp_path, docs):
