@@ -29,6 +29,8 @@ def register(cli) -> None:
     p.add_argument("--query-dropout", type=float, default=0.2, help="fraction of the text query's words dropped")
     p.add_argument("--alpha", type=float, default=0.1, help="loss weight on retrieved tokens")
     p.add_argument("--max-len", type=int, default=512, help="longest training sequence")
+    p.add_argument("--query", choices=("text", "image", "both"), default="both",
+                   help="what retrieves a training example's documents: its text, its image, or either (50/50)")
     p.add_argument("--augment", type=float, default=0.0,
                    help="chance that an example with retrieved documents shows all its images in one joint view "
                         "(flip/rotation x channel rotation), so copying from retrieval pays on training concepts too")
@@ -52,7 +54,7 @@ def _run(args) -> int:
         raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
     ra = RAConfig(k_choices=ks, n_candidates=max(2, *ks), diversity=None if args.diversity < 0 else args.diversity,
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
-                  max_len=args.max_len, augment=args.augment, views=args.views, seed=args.seed)
+                  max_len=args.max_len, query=args.query, augment=args.augment, views=args.views, seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
                           text_tokenizer=args.text_tokenizer, out=args.out, size=args.size,
                           retrieval=args.retrieval == "on", steps=args.steps, max_minutes=args.minutes,

@@ -112,9 +112,9 @@ def train_grace(cfg: GraceConfig):
     if not retrieve_docs:
         raise ValueError(f"no memorized documents in retrieve_splits {cfg.retrieve_splits}: queries need memorized targets")
     if cfg.init:  # the generator bundle brings its own tokenizers and vocabulary
-        from ramm.pipeline import load_generator_bundle
-        bundle = load_generator_bundle(cfg.init)
-        model, fmt = bundle.model, bundle.format
+        from ramm.model.generator import load_generator
+        model, fmt, _ = load_generator(cfg.init, device=cfg.device)
+        model.train()
         text_tok, image_tok, vocab = fmt.text, fmt.image_tokenizer, fmt.vocab
     else:
         text_tok = TextTokenizer.from_pretrained(cfg.text_tokenizer)

@@ -47,6 +47,7 @@ class RAConfig:
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
     seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
+    query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
 
@@ -59,6 +60,8 @@ class RAConfig:
             raise ValueError(f"diversity threshold must be a cosine in [-1, 1], got {self.diversity}")
         if not 0 <= self.query_dropout < 1 or self.alpha < 0 or self.max_len < 8:
             raise ValueError("need 0 <= query_dropout < 1, alpha >= 0, max_len >= 8")
+        if self.query not in ("text", "image", "both"):
+            raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
         if not 0 <= self.augment <= 1 or not 1 <= self.views <= len(VIEWS):
             raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
         if self.augment > 0 and self.views < 2:
@@ -215,6 +218,7 @@ class RADataset(torch.utils.data.Dataset):
 
     def example(self, i: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
         kind = "text" if rng.random() < 0.5 else "image"
+        kind = kind if self.cfg.query == "both" else self.cfg.query
         k = int(rng.choice(self.cfg.k_choices))
         retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
         main = self.docs[i]

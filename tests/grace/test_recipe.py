@@ -35,3 +35,34 @@ def test_config_rejects_bad_values():
         GraceConfig(corpus="c", out="o", schedule="interleaved")
     with pytest.raises(ValueError, match="batch_size"):
         GraceConfig(corpus="c", out="o", batch_size=0)
+
+
+def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir):
+    """--init: GRACE continues a generator bundle (its tokenizers and vocabulary), then retrieves valid images."""
+    import torch
+
+    from ramm.corpus.emojibench import load_emojibench
+    from ramm.grace.retriever import GraceRetriever
+    from ramm.model.generator import save_generator
+    from ramm.model.transformer import Transformer, TransformerConfig
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+    from ramm.tokenizers.text_tokenizer import TextTokenizer
+    from ramm.tokenizers.vocab import Vocabulary
+    from ramm.training.grace_recipe import train_grace
+
+    torch.manual_seed(0)
+    docs = load_emojibench(emojibench_dir, splits=["test"])
+    text_tok = TextTokenizer.train([d.text for d in docs], vocab_size=400)
+    text_tok.save_pretrained(tmp_path / "text-tok")
+    image_tok = ImageTokenizer(ImageTokenizerConfig(channels=8, latent_dim=8, quantizer="fsq", fsq_levels=[3, 3]))
+    image_tok.save_pretrained(tmp_path / "image-tok")
+    vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
+    save_generator(Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=160)), tmp_path / "gen",
+                   text_tokenizer=tmp_path / "text-tok", image_tokenizer=tmp_path / "image-tok")
+    cfg = GraceConfig(corpus=str(emojibench_dir), out=str(tmp_path / "grace"), scheme="numeric", init=str(tmp_path / "gen"),
+                      memorize_splits=("test",), retrieve_splits=("test",), memorize_steps=2, retrieve_steps=2,
+                      batch_size=8, device="cpu")
+    train_grace(cfg)
+    retriever = GraceRetriever.from_pretrained(tmp_path / "grace", device="cpu")
+    hits = retriever.search(docs[0].text, k=3)
+    assert len(hits) == 3 and {i for i, _ in hits} <= {d.id for d in docs}
