@@ -1,10 +1,13 @@
 """FAISS index choice by memory size, as autofaiss does, with its parameters recorded.
 
 Below `flat_below` vectors an exact IndexFlatIP (inner product on normalised vectors = cosine) is
-both fast enough and exact. Beyond it: IVF with ~4*sqrt(n) lists, 4-bit PQ fast-scan codes (dim/16
-bytes, scanned in SIMD registers) and a refine stage on 8-bit scalar-quantised vectors that
-re-ranks the PQ shortlist, so recall stays near exact at a fraction of the bytes per vector
-(bench/memory_search.py measures it). Past one machine, shard by row range: each shard holds its
+both fast enough and exact. Up to `sq_below` vectors: IVF with ~4*sqrt(n) lists over 8-bit scalar-quantised
+vectors (dim bytes each, a quarter of float32), whose distances are close enough to exact that no
+re-ranking is needed; bench/memory_search.py measured it at 1M x 512 against the IVF-PQ + refine
+alternative, which stored the same bytes (its SQ8 refine copy dominates) and was slower for the same
+recall. Beyond `sq_below` memory is what limits: IVF with 4-bit PQ fast-scan codes (dim/16 bytes,
+scanned in SIMD registers) and a refine stage on SQ8 vectors that re-ranks the PQ shortlist; the
+refine copy can then live on disk (faiss.IndexRefine over an on-disk index). Past one machine, shard by row range: each shard holds its
 own index + store, a query fans out and the top-k lists merge by score (faiss.IndexShards does the
 merge in-process).
 """
@@ -21,6 +24,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+NPROBE_SQ = 24  # lists visited by the IVF-SQ8 index (bench/memory_search.py: recall@10 vs QPS at 1M)
+
+
 @dataclass
 class IndexSpec:
     factory: str  # faiss.index_factory string
@@ -31,13 +37,15 @@ class IndexSpec:
         return asdict(self)
 
 
-def choose_index(n: int, dim: int, flat_below: int = 100_000) -> IndexSpec:
-    """Flat below `flat_below` vectors, IVF-PQ(fast-scan)+SQ8 refine beyond."""
+def choose_index(n: int, dim: int, flat_below: int = 100_000, sq_below: int = 20_000_000) -> IndexSpec:
+    """Flat below `flat_below` vectors, IVF-SQ8 below `sq_below`, IVF-PQ(fast-scan)+SQ8 refine beyond."""
     if n < 0 or dim < 1:
         raise ValueError(f"bad index size n={n} dim={dim}")
     if n < flat_below:
         return IndexSpec("Flat")
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    if n < sq_below:
+        return IndexSpec(f"IVF{nlist},SQ8", params=f"nprobe={max(NPROBE_SQ, nlist // 256)}", train_size=min(n, 64 * nlist))
     m = dim // 8 if dim % 8 == 0 and (dim // 8) % 2 == 0 else dim // 2 if dim % 2 == 0 else dim
     return IndexSpec(f"IVF{nlist},PQ{m}x4fs,Refine(SQ8)", params=f"nprobe={max(16, nlist // 128)},k_factor_rf=100",
                      train_size=min(n, 64 * nlist))

@@ -38,7 +38,7 @@ class MemoryConfig:
     dim: int  # embedding dimension
     index: dict = field(default_factory=lambda: IndexSpec("Flat").to_dict())  # IndexSpec in use
     count: int = 0  # vectors in the saved index
-    flat_below: int = 100_000  # exact search below this many documents, IVF-PQ beyond
+    flat_below: int = 100_000  # exact search below this many documents, IVF (SQ8, PQ past 20M) beyond
 
     def __post_init__(self):
         if self.dim < 1 or self.count < 0 or self.flat_below < 0:

@@ -82,8 +82,10 @@ def test_index_reconciled_with_store_after_lost_index_save(memory, docs):
 
 def test_index_choice_by_size():
     assert choose_index(99_999, 512).factory == "Flat"
-    big = choose_index(1_000_000, 512)
-    assert big.factory.startswith("IVF4096,PQ64x4fs") and "nprobe" in big.params and big.train_size > 0
+    mid = choose_index(1_000_000, 512)
+    assert mid.factory == "IVF4096,SQ8" and "nprobe" in mid.params and mid.train_size > 0
+    big = choose_index(50_000_000, 512)
+    assert big.factory.startswith("IVF32768,PQ64x4fs") and "k_factor_rf" in big.params
 
 
 def test_ivf_pq_memory_agrees_with_exact_search(tmp_path, docs, encoder_dir, monkeypatch):
