@@ -24,7 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-NPROBE_SQ = 24  # lists visited by the IVF-SQ8 index (bench/memory_search.py: recall@10 vs QPS at 1M)
+NPROBE_SQ = 16  # lists visited by IVF-SQ8; at 1M x 512 (bench/memory_search.py) recall@10 was 0.982 for nprobe 8..48
 
 
 @dataclass
