@@ -2,6 +2,8 @@
 and measure what RA-CM3 claims: loss on the main document's image tokens, with k = 2 retrieved
 documents vs none, for concepts the generator never trained on (heldout) and for test concepts.
 
+Training neighbours come from the train split only (retrieved documents carry the alpha loss, so they
+are trained on; the memory's val/test/heldout documents are retrieved only at evaluation).
 Both runs see the same documents in the same order with the same CM3 masks (the per-example RNG
 draws the query modality and k even when k is always 0), so only retrieval differs.
 """
@@ -131,7 +133,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     elif cfg.resume and nb_file.exists():
         neighbours = json.loads(nb_file.read_text())
     else:
-        neighbours = precompute_neighbours(memory, train, cfg.ra, partners)
+        neighbours = precompute_neighbours(memory, train, cfg.ra, partners, allowed={d.id for d in train})
         atomic_write_json(nb_file, neighbours)
     view_codes = None
     if cfg.retrieval and cfg.ra.augment > 0:

@@ -146,9 +146,12 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str,
 
 
 def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
-                          dropout: float | None = None, kinds=("text", "image")) -> dict[str, list[list[str]]]:
+                          dropout: float | None = None, kinds=("text", "image"),
+                          allowed: set[str] | None = None) -> dict[str, list[list[str]]]:
     """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each.
-    Text queries lose `dropout` (default cfg.query_dropout) of their words first."""
+    Text queries lose `dropout` (default cfg.query_dropout) of their words first. With `allowed`, only
+    those documents may be picked: training passes the train split, because retrieved documents carry
+    a loss (alpha) and so are trained on, and heldout concepts must stay unseen by the generator."""
     rng = np.random.default_rng(cfg.seed)
     p = cfg.query_dropout if dropout is None else dropout
     queries = {}
@@ -162,7 +165,7 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
     row_id = memory.store.ids_of(list(range(n)))
     row_hash = memory.store.hashes(list(range(n)))
     id_hash = {i: row_hash[r] for r, i in row_id.items()}
-    fetch = min(n, 4 * cfg.n_candidates + 8)
+    fetch = min(n, 4 * cfg.n_candidates + 8 if allowed is None else 16 * cfg.n_candidates + 32)
     out: dict[str, list[list[str]]] = {}
     for kind, q in queries.items():
         scores, rows = memory.search_vectors(q, fetch)
@@ -174,6 +177,8 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
                 if r < 0 or row_id[int(r)] == d.id or row_hash[int(r)] == own:
                     continue
                 i = row_id[int(r)]
+                if allowed is not None and i not in allowed:
+                    continue
                 if cfg.diversity is None or score <= cfg.diversity or (cfg.exempt_partner and i in partners.get(d.id, ())):
                     keep.append(i)
                 if len(keep) == cfg.n_candidates:

@@ -168,3 +168,14 @@ def test_joint_augmentation_shows_main_and_retrieved_images_in_one_view(setup):
         assert (set(v_main) & set(v_ret)) - {0}
         seen |= set(v_main)
     assert seen - {0}
+
+
+def test_allowed_limits_training_neighbours_to_the_given_documents(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig(k_choices=(2,), n_candidates=2, diversity=None, query_dropout=0.0)
+    allowed = {d.id for d in docs if d.metadata.get("style") == "filled"}
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), allowed=allowed)
+    for kind in ("text", "image"):
+        assert all(set(row) <= allowed and len(row) == 2 for row in nb[kind])
+    free = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    assert any(set(row) - allowed for row in free["text"])  # without it, outline documents are retrieved
