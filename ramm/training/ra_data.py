@@ -17,6 +17,9 @@ under the same random view (a flip/rotation and a colour-channel rotation). The 
 which view it is, only the retrieved images can, so the model is paid for copying from retrieval on
 training concepts too, where it could otherwise predict the image from the memorised caption alone.
 Examples without retrieved documents (k = 0, and so the vanilla baseline) are never augmented.
+Measured on EmojiBench (demo budget, 1000 steps): augment 0.5 over 8 views gave heldout image-token loss
+2.959 with k = 2 against the vanilla model's 3.013, about what plain RA training gives; augment 1.0 over
+24 views with text queries only was worse (3.071 with k = 2 = 3.066 with k = 0). Hence off by default.
 """
 from __future__ import annotations
 
