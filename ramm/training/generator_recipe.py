@@ -31,6 +31,7 @@ class GeneratorConfig:
     text_tokenizer: str  # text tokenizer directory
     out: str  # output directory: generator + checkpoint/ + metrics.jsonl + eval.json
     size: str = "small"  # model preset (tiny / small / medium / base / large)
+    dropout: float = 0.0  # residual/attention dropout of the model (regularises memorising the train images)
     retrieval: bool = True  # False: the vanilla baseline (k = 0 always)
     steps: int = 2000  # optimizer steps (the cosine schedule's length)
     max_minutes: float | None = None  # stop early after this wall time
@@ -142,7 +143,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     log.info("%d training documents, %d in the pool, prepared in %.0fs", len(data), len(lookup), time.time() - t0)
 
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len
-    model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len,
+    model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len, dropout=cfg.dropout,
                                                  image_tokens=fmt.tokens_per_image, image_open_id=vocab.img))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)
     ks = (0, cfg.eval_k) if cfg.retrieval else (0,)
