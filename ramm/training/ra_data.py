@@ -9,7 +9,7 @@ Work done once per run, not per step:
   threshold are skipped, except (optionally) the leave-one-out partner (same concept, other style:
   EMOJIBENCH.md). One batched index search serves all queries; the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
-sample k from `k_choices`, build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
+sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
 
 Joint augmentation (`RAConfig.augment`, off by default; our addition, not in the papers): with that
 probability an example that has retrieved documents shows the main image and every retrieved image
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RAConfig:
-    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly per example (RA-CM3)
+    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly (RA-CM3; per micro-batch: batch_k)
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
@@ -51,6 +51,7 @@ class RAConfig:
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
     seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
     query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
+    batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
 
@@ -224,10 +225,13 @@ class RADataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def example(self, i: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
+    def example(self, i: int, rng: np.random.Generator, k: int | None = None) -> tuple[list[int], list[float]]:
+        """Example i; `k` (the batch's draw) overrides the example's own draw, which is made either way
+        so that the masks that follow stay the same."""
         kind = "text" if rng.random() < 0.5 else "image"
         kind = kind if self.cfg.query == "both" else self.cfg.query
-        k = int(rng.choice(self.cfg.k_choices))
+        own_k = int(rng.choice(self.cfg.k_choices))
+        k = own_k if k is None else k
         retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
         main = self.docs[i]
         if self.cfg.augment > 0:  # drawn for every example, so runs with and without retrieval stay in step
@@ -242,6 +246,16 @@ class RADataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], list[float]]:
         return self.example(i, np.random.default_rng((self.cfg.seed, self.epoch, i)))
+
+    def batch_items(self, samples: Sequence[tuple[int, int]]) -> list[tuple[list[int], list[float]]]:
+        """A training micro-batch of (epoch, index) samples sharing one k: the same marginal distribution
+        of k as RA-CM3's per-example draw, but no sequence is padded to a longer k's length (with
+        k in {0, 1, 2} per example nearly every batch holds a k = 2 sequence, so ~40% of the tokens
+        computed were padding). The draw is a function of the batch's samples, so resume is exact."""
+        if not self.cfg.batch_k:
+            return [self.example(i, np.random.default_rng((self.cfg.seed, e, i))) for e, i in samples]
+        k = int(np.random.default_rng((self.cfg.seed, 1, *samples[0])).choice(self.cfg.k_choices))
+        return [self.example(i, np.random.default_rng((self.cfg.seed, e, i)), k=k) for e, i in samples]
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         return pad_batch(items, self.fmt.vocab.pad)

@@ -153,6 +153,8 @@ class Trainer:
     """Trains `model` on `dataset` (map-style) with `collate_fn` batches and `step_fn(model, batch) -> (loss, tokens)`.
 
     A dataset with `set_epoch(e)` is told the epoch of each sample it serves (for per-epoch randomness).
+    A dataset with `batch_items([(epoch, index), ...])` builds each micro-batch itself (e.g. to share a
+    choice across the batch); otherwise items come from `dataset[index]`.
     `eval_fn(model) -> dict[str, float]` runs on every rank every `eval_every` steps and at the end.
     """
 
@@ -211,7 +213,13 @@ class Trainer:
 
     def _micro_batch(self, step: int, a: int):
         start = step * self.cfg.batch_size + (a * self.world + self.rank) * self.micro
-        return _to(self.collate_fn([self.dataset[self._index(n)] for n in range(start, start + self.micro)]), self.device)
+        samples = range(start, start + self.micro)
+        if hasattr(self.dataset, "batch_items"):  # the dataset builds the micro-batch as a whole
+            N = len(self.dataset)
+            items = self.dataset.batch_items([(n // N, self._index(n)) for n in samples])
+        else:
+            items = [self.dataset[self._index(n)] for n in samples]
+        return _to(self.collate_fn(items), self.device)
 
     # ------------------------------------------------------------------ checkpoints
     @property

@@ -179,3 +179,26 @@ def test_allowed_limits_training_neighbours_to_the_given_documents(setup):
         assert all(set(row) <= allowed and len(row) == 2 for row in nb[kind])
     free = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
     assert any(set(row) - allowed for row in free["text"])  # without it, outline documents are retrieved
+
+
+def test_a_training_batch_shares_one_k_and_keeps_each_examples_masks(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig()
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
+    ks = set()
+    for e in range(12):
+        samples = [(e, i) for i in range(len(docs))]
+        batch = data.batch_items(samples)
+        k = {ids.count(fmt.vocab.doc) - 1 for ids, _ in batch}
+        assert len(k) == 1  # one k per batch
+        ks |= k
+        assert batch == data.batch_items(samples)  # deterministic: resume rebuilds the same batch
+    assert ks == {0, 1, 2}
+    # where the batch's k equals an example's own draw, the example is exactly the per-example one
+    data.set_epoch(0)
+    first = data.batch_items([(0, i) for i in range(len(docs))])
+    assert any(b == data[i] for i, b in enumerate(first))
+    unbatched = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, RAConfig(batch_k=False))
+    unbatched.set_epoch(3)
+    assert unbatched.batch_items([(3, i) for i in range(len(docs))]) == [unbatched[i] for i in range(len(docs))]
