@@ -126,20 +126,20 @@ class DualEncoder(nn.Module, Encoder):
         and the other view's document the positive, as leave-one-out retrieval scores them.
         Returns (None, loss) so the generic trainer applies."""
         img, txt = self.encode_image(image), self.encode_text(text)
-        losses = [clip_loss(img, txt, self.logit_scale)]
-        if image_b is not None and text_b is not None:
-            img_b, txt_b = self.encode_image(image_b), self.encode_text(text_b)
-            losses += [clip_loss(img_b, txt_b, self.logit_scale), clip_loss(img, img_b, self.logit_scale),
-                       clip_loss(txt, txt_b, self.logit_scale)]
-            w = self.cfg.memory_loss_weight
-            if w > 0:
-                B = img.shape[0]
-                docs = F.normalize(torch.cat([img + txt, img_b + txt_b]), dim=-1)  # rows 0..B-1 view a, B..2B-1 view b
-                a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
-                queries = torch.cat([img, txt, img_b, txt_b])
-                positive, own = torch.cat([b, b, a, a]), torch.cat([a, a, b, b])
-                return None, torch.stack(losses).mean() + w * memory_loss(queries, docs, positive, own, self.logit_scale)
-        return None, torch.stack(losses).mean()
+        if image_b is None or text_b is None:
+            return None, clip_loss(img, txt, self.logit_scale)
+        img_b, txt_b = self.encode_image(image_b), self.encode_text(text_b)
+        loss = torch.stack([clip_loss(img, txt, self.logit_scale), clip_loss(img_b, txt_b, self.logit_scale),
+                            clip_loss(img, img_b, self.logit_scale), clip_loss(txt, txt_b, self.logit_scale)]).mean()
+        if self.cfg.memory_loss_weight > 0:
+            B = img.shape[0]
+            # documents as embed_documents builds them: normalised mean of the normalised parts
+            docs = F.normalize(torch.cat([img + txt, img_b + txt_b]), dim=-1)  # rows 0..B-1 view a, B..2B-1 view b
+            a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
+            queries = torch.cat([img, txt, img_b, txt_b])
+            positive, own = torch.cat([b, b, a, a]), torch.cat([a, a, b, b])
+            loss = loss + self.cfg.memory_loss_weight * memory_loss(queries, docs, positive, own, self.logit_scale)
+        return None, loss
 
     @property
     def dim(self) -> int:

@@ -7,9 +7,9 @@ re-ranking is needed; bench/memory_search.py measured it at 1M x 512 against the
 alternative, which stored the same bytes (its SQ8 refine copy dominates) and was slower for the same
 recall. Beyond `sq_below` memory is what limits: IVF with 4-bit PQ fast-scan codes (dim/16 bytes,
 scanned in SIMD registers) and a refine stage on SQ8 vectors that re-ranks the PQ shortlist; the
-refine copy can then live on disk (faiss.IndexRefine over an on-disk index). Past one machine, shard by row range: each shard holds its
-own index + store, a query fans out and the top-k lists merge by score (faiss.IndexShards does the
-merge in-process).
+refine copy can then live on disk (faiss.IndexRefine over an on-disk index). Past one machine, shard
+by row range: each shard holds its own index + store, a query fans out and the top-k lists merge by
+score (faiss.IndexShards does the merge in-process).
 """
 from __future__ import annotations
 

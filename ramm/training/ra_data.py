@@ -251,7 +251,8 @@ class RADataset(torch.utils.data.Dataset):
         """A training micro-batch of (epoch, index) samples sharing one k: the same marginal distribution
         of k as RA-CM3's per-example draw, but no sequence is padded to a longer k's length (with
         k in {0, 1, 2} per example nearly every batch holds a k = 2 sequence, so ~40% of the tokens
-        computed were padding). The draw is a function of the batch's samples, so resume is exact."""
+        computed were padding). The draw is a function of the batch's samples, so resume is exact; under
+        DDP or gradient accumulation each micro-batch draws its own k."""
         if not self.cfg.batch_k:
             return [self.example(i, np.random.default_rng((self.cfg.seed, e, i))) for e, i in samples]
         k = int(np.random.default_rng((self.cfg.seed, 1, *samples[0])).choice(self.cfg.k_choices))
