@@ -96,3 +96,15 @@ def test_hf_clip_adapter_loads_a_local_tiny_clip(tmp_path, docs):
     assert t.shape == (2, 16) and i.shape == (1, 16) and m.shape == (3, 16)
     assert np.allclose(np.linalg.norm(m, axis=1), 1, atol=1e-5)
     assert not np.allclose(t[0], t[1])
+
+
+def test_concept_views_mirror_images_with_flip_prob(docs):
+    from ramm.training.retriever_recipe import ConceptViews, RetrieverRecipeConfig
+    model = DualEncoder(DualEncoderConfig(**TINY), train_text_tokenizer([d.text for d in docs], 300))
+    plain = ConceptViews(docs, model, RetrieverRecipeConfig(max_shift=0, flip_prob=0.0))
+    flipped = ConceptViews(docs, model, RetrieverRecipeConfig(max_shift=0, flip_prob=1.0))
+    pairs = [(plain[i], flipped[i]) for i in range(len(plain))]
+    assert all(torch.equal(a[k].flip(-1), b[k]) for a, b in pairs for k in ("image", "image_b"))
+    assert any(not torch.equal(a["image"], b["image"]) for a, b in pairs)  # some shapes are not symmetric
+    with pytest.raises(ValueError):
+        RetrieverRecipeConfig(flip_prob=1.5)
