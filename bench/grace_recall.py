@@ -58,7 +58,7 @@ def main() -> int:
     from ramm.grace.retriever import GraceRetriever
     from ramm.retrieval.encoder import load_encoder
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.training.grace_recipe import encode_images, recall_at_k
+    from ramm.training.grace_recipe import GraceConfig, image_codes, image_tokenizer_dir, recall_at_k
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
@@ -86,7 +86,8 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     sample = [memorized[i] for i in rng.choice(len(memorized), size=min(args.memorized_sample, len(memorized)), replace=False)]
-    codes = encode_images(ImageTokenizer.from_pretrained(gcfg["image_tokenizer"]), sample)
+    gc = GraceConfig(**gcfg)  # with --init the tokenizer is the generator bundle's
+    codes = image_codes(ImageTokenizer.from_pretrained(image_tokenizer_dir(gc)), gc, sample)
     rows = []
     for m in args.models:
         retriever = GraceRetriever.from_pretrained(m, device="cpu")

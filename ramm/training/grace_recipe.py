@@ -6,6 +6,7 @@ learned from the queries of `retrieve_splits` (train) only, so test queries are 
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,17 +62,21 @@ class GraceConfig:
         self.memorize_splits, self.retrieve_splits = tuple(self.memorize_splits), tuple(self.retrieve_splits)
 
 
-def encode_images(image_tokenizer, docs, batch: int = 256) -> np.ndarray:
-    """(N, tokens_per_image) codes of each document's first image."""
-    import torch
+def image_tokenizer_dir(cfg: GraceConfig) -> Path:
+    """The image tokenizer GRACE encodes with: the generator bundle's copy with `init`, else cfg.image_tokenizer."""
+    if cfg.init:
+        from ramm.model.generator import INFO
+        info = json.loads((Path(cfg.init) / INFO).read_text())
+        return Path(cfg.init) / info["image_tokenizer"]
+    return Path(cfg.image_tokenizer)
 
-    from ramm.corpus.document import batch_pixels
 
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(docs), batch):
-            out.append(image_tokenizer.encode(batch_pixels(docs[i:i + batch])).cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
+def image_codes(image_tokenizer, cfg: GraceConfig, docs) -> np.ndarray:
+    """(N, tokens_per_image) codes of each document's first image, through the shared on-disk code cache."""
+    from ramm.training.ra_data import encode_images_cached
+
+    codes = encode_images_cached(image_tokenizer, image_tokenizer_dir(cfg), docs)
+    return np.stack([codes[d.id] for d in docs])
 
 
 def recall_at_k(ranked: list[list[str]], relevant: list[set[str]], ks=(1, 5, 10)) -> dict[str, float]:
@@ -137,7 +142,7 @@ def train_grace(cfg: GraceConfig):
     if model.cfg.vocab_size != vocab.size + idents.new_tokens:  # room for atomic ids (or drop unused rows)
         add_identifier_tokens(model, vocab.size, idents.new_tokens)
 
-    mem = memorize_examples(memorized, encode_images(image_tok, memorized), idents, fmt)
+    mem = memorize_examples(memorized, image_codes(image_tok, cfg, memorized), idents, fmt)
     ret = retrieve_examples(retrieve_docs, idents, fmt, pseudo=cfg.pseudo_queries)
     if cfg.schedule == "sequence":
         stages = [("memorize", mem, cfg.memorize_steps), ("retrieve", ret, cfg.retrieve_steps)]
