@@ -19,6 +19,8 @@ results.json (schema 1)::
         "heldout flags": {...}, "test": {...}
       },
       "retrieval": {"text->image heldout": {"R@1": 0.52, "R@5": 0.81, "R@10": 0.90}, ...},
+      "usage": {"heldout": {"none": 3.08, "retrieved": 3.04, "partner": 3.04, "random": 3.11,
+                            "own image": 3.00}},          # RA image-token loss by retrieved context (optional)
       "notes": ["free text lines shown under the tables"],
       "config": {...},                               # the demo config, shown folded
       "examples": [                                  # the image grid, one Example per row
@@ -128,6 +130,7 @@ class Results:
     scores: dict[str, dict[str, SystemScores]] = field(default_factory=dict)  # split -> system -> scores
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"R@1": ...}
     notes: list[str] = field(default_factory=list)  # free text shown under the tables
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> context -> RA image-token loss
     config: dict = field(default_factory=dict)  # the run's config
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -321,11 +324,20 @@ def _tables(results: Results, examples: list[Example], img, text) -> list[tuple[
         plain.append(("RA against the baselines (relative change)", cmp_header, cmp_rows))
     if results.retrieval:
         plain.append(("Retrieval (Recall@K)", *_retrieval_rows(results)))
+    if results.usage:
+        plain.append(("Does the RA generator use what it retrieves? (its image-token loss by retrieved context)",
+                      *_usage_rows(results)))
     tables = [(title, header, [[text(c) for c in r] for r in rows]) for title, header, rows in plain]
     systems = _example_systems(examples)
     for split, group in _example_groups(examples).items():
         tables.append((f"Samples: {split}", _grid_header(systems), [_example_cells(ex, systems, img, text) for ex in group]))
     return tables
+
+
+def _usage_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    contexts = list(dict.fromkeys(c for row in results.usage.values() for c in row))
+    rows = [[split, *(f"{row[c]:.3f}" if c in row else "-" for c in contexts)] for split, row in results.usage.items()]
+    return ["split", *contexts], rows
 
 
 def render_markdown(results: Results, examples: list[Example]) -> str:

@@ -102,6 +102,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm.evaluation.clipscore import clip_score
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
+    from ramm.evaluation.retrieval_usage import retrieval_usage
     from ramm.evaluation.report import (Results, SystemScores, is_flag, make_example, pick_examples, save_results,
                                         write_report)
     from ramm.model.generator import load_generator
@@ -122,6 +123,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     recognizer = Recognizer(encoder, docs)
 
     scores: dict[str, dict[str, SystemScores]] = {}
+    usage: dict[str, dict[str, float]] = {}
     outputs: dict[str, dict] = {}
     for split in ecfg.splits:
         eval_docs = [lookup[d.id] for d in _subset(by_split.get(split, []), ecfg.limit)]
@@ -145,6 +147,11 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             "retrieval-only": [r[0].text for r in by_image],
         }
         outputs[split] = {"docs": eval_docs, "images": images, "captions": texts, "retrieved": by_text}
+        mates = {d.id: [lookup[p] for p in sorted(partners.get(d.id, ()))] for d in eval_docs}
+        if any(mates.values()):
+            usage[split] = retrieval_usage(models["RA"][0], fmt, eval_docs, by_text, mates)
+            report(f"[evaluate] {split} RA image-token loss by retrieved context: "
+                   + ", ".join(f"{c} {v:.3f}" for c, v in usage[split].items()))
         subsets = {split: np.ones(len(eval_docs), bool)}
         flags = np.array([is_flag(d) for d in eval_docs])
         if flags.sum() >= 2:
@@ -187,11 +194,15 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         f"Decoding: images {ecfg.image_method} (top-p {ecfg.top_p}, T {ecfg.temperature}, best of {ecfg.n_samples}); "
         f"captions {ecfg.caption_method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
     ]
+    if usage:
+        notes.append("Retrieved contexts: 'retrieved' = the memory's top documents for the caption; 'partner' = only "
+                     "the same concept's other rendering; 'random' = a document of another concept; 'own image' = "
+                     "the target itself, an oracle no training input contains (how much copying could give).")
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
-                      config=asdict(cfg))
+                      config=asdict(cfg), usage=usage)
     save_results(run, results, examples)
     md, html = write_report(run, results, examples)
-    return {"report": str(md), "html": str(html),
+    return {"report": str(md), "html": str(html), "usage": usage,
             "scores": {s: {k: v.__dict__ for k, v in d.items()} for s, d in scores.items()}}
 
 
