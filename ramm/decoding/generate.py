@@ -19,6 +19,7 @@ import torch
 
 from ramm.decoding.guidance import cfg_logits, contrastive_scores
 from ramm.decoding.sampling import sample
+from ramm.model.transformer import packed_weights
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import autocast_dtype
 
@@ -144,54 +145,55 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
     `uncond_prompts` (one per prompt) feed CFG / CD-K. `use_cache=False` recomputes the whole prefix at
     every step: the slow exact path the cache is checked against.
     """
-    config = config or DecodeConfig()
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    B = len(prompts)
-    rows = list(prompts)
-    if config.needs_uncond:
-        if uncond_prompts is None or len(uncond_prompts) != B:
-            raise ValueError(f"decoding method {config.method!r} needs one unconditional prompt per prompt")
-        rows += list(uncond_prompts)
-    device = next(model.parameters()).device
-    idx, attn = left_pad(rows, vocab.pad, device)
-    limit = model.cfg.max_seq_len
-    if idx.size(1) + max_new_tokens > limit:
-        raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
-                         f"context of {limit}")
-    # without padding the model's cheaper plain-causal path gives the same result
-    padded = not bool(attn.all())
-    amp = autocast_dtype(str(device))
-    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    cache = None
-    with autocast:
-        if use_cache:
-            logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
-        else:
-            logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
-    n_logits = logits.size(-1)
-    constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
-                                    stop_after_image, device)
-    greedy = config.method == "greedy"
-    out = []
-    for step in range(max_new_tokens):
-        scores = next_token_scores(logits.float(), constraint.allowed(max_new_tokens - step), config)
-        tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
-        out.append(tok)
-        constraint.update(tok)
-        if constraint.finished.all() or step == max_new_tokens - 1:
-            break
-        feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
-        if padded:
-            attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
+    with packed_weights(model):  # CPU: (in, out) weight copies for the thin decode matmuls
+        config = config or DecodeConfig()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        B = len(prompts)
+        rows = list(prompts)
+        if config.needs_uncond:
+            if uncond_prompts is None or len(uncond_prompts) != B:
+                raise ValueError(f"decoding method {config.method!r} needs one unconditional prompt per prompt")
+            rows += list(uncond_prompts)
+        device = next(model.parameters()).device
+        idx, attn = left_pad(rows, vocab.pad, device)
+        limit = model.cfg.max_seq_len
+        if idx.size(1) + max_new_tokens > limit:
+            raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
+                             f"context of {limit}")
+        # without padding the model's cheaper plain-causal path gives the same result
+        padded = not bool(attn.all())
+        amp = autocast_dtype(str(device))
+        autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+        cache = None
         with autocast:
             if use_cache:
-                logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
+                logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
             else:
-                idx = torch.cat([idx, feed], 1)
                 logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
-    new = torch.stack(out, 1).tolist()
-    return [_until_stop(r, vocab.pad) for r in new]
+        n_logits = logits.size(-1)
+        constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
+                                        stop_after_image, device)
+        greedy = config.method == "greedy"
+        out = []
+        for step in range(max_new_tokens):
+            scores = next_token_scores(logits.float(), constraint.allowed(max_new_tokens - step), config)
+            tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
+            out.append(tok)
+            constraint.update(tok)
+            if constraint.finished.all() or step == max_new_tokens - 1:
+                break
+            feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
+            if padded:
+                attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
+            with autocast:
+                if use_cache:
+                    logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
+                else:
+                    idx = torch.cat([idx, feed], 1)
+                    logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
+        new = torch.stack(out, 1).tolist()
+        return [_until_stop(r, vocab.pad) for r in new]
 
 
 def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):

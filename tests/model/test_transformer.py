@@ -137,3 +137,26 @@ def test_image_grid_positions_are_relative_to_img_and_match_under_the_cache():
         cache = model.new_cache(2, 16)
         parts = [model(idx[:, :2], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(2, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_weights_decode_equals_plain_and_never_goes_stale():
+    from ramm.model.transformer import Linear, packed_weights
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, max_seq_len=32)).eval()
+    idx = torch.randint(0, 50, (3, 9))
+    with torch.no_grad():
+        plain = model(idx)[0]
+        with packed_weights(model):
+            assert all(m._packed is not None for m in model.modules() if isinstance(m, Linear))
+            packed = model(idx)[0]
+        assert torch.allclose(packed, plain, atol=1e-5)
+        assert all(m._packed is None for m in model.modules() if isinstance(m, Linear))  # dropped on exit
+        model.blocks[0].mlp.proj.weight.data.mul_(2)  # a .data write does not bump the version counter
+        fresh = model(idx)[0]
+        assert not torch.allclose(fresh, plain, atol=1e-5)
+        with packed_weights(model):
+            assert torch.allclose(model(idx)[0], fresh, atol=1e-5)
+    with packed_weights(model):  # with autograd on, the layers use F.linear and gradients reach the weights
+        model(idx)[0].sum().backward()
+    assert model.lm_head.weight.grad is not None and model.blocks[0].attn.qkv.weight.grad is not None
