@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 
 from ramm.grace.trie import PrefixTrie
-from ramm.model.transformer import packed_weights
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,6 @@ class Hypothesis:
 @torch.no_grad()
 def constrained_beam_search(model, prompt: Sequence[int], trie: PrefixTrie, num_beams: int = 10) -> list[Hypothesis]:
     """Top-`num_beams` trie sequences for `prompt`, best first (fewer if the trie holds fewer)."""
-    with packed_weights(model):  # CPU: (in, out) weight copies for the thin decode matmuls
-        return _beam_search(model, prompt, trie, num_beams)
-
-
-def _beam_search(model, prompt: Sequence[int], trie: PrefixTrie, num_beams: int) -> list[Hypothesis]:
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not prompt:

@@ -112,10 +112,11 @@ class Linear(nn.Linear):
 
     Decoding multiplies a handful of rows (batch x 1 token) by every weight. On CPU, oneDNN/MKL do such thin
     products 1.4-1.7x faster against the (in, out) layout than against nn.Linear's (out, in) weight (2-core
-    Xeon, torch 2.13); greedy decoding of the `small` model at batch 8 took 238 ms instead of 276 ms (1.16x),
-    at batch 1 1.08x: the weight prepacking CPU inference runtimes do. The copy lives only while the context
-    is open, so weights changed between calls (training, `.data` writes) are always seen; state dicts are
-    unchanged; autograd and other devices use F.linear."""
+    Xeon, torch 2.13): the weight prepacking CPU inference runtimes do. Packing costs one pass over the
+    weights, so `generate` packs only long enough decodes (`PACK_MIN_TOKENS`). The copy lives only while the
+    context is open, so weights changed between calls (training, `.data` writes) are always seen; state
+    dicts are unchanged; autograd and other devices use F.linear.
+    """
 
     _packed: torch.Tensor | None = None
 

@@ -52,6 +52,17 @@ def test_kv_cache_decoding_equals_full_recompute_token_for_token(model, vocab):
     assert sum(map(len, fast)) > 3 * TPI  # really decoded something
 
 
+@pytest.mark.parametrize("method", ["greedy", "cfg"])
+def test_packed_weight_decoding_equals_plain(model, vocab, monkeypatch, method):
+    import ramm.decoding.generate as G
+    prompts = image_prompts(vocab) * 3
+    kw = dict(config=DecodeConfig(method=method), uncond_prompts=uncond(vocab, len(prompts)), max_new_tokens=3 * TPI)
+    monkeypatch.setattr(G, "PACK_MIN_TOKENS", 1)
+    packed = run(model, vocab, prompts, **kw)
+    monkeypatch.setattr(G, "PACK_MIN_TOKENS", 10 ** 9)
+    assert packed == run(model, vocab, prompts, **kw)
+
+
 def test_left_padded_batch_equals_each_prompt_alone(model, vocab):
     prompts = [[vocab.doc, 1, 2, 3, 4, 5, 6], [vocab.doc, 7]]
     kw = dict(config=DecodeConfig(method="greedy"), max_new_tokens=12, tokens_per_image=TPI)
