@@ -11,6 +11,7 @@ two halves of the same batch, so they share the cache and one forward per step. 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -140,6 +141,17 @@ def next_token_scores(logits: torch.Tensor, allowed: torch.Tensor, config: Decod
 PACK_MIN_TOKENS = 512
 
 
+def _packs_long_decodes(fn):
+    """On CPU, run long decodes with (in, out) weight copies for the thin decode matmuls (see `Linear`)."""
+    @functools.wraps(fn)
+    def wrapper(model, vocab, prompts, *, max_new_tokens: int, **kw):
+        long = len(prompts) * max_new_tokens >= PACK_MIN_TOKENS
+        with packed_weights(model) if long else contextlib.nullcontext():
+            return fn(model, vocab, prompts, max_new_tokens=max_new_tokens, **kw)
+    return wrapper
+
+
+@_packs_long_decodes
 @torch.inference_mode()
 def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, tokens_per_image: int,
              max_new_tokens: int, config: DecodeConfig | None = None,
@@ -151,57 +163,54 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
     `uncond_prompts` (one per prompt) feed CFG / CD-K. `use_cache=False` recomputes the whole prefix at
     every step: the slow exact path the cache is checked against.
     """
-    # CPU: (in, out) weight copies for the thin decode matmuls, when enough tokens are decoded to repay packing
-    packing = packed_weights(model) if len(prompts) * max_new_tokens >= PACK_MIN_TOKENS else contextlib.nullcontext()
-    with packing:
-        config = config or DecodeConfig()
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        B = len(prompts)
-        rows = list(prompts)
-        if config.needs_uncond:
-            if uncond_prompts is None or len(uncond_prompts) != B:
-                raise ValueError(f"decoding method {config.method!r} needs one unconditional prompt per prompt")
-            rows += list(uncond_prompts)
-        device = next(model.parameters()).device
-        idx, attn = left_pad(rows, vocab.pad, device)
-        limit = model.cfg.max_seq_len
-        if idx.size(1) + max_new_tokens > limit:
-            raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
-                             f"context of {limit}")
-        # without padding the model's cheaper plain-causal path gives the same result
-        padded = not bool(attn.all())
-        amp = autocast_dtype(str(device))
-        autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-        cache = None
+    config = config or DecodeConfig()
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    B = len(prompts)
+    rows = list(prompts)
+    if config.needs_uncond:
+        if uncond_prompts is None or len(uncond_prompts) != B:
+            raise ValueError(f"decoding method {config.method!r} needs one unconditional prompt per prompt")
+        rows += list(uncond_prompts)
+    device = next(model.parameters()).device
+    idx, attn = left_pad(rows, vocab.pad, device)
+    limit = model.cfg.max_seq_len
+    if idx.size(1) + max_new_tokens > limit:
+        raise ValueError(f"prompt ({idx.size(1)} tokens) + {max_new_tokens} new tokens exceed the model's "
+                         f"context of {limit}")
+    # without padding the model's cheaper plain-causal path gives the same result
+    padded = not bool(attn.all())
+    amp = autocast_dtype(str(device))
+    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+    cache = None
+    with autocast:
+        if use_cache:
+            logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
+        else:
+            logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
+    n_logits = logits.size(-1)
+    constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
+                                    stop_after_image, device)
+    greedy = config.method == "greedy"
+    out = []
+    for step in range(max_new_tokens):
+        scores = next_token_scores(logits.float(), constraint.allowed(max_new_tokens - step), config)
+        tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
+        out.append(tok)
+        constraint.update(tok)
+        if constraint.finished.all() or step == max_new_tokens - 1:
+            break
+        feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
+        if padded:
+            attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
         with autocast:
             if use_cache:
-                logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
+                logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
             else:
+                idx = torch.cat([idx, feed], 1)
                 logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
-        n_logits = logits.size(-1)
-        constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
-                                        stop_after_image, device)
-        greedy = config.method == "greedy"
-        out = []
-        for step in range(max_new_tokens):
-            scores = next_token_scores(logits.float(), constraint.allowed(max_new_tokens - step), config)
-            tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
-            out.append(tok)
-            constraint.update(tok)
-            if constraint.finished.all() or step == max_new_tokens - 1:
-                break
-            feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
-            if padded:
-                attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
-            with autocast:
-                if use_cache:
-                    logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
-                else:
-                    idx = torch.cat([idx, feed], 1)
-                    logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
-        new = torch.stack(out, 1).tolist()
-        return [_until_stop(r, vocab.pad) for r in new]
+    new = torch.stack(out, 1).tolist()
+    return [_until_stop(r, vocab.pad) for r in new]
 
 
 def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):
