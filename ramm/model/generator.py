@@ -28,6 +28,15 @@ def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer:
                                          "alpha": alpha, **extra})
 
 
+def bundle_info(directory: str | Path) -> dict:
+    """generator.json with the tokenizer entries resolved to paths under `directory`."""
+    directory = Path(directory)
+    if not (directory / INFO).is_file():
+        raise FileNotFoundError(f"{directory / INFO} not found (train one with `ramm train generator`)")
+    info = json.loads((directory / INFO).read_text())
+    return {**info, "text_tokenizer": directory / info["text_tokenizer"], "image_tokenizer": directory / info["image_tokenizer"]}
+
+
 def load_generator(directory: str | Path, device: str | None = None):
     """(model, CM3Format with both tokenizers, info dict) from a directory written by save_generator."""
     from ramm.tokenizers.cm3_format import CM3Format
@@ -35,14 +44,11 @@ def load_generator(directory: str | Path, device: str | None = None):
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     from ramm.tokenizers.vocab import Vocabulary
 
-    directory = Path(directory)
-    if not (directory / INFO).is_file():
-        raise FileNotFoundError(f"{directory / INFO} not found (train one with `ramm train generator`)")
-    info = json.loads((directory / INFO).read_text())
+    info = bundle_info(directory)
     device = pick_device(device)
     model = Transformer.from_pretrained(directory, device=device).eval()
-    text = TextTokenizer.from_pretrained(directory / info["text_tokenizer"])
-    image = ImageTokenizer.from_pretrained(directory / info["image_tokenizer"], device=device)
+    text = TextTokenizer.from_pretrained(info["text_tokenizer"])
+    image = ImageTokenizer.from_pretrained(info["image_tokenizer"], device=device)
     vocab = Vocabulary(text_size=text.vocab_size, image_size=image.codebook_size)
     if model.cfg.vocab_size < vocab.size:
         raise ValueError(f"{directory}: model has {model.cfg.vocab_size} ids, its tokenizers need {vocab.size}")

@@ -6,7 +6,6 @@ learned from the queries of `retrieve_splits` (train) only, so test queries are 
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,9 +64,8 @@ class GraceConfig:
 def image_tokenizer_dir(cfg: GraceConfig) -> Path:
     """The image tokenizer GRACE encodes with: the generator bundle's copy with `init`, else cfg.image_tokenizer."""
     if cfg.init:
-        from ramm.model.generator import INFO
-        info = json.loads((Path(cfg.init) / INFO).read_text())
-        return Path(cfg.init) / info["image_tokenizer"]
+        from ramm.model.generator import bundle_info
+        return bundle_info(cfg.init)["image_tokenizer"]
     return Path(cfg.image_tokenizer)
 
 
