@@ -15,6 +15,13 @@ def register(cli) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="concepts per step (two images + one text each)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--embed-dim", type=int, default=256, help="shared embedding dimension")
+    p.add_argument("--private-dim", type=int, default=0,
+                   help="per-modality private subspace size (EmojiBench demo: 128; needs two views per concept)")
+    p.add_argument("--shared-weight", type=float, default=0.5,
+                   help="with --private-dim: share of each vector's squared norm in the shared space (demo: 0.1)")
+    p.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="image tower head (demo: flatten)")
+    p.add_argument("--image-loss-weight", type=float, default=0.0,
+                   help="weight of the image->image leave-one-out loss (demo: 1.0)")
     p.add_argument("--eval-every", type=int, default=200, help="steps between val recall evaluations")
     add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_train)
@@ -80,7 +87,9 @@ def _train(args) -> int:
                          lr=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.05, log_every=20,
                          ckpt_every=200, eval_every=args.eval_every, device=args.device, resume=args.resume)
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
-    row = train_retriever(train, args.out, tcfg, DualEncoderConfig(embed_dim=args.embed_dim), val_docs=val or None)
+    row = train_retriever(train, args.out, tcfg, DualEncoderConfig(
+        embed_dim=args.embed_dim, private_dim=args.private_dim, shared_weight=args.shared_weight, pool=args.pool,
+        image_loss_weight=args.image_loss_weight), val_docs=val or None)
     print(f"saved the retriever to {args.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0

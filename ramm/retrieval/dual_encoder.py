@@ -36,8 +36,12 @@ class DualEncoderConfig:
     text_width: int = 128  # text transformer width
     text_layers: int = 2  # text transformer layers
     text_heads: int = 4  # attention heads of the text transformer
-    embed_dim: int = 256  # dimension of the shared embedding space
+    embed_dim: int = 256  # dimension of the shared (cross-modal) embedding space
+    private_dim: int = 0  # >0: each modality also gets its own subspace of this size (see DualEncoder)
+    shared_weight: float = 0.5  # with private_dim: share of a vector's squared norm in the shared subspace
+    pool: str = "mean"  # image tower head: "mean" (global average) or "flatten" (keeps the final grid's layout)
     memory_loss_weight: float = 1.0  # training only: weight of the leave-one-out memory loss (0: CLIP losses only)
+    image_loss_weight: float = 0.0  # training only: the same loss with images as the documents (same-style negatives)
     model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
 
     def __post_init__(self):
@@ -48,6 +52,10 @@ class DualEncoderConfig:
             raise ValueError(f"channels must be positive, got {self.channels}")
         if self.text_width % self.text_heads:
             raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
+        if self.pool not in ("mean", "flatten"):
+            raise ValueError(f"pool must be 'mean' or 'flatten', got {self.pool!r}")
+        if self.private_dim < 0 or not 0 < self.shared_weight <= 1:
+            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, got {self.private_dim}, {self.shared_weight}")
         for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -79,11 +87,13 @@ class ImageTower(nn.Module):
                        nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.GELU()]
             c_in = c
         self.net = nn.Sequential(*layers)
-        self.proj = nn.Linear(c_in, cfg.embed_dim)
+        self.flatten = cfg.pool == "flatten"
+        grid = cfg.image_size // 2 ** len(cfg.channels)
+        self.proj = nn.Linear(c_in * grid * grid if self.flatten else c_in, cfg.embed_dim + cfg.private_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, D + private)
         h = self.net(x * 2 - 1)  # (B, C, h, w)
-        return self.proj(h.mean(dim=(2, 3)))
+        return self.proj(h.flatten(1) if self.flatten else h.mean(dim=(2, 3)))
 
 
 class TextTower(nn.Module):
@@ -95,9 +105,9 @@ class TextTower(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.ln = nn.LayerNorm(cfg.text_width)
-        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim + cfg.private_dim)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) long, 0 = pad -> (B, D)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) long, 0 = pad -> (B, D + private)
         real = ids != 0  # (B, T)
         h = self.tok_emb(ids) + self.pos_emb[: ids.shape[1]]
         h = self.ln(self.blocks(h, src_key_padding_mask=~real))
@@ -106,7 +116,14 @@ class TextTower(nn.Module):
 
 
 class DualEncoder(nn.Module, Encoder):
-    """`encode_*` are differentiable (training); `embed_*` return normalised float32 numpy (retrieval)."""
+    """`encode_*` are differentiable (training); `embed_*` return normalised float32 numpy (retrieval).
+
+    With `private_dim` > 0 a vector is [shared | image-private | text-private], each part normalised and
+    weighted so the shared part holds `shared_weight` of the squared norm; an image leaves the text-private
+    part zero and vice versa. Image-text similarity then comes from the shared part only, while an image
+    query also matches a document's image through the image-private part. Why: the mixed-modal document
+    embedding adds the text and image vectors, and for a concept the towers never saw, a plain CLIP space lets an image
+    query's (memorised) closeness to *trained* concepts' texts outweigh the unseen document's image."""
 
     def __init__(self, cfg: DualEncoderConfig, tokenizer: Tokenizer):
         super().__init__()
@@ -139,11 +156,19 @@ class DualEncoder(nn.Module, Encoder):
             queries = torch.cat([img, txt, img_b, txt_b])
             positive, own = torch.cat([b, b, a, a]), torch.cat([a, a, b, b])
             loss = loss + self.cfg.memory_loss_weight * memory_loss(queries, docs, positive, own, self.logit_scale)
+        if self.cfg.image_loss_weight > 0:
+            # image->image leave-one-out: the other style must beat every same-style image of the batch, the
+            # negatives clip_loss(img, img_b) never shows (its columns are all the other view)
+            B = img.shape[0]
+            a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
+            images = torch.cat([img, img_b])
+            loss = loss + self.cfg.image_loss_weight * memory_loss(images, images, torch.cat([b, a]), torch.cat([a, b]),
+                                                                   self.logit_scale)
         return None, loss
 
     @property
     def dim(self) -> int:
-        return self.cfg.embed_dim
+        return self.cfg.embed_dim + 2 * self.cfg.private_dim
 
     @property
     def device(self) -> torch.device:
@@ -159,11 +184,23 @@ class DualEncoder(nn.Module, Encoder):
             ids[i, : len(r)] = torch.tensor(r)
         return ids
 
+    def _layout(self, h: torch.Tensor, private_slot: int) -> torch.Tensor:
+        """Tower output (B, D + P) -> unit vectors in the layout the class docstring describes."""
+        P = self.cfg.private_dim
+        if P == 0:
+            return F.normalize(h, dim=-1)
+        w = self.cfg.shared_weight
+        shared = F.normalize(h[:, :-P], dim=-1) * w ** 0.5
+        private = F.normalize(h[:, -P:], dim=-1) * (1 - w) ** 0.5
+        zeros = torch.zeros_like(private)
+        parts = [shared, private, zeros] if private_slot == 0 else [shared, zeros, private]
+        return torch.cat(parts, dim=-1)
+
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_tower(ids.to(self.device)), dim=-1)
+        return self._layout(self.text_tower(ids.to(self.device)), 1)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_tower(x.to(self.device)), dim=-1)
+        return self._layout(self.image_tower(x.to(self.device)), 0)
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> np.ndarray:

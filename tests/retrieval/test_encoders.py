@@ -108,3 +108,46 @@ def test_concept_views_mirror_images_with_flip_prob(docs):
     assert any(not torch.equal(a["image"], b["image"]) for a, b in pairs)  # some shapes are not symmetric
     with pytest.raises(ValueError):
         RetrieverRecipeConfig(flip_prob=1.5)
+
+
+def test_private_subspaces_keep_image_text_similarity_in_the_shared_part(docs):
+    torch.manual_seed(0)
+    cfg = DualEncoderConfig(**{**TINY, "private_dim": 8, "shared_weight": 0.25, "pool": "flatten"})
+    enc = DualEncoder(cfg, train_text_tokenizer([d.text for d in docs], 300)).eval()
+    D, P = cfg.embed_dim, cfg.private_dim
+    t = enc.embed_text([d.text for d in docs[:4]])
+    i = enc.embed_image(np.stack([d.image for d in docs[:4]]))
+    assert enc.dim == D + 2 * P and t.shape == i.shape == (4, D + 2 * P)
+    assert np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(i, axis=1), 1, atol=1e-5)
+    # shared part holds shared_weight of the squared norm; each modality leaves the other's private part zero
+    assert np.allclose((t[:, :D] ** 2).sum(1), 0.25, atol=1e-5) and np.allclose((i[:, :D] ** 2).sum(1), 0.25, atol=1e-5)
+    assert not i[:, D + P:].any() and not t[:, D:D + P].any()
+    assert np.allclose(i @ t.T, i[:, :D] @ t[:, :D].T, atol=1e-6)  # image-text: shared part only
+    # the training loss with every extra term is finite and backpropagates into both towers
+    x = torch.from_numpy(np.stack([d.image for d in docs[:6]])).permute(0, 3, 1, 2).float() / 255
+    ids = enc.tokenize([d.text for d in docs[:6]])
+    cfg.image_loss_weight = 1.0
+    enc.train()
+    _, loss = enc(x, ids, x.flip(-1), ids)
+    loss.backward()
+    assert torch.isfinite(loss) and enc.image_tower.proj.weight.grad.abs().sum() > 0
+    assert enc.text_tower.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [dict(pool="max"), dict(private_dim=-1), dict(shared_weight=0.0), dict(shared_weight=1.5)])
+def test_bad_subspace_options_are_rejected(bad):
+    with pytest.raises(ValueError):
+        DualEncoderConfig(**{**TINY, **bad})
+
+
+def test_private_subspace_encoder_trains_and_reloads(tmp_path, docs):
+    from ramm.training.retriever_recipe import leave_one_out_recall, train_retriever
+    from ramm.training.trainer import TrainerConfig
+    cfg = TrainerConfig(out_dir=str(tmp_path), steps=40, batch_size=30, lr=3e-3, warmup_steps=5, progress=False, amp=False)
+    model_cfg = DualEncoderConfig(**{**TINY, "private_dim": 16, "shared_weight": 0.3, "pool": "flatten",
+                                     "image_loss_weight": 1.0})
+    train_retriever(docs, tmp_path, cfg, model_cfg)
+    enc = load_encoder(tmp_path)
+    assert enc.dim == 32 + 2 * 16 and enc.cfg.pool == "flatten"
+    recall = leave_one_out_recall(enc, docs, docs)
+    assert recall["t2i_r1"] > 0.3 and recall["i2t_r1"] > 3 / len(docs)
