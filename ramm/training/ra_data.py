@@ -17,15 +17,6 @@ under the same random view (a flip/rotation and a colour-channel rotation). The 
 which view it is, only the retrieved images can, so the model is paid for copying from retrieval on
 training concepts too, where it could otherwise predict the image from the memorised caption alone.
 Examples without retrieved documents (k = 0, and so the vanilla baseline) are never augmented.
-
-Name dropout (`RAConfig.name_dropout`, our addition): with that probability an example that has retrieved
-documents keeps only its caption's prefix ("google emoji:"), so the retrieved documents are the only
-source of the concept. This is the heldout condition simulated on training concepts: for a concept the
-generator never saw, the name tells it little and the retrieved other-style document tells it most.
-Without it, a small model that memorises the training concepts from their names has no reason to read
-what it retrieves (the retrieval-usage probe showed it barely did, even with the target image itself
-retrieved). The coin is drawn only when the option is on and only counts with retrieved documents, so
-the vanilla baseline (k = 0) never loses a name and stays in step with the RA run.
 Measured on EmojiBench (demo budget, 1000 steps): augment 0.5 over 8 views gave heldout image-token loss
 2.959 with k = 2 against the vanilla model's 3.013, about what plain RA training gives; augment 1.0 over
 24 views with text queries only was worse (3.071 with k = 2 = 3.066 with k = 0). Hence off by default.
@@ -41,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ramm.corpus.document import Document, ImageSegment, TextSegment, batch_pixels
+from ramm.corpus.document import Document, ImageSegment, batch_pixels
 from ramm.retrieval.strategies import query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.utils import default_cache_dir
@@ -63,7 +54,6 @@ class RAConfig:
     batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
-    name_dropout: float = 0.0  # chance that an example with retrieved documents loses its main caption's name
 
     def __post_init__(self):
         if not self.k_choices or min(self.k_choices) < 0:
@@ -78,8 +68,6 @@ class RAConfig:
             raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
         if not 0 <= self.augment <= 1 or not 1 <= self.views <= len(VIEWS):
             raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
-        if not 0 <= self.name_dropout <= 1:
-            raise ValueError(f"name_dropout must be in [0, 1], got {self.name_dropout}")
         if self.augment > 0 and self.views < 2:
             raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
         self.k_choices = tuple(self.k_choices)
@@ -101,19 +89,6 @@ def view_pixels(pixels: np.ndarray, view: int) -> np.ndarray:
     if c:
         out = np.roll(out, c, axis=2)
     return np.ascontiguousarray(out)
-
-
-def drop_name(doc: Document) -> Document:
-    """The document with each caption cut to its prefix before the first ": " ("google emoji: japan flag"
-    -> "google emoji:", so the style stays asked for); a caption without one is removed."""
-    segs = []
-    for s in doc.segments:
-        if isinstance(s, TextSegment):
-            if ": " not in s.text:
-                continue
-            s = TextSegment(s.text.split(": ", 1)[0] + ":")
-        segs.append(s)
-    return Document(id=doc.id, segments=segs, source=doc.source, metadata=doc.metadata)
 
 
 def _tokenizer_key(tokenizer_dir: str | Path) -> str:
@@ -266,8 +241,6 @@ class RADataset(torch.utils.data.Dataset):
             u, view = rng.random(), int(rng.integers(1, self.cfg.views))
             if retrieved and u < self.cfg.augment:
                 main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
-        if self.cfg.name_dropout > 0 and rng.random() < self.cfg.name_dropout and retrieved:
-            main = drop_name(main)
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:

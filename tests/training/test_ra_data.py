@@ -204,33 +204,6 @@ def test_a_training_batch_shares_one_k_and_keeps_each_examples_masks(setup):
     assert unbatched.batch_items([(3, i) for i in range(len(docs))]) == [unbatched[i] for i in range(len(docs))]
 
 
-def test_name_dropout_hides_the_main_caption_name_only_when_documents_are_retrieved(setup):
-    from ramm.training.ra_data import drop_name
-    docs, memory, fmt, lookup, tmp, itok = setup
-    assert drop_name(docs[0]).text == "filled emoji:" and drop_name(docs[0]).images[0] is docs[0].images[0]
-    assert drop_name(Document.from_pair("x", "no prefix here", draw(COLORS[0], "filled"))).text == ""
-    with pytest.raises(ValueError, match="name_dropout"):
-        RAConfig(name_dropout=1.5)
-    cfg = RAConfig(k_choices=(0, 1), n_candidates=1, name_dropout=1.0)
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
-    data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
-    vanilla = RADataset([lookup[d.id] for d in docs], {}, lookup, fmt, RAConfig(k_choices=(0,), name_dropout=1.0))
-    with_ret = 0
-    for i, d in enumerate(docs[:-1]):
-        ids, _ = data[i]
-        name = fmt.text.encode(" colour " + d.metadata["concept"])
-        if fmt.vocab.sep in ids:  # the main document (after <sep>) shows its style prefix but not its name
-            with_ret += 1
-            main = ids[ids.index(fmt.vocab.sep):]
-            assert fmt.text.encode(d.text.split(":")[0]) == main[2:2 + len(fmt.text.encode(d.text.split(":")[0]))] or \
-                fmt.vocab.infill in main  # (unless CM3 moved the caption to the end)
-            assert not any(main[j:j + len(name)] == name for j in range(len(main)))
-        else:  # k = 0: the name stays, and the vanilla run (same option) draws the same coins and masks
-            assert vanilla[i] == (ids, _)
-            assert any(ids[j:j + len(name)] == name for j in range(len(ids))) or fmt.vocab.infill in ids
-    assert with_ret > 0
-
-
 def test_vanilla_examples_keep_the_ra_runs_masks(setup):
     docs, memory, fmt, lookup, tmp, itok = setup
     cfg = RAConfig(k_choices=(0, 1, 2))
