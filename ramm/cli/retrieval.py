@@ -19,6 +19,8 @@ def register(cli) -> None:
                    help="per-modality private subspace size (EmojiBench demo: 128; needs two views per concept)")
     p.add_argument("--shared-weight", type=float, default=0.5,
                    help="with --private-dim: share of each vector's squared norm in the shared space (demo: 0.1)")
+    p.add_argument("--embed-shared-weight", type=float, default=None,
+                   help="shared weight of retrieval vectors (default: --shared-weight; lower favours image-image matching)")
     p.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="image tower head (demo: flatten)")
     p.add_argument("--image-loss-weight", type=float, default=0.0,
                    help="weight of the image->image leave-one-out loss (demo: 1.0)")
@@ -89,6 +91,7 @@ def _train(args) -> int:
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
     row = train_retriever(train, args.out, tcfg, DualEncoderConfig(
         embed_dim=args.embed_dim, private_dim=args.private_dim, shared_weight=args.shared_weight, pool=args.pool,
+        embed_shared_weight=args.embed_shared_weight,
         image_loss_weight=args.image_loss_weight), val_docs=val or None)
     print(f"saved the retriever to {args.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))

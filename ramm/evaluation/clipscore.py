@@ -2,7 +2,9 @@
 
 RA-CM3 (section 4.2) reports CLIPScore from OpenAI's CLIP; we have no CLIP weights here, so the
 encoder is the project's dual encoder (or a local CLIP loaded by `ramm.retrieval.encoder.load_encoder`)
-and reports must say which. Scaled as torchmetrics' CLIPScore: 100 * max(cos, 0).
+and reports must say which. Scaled as torchmetrics' CLIPScore: 100 * max(cos, 0), where cos is divided by
+the encoder's `image_text_scale` (a dual encoder with private subspaces keeps image-text similarity in a
+shared part of that squared norm), so it is the cosine of the shared parts.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ def clip_scores(encoder, images, texts: list[str]) -> np.ndarray:
         raise ValueError("clip score of zero images")
     img = encoder.embed_image(images)  # (N, D), L2-normalised
     txt = encoder.embed_text(list(texts))  # (N, D)
-    return 100.0 * np.maximum((img * txt).sum(axis=1), 0.0)
+    cos = (img * txt).sum(axis=1) / getattr(encoder, "image_text_scale", 1.0)
+    return 100.0 * np.clip(cos, 0.0, 1.0)
 
 
 def clip_score(encoder, images, texts: list[str]) -> float:

@@ -22,6 +22,7 @@ class Encoder:
     both returning L2-normalised float32 (N, dim) numpy arrays."""
 
     dim: int
+    image_text_scale: float = 1.0  # largest image-text cosine of these vectors (< 1 with private subspaces)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError

@@ -151,3 +151,23 @@ def test_private_subspace_encoder_trains_and_reloads(tmp_path, docs):
     assert enc.dim == 32 + 2 * 16 and enc.cfg.pool == "flatten"
     recall = leave_one_out_recall(enc, docs, docs)
     assert recall["t2i_r1"] > 0.3 and recall["i2t_r1"] > 3 / len(docs)
+
+
+def test_embed_shared_weight_reweights_retrieval_vectors_and_clip_score_reads_the_shared_part(docs):
+    from ramm.evaluation.clipscore import clip_scores
+    torch.manual_seed(0)
+    cfg = DualEncoderConfig(**{**TINY, "private_dim": 8, "shared_weight": 0.3, "embed_shared_weight": 0.01})
+    enc = DualEncoder(cfg, train_text_tokenizer([d.text for d in docs], 300)).eval()
+    images, texts = np.stack([d.image for d in docs[:6]]), [d.text for d in docs[:6]]
+    i, t = enc.embed_image(images), enc.embed_text(texts)
+    assert np.allclose((i[:, :32] ** 2).sum(1), 0.01, atol=1e-5) and enc.image_text_scale == 0.01
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():  # training vectors keep the training weight
+        assert torch.allclose((enc.encode_image(x)[:, :32] ** 2).sum(1), torch.tensor(0.3), atol=1e-5)
+    shared_cos = (i[:, :32] * t[:, :32]).sum(1) / 0.01
+    assert np.allclose(clip_scores(enc, images, texts), 100 * np.clip(shared_cos, 0, 1), atol=1e-3)
+    # the same model with another retrieval weight: same CLIPScores, same image->text ranking
+    enc.cfg.embed_shared_weight = 0.5
+    assert np.allclose(clip_scores(enc, images, texts), 100 * np.clip(shared_cos, 0, 1), atol=1e-3)
+    with pytest.raises(ValueError, match="embed_shared_weight"):
+        DualEncoderConfig(**{**TINY, "embed_shared_weight": 0.0})
