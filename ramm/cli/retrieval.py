@@ -14,6 +14,8 @@ def register(cli) -> None:
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (also the cosine schedule's length)")
     p.add_argument("--batch-size", type=int, default=128, help="concepts per step (two images + one text each)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: min(100, steps/10))")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices")
     p.add_argument("--embed-dim", type=int, default=256, help="shared embedding dimension")
     p.add_argument("--private-dim", type=int, default=0,
                    help="per-modality private subspace size (EmojiBench demo: 128; needs two views per concept)")
@@ -86,7 +88,8 @@ def _train(args) -> int:
     if not train:
         raise ValueError(f"{args.corpus} has no train documents")
     tcfg = TrainerConfig(out_dir=args.out, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size,
-                         lr=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.05, log_every=20,
+                         lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps, log_every=20,
                          ckpt_every=200, eval_every=args.eval_every, device=args.device, resume=args.resume)
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
     row = train_retriever(train, args.out, tcfg, DualEncoderConfig(

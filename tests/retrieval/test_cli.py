@@ -26,3 +26,21 @@ def test_memory_build_and_search_by_text_and_image(tmp_path, docs, encoder_dir, 
     assert len(lines) == 3 and all(len(l.split("\t")) == 3 for l in lines)
     assert run(["memory", "search", str(mem), "--image", str(tmp_path / f"{docs[1].id}.png"), "-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_train_retriever_cli_passes_the_subspace_options_to_the_saved_config(tmp_path, docs, capsys):
+    rows = []
+    for d in docs[:8]:
+        Image.fromarray(d.image).save(tmp_path / f"{d.id}.png")
+        rows.append(json.dumps({"id": d.id, "image": f"{d.id}.png", "caption": d.text}))
+    (tmp_path / "corpus.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "enc"
+    assert run(["train", "retriever", "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(out), "--steps", "2",
+                "--batch-size", "4", "--warmup-steps", "0", "--weight-decay", "0.1", "--embed-dim", "16",
+                "--private-dim", "8", "--shared-weight", "0.2", "--pool", "flatten", "--image-loss-weight", "1",
+                "--embed-shared-weight", "0.01"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["private_dim"], cfg["shared_weight"], cfg["pool"], cfg["image_loss_weight"], cfg["embed_shared_weight"]) \
+        == (8, 0.2, "flatten", 1.0, 0.01)
+    from ramm.retrieval.encoder import load_encoder
+    assert load_encoder(out).dim == 16 + 2 * 8
