@@ -22,7 +22,8 @@ def register(cli) -> None:
     p.add_argument("--shared-weight", type=float, default=0.5,
                    help="with --private-dim: share of each vector's squared norm in the shared space (demo: 0.1)")
     p.add_argument("--embed-shared-weight", type=float, default=None,
-                   help="shared weight of retrieval vectors (default: --shared-weight; lower favours image-image matching)")
+                   help="shared weight of retrieval vectors (default: --shared-weight; lower favours "
+                        "image-image matching)")
     p.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="image tower head (demo: flatten)")
     p.add_argument("--image-loss-weight", type=float, default=0.0,
                    help="weight of the image->image leave-one-out loss (demo: 1.0)")
@@ -87,15 +88,14 @@ def _train(args) -> int:
     train, val = list(_documents(args.corpus, ["train"])), list(_documents(args.corpus, ["val"]))
     if not train:
         raise ValueError(f"{args.corpus} has no train documents")
+    warmup = min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps
     tcfg = TrainerConfig(out_dir=args.out, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size,
-                         lr=args.lr, weight_decay=args.weight_decay,
-                         warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps, log_every=20,
+                         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=warmup, log_every=20,
                          ckpt_every=200, eval_every=args.eval_every, device=args.device, resume=args.resume)
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
     row = train_retriever(train, args.out, tcfg, DualEncoderConfig(
         embed_dim=args.embed_dim, private_dim=args.private_dim, shared_weight=args.shared_weight, pool=args.pool,
-        embed_shared_weight=args.embed_shared_weight,
-        image_loss_weight=args.image_loss_weight), val_docs=val or None)
+        embed_shared_weight=args.embed_shared_weight, image_loss_weight=args.image_loss_weight), val_docs=val or None)
     print(f"saved the retriever to {args.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0

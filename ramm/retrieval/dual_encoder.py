@@ -56,7 +56,8 @@ class DualEncoderConfig:
         if self.pool not in ("mean", "flatten"):
             raise ValueError(f"pool must be 'mean' or 'flatten', got {self.pool!r}")
         if self.private_dim < 0 or not 0 < self.shared_weight <= 1:
-            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, got {self.private_dim}, {self.shared_weight}")
+            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, "
+                             f"got {self.private_dim}, {self.shared_weight}")
         if self.embed_shared_weight is not None and not 0 < self.embed_shared_weight <= 1:
             raise ValueError(f"embed_shared_weight must be in (0, 1] or None, got {self.embed_shared_weight}")
         for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
@@ -125,8 +126,9 @@ class DualEncoder(nn.Module, Encoder):
     weighted so the shared part holds `shared_weight` of the squared norm; an image leaves the text-private
     part zero and vice versa. Image-text similarity then comes from the shared part only, while an image
     query also matches a document's image through the image-private part. Why: the mixed-modal document
-    embedding adds the text and image vectors, and for a concept the towers never saw, a plain CLIP space lets an image
-    query's (memorised) closeness to *trained* concepts' texts outweigh the unseen document's image.
+    embedding adds the text and image vectors, and for a concept the towers never saw, a plain CLIP space
+    lets an image query's (memorised) closeness to *trained* concepts' texts outweigh the unseen document's
+    image.
     `embed_shared_weight` sets the weight of retrieval vectors apart from training's: training needs a
     shared part large enough for InfoNCE's logits, retrieval does best (val) when an image query is matched
     almost only by image features; image-text ranking is unchanged by it (see `image_text_scale`)."""
@@ -218,7 +220,8 @@ class DualEncoder(nn.Module, Encoder):
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> np.ndarray:
         self.eval()
-        out = [self.encode_text(self.tokenize(texts[i: i + self.batch_size]), self.cfg.embed_shared_weight).float().cpu()
+        w = self.cfg.embed_shared_weight
+        out = [self.encode_text(self.tokenize(texts[i: i + self.batch_size]), w).float().cpu()
                for i in range(0, len(texts), self.batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
