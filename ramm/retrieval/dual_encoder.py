@@ -156,19 +156,17 @@ class DualEncoder(nn.Module, Encoder):
         img_b, txt_b = self.encode_image(image_b), self.encode_text(text_b)
         loss = torch.stack([clip_loss(img, txt, self.logit_scale), clip_loss(img_b, txt_b, self.logit_scale),
                             clip_loss(img, img_b, self.logit_scale), clip_loss(txt, txt_b, self.logit_scale)]).mean()
+        B = img.shape[0]
+        a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)  # view a / view b rows
         if self.cfg.memory_loss_weight > 0:
-            B = img.shape[0]
             # documents as embed_documents builds them: normalised mean of the normalised parts
-            docs = F.normalize(torch.cat([img + txt, img_b + txt_b]), dim=-1)  # rows 0..B-1 view a, B..2B-1 view b
-            a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
+            docs = F.normalize(torch.cat([img + txt, img_b + txt_b]), dim=-1)
             queries = torch.cat([img, txt, img_b, txt_b])
             positive, own = torch.cat([b, b, a, a]), torch.cat([a, a, b, b])
             loss = loss + self.cfg.memory_loss_weight * memory_loss(queries, docs, positive, own, self.logit_scale)
         if self.cfg.image_loss_weight > 0:
             # image->image leave-one-out: the other style must beat every same-style image of the batch, the
             # negatives clip_loss(img, img_b) never shows (its columns are all the other view)
-            B = img.shape[0]
-            a, b = torch.arange(B, device=img.device), torch.arange(B, 2 * B, device=img.device)
             images = torch.cat([img, img_b])
             loss = loss + self.cfg.image_loss_weight * memory_loss(images, images, torch.cat([b, a]), torch.cat([a, b]),
                                                                    self.logit_scale)
@@ -193,11 +191,14 @@ class DualEncoder(nn.Module, Encoder):
         return ids
 
     @property
+    def retrieval_shared_weight(self) -> float:
+        """Shared part's weight in embed_* vectors: embed_shared_weight, else the training weight."""
+        return self.cfg.shared_weight if self.cfg.embed_shared_weight is None else self.cfg.embed_shared_weight
+
+    @property
     def image_text_scale(self) -> float:
         """Largest image-text cosine of embed_* vectors: the shared part's weight (1 without private parts)."""
-        if not self.cfg.private_dim:
-            return 1.0
-        return self.cfg.shared_weight if self.cfg.embed_shared_weight is None else self.cfg.embed_shared_weight
+        return self.retrieval_shared_weight if self.cfg.private_dim else 1.0
 
     def _layout(self, h: torch.Tensor, private_slot: int, shared_weight: float | None = None) -> torch.Tensor:
         """Tower output (B, D + P) -> unit vectors in the layout the class docstring describes."""
@@ -220,7 +221,7 @@ class DualEncoder(nn.Module, Encoder):
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> np.ndarray:
         self.eval()
-        w = self.cfg.embed_shared_weight
+        w = self.retrieval_shared_weight
         out = [self.encode_text(self.tokenize(texts[i: i + self.batch_size]), w).float().cpu()
                for i in range(0, len(texts), self.batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
@@ -229,8 +230,8 @@ class DualEncoder(nn.Module, Encoder):
     def embed_image(self, images) -> np.ndarray:
         self.eval()
         x = as_image_batch(images, self.cfg.image_size)
-        out = [self.encode_image(x[i: i + self.batch_size], self.cfg.embed_shared_weight).float().cpu()
-               for i in range(0, len(x), self.batch_size)]
+        w = self.retrieval_shared_weight
+        out = [self.encode_image(x[i: i + self.batch_size], w).float().cpu() for i in range(0, len(x), self.batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
