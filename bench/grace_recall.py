@@ -3,7 +3,9 @@
 Candidates: the memorized images (EmojiBench train + test concepts, both styles). Queries: the test concepts'
 captions and pseudo-queries (name without style, short names), unseen in training. A hit is an image of the
 query's concept (either style: EMOJIBENCH.md counts the other style as a hit). Peer: the dual encoder's exact
-cosine search over the same images. Target: the best scheme's R@1 >= dense.
+cosine search over the same images; with several `--retriever`s each is scored and the best R@1 is the peer
+(a dense retriever trained for text -> image search is the fair one: the demo's private-subspace encoder
+trades cross-modal search on unseen names for image -> document search). Target: the best scheme's R@1 >= dense.
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
     ap.add_argument("--corpus", default="data/emojibench", help="EmojiBench directory")
-    ap.add_argument("--retriever", default="runs/retriever", help="dense dual encoder (the peer)")
+    ap.add_argument("--retriever", nargs="+", default=["runs/retriever"],
+                    help="dense dual encoder(s); the best one's R@1 is the peer")
     ap.add_argument("--split", default="test", help="split whose queries are evaluated")
     ap.add_argument("--add-split", default=None,
                     help="also add this unmemorized split's images to semantic models (no retraining) and evaluate its queries")
@@ -77,12 +80,15 @@ def main() -> int:
     texts, relevant, n_cap = queries_of([d for d in memorized if d.metadata["split"] == args.split], memorized)
     print(f"{len(memorized)} memorized images, {len(texts)} {args.split} queries ({n_cap} captions)")
 
-    enc = load_encoder(args.retriever)
-    ranked_dense = dense_ranking(enc, memorized, texts)
-    dense, dense_cap = recall_at_k(ranked_dense, relevant), recall_at_k(ranked_dense[:n_cap], relevant[:n_cap])
-    print(f"dense (images): all {dense} | captions {dense_cap}")
-    docs_dense = recall_at_k(dense_ranking(enc, memorized, texts, documents=True), relevant)
-    print(f"dense (text+image documents): all {docs_dense}")
+    peers = []
+    for path in args.retriever:
+        enc = load_encoder(path)
+        ranked_dense = dense_ranking(enc, memorized, texts)
+        dense, dense_cap = recall_at_k(ranked_dense, relevant), recall_at_k(ranked_dense[:n_cap], relevant[:n_cap])
+        docs_dense = recall_at_k(dense_ranking(enc, memorized, texts, documents=True), relevant)
+        print(f"dense {path} (images): all {dense} | captions {dense_cap} | text+image documents: {docs_dense}")
+        peers.append((dense["R@1"], path, enc, dense, dense_cap, docs_dense))
+    _, peer_path, enc, dense, dense_cap, docs_dense = max(peers, key=lambda p: p[0])
 
     rng = np.random.default_rng(0)
     sample = [memorized[i] for i in rng.choice(len(memorized), size=min(args.memorized_sample, len(memorized)), replace=False)]
@@ -98,8 +104,9 @@ def main() -> int:
         print(f"{scheme} ({m}): all {ours} | captions {ours_cap} | memorization R@1 (image -> own id) {memo:.3f}")
         for k in ("R@1", "R@5", "R@10"):
             rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image {k}, {args.split} queries",
-                         "ours": round(ours[k], 4), "peer_name": "dense dual encoder", "peer": round(dense[k], 4),
-                         "ratio": round(ours[k] / max(dense[k], 1e-9), 3), "target": ">= 1 (best scheme, R@1)",
+                         "ours": round(ours[k], 4), "peer_name": f"dense dual encoder {peer_path}",
+                         "peer": round(dense[k], 4), "ratio": round(ours[k] / max(dense[k], 1e-9), 3),
+                         "target": ">= 1 (best scheme, R@1)",
                          "unit": "recall", "note": f"captions only: {ours_cap[k]:.3f} vs {dense_cap[k]:.3f}; "
                                                    f"dense over text+image documents: {docs_dense[k]:.3f}; "
                                                    f"memorization R@1 {memo:.3f}"})

@@ -27,6 +27,9 @@ def register(cli) -> None:
     p.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="image tower head (demo: flatten)")
     p.add_argument("--image-loss-weight", type=float, default=0.0,
                    help="weight of the image->image leave-one-out loss (demo: 1.0)")
+    p.add_argument("--memory-loss-weight", type=float, default=1.0,
+                   help="weight of the leave-one-out loss against mixed-modal documents (0: CLIP's losses only, "
+                        "the peer for image-only text->image search)")
     p.add_argument("--eval-every", type=int, default=200, help="steps between val recall evaluations")
     add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_train)
@@ -95,7 +98,8 @@ def _train(args) -> int:
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
     row = train_retriever(train, args.out, tcfg, DualEncoderConfig(
         embed_dim=args.embed_dim, private_dim=args.private_dim, shared_weight=args.shared_weight, pool=args.pool,
-        embed_shared_weight=args.embed_shared_weight, image_loss_weight=args.image_loss_weight), val_docs=val or None)
+        embed_shared_weight=args.embed_shared_weight, image_loss_weight=args.image_loss_weight,
+        memory_loss_weight=args.memory_loss_weight), val_docs=val or None)
     print(f"saved the retriever to {args.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0

@@ -38,9 +38,9 @@ def test_train_retriever_cli_passes_the_subspace_options_to_the_saved_config(tmp
     assert run(["train", "retriever", "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(out), "--steps", "2",
                 "--batch-size", "4", "--warmup-steps", "0", "--weight-decay", "0.1", "--embed-dim", "16",
                 "--private-dim", "8", "--shared-weight", "0.2", "--pool", "flatten", "--image-loss-weight", "1",
-                "--embed-shared-weight", "0.01"]) == 0
+                "--embed-shared-weight", "0.01", "--memory-loss-weight", "0.5"]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["private_dim"], cfg["shared_weight"], cfg["pool"], cfg["image_loss_weight"], cfg["embed_shared_weight"]) \
-        == (8, 0.2, "flatten", 1.0, 0.01)
+    assert (cfg["private_dim"], cfg["shared_weight"], cfg["pool"], cfg["image_loss_weight"], cfg["embed_shared_weight"],
+            cfg["memory_loss_weight"]) == (8, 0.2, "flatten", 1.0, 0.01, 0.5)
     from ramm.retrieval.encoder import load_encoder
     assert load_encoder(out).dim == 16 + 2 * 8
