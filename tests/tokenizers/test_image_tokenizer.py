@@ -152,3 +152,48 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     rows = [json.loads(r) for r in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4, 6]  # continued from step 4, not restarted
+
+
+def _pair_docs(n=24, size=16, seed=0):
+    """Two "styles" per concept: the same rectangle, the second with a shifted colour and a dark outline."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        y, x = rng.integers(0, size // 2, 2)
+        h, w = rng.integers(4, size // 2, 2)
+        colour = rng.integers(0, 256, 3)
+        for style in ("a", "b"):
+            img = np.full((size, size, 3), 255, np.uint8)
+            if style == "b":
+                img[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1] = 40
+                colour = np.clip(colour.astype(int) + 40, 0, 255)
+            img[y:y + h, x:x + w] = colour
+            docs.append(Document.from_pair(f"{style}{i}", f"{style} emoji: shape {i}", img,
+                                           metadata={"split": "train", "concept": f"c{i}"}))
+    return docs
+
+
+def test_pair_weight_makes_a_concepts_two_images_share_codes(tmp_path):
+    from ramm.training.tokenizer_recipe import PairDataset, pair_agreement
+
+    docs = _pair_docs()
+    pairs = PairDataset(docs, 16).pairs.float() / 255
+    assert pairs.shape == (24, 2, 3, 16, 16)
+    agree = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        tok, metrics = train_image_tokenizer(docs, ImageTokenizerConfig(**TINY, pair_weight=w),
+                                             _tcfg(tmp_path / str(w), steps=80, batch_size=8), eval_docs=docs)
+        agree[w] = pair_agreement(tok, pairs)
+        assert metrics["pair_agreement"] == pytest.approx(agree[w]) if w else "pair_agreement" not in metrics
+        assert metrics["psnr"] > 12, metrics  # still an image tokenizer
+    assert agree[2.0] > agree[0.0] + 0.1, agree
+
+
+def test_pair_training_rejects_corpora_without_pairs(tmp_path):
+    with pytest.raises(ValueError, match="two images"):
+        train_image_tokenizer(_docs(8), ImageTokenizerConfig(**TINY, pair_weight=1.0), _tcfg(tmp_path, steps=2))
+    with pytest.raises(ValueError, match=r"\(B, 2, 3, H, W\)"):
+        ImageTokenizer(ImageTokenizerConfig(**TINY, pair_weight=1.0))(torch.rand(2, 3, 16, 16), pairs=True)
+    with pytest.raises(ValueError, match="pair_weight"):
+        ImageTokenizerConfig(pair_weight=-1.0)
