@@ -41,7 +41,6 @@ class ImageTokenizerConfig:
     commitment_weight: float = 0.25  # VQ only: weight of the commitment loss
     ema_decay: float = 0.9  # VQ only: EMA decay of the codebook
     l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
-    pair_weight: float = 0.0  # >0: train on pairs of one concept's images, pulling their latents together
 
     def __post_init__(self):
         self.fsq_levels = [int(v) for v in self.fsq_levels]
@@ -61,8 +60,8 @@ class ImageTokenizerConfig:
         for name in ("patch", "channels", "max_mult", "res_blocks", "codebook_size", "codebook_dim", "latent_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0 or self.pair_weight < 0:
-            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0, pair_weight >= 0")
+        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0:
+            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0")
 
     @property
     def n_down(self) -> int:
@@ -192,27 +191,12 @@ class ImageTokenizer(nn.Module):
             q = self.quantizer.get_output_from_indices(codes)
         return rearrange(q, "b (h w) d -> b d h w", h=self.cfg.grid)
 
-    def forward(self, images: torch.Tensor, pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: images in [0, 1] -> (reconstruction (unclamped), codes, loss).
-
-        With `pairs`, images are (B, 2, 3, H, W), two images of one concept per row (EmojiBench: its two
-        styles), and the loss adds `pair_weight` x the distance of each latent to the other image's quantized
-        latent at the same grid cell. Why: RA-CM3 generates by reading the retrieved image's codes, and a
-        concept's two styles share only ~9% of their codes when tokenized independently (measured), so there is
-        little to copy; the pull makes them share codes where their content is alike.
-        """
-        if pairs:
-            if images.dim() != 5 or images.shape[1] != 2:
-                raise ValueError(f"pairs must be (B, 2, 3, H, W), got {tuple(images.shape)}")
-            images = images.flatten(0, 1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: images in [0, 1] -> (reconstruction (unclamped), codes, loss)."""
         self._check_images(images)
-        z = self.encoder(images * 2 - 1)
-        q, codes, aux = self._quantize(z)
+        q, codes, aux = self._quantize(self.encoder(images * 2 - 1))
         recon = (self.decoder(q) + 1) / 2
         loss = reconstruction_loss(recon.float(), images.float(), self.cfg.l1_weight) + aux
-        if pairs and self.cfg.pair_weight:
-            za, zb = z.float().unflatten(0, (-1, 2)).unbind(1)
-            loss = loss + self.cfg.pair_weight * F.mse_loss(za, zb)
         return recon, codes, loss
 
     @torch.no_grad()

@@ -2,7 +2,6 @@
 (PSNR in dB, share of codes used, code perplexity) on a held-out split."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -35,41 +34,6 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[i].float() / 255
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Two images of each concept (metadata "concept"; EmojiBench: its two styles) as float (2, 3, H, W)."""
-
-    def __init__(self, docs: Sequence[Document], image_size: int):
-        by_concept: dict[str, list[torch.Tensor]] = {}
-        for d in docs:
-            concept = (d.metadata or {}).get("concept")
-            if concept is not None and d.image is not None:
-                by_concept.setdefault(concept, []).append(ImageDataset([d], image_size).images[0])
-        groups = [imgs[:2] for imgs in by_concept.values() if len(imgs) >= 2]
-        if not groups:
-            raise ValueError("pair training needs concepts with two images each (metadata 'concept'); none found")
-        self.pairs = torch.stack([torch.stack(g) for g in groups])  # (N, 2, 3, H, W) uint8
-        self.skipped = len(by_concept) - len(groups)  # concepts with a single image
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, i):
-        return self.pairs[i].float() / 255
-
-
-@torch.no_grad()
-def pair_agreement(model: "ImageTokenizer", pairs: torch.Tensor, batch_size: int = 256) -> float:
-    """Share of grid cells where a concept's two images get the same code (what an RA model can copy)."""
-    model.eval()
-    same, total = 0, 0
-    for i in range(0, len(pairs), batch_size):
-        x = pairs[i:i + batch_size].to(next(model.parameters()).device)
-        codes = model.encode(x.flatten(0, 1)).unflatten(0, (-1, 2))
-        same += int((codes[:, 0] == codes[:, 1]).sum())
-        total += codes[:, 0].numel()
-    return same / max(total, 1)
-
-
 def split_docs(docs: Sequence[Document], split: str) -> list[Document]:
     """Documents whose metadata split is `split`; corpora without splits count as all-train."""
     if not any("split" in d.metadata for d in docs):
@@ -99,41 +63,20 @@ def tokenizer_step(model, batch):
     return loss, batch.shape[0]
 
 
-def pair_step(model, batch):
-    """Trainer step on (B, 2, 3, H, W) concept pairs (`pair_weight` > 0); counts images."""
-    _, _, loss = model(batch, pairs=True)
-    return loss, batch.shape[0] * 2
-
-
 def train_image_tokenizer(docs: Sequence[Document], cfg: ImageTokenizerConfig, trainer_cfg: TrainerConfig,
                           eval_docs: Sequence[Document] = ()) -> tuple[ImageTokenizer, dict[str, float]]:
     """Train on `docs`, save the tokenizer to trainer_cfg.out_dir, return it with metrics on `eval_docs`."""
-    pairs = cfg.pair_weight > 0
-    data = PairDataset(docs, cfg.image_size) if pairs else ImageDataset(docs, cfg.image_size)
+    data = ImageDataset(docs, cfg.image_size)
     if len(data) == 0:
         raise ValueError("no images to train the tokenizer on (is the corpus' train split empty?)")
-    if pairs and data.skipped:
-        log.warning("pair training: %d concepts with a single image are left out", data.skipped)
     eval_images = ImageDataset(eval_docs, cfg.image_size).images.float() / 255 if eval_docs else None
-    eval_pairs = None
-    if pairs and eval_docs:
-        with contextlib.suppress(ValueError):  # eval docs without pairs: no agreement to report
-            eval_pairs = PairDataset(eval_docs, cfg.image_size).pairs.float() / 255
     model = ImageTokenizer(cfg)
-
-    def eval_fn(m):
-        row = evaluate(m, eval_images)
-        if eval_pairs is not None:
-            row["pair_agreement"] = pair_agreement(m, eval_pairs)
-        return row
-
-    has_eval = eval_images is not None and len(eval_images) > 0
-    trainer = Trainer(model, data, trainer_cfg, step_fn=pair_step if pairs else tokenizer_step,
-                      eval_fn=eval_fn if has_eval else None)
-    log.info("training image tokenizer on %d %s (%d parameters)", len(data), "concept pairs" if pairs else "images",
+    eval_fn = (lambda m: evaluate(m, eval_images)) if eval_images is not None and len(eval_images) else None
+    trainer = Trainer(model, data, trainer_cfg, step_fn=tokenizer_step, eval_fn=eval_fn)
+    log.info("training image tokenizer on %d images (%d parameters)", len(data),
              sum(p.numel() for p in model.parameters()))
     row = trainer.fit()
     model.eval()
     model.save_pretrained(Path(trainer_cfg.out_dir))
-    keys = ("psnr", "usage", "perplexity", "pair_agreement")
-    return model, {**{k: row[k] for k in keys if k in row}, "step": trainer.step}
+    return model, {**{k: row[k] for k in ("psnr", "usage", "perplexity") if k in row}, "step": trainer.step}
+
