@@ -63,6 +63,9 @@ class DualEncoderConfig:
         for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("memory_loss_weight", "image_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DualEncoderConfig":

@@ -134,7 +134,8 @@ def test_private_subspaces_keep_image_text_similarity_in_the_shared_part(docs):
     assert enc.text_tower.proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("bad", [dict(pool="max"), dict(private_dim=-1), dict(shared_weight=0.0), dict(shared_weight=1.5)])
+@pytest.mark.parametrize("bad", [dict(pool="max"), dict(private_dim=-1), dict(shared_weight=0.0), dict(shared_weight=1.5),
+                                 dict(memory_loss_weight=-1.0), dict(image_loss_weight=-0.5)])
 def test_bad_subspace_options_are_rejected(bad):
     with pytest.raises(ValueError):
         DualEncoderConfig(**{**TINY, **bad})
