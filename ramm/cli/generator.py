@@ -36,6 +36,9 @@ def register(cli) -> None:
                    help="chance that an example with retrieved documents shows all its images in one joint view "
                         "(flip/rotation x channel rotation), so copying from retrieval pays on training concepts too")
     p.add_argument("--views", type=int, default=8, help="number of joint views for --augment (view 0 = identity)")
+    p.add_argument("--pseudo-names", type=float, default=0.0,
+                   help="chance that an example whose retrieved documents hold its concept's other rendering gets a "
+                        "made-up concept name (in both), so only the retrieved image tells what to draw")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and masks")
     add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_run)
@@ -55,7 +58,8 @@ def _run(args) -> int:
         raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
     ra = RAConfig(k_choices=ks, n_candidates=max(2, *ks), diversity=None if args.diversity < 0 else args.diversity,
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
-                  max_len=args.max_len, query=args.query, augment=args.augment, views=args.views, seed=args.seed)
+                  max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
+                  pseudo_names=args.pseudo_names, seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
                           text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,
                           retrieval=args.retrieval == "on", steps=args.steps, max_minutes=args.minutes,

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ramm.corpus.document import Document, ImageSegment, batch_pixels
+from ramm.corpus.document import Document, ImageSegment, TextSegment, batch_pixels
 from ramm.retrieval.strategies import query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.utils import default_cache_dir
@@ -54,6 +54,7 @@ class RAConfig:
     batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
+    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
 
     def __post_init__(self):
         if not self.k_choices or min(self.k_choices) < 0:
@@ -68,6 +69,8 @@ class RAConfig:
             raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
         if not 0 <= self.augment <= 1 or not 1 <= self.views <= len(VIEWS):
             raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
+        if not 0 <= self.pseudo_names <= 1:
+            raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
         if self.augment > 0 and self.views < 2:
             raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
         self.k_choices = tuple(self.k_choices)
@@ -89,6 +92,36 @@ def view_pixels(pixels: np.ndarray, view: int) -> np.ndarray:
     if c:
         out = np.roll(out, c, axis=2)
     return np.ascontiguousarray(out)
+
+
+def name_words(docs: Sequence[Document]) -> list[str]:
+    """Every word of the documents' concept names (`metadata['name']`), once per concept, sorted: the
+    pseudo-name pool, where a word is as frequent as among real names ("face", "flag", "with" often)."""
+    names = {(d.metadata.get("concept", d.id), str(d.metadata.get("name", ""))) for d in docs}
+    return sorted(w for _, name in names for w in name.split())
+
+
+def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequence[str],
+                   rng: np.random.Generator) -> tuple[Document, list[Document]]:
+    """Give the main document's concept a made-up name of as many words, drawn from `words`, in the main
+    document and in every retrieved document of the same concept (its leave-one-out partner).
+
+    Why: on training concepts the memorised name predicts the image, so plain RA training never pays the
+    model for reading its retrieved documents; a heldout concept is a name never trained on whose image
+    is only in the retrieved partner. A renamed concept is exactly that: new words (each a known word, in a
+    new combination, as a heldout name is), shared by main and partner, and only the partner's image
+    tells what to draw. Our addition, not in the papers. Documents without a name in their text are
+    returned unchanged."""
+    name, concept = main.metadata.get("name"), main.metadata.get("concept")
+    if not name or not words or name not in main.text:
+        return main, list(retrieved)
+    pseudo = " ".join(words[int(j)] for j in rng.integers(0, len(words), len(name.split())))
+
+    def rename(d: Document) -> Document:
+        segs = [TextSegment(s.text.replace(name, pseudo)) if isinstance(s, TextSegment) else s for s in d.segments]
+        return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": pseudo})
+    return rename(main), [rename(r) if concept is not None and r.metadata.get("concept") == concept else r
+                          for r in retrieved]
 
 
 def _tokenizer_key(tokenizer_dir: str | Path) -> str:
@@ -217,6 +250,7 @@ class RADataset(torch.utils.data.Dataset):
             raise ValueError("augment > 0 needs view_codes (encode_images_cached(..., views=cfg.views))")
         self.view_codes = view_codes
         self.docs, self.neighbours, self.lookup, self.fmt, self.cfg = list(docs), neighbours, lookup, fmt, cfg
+        self.words = name_words(self.docs) if cfg.pseudo_names > 0 else []
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -241,6 +275,11 @@ class RADataset(torch.utils.data.Dataset):
             u, view = rng.random(), int(rng.integers(1, self.cfg.views))
             if retrieved and u < self.cfg.augment:
                 main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
+        if self.cfg.pseudo_names > 0:  # drawn for every example, like augment
+            u = rng.random()
+            concept = main.metadata.get("concept")
+            if u < self.cfg.pseudo_names and any(r.metadata.get("concept") == concept for r in retrieved):
+                main, retrieved = rename_concept(main, retrieved, self.words, rng)
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:

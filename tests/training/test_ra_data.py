@@ -10,8 +10,8 @@ from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
-from ramm.training.ra_data import (RAConfig, RADataset, encode_images_cached, image_token_loss, partner_ids,
-                                   precompute_neighbours, with_codes)
+from ramm.training.ra_data import (RAConfig, RADataset, encode_images_cached, image_token_loss, name_words,
+                                   partner_ids, precompute_neighbours, rename_concept, with_codes)
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
 
@@ -212,3 +212,55 @@ def test_vanilla_examples_keep_the_ra_runs_masks(setup):
     vanilla = RADataset([lookup[d.id] for d in docs], {}, lookup, fmt, RAConfig(k_choices=(0,)))
     same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
     assert same and all(same)
+
+
+def _named(d: Document) -> Document:
+    return Document(id=d.id, segments=d.segments, metadata={**d.metadata, "name": d.text.split(": ", 1)[-1]})
+
+
+def test_rename_concept_gives_main_and_partner_one_new_name_from_the_pool():
+    pool = ["red", "flag", "face", "with"]
+    main = Document.from_pair("g-1", "google emoji: japan flag", np.zeros((4, 4, 3), np.uint8),
+                              metadata={"concept": "1", "name": "japan flag"})
+    partner = Document.from_pair("t-1", "twitter emoji: japan flag", np.ones((4, 4, 3), np.uint8),
+                                 metadata={"concept": "1", "name": "japan flag"})
+    other = Document.from_pair("t-2", "twitter emoji: japan castle", np.ones((4, 4, 3), np.uint8),
+                               metadata={"concept": "2", "name": "japan castle"})
+    names = set()
+    for seed in range(20):
+        m, (p, o) = rename_concept(main, [partner, other], pool, np.random.default_rng(seed))
+        new = m.text.removeprefix("google emoji: ")
+        assert len(new.split()) == 2 and set(new.split()) <= set(pool), new
+        assert p.text == f"twitter emoji: {new}" and m.metadata["name"] == p.metadata["name"] == new
+        assert o is other and np.array_equal(m.image, main.image) and np.array_equal(p.image, partner.image)
+        names.add(new)
+    assert len(names) > 5  # fresh names, not one fixed alias
+    unnamed = Document.from_pair("x", "a caption", np.zeros((4, 4, 3), np.uint8), metadata={"concept": "1"})
+    assert rename_concept(unnamed, [partner], pool, np.random.default_rng(0)) == (unnamed, [partner])
+    assert name_words([main, partner, other]) == ["castle", "flag", "japan", "japan"]  # once per concept
+
+
+def test_pseudo_names_rename_only_examples_that_retrieved_their_partner(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    named = {i: _named(d) for i, d in lookup.items()}
+    train = [named[d.id] for d in docs]
+    cfg = RAConfig(k_choices=(1,), n_candidates=1, diversity=None, query_dropout=0.0, pseudo_names=1.0)
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    data = RADataset(train, nb, named, fmt, cfg)
+    renamed = kept = 0
+    for i, d in enumerate(train):
+        first = (ids := data[i][0])[:ids.index(fmt.vocab.sep)]
+        cands = {n: named[n] for n in nb["text"][i] + nb["image"][i]}
+        if any(first == fmt.encode_document(c) for c in cands.values()):
+            kept += 1
+            assert not any(c.metadata.get("concept") == d.metadata["concept"] for c in cands.values()) or \
+                any(first == fmt.encode_document(c) and c.metadata["concept"] != d.metadata["concept"]
+                    for c in cands.values())
+            continue
+        renamed += 1  # the partner, under a made-up name: its image unchanged, its text not
+        partner = [c for c in cands.values() if c.metadata.get("concept") == d.metadata["concept"]]
+        images = [fmt.encode_image_codes(fmt.image_codes(p.images[0])) for p in partner]
+        assert images and any(first[-len(im) - 1:-1] == im for im in images)
+    assert renamed > 0
+    with pytest.raises(ValueError, match="pseudo_names"):
+        RAConfig(pseudo_names=1.5)
