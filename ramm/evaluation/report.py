@@ -21,6 +21,7 @@ results.json (schema 1)::
       "retrieval": {"text->image heldout": {"R@1": 0.52, "R@5": 0.81, "R@10": 0.90}, ...},
       "usage": {"heldout": {"none": 3.08, "retrieved": 3.04, "partner": 3.04, "random": 3.11,
                             "own image": 3.00}},          # RA image-token loss by retrieved context (optional)
+      "ceilings": {"train (128 documents, trained on): RA": {"all": 0.05, "flags": 0.04}},  # recognition (optional)
       "notes": ["free text lines shown under the tables"],
       "config": {...},                               # the demo config, shown folded
       "examples": [                                  # the image grid, one Example per row
@@ -131,6 +132,7 @@ class Results:
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"R@1": ...}
     notes: list[str] = field(default_factory=list)  # free text shown under the tables
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> context -> RA image-token loss
+    ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"all"/"flags": recognition}
     config: dict = field(default_factory=dict)  # the run's config
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -327,6 +329,9 @@ def _tables(results: Results, examples: list[Example], img, text) -> list[tuple[
     if results.usage:
         plain.append(("Does the RA generator use what it retrieves? (its image-token loss by retrieved context)",
                       *_usage_rows(results)))
+    if results.ceilings:
+        plain.append(("How recognisable can an image be? (recognition of references through the tokenizer, "
+                      "and of the generators' images of concepts they trained on)", *_ceiling_rows(results)))
     tables = [(title, header, [[text(c) for c in r] for r in rows]) for title, header, rows in plain]
     systems = _example_systems(examples)
     for split, group in _example_groups(examples).items():
@@ -338,6 +343,12 @@ def _usage_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     contexts = list(dict.fromkeys(c for row in results.usage.values() for c in row))
     rows = [[split, *(f"{row[c]:.3f}" if c in row else "-" for c in contexts)] for split, row in results.usage.items()]
     return ["split", *contexts], rows
+
+
+def _ceiling_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    cols = list(dict.fromkeys(c for row in results.ceilings.values() for c in row))
+    rows = [[label, *(f"{row[c]:.1%}" if c in row else "-" for c in cols)] for label, row in results.ceilings.items()]
+    return ["images", *cols], rows
 
 
 def render_markdown(results: Results, examples: list[Example]) -> str:

@@ -44,12 +44,13 @@ class EvalConfig:
     batch_size: int = 64  # prompts decoded together
     examples_per_split: int = 6  # image-grid rows per split in the report
     example_flags: int = 2  # of which flags
+    train_probe: int = 128  # train documents (half flags) both generators draw for the recognition ceilings (0: off)
     seed: int = 0  # sampling seed
 
     def __post_init__(self):
         self.splits = tuple(self.splits)
-        if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0:
-            raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit >= 0")
+        if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0 or self.train_probe < 0:
+            raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit and train_probe >= 0")
 
 
 @dataclass

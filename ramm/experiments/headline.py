@@ -48,6 +48,13 @@ def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Seque
     return rows
 
 
+def decode_codes(fmt, codes: torch.Tensor) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of (N, tokens_per_image) VQ codes."""
+    with torch.no_grad():
+        imgs = fmt.image_tokenizer.decode(codes)
+    return (imgs.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
 def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
                     desc: str) -> np.ndarray:
     """One image per caption (uint8 (N, H, W, 3)): the best of n_samples by image-text similarity."""
@@ -63,9 +70,7 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
     rows = decode_in_batches(model, fmt, prompts, uncond=uncond, config=dcfg, batch_size=ecfg.batch_size,
                              generator=gen, desc=desc, max_new_tokens=tpi + 1, stop_after_image=True)
     codes = torch.tensor([[fmt.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-    with torch.no_grad():
-        imgs = fmt.image_tokenizer.decode(codes)
-    images = (imgs.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    images = decode_codes(fmt, codes)
     images = images.reshape(len(captions), n, *images.shape[1:])
     if n == 1:
         return images[:, 0]
@@ -173,6 +178,11 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             report(f"[evaluate] {name}: " + "; ".join(
                 f"{s} FID {v.fid:.4f} rec {v.recognition:.1%} CIDEr {v.cider:.3f}" for s, v in scores[name].items()))
 
+    ceilings = recognition_ceilings(models, fmt, outputs, by_split.get("train", []), lookup, memory, ra_cfg,
+                                    partners, recognizer, ecfg)
+    for label, row in ceilings.items():
+        report(f"[evaluate] recognition, {label}: " + ", ".join(f"{k} {v:.1%}" for k, v in row.items()))
+
     examples = []
     for d in pick_examples([x for o in outputs.values() for x in o["docs"]], ecfg.examples_per_split,
                            ecfg.example_flags, ecfg.splits):
@@ -199,11 +209,48 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                      "the same concept's other rendering; 'random' = a document of another concept; 'own image' = "
                      "the target itself, an oracle no training input contains (how much copying could give).")
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
-                      config=asdict(cfg), usage=usage)
+                      config=asdict(cfg), usage=usage, ceilings=ceilings)
     save_results(run, results, examples)
     md, html = write_report(run, results, examples)
     return {"report": str(md), "html": str(html), "usage": usage,
             "scores": {s: {k: v.__dict__ for k, v in d.items()} for s, d in scores.items()}}
+
+
+def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document], lookup: dict, memory, ra_cfg,
+                         partners: dict, recognizer, ecfg) -> dict[str, dict[str, float]]:
+    """{row label: {"all": rate, "flags": rate}}: how recognisable an image can be, to read the headline's
+    recognition against. The tokenizer's reconstruction of each reported split's references bounds every
+    token generator; the generators' images of train documents (concepts they trained on, RA with its
+    retrieved documents) show whether they draw a concept recognisably at all: a generator that does not
+    draw its training concepts cannot be expected to draw unseen ones from the memory."""
+    from ramm.evaluation.report import is_flag
+    from ramm.training.ra_data import precompute_neighbours
+
+    def rates(images: np.ndarray, docs: list[Document]) -> dict[str, float]:
+        hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs],
+                                   [d.metadata["style"] for d in docs]).hits)
+        flags = np.array([is_flag(d) for d in docs])
+        return {"all": float(hits.mean()), **({"flags": float(hits[flags].mean())} if flags.any() else {})}
+
+    out: dict[str, dict[str, float]] = {}
+    for split, o in outputs.items():
+        codes = torch.tensor(np.stack([np.asarray(d.images[0].tokens) for d in o["docs"]]), dtype=torch.long)
+        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_codes(fmt, codes), o["docs"])
+    train = [lookup[d.id] for d in train if d.id in lookup]
+    n = ecfg.train_probe
+    if n and train:
+        flags = [d for d in train if is_flag(d)]
+        others = [d for d in train if not is_flag(d)]
+        probe = _subset(flags, n // 2) + _subset(others, n - min(len(flags), n // 2))
+        nb = precompute_neighbours(memory, probe, ra_cfg, partners, dropout=0.0)
+        by_text = [[lookup[i] for i in row[:ecfg.k]] for row in nb["text"]]
+        captions = [d.text for d in probe]
+        out[f"train ({len(probe)} documents, trained on): RA"] = rates(
+            generate_images(models["RA"][0], fmt, captions, by_text, ecfg, memory.encoder, "train RA images"), probe)
+        out[f"train ({len(probe)} documents, trained on): vanilla"] = rates(
+            generate_images(models["vanilla"][0], fmt, captions, [[] for _ in probe], ecfg, memory.encoder,
+                            "train vanilla images"), probe)
+    return out
 
 
 def _get(d: dict, k: str) -> str:

@@ -61,6 +61,10 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
         for s in results.scores[split].values():
             assert s.n == cfg.evaluation.limit and s.fid is not None and 0 <= s.recognition <= 1
     assert results.fid_features == "FID on ramm-encoder features"
+    n = cfg.evaluation.train_probe
+    assert {f"train ({n} documents, trained on): RA", f"train ({n} documents, trained on): vanilla",
+            *(f"{s}: the tokenizer's reconstruction of the references" for s in cfg.evaluation.splits)} == set(results.ceilings)
+    assert all(0 <= v <= 1 for row in results.ceilings.values() for v in row.values())
     assert examples and all((tmp_path / "run" / e.reference).exists() for e in examples)
     # a second run recomputes nothing
     lines.clear()
