@@ -275,11 +275,11 @@ class RADataset(torch.utils.data.Dataset):
             u, view = rng.random(), int(rng.integers(1, self.cfg.views))
             if retrieved and u < self.cfg.augment:
                 main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
-        if self.cfg.pseudo_names > 0:  # drawn for every example, like augment
-            u = rng.random()
+        if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
+            u, name_seed = rng.random(), int(rng.integers(1 << 62))
             concept = main.metadata.get("concept")
             if u < self.cfg.pseudo_names and any(r.metadata.get("concept") == concept for r in retrieved):
-                main, retrieved = rename_concept(main, retrieved, self.words, rng)
+                main, retrieved = rename_concept(main, retrieved, self.words, np.random.default_rng(name_seed))
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:

@@ -264,3 +264,14 @@ def test_pseudo_names_rename_only_examples_that_retrieved_their_partner(setup):
     assert renamed > 0
     with pytest.raises(ValueError, match="pseudo_names"):
         RAConfig(pseudo_names=1.5)
+
+
+def test_vanilla_examples_keep_the_ra_runs_masks_with_pseudo_names(setup):
+    docs, memory, fmt, lookup, tmp, itok = setup
+    named = {i: _named(d) for i, d in lookup.items()}
+    train = [named[d.id] for d in docs]
+    cfg = RAConfig(k_choices=(0, 1, 2), pseudo_names=1.0)
+    ra = RADataset(train, precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs)), named, fmt, cfg)
+    vanilla = RADataset(train, {}, named, fmt, RAConfig(k_choices=(0,), pseudo_names=1.0))
+    same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
+    assert same and all(same)
