@@ -278,7 +278,8 @@ class RADataset(torch.utils.data.Dataset):
         if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
             concept = main.metadata.get("concept")
-            if u < self.cfg.pseudo_names and any(r.metadata.get("concept") == concept for r in retrieved):
+            if u < self.cfg.pseudo_names and concept is not None and \
+                    any(r.metadata.get("concept") == concept for r in retrieved):
                 main, retrieved = rename_concept(main, retrieved, self.words, np.random.default_rng(name_seed))
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
