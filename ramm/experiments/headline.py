@@ -112,7 +112,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                                         write_report)
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
-    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, precompute_neighbours, with_codes
+    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, with_codes
 
     ecfg = cfg.evaluation
     models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}
@@ -134,9 +134,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         eval_docs = [lookup[d.id] for d in _subset(by_split.get(split, []), ecfg.limit)]
         if not eval_docs:
             continue
-        nb = precompute_neighbours(memory, eval_docs, ra_cfg, partners, dropout=0.0)
-        by_text = [[lookup[i] for i in row[:ecfg.k]] for row in nb["text"]]
-        by_image = [[lookup[i] for i in row[:ecfg.k]] for row in nb["image"]]
+        got = retrieve(memory, eval_docs, ra_cfg, partners, lookup, ecfg.k)
+        by_text, by_image = got["text"], got["image"]
         captions = [d.text for d in eval_docs]
         images = {
             "RA": generate_images(models["RA"][0], fmt, captions, by_text, ecfg, encoder, f"{split} RA images"),
@@ -216,6 +215,15 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             "scores": {s: {k: v.__dict__ for k, v in d.items()} for s, d in scores.items()}}
 
 
+def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict, k: int,
+             kinds: tuple[str, ...] = ("text", "image")) -> dict[str, list[list[Document]]]:
+    """{query kind: the top k documents per document}: inference retrieval, leave-one-out, no query dropout."""
+    from ramm.training.ra_data import precompute_neighbours
+
+    nb = precompute_neighbours(memory, docs, ra_cfg, partners, dropout=0.0, kinds=kinds)
+    return {kind: [[lookup[i] for i in row[:k]] for row in rows] for kind, rows in nb.items()}
+
+
 def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document], lookup: dict, memory, ra_cfg,
                          partners: dict, recognizer, ecfg) -> dict[str, dict[str, float]]:
     """{row label: {"all": rate, "flags": rate}}: how recognisable an image can be, to read the headline's
@@ -224,7 +232,6 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
     retrieved documents) show whether they draw a concept recognisably at all: a generator that does not
     draw its training concepts cannot be expected to draw unseen ones from the memory."""
     from ramm.evaluation.report import is_flag
-    from ramm.training.ra_data import precompute_neighbours
 
     def rates(images: np.ndarray, docs: list[Document]) -> dict[str, float]:
         hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs],
@@ -242,8 +249,7 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
         flags = [d for d in train if is_flag(d)]
         others = [d for d in train if not is_flag(d)]
         probe = _subset(flags, n // 2) + _subset(others, n - min(len(flags), n // 2))
-        nb = precompute_neighbours(memory, probe, ra_cfg, partners, dropout=0.0)
-        by_text = [[lookup[i] for i in row[:ecfg.k]] for row in nb["text"]]
+        by_text = retrieve(memory, probe, ra_cfg, partners, lookup, ecfg.k, kinds=("text",))["text"]
         captions = [d.text for d in probe]
         out[f"train ({len(probe)} documents, trained on): RA"] = rates(
             generate_images(models["RA"][0], fmt, captions, by_text, ecfg, memory.encoder, "train RA images"), probe)
