@@ -160,3 +160,41 @@ def test_packed_weights_decode_equals_plain_and_never_goes_stale():
     with packed_weights(model):  # with autograd on, the layers use F.linear and gradients reach the weights
         model(idx)[0].sum().backward()
     assert model.lm_head.weight.grad is not None and model.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_logits_equal_hf_llama_with_the_same_weights():
+    """Same architecture as LLaMA (RMSNorm, rotary on halves, SwiGLU, tied embeddings): copying our weights
+    into transformers' LlamaForCausalLM must give our logits, with and without left padding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    m = tiny()
+    c = m.cfg
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
+                                      num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
+                                      num_key_value_heads=c.n_head, max_position_embeddings=c.max_seq_len,
+                                      rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps, tie_word_embeddings=True,
+                                      attention_bias=False, mlp_bias=False)).eval()
+    ours = m.state_dict()
+    state = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"],
+             "lm_head.weight": ours["embed.weight"]}
+    for i in range(c.n_layer):
+        p, q = f"blocks.{i}.", f"model.layers.{i}."
+        wq, wk, wv = ours[p + "attn.qkv.weight"].chunk(3)
+        gate, up = ours[p + "mlp.gate_up.weight"].chunk(2)
+        state.update({q + "self_attn.q_proj.weight": wq, q + "self_attn.k_proj.weight": wk,
+                      q + "self_attn.v_proj.weight": wv, q + "self_attn.o_proj.weight": ours[p + "attn.proj.weight"],
+                      q + "mlp.gate_proj.weight": gate, q + "mlp.up_proj.weight": up,
+                      q + "mlp.down_proj.weight": ours[p + "mlp.proj.weight"],
+                      q + "input_layernorm.weight": ours[p + "norm1.weight"],
+                      q + "post_attention_layernorm.weight": ours[p + "norm2.weight"]})
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if "rotary" not in k]
+    idx = torch.randint(0, c.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
+        am = torch.ones(2, 12, dtype=torch.bool)
+        am[1, :5] = False  # row 1 left-padded: positions count its real tokens only, as HF's position_ids
+        pos = (am.long().cumsum(-1) - 1).clamp_min(0)
+        ref = hf(idx, attention_mask=am.long(), position_ids=pos).logits
+        torch.testing.assert_close(m(idx, attention_mask=am)[0][am], ref[am], atol=1e-4, rtol=1e-4)
