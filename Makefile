@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/emojibench
 RUN ?= runs/demo
 
-.PHONY: demo demo-tiny test bench install clean
+.PHONY: demo demo-full demo-tiny test bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(RAMM) demo --config configs/demo.json --data $(DATA) --run $(RUN)
+
+demo-full: $(STAMP)
+	$(RAMM) demo --config configs/demo-full.json --data $(DATA) --run runs/demo-full
 
 demo-tiny: $(STAMP)
 	$(RAMM) demo --config configs/demo-tiny.json --data $(DATA) --run runs/demo-tiny
