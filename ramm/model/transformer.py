@@ -185,6 +185,11 @@ class MLP(nn.Module):
         return self.proj(F.silu(gate) * up)
 
 
+def dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`drop(x)`, without the module call when it is the identity (eval or p = 0): decoding is many tiny ops."""
+    return drop(x) if drop.training and drop.p else x
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -195,11 +200,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, mask, cache, layer):
-        if not (self.training and self.drop.p):  # no module call per residual when it would be the identity
-            x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer)
-            return x + self.mlp(self.norm2(x))
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        x = x + dropout(self.drop, self.attn(self.norm1(x), cos, sin, mask, cache, layer))
+        return x + dropout(self.drop, self.mlp(self.norm2(x)))
 
 
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,8 +291,7 @@ class Transformer(nn.Module):
         x = self.embed(idx)
         if self.image_pos is not None:
             x = x + self._image_positions(idx, past, cache)
-        if self.training and self.drop.p:
-            x = self.drop(x)
+        x = dropout(self.drop, x)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
