@@ -224,6 +224,17 @@ def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict,
     return {kind: [[lookup[i] for i in row[:k]] for row in rows] for kind, rows in nb.items()}
 
 
+def train_probe(train: list[Document], n: int) -> list[Document]:
+    """A fixed subset of n train documents, half of them flags (fewer when there are fewer flags)."""
+    from ramm.evaluation.report import is_flag
+
+    flags = [d for d in train if is_flag(d)]
+    others = [d for d in train if not is_flag(d)]
+    n_flags = min(len(flags), n // 2)
+    # _subset(docs, 0) means "all", so an empty share is taken explicitly
+    return (_subset(flags, n_flags) if n_flags else []) + (_subset(others, n - n_flags) if n > n_flags else [])
+
+
 def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document], lookup: dict, memory, ra_cfg,
                          partners: dict, recognizer, ecfg) -> dict[str, dict[str, float]]:
     """{row label: {"all": rate, "flags": rate}}: how recognisable an image can be, to read the headline's
@@ -243,12 +254,8 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
     for split, o in outputs.items():
         codes = torch.tensor(np.stack([np.asarray(d.images[0].tokens) for d in o["docs"]]), dtype=torch.long)
         out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_codes(fmt, codes), o["docs"])
-    train = [lookup[d.id] for d in train if d.id in lookup]
-    n = ecfg.train_probe
-    if n and train:
-        flags = [d for d in train if is_flag(d)]
-        others = [d for d in train if not is_flag(d)]
-        probe = _subset(flags, n // 2) + _subset(others, n - min(len(flags), n // 2))
+    probe = train_probe([lookup[d.id] for d in train if d.id in lookup], ecfg.train_probe)
+    if probe:
         by_text = retrieve(memory, probe, ra_cfg, partners, lookup, ecfg.k, kinds=("text",))["text"]
         captions = [d.text for d in probe]
         out[f"train ({len(probe)} documents, trained on): RA"] = rates(

@@ -70,3 +70,20 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
     lines.clear()
     run_demo(cfg, emojibench_dir, tmp_path / "run", report=lines.append)
     assert all("cached" in ln for ln in lines if ln.startswith("[") and not ln.startswith("[demo]"))
+
+
+def test_train_probe_takes_half_flags_and_never_more_than_asked():
+    from ramm.corpus.document import Document, TextSegment
+    from ramm.experiments.headline import train_probe
+
+    docs = [Document(id=f"d{i}", segments=[TextSegment(f"t{i}")], metadata={"category": "Flags" if i < 3 else "Smileys"})
+            for i in range(10)]
+    flags = lambda ds: sum(d.metadata["category"] == "Flags" for d in ds)
+    assert train_probe(docs, 0) == []
+    one = train_probe(docs, 1)  # no flag share at n = 1: one other document, not every flag
+    assert len(one) == 1 and flags(one) == 0
+    four = train_probe(docs, 4)
+    assert len(four) == 4 and flags(four) == 2
+    eight = train_probe(docs, 8)  # only 3 flags: the rest are others
+    assert len(eight) == 8 and flags(eight) == 3 and len({d.id for d in eight}) == 8
+    assert train_probe(docs, 4) == four  # fixed
