@@ -34,7 +34,7 @@ def constrained_beam_search(model, prompt: Sequence[int], trie: PrefixTrie, num_
     device = next(model.parameters()).device
     max_len = len(prompt) + trie.depth()
     cache = model.new_cache(1, max_len, device=device)
-    logits, _ = model(torch.tensor([list(prompt)], device=device), cache=cache)
+    logits, _ = model(torch.tensor([list(prompt)], device=device), cache=cache, last_only=True)
     logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (beams, V)
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     finished: list[Hypothesis] = []

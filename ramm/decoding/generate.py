@@ -187,7 +187,7 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
         if use_cache:
             logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
         else:
-            logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
+            logits = model(idx, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
     n_logits = logits.size(-1)
     constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
                                     stop_after_image, device)
@@ -208,7 +208,7 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
                 logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
             else:
                 idx = torch.cat([idx, feed], 1)
-                logits = model(idx, attention_mask=attn if padded else None)[0][:, -1]
+                logits = model(idx, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
     new = torch.stack(out, 1).tolist()
     return [_until_stop(r, vocab.pad) for r in new]
 
@@ -223,7 +223,7 @@ def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):
     slot = {r: i for i, r in enumerate(unique)}
     idx, attn = left_pad(list(unique), pad, device)  # the longest prompt is among them: same width
     cache = model.new_cache(len(unique), max_len, device, dtype or next(model.parameters()).dtype)
-    logits = model(idx, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
+    logits = model(idx, cache=cache, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
     if len(unique) < len(rows):
         where = torch.tensor([slot[tuple(r)] for r in rows], device=device)
         cache.reorder(where)

@@ -56,6 +56,26 @@ def test_left_padded_batch_with_cache_matches_each_row_alone():
     assert torch.isfinite(batched).all()
 
 
+def test_last_only_gives_the_last_logits_and_unwritten_cache_slots_are_never_read():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 10))
+    am = torch.ones(2, 10, dtype=torch.bool)
+    am[0, :3] = False  # a left-padded row takes the masked path
+    with torch.no_grad():
+        full, _ = model(idx, attention_mask=am)
+        last, _ = model(idx, attention_mask=am, last_only=True)
+        assert last.shape == (2, 1, V)
+        torch.testing.assert_close(last[:, 0], full[:, -1])
+        cache = model.new_cache(2, 32)
+        cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))  # what an uninitialised buffer may hold
+        first, _ = model(idx, cache=cache, attention_mask=am, last_only=True)
+        step, _ = model(idx[:, :1], cache=cache, attention_mask=torch.cat([am, am[:, -1:]], 1))
+    torch.testing.assert_close(first[:, 0], full[:, -1])
+    assert torch.isfinite(step).all()
+    with pytest.raises(ValueError, match="last_only"):
+        model(idx, idx, last_only=True)
+
+
 def test_save_load_round_trip(tmp_path):
     for tie in (True, False):
         model = tiny(tie_weights=tie)
