@@ -272,6 +272,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {S} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         if cache is not None and (S > cache.max_len or cache.k.shape[1] != B):
             raise ValueError(f"cache holds {cache.k.shape[1]} x {cache.max_len} tokens, got batch {B} reaching {S}")
+        if last_only and targets is not None:
+            raise ValueError("last_only drops the logits a loss needs; pass targets or last_only, not both")
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask must be (B, S) = ({B}, {S}), got {tuple(attention_mask.shape)}")
 
@@ -299,8 +301,6 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = S
         if last_only:
-            if targets is not None:
-                raise ValueError("last_only drops the logits a loss needs; pass targets or last_only, not both")
             x = x[:, -1:]
         logits = self.lm_head(self.norm(x))
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
