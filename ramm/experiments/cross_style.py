@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document
+from ramm.evaluation.report import is_flag
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def style_pairs(docs: Sequence[Document], codes: dict[str, np.ndarray], split: s
             continue
         (sa, a), (sb, b) = sorted(v.items())
         for tgt, s, par in ((a, sa, b), (b, sb, a)):
-            rows.append((codes[tgt.id], codes[par.id], styles.index(s), tgt.metadata.get("category") == "Flags"))
+            rows.append((codes[tgt.id], codes[par.id], styles.index(s), is_flag(tgt)))
     if not rows:
         raise ValueError(f"split {split!r} has no concept drawn in exactly two styles")
     t, p, s, f = zip(*rows)
@@ -91,57 +90,53 @@ def _sequences(pairs: StylePairs, n_codes: int, with_partner: bool) -> torch.Ten
 
 def _target_nll(model, seqs: torch.Tensor, tokens: int, batch: int = 256) -> torch.Tensor:
     """(N,) mean nats per target code."""
+    device = next(model.parameters()).device
     out = []
-    model.eval()
     with torch.no_grad():
         for i in range(0, len(seqs), batch):
-            x = seqs[i:i + batch]
+            x = seqs[i:i + batch].to(device)
             logits = model(x[:, :-1])[0][:, -tokens:]
-            out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, -tokens:], reduction="none").mean(1))
-    model.train()
+            out.append(torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), x[:, -tokens:],
+                                                         reduction="none").mean(1).cpu())
     return torch.cat(out)
 
 
 def ar_partner_gain(train: StylePairs, val: StylePairs, test: StylePairs, n_codes: int, *, size: str = "small",
                     steps: int = 400, eval_every: int = 100, batch_size: int = 32, lr: float = 2e-3,
                     seed: int = 0) -> dict[str, dict[str, float]]:
-    """{"no partner" | "partner": {"step", "val", "test", "test flags"}} at each arm's best val checkpoint."""
+    """{"no partner" | "partner": {"step", "val", "test", "test flags"}} at each arm's best val evaluation."""
+    import tempfile
+
     from ramm.model.transformer import Transformer, TransformerConfig
+    from ramm.training.trainer import Trainer, TrainerConfig
 
     tokens = train.target.shape[1]
+    flags = torch.as_tensor(test.flag)
     results = {}
     for arm, with_partner in (("no partner", False), ("partner", True)):
         torch.manual_seed(seed)
         tr, va, te = (_sequences(p, n_codes, with_partner) for p in (train, val, test))
+        targets = tr[:, 1:].clone()
+        targets[:, :-tokens] = -100  # the loss is on the target's codes only
+        data = [{"idx": x[:-1], "targets": y} for x, y in zip(tr, targets)]
         cfg = TransformerConfig.preset(size, vocab_size=n_codes + len(train.styles) + 1, max_seq_len=tr.shape[1],
                                        image_tokens=tokens, image_open_id=n_codes + len(train.styles))
-        model = Transformer(cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-        warmup = max(1, min(50, steps // 10))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-        gen = torch.Generator().manual_seed(seed)
-        target_mask = torch.zeros(tr.shape[1] - 1, dtype=torch.bool)
-        target_mask[-tokens:] = True
-        best, t0 = None, time.time()
-        for step in range(1, steps + 1):
-            x = tr[torch.randint(0, len(tr), (batch_size,), generator=gen)]
-            y = x[:, 1:].masked_fill(~target_mask, -100)
-            loss = model(x[:, :-1], y)[1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step % eval_every == 0 or step == steps:
-                v = _target_nll(model, va, tokens).mean().item()
-                log.info("%s: step %d train %.3f val %.3f (%.0f s)", arm, step, loss.item(), v, time.time() - t0)
-                if best is None or v < best["val"]:
-                    nll = _target_nll(model, te, tokens)
-                    flags = torch.as_tensor(test.flag)
-                    best = {"step": step, "val": v, "test": nll.mean().item(),
-                            "test flags": nll[flags].mean().item() if flags.any() else float("nan")}
-        results[arm] = best
+        evals = []
+
+        def evaluate(model):
+            nll = _target_nll(model, te, tokens)
+            row = {"val": _target_nll(model, va, tokens).mean().item(), "test": nll.mean().item(),
+                   "test flags": nll[flags].mean().item() if flags.any() else float("nan")}
+            evals.append({"step": trainer.step, **row})
+            return row
+
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(Transformer(cfg), data, TrainerConfig(
+                out_dir=out, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, min(50, steps // 10)),
+                eval_every=eval_every, ckpt_every=steps, log_every=max(1, eval_every // 4), seed=seed), eval_fn=evaluate)
+            trainer.fit()
+        results[arm] = min(evals, key=lambda r: r["val"])
+        log.info("%s: best val %.3f at step %d", arm, results[arm]["val"], results[arm]["step"])
     return results
 
 
