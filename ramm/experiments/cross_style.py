@@ -1,7 +1,7 @@
 """How much can the other art style's image tell a generator about the target's image codes?
 
 RA-CM3's gain on EmojiBench's heldout concepts can only come from the leave-one-out partner: the same
-concept drawn in the other style. This bounds that gain from the data, with no captions, no retrieval
+concept drawn in the other style. This estimates that gain from the data, with no captions, no retrieval
 noise and no k sampling, two ways:
 
 - `cell_count_gain`: per grid cell, p(target code | partner code at that cell) against p(target code)
