@@ -110,6 +110,8 @@ def ar_partner_gain(train: StylePairs, val: StylePairs, test: StylePairs, n_code
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.training.trainer import Trainer, TrainerConfig
 
+    if val.styles != train.styles or test.styles != train.styles:  # style ids are indices into `styles`
+        raise ValueError(f"splits have different styles: train {train.styles}, val {val.styles}, test {test.styles}")
     tokens = train.target.shape[1]
     flags = torch.as_tensor(test.flag)
     results = {}
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default="data/emojibench", help="EmojiBench directory")
     ap.add_argument("--tokenizer", required=True, help="trained image tokenizer directory")
     ap.add_argument("--split", default="heldout", help="split to score (the checkpoint is chosen on val)")
-    ap.add_argument("--size", default="small", help="decoder size for the model-based bound")
+    ap.add_argument("--size", default="small", help="decoder size for the model-based estimate")
     ap.add_argument("--steps", type=int, default=400, help="training steps per arm (0: counts only)")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -49,3 +49,10 @@ def test_the_model_based_bound_learns_to_use_an_informative_partner():
     assert set(r) == {"no partner", "partner"}
     assert r["partner"]["test"] < 0.5 * r["no partner"]["test"]  # a permutation of the partner's codes is copyable
     assert r["no partner"]["test"] > 1.5  # without it the codes are uniform noise (log 8 = 2.08)
+
+
+def test_the_model_based_bound_refuses_splits_with_other_styles():
+    odd = synthetic(8)
+    odd.styles = ("google", "openmoji")
+    with pytest.raises(ValueError, match="different styles"):
+        ar_partner_gain(synthetic(8), odd, synthetic(8), 8, size="tiny", steps=1)
