@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ramm.decoding.generate import DecodeConfig, ModalityConstraint, generate, left_pad
+from ramm.decoding.generate import CLOSE, IMAGE, TEXT, DecodeConfig, ModalityConstraint, generate, left_pad
 TPI = 4  # matches the conftest vocabulary fixtures
 
 
@@ -177,11 +177,16 @@ def test_an_image_is_only_opened_when_the_budget_can_close_it(model, vocab):
 def test_constraint_resumes_inside_an_open_image(vocab):
     prompt = [vocab.doc, vocab.img, *vocab.image_id([3, 4]).tolist()]
     c = ModalityConstraint(vocab, vocab.size, TPI, [prompt], [vocab.doc_end], True, False, "cpu")
-    assert c.in_image.item() and c.count.item() == 2
-    c.update(torch.tensor([vocab.image_id(5)]))
-    c.update(torch.tensor([vocab.image_id(6)]))
-    allowed = c.allowed(10)[0]
-    assert allowed.nonzero().flatten().tolist() == [vocab.img_end]
+    assert c.state == [IMAGE] and c.count == [2]
+    c.update([int(vocab.image_id(5))])
+    assert c.allowed(10)[0].nonzero().flatten().tolist() == vocab.image_id(range(vocab.image_size)).tolist()
+    c.update([int(vocab.image_id(6))])
+    assert c.state == [CLOSE]
+    assert c.allowed(10)[0].nonzero().flatten().tolist() == [vocab.img_end]
+    c.update([vocab.img_end])
+    assert c.state == [TEXT] and not c.allowed(TPI + 1)[0, vocab.img] and c.allowed(TPI + 2)[0, vocab.img]
+    c.update([vocab.doc_end])
+    assert c.finished and c.allowed(10)[0].nonzero().flatten().tolist() == [vocab.pad]
 
 
 def test_bad_inputs_raise_clear_errors(model, vocab):
