@@ -159,7 +159,8 @@ def next_token_scores(logits: torch.Tensor, blocked: torch.Tensor, config: Decod
 
 # Packing the weights (`packed_weights`) costs one pass over them; measured on the 2-core box (small preset,
 # interleaved, fastest of 9) it paid off from batch x new tokens ~512 on (batch 8 x 64 tokens 1.09-1.16x,
-# batch 64 x 16 1.18x, batch 64 x 64 1.16x) and lost below (batch 8 x 16 0.82x, batch 1 x 64 0.90x).
+# batch 64 x 16 1.18x, batch 64 x 64 1.16x) and lost below (batch 8 x 16 0.82x, batch 1 x 64 0.90x). Models
+# packed for good (`pack_weights`, as `RAMM.load` does) skip this and use the packed products at every size.
 PACK_MIN_TOKENS = 512
 
 

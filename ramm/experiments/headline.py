@@ -37,9 +37,11 @@ def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Seque
                       batch_size: int, generator: torch.Generator, desc: str, **kw) -> list[list[int]]:
     """Run ramm.decoding.generate over prompts in batches, with a progress bar."""
     from ramm.decoding.generate import generate
+    from ramm.model.transformer import packed_weights
 
     rows: list[list[int]] = []
-    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+    # pack CPU weights once for every batch, not once per generate call
+    with packed_weights(model), tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
         for i in range(0, len(prompts), batch_size):
             rows += generate(model, fmt.vocab, prompts[i:i + batch_size], tokens_per_image=fmt.tokens_per_image,
                              config=config, uncond_prompts=uncond[i:i + batch_size] if uncond else None,

@@ -93,6 +93,18 @@ def test_same_seed_same_images_and_progress_counts_samples(ramm):
     assert seen == [3, 4]
 
 
+def test_the_facade_keeps_packed_weights_and_samples_as_an_unpacked_one(ramm, bundle):
+    from ramm.model.transformer import Linear
+
+    linears = [m for m in ramm.model.modules() if isinstance(m, Linear)]
+    assert linears and all(m._packed is not None for m in linears)  # packed once at load, on CPU
+    plain = RAMM.load(bundle / "gen", memory_dir=bundle / "memory", device="cpu", pack=False)
+    assert all(m._packed is None for m in plain.model.modules() if isinstance(m, Linear))
+    kw = dict(n=3, method="greedy", batch_size=3, rerank=False)  # sampled draws can flip on a last-bit logit change
+    assert ramm.generate_image("b emoji: red square", **kw).tokens == plain.generate_image("b emoji: red square", **kw).tokens
+    assert all(m._packed is not None for m in linears)  # generate's own packing leaves the facade's in place
+
+
 def test_retrieval_can_be_turned_off_or_given(ramm):
     assert ramm.generate_image("a emoji: red square", n=1, retrieve=False).retrieved == []
     given = [make_docs()[3]]

@@ -182,6 +182,31 @@ def test_packed_weights_decode_equals_plain_and_never_goes_stale():
     assert model.lm_head.weight.grad is not None and model.blocks[0].attn.qkv.weight.grad is not None
 
 
+def test_a_kept_pack_follows_in_place_weight_changes_and_outlives_nested_blocks():
+    from ramm.model.transformer import Linear, pack_weights, packed_weights, unpack_weights
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, max_seq_len=32)).eval()
+    idx = torch.randint(0, 50, (3, 9))
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    kept = pack_weights(model)  # what RAMM.load does
+    assert set(map(id, kept)) == set(map(id, linears))
+    with torch.no_grad():
+        before = model(idx)[0]
+        with packed_weights(model):  # nested: packs nothing, and must not drop the kept packs on exit
+            pass
+        assert all(m._packed is not None for m in linears)
+        qkv = model.blocks[0].attn.qkv
+        packed_copy = qkv._packed
+        qkv.weight.mul_(2)  # an in-place change bumps the version: the stale pack must not be used
+        changed = model(idx)[0]
+        assert not torch.allclose(changed, before, atol=1e-4)
+        unpack_weights(kept)
+        torch.testing.assert_close(model(idx)[0], changed)  # the plain F.linear result
+        assert pack_weights(model) and qkv._packed is not packed_copy
+        torch.testing.assert_close(model(idx)[0], changed, atol=1e-5, rtol=1e-5)
+
+
 def test_logits_equal_hf_llama_with_the_same_weights():
     """Same architecture as LLaMA (RMSNorm, rotary on halves, SwiGLU, tied embeddings): copying our weights
     into transformers' LlamaForCausalLM must give our logits, with and without left padding."""
