@@ -70,7 +70,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per row")
     ap.add_argument("--new", type=int, default=64, help="new tokens per row")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="interleaved runs per side; the fastest counts (a shared host has minutes-long slow spells)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids OpenMP contention on a shared 2-core box)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--pack-per-call", action="store_true", help="do not pack the weights once at load (see above)")
