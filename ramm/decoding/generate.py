@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ramm.decoding.guidance import cfg_logits, contrastive_scores
@@ -64,12 +65,26 @@ class DecodeConfig:
 TEXT, IMAGE, CLOSE, DONE, TEXT_NO_IMAGE = range(5)
 
 
+@dataclass
+class Columns:
+    """The logits a decoding step needs: the ids legal in some row's state, as a few contiguous ranges."""
+
+    ranges: list[tuple[int, int]] | None  # model(..., logit_ranges=); None: the whole vocabulary
+    ids: torch.Tensor | None  # column -> vocabulary id; None: column j is id j
+    blocked: torch.Tensor  # (B, columns) bool: illegal for that row
+
+
+# legal runs closer than this are merged: a few extra (masked) logits cost less than another product
+RANGE_GAP = 64
+
+
 class ModalityConstraint:
     """Per-row position in the CM3 grammar, turned into a (B, V) mask of the ids that are not legal next.
 
     The state machine runs on the host over the sampled ids (a handful of ints a step), and each state's
     illegal ids are one row of a (state, V) table, so a decoding step costs one gather. The earlier
     all-tensor version spent ~300 us of a ~5.5 ms CPU step (small preset, batch 8) on a dozen tiny ops.
+    `columns` also tells the model which logits to compute at all: inside an image only its codes.
     """
 
     def __init__(self, vocab: Vocabulary, n_logits: int, tokens_per_image: int, prompts: Sequence[Sequence[int]],
@@ -88,6 +103,7 @@ class ModalityConstraint:
                              ids == vocab.pad, text_no_image])  # rows indexed by TEXT .. TEXT_NO_IMAGE
         self.table = (~legal).to(device)
         self.device = device
+        self._plans: dict[frozenset, tuple] = {}  # states present -> (ranges, ids, table over those columns)
         # a prompt ending inside an image (e.g. text -> image prompts end in <img>) starts in image mode
         self.state, self.count = [], []
         for p in prompts:
@@ -105,10 +121,31 @@ class ModalityConstraint:
         """Every row has stopped."""
         return all(s == DONE for s in self.state)
 
+    def _rows(self, remaining: int) -> list[int]:
+        """Each row's table row; `remaining` = tokens left in the budget, so an image is only opened if it can close."""
+        return self.state if remaining >= self.tpi + 2 else [TEXT_NO_IMAGE if s == TEXT else s for s in self.state]
+
     def blocked(self, remaining: int) -> torch.Tensor:
-        """(B, V) bool of illegal ids; `remaining` = tokens left in the budget, so an image is only opened if it can close."""
-        rows = self.state if remaining >= self.tpi + 2 else [TEXT_NO_IMAGE if s == TEXT else s for s in self.state]
-        return self.table[torch.tensor(rows, device=self.device)]
+        """(B, V) bool of illegal ids."""
+        return self.table[torch.tensor(self._rows(remaining), device=self.device)]
+
+    def columns(self, remaining: int) -> Columns:
+        """The logits the next step needs (the ids legal in some row) and each row's illegal ones among them."""
+        rows = self._rows(remaining)
+        key = frozenset(rows)
+        if key not in self._plans:
+            legal = (~self.table[sorted(key)]).any(0).cpu().numpy()
+            ids = np.flatnonzero(legal)
+            cut = np.flatnonzero(np.diff(ids) > RANGE_GAP)
+            starts, stops = np.r_[ids[0], ids[cut + 1]], np.r_[ids[cut], ids[-1]] + 1
+            ranges = [(int(a), int(b)) for a, b in zip(starts, stops)]
+            if ranges == [(0, self.table.shape[1])]:
+                self._plans[key] = (None, None, self.table)
+            else:
+                cols = torch.cat([torch.arange(a, b) for a, b in ranges]).to(self.device)
+                self._plans[key] = (ranges, cols, self.table[:, cols])
+        ranges, ids, table = self._plans[key]
+        return Columns(ranges, ids, table[torch.tensor(rows, device=self.device)])
 
     def allowed(self, remaining: int) -> torch.Tensor:
         return ~self.blocked(remaining)
@@ -153,7 +190,9 @@ def next_token_scores(logits: torch.Tensor, blocked: torch.Tensor, config: Decod
         return cfg_logits(cond, uncond, config.guidance_scale).masked_fill(blocked, neg)
     if config.method == "cd":
         cond, uncond = (x.masked_fill(blocked, neg).log_softmax(-1) for x in logits.chunk(2))
-        return contrastive_scores(cond, uncond, config.cd_alpha, config.cd_k)
+        # over a few columns (the grammar's legal ids) k may exceed them; the k-th largest over the whole
+        # vocabulary was then -inf (all legal ids kept), which k = columns also gives
+        return contrastive_scores(cond, uncond, config.cd_alpha, min(config.cd_k, cond.size(-1)))
     return logits.masked_fill(blocked, neg)
 
 
@@ -205,38 +244,44 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
     padded = not bool(attn.all())
     amp = autocast_dtype(str(device))
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+    constraint = ModalityConstraint(vocab, model.cfg.vocab_size, tokens_per_image, prompts, stop_tokens,
+                                    allow_images, stop_after_image, device)
+    cols = constraint.columns(max_new_tokens)
     cache = None
     with autocast:
         if use_cache:
-            logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded)
+            logits, cache = _prefill(model, rows, vocab.pad, idx.size(1) + max_new_tokens, amp, padded, cols.ranges)
         else:
-            logits = model(idx, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
-    n_logits = logits.size(-1)
-    constraint = ModalityConstraint(vocab, n_logits, tokens_per_image, prompts, stop_tokens, allow_images,
-                                    stop_after_image, device)
+            logits = model(idx, attention_mask=attn if padded else None, last_only=True,
+                           logit_ranges=cols.ranges)[0][:, -1]
     greedy = config.method == "greedy"
     out = []
     for step in range(max_new_tokens):
-        scores = next_token_scores(logits.float(), constraint.blocked(max_new_tokens - step), config)
+        scores = next_token_scores(logits.float(), cols.blocked, config)
         tok = sample(scores, 0.0 if greedy else config.temperature, config.top_k, config.top_p, generator)
+        if cols.ids is not None:
+            tok = cols.ids[tok]  # column -> vocabulary id
         out.append(tok.tolist())  # the host's copy drives the grammar (and is the result)
         constraint.update(out[-1])
         if constraint.finished or step == max_new_tokens - 1:
             break
+        cols = constraint.columns(max_new_tokens - step - 1)
         feed = (tok.repeat(2) if config.needs_uncond else tok)[:, None]  # uncond follows the same tokens
         if padded:
             attn = torch.cat([attn, torch.ones_like(feed, dtype=torch.bool)], 1)
         with autocast:
             if use_cache:
-                logits = model(feed, cache=cache, attention_mask=attn if padded else None)[0][:, -1]
+                logits = model(feed, cache=cache, attention_mask=attn if padded else None,
+                               logit_ranges=cols.ranges)[0][:, -1]
             else:
                 idx = torch.cat([idx, feed], 1)
-                logits = model(idx, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
+                logits = model(idx, attention_mask=attn if padded else None, last_only=True,
+                               logit_ranges=cols.ranges)[0][:, -1]
     return [_until_stop(list(r), vocab.pad) for r in zip(*out)]
 
 
-def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):
-    """Fill a new KV cache with the prompts; returns the last logits (B, V) and the cache.
+def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool, logit_ranges=None):
+    """Fill a new KV cache with the prompts; returns the last logits (B, V or the ranges' ids) and the cache.
 
     Identical prompts (n samples of one caption) share one prefill row, then the cache is copied out.
     """
@@ -245,7 +290,8 @@ def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool):
     slot = {r: i for i, r in enumerate(unique)}
     idx, attn = left_pad(list(unique), pad, device)  # the longest prompt is among them: same width
     cache = model.new_cache(len(unique), max_len, device, dtype or next(model.parameters()).dtype)
-    logits = model(idx, cache=cache, attention_mask=attn if padded else None, last_only=True)[0][:, -1]
+    logits = model(idx, cache=cache, attention_mask=attn if padded else None, last_only=True,
+                   logit_ranges=logit_ranges)[0][:, -1]
     if len(unique) < len(rows):
         where = torch.tensor([slot[tuple(r)] for r in rows], device=device)
         cache.reorder(where)

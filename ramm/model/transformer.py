@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -127,6 +128,12 @@ class Linear(nn.Linear):
         if self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current():
             return x @ self._packed
         return F.linear(x, self.weight, self.bias)
+
+    def columns(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Outputs [start, stop) only: a view of the weight, no copy."""
+        if self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current():
+            return x @ self._packed[:, start:stop]
+        return F.linear(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
 
     def _pack_is_current(self) -> bool:
         return self._packed_version is None or self.weight._version == self._packed_version
@@ -286,12 +293,15 @@ class Transformer(nn.Module):
                        device or p.device, dtype or p.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
-                cache: KVCache | None = None, attention_mask: torch.Tensor | None = None, last_only: bool = False):
+                cache: KVCache | None = None, attention_mask: torch.Tensor | None = None, last_only: bool = False,
+                logit_ranges: Sequence[tuple[int, int]] | None = None):
         """idx (B, T) -> logits (B, T, V) and the weighted loss when `targets` (B, T; -100 ignored) are given.
 
         With `cache`, idx holds only the new tokens: they are appended and only their logits returned.
         `attention_mask` (B, S) marks real tokens (False = left padding) over all S = cache.length + T
         positions; positions count real tokens only, so a left-padded row sees the same positions as alone.
+        `logit_ranges` [(start, stop), ...] projects onto those ids only, concatenated in that order: decoding
+        under a grammar that rules out the rest (inside an image only its codes) skips most of the output layer.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -300,8 +310,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {S} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         if cache is not None and (S > cache.max_len or cache.k.shape[1] != B):
             raise ValueError(f"cache holds {cache.k.shape[1]} x {cache.max_len} tokens, got batch {B} reaching {S}")
-        if last_only and targets is not None:
-            raise ValueError("last_only drops the logits a loss needs; pass targets or last_only, not both")
+        if (last_only or logit_ranges is not None) and targets is not None:
+            raise ValueError("last_only and logit_ranges drop logits a loss needs; pass targets or them, not both")
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask must be (B, S) = ({B}, {S}), got {tuple(attention_mask.shape)}")
 
@@ -330,7 +340,12 @@ class Transformer(nn.Module):
             cache.length = S
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
+        if logit_ranges is None:
+            logits = self.lm_head(x)
+        else:
+            parts = [self.lm_head.columns(x, a, b) for a, b in logit_ranges]
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
         return logits, loss
 

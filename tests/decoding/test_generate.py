@@ -63,6 +63,43 @@ def test_packed_weight_decoding_equals_plain(model, vocab, monkeypatch, method):
     assert packed == run(model, vocab, prompts, **kw)
 
 
+@pytest.mark.parametrize("method", ["greedy", "cfg", "cd"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_computing_only_the_grammars_logits_changes_no_token(model, vocab, monkeypatch, method, mixed):
+    import ramm.decoding.generate as G
+    # images only (their codes' columns), or rows drawing images and text under a doc_end stop token
+    prompts = image_prompts(vocab) + ([[vocab.doc, 4, 5], [vocab.doc, 6]] if mixed else [])
+    kw = dict(config=DecodeConfig(method=method, temperature=0.0), uncond_prompts=uncond(vocab, len(prompts)),
+              max_new_tokens=3 * TPI, stop_tokens=[vocab.doc_end], stop_after_image=not mixed)
+    seen = []
+    columns = G.ModalityConstraint.columns
+    monkeypatch.setattr(G.ModalityConstraint, "columns", lambda self, r: seen.append(columns(self, r)) or seen[-1])
+    restricted = run(model, vocab, prompts, **kw)
+    assert any(c.ranges is not None for c in seen)  # the restriction was really used
+    monkeypatch.setattr(G.ModalityConstraint, "columns", lambda self, r: G.Columns(None, None, self.blocked(r)))
+    assert restricted == run(model, vocab, prompts, **kw)
+
+
+def test_column_plans_follow_the_states_present(vocab):
+    c = ModalityConstraint(vocab, vocab.size, TPI, [[vocab.doc, vocab.img]] * 2, [vocab.doc_end], True, False, "cpu")
+    image = c.columns(10)
+    assert image.ranges == [(vocab.image_offset, vocab.special_offset)] and image.blocked.shape == (2, vocab.image_size)
+    assert image.ids.tolist() == list(range(vocab.image_offset, vocab.special_offset)) and not image.blocked.any()
+    c.state = [TEXT, CLOSE]
+    mixed = c.columns(10)  # text ids and the specials legal in text or after a grid (</img>, </doc>, <img>, ...)
+    ids = mixed.ids.tolist()
+    assert set(range(vocab.text_size)) | {vocab.img_end, vocab.doc_end, vocab.img} <= set(ids)
+    assert (~mixed.blocked[1]).nonzero().flatten().tolist() == [ids.index(vocab.img_end)]
+    torch.testing.assert_close(mixed.blocked, c.blocked(10)[:, mixed.ids])
+    # with a codebook wider than RANGE_GAP the image codes between text and specials are skipped
+    from ramm.decoding.generate import RANGE_GAP
+    from ramm.tokenizers.vocab import Vocabulary
+    wide = Vocabulary(text_size=100, image_size=RANGE_GAP + 1)
+    text = ModalityConstraint(wide, wide.size, TPI, [[wide.doc, 3]], [wide.doc_end], True, False, "cpu").columns(10)
+    assert text.ranges[0] == (0, wide.text_size) and text.ranges[1][0] >= wide.special_offset
+    assert not wide.is_image(text.ids.numpy()).any() and wide.img in text.ids.tolist()
+
+
 def test_left_padded_batch_equals_each_prompt_alone(model, vocab):
     prompts = [[vocab.doc, 1, 2, 3, 4, 5, 6], [vocab.doc, 7]]
     kw = dict(config=DecodeConfig(method="greedy"), max_new_tokens=12, tokens_per_image=TPI)
@@ -149,10 +186,12 @@ class Biased(torch.nn.Module):
     def new_cache(self, *a):
         return self.inner.new_cache(*a)
 
-    def forward(self, idx, **kw):
-        logits, loss = self.inner(idx, **kw)
+    def forward(self, idx, logit_ranges=None, **kw):
+        logits, loss = self.inner(idx, logit_ranges=logit_ranges, **kw)
+        ids = [i for a, b in logit_ranges or [(0, logits.size(-1))] for i in range(a, b)]
         logits = logits.clone()
-        logits[..., self.token] += 50.0
+        if self.token in ids:  # the columns hold only the ids the grammar allows somewhere
+            logits[..., ids.index(self.token)] += 50.0
         return logits, loss
 
 
