@@ -312,6 +312,10 @@ class Transformer(nn.Module):
             raise ValueError(f"cache holds {cache.k.shape[1]} x {cache.max_len} tokens, got batch {B} reaching {S}")
         if (last_only or logit_ranges is not None) and targets is not None:
             raise ValueError("last_only and logit_ranges drop logits a loss needs; pass targets or them, not both")
+        if logit_ranges is not None and not (logit_ranges and all(0 <= a < b <= self.cfg.vocab_size
+                                                                   for a, b in logit_ranges)):
+            raise ValueError(f"logit_ranges must be non-empty (start, stop) pairs inside [0, {self.cfg.vocab_size}), "
+                             f"got {logit_ranges}")
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask must be (B, S) = ({B}, {S}), got {tuple(attention_mask.shape)}")
 

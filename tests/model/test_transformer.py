@@ -1,7 +1,9 @@
+import contextlib
+
 import pytest
 import torch
 
-from ramm.model.transformer import Transformer, TransformerConfig
+from ramm.model.transformer import Transformer, TransformerConfig, packed_weights
 
 torch.set_num_threads(1)
 V = 97
@@ -74,6 +76,22 @@ def test_last_only_gives_the_last_logits_and_unwritten_cache_slots_are_never_rea
     assert torch.isfinite(step).all()
     with pytest.raises(ValueError, match="last_only"):
         model(idx, idx, last_only=True)
+
+
+def test_logit_ranges_give_those_columns_of_the_full_logits():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 6))
+    with torch.no_grad():
+        full, _ = model(idx)
+        for packed in (False, True):
+            with packed_weights(model) if packed else contextlib.nullcontext():
+                part, _ = model(idx, logit_ranges=[(3, 9), (V - 4, V)])
+            torch.testing.assert_close(part, torch.cat([full[..., 3:9], full[..., V - 4:]], -1), atol=1e-5, rtol=1e-5)
+        for bad in ([(5, 3)], [(0, V + 1)], [(-1, 4)], []):
+            with pytest.raises(ValueError, match="logit_ranges"):
+                model(idx, logit_ranges=bad)
+    with pytest.raises(ValueError, match="logit_ranges"):
+        model(idx, idx, logit_ranges=[(0, 4)])
 
 
 def test_save_load_round_trip(tmp_path):
