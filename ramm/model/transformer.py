@@ -125,15 +125,18 @@ class Linear(nn.Linear):
     _packed_version: int | None = None  # weight._version at packing; None: not tracked (inference tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current():
+        if self._use_pack():
             return x @ self._packed
         return F.linear(x, self.weight, self.bias)
 
     def columns(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Outputs [start, stop) only: a view of the weight, no copy."""
-        if self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current():
+        if self._use_pack():
             return x @ self._packed[:, start:stop]
         return F.linear(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
+
+    def _use_pack(self) -> bool:
+        return self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current()
 
     def _pack_is_current(self) -> bool:
         return self._packed_version is None or self.weight._version == self._packed_version
@@ -161,6 +164,7 @@ def pack_weights(model: nn.Module) -> list[Linear]:
 
 
 def unpack_weights(mods: list[Linear]) -> None:
+    """Drop the copies `pack_weights` made (its return value): back to F.linear and one copy of the weights."""
     for m in mods:
         m._packed = m._packed_version = None
 
