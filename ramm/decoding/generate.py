@@ -147,9 +147,6 @@ class ModalityConstraint:
         ranges, ids, table = self._plans[key]
         return Columns(ranges, ids, table[torch.tensor(rows, device=self.device)])
 
-    def allowed(self, remaining: int) -> torch.Tensor:
-        return ~self.blocked(remaining)
-
     def update(self, tokens: Sequence[int]) -> None:
         """Advance every row over its sampled id (ids are legal: they were drawn under `blocked`)."""
         v = self.vocab

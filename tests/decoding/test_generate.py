@@ -218,14 +218,14 @@ def test_constraint_resumes_inside_an_open_image(vocab):
     c = ModalityConstraint(vocab, vocab.size, TPI, [prompt], [vocab.doc_end], True, False, "cpu")
     assert c.state == [IMAGE] and c.count == [2]
     c.update([int(vocab.image_id(5))])
-    assert c.allowed(10)[0].nonzero().flatten().tolist() == vocab.image_id(range(vocab.image_size)).tolist()
+    assert (~c.blocked(10)[0]).nonzero().flatten().tolist() == vocab.image_id(range(vocab.image_size)).tolist()
     c.update([int(vocab.image_id(6))])
     assert c.state == [CLOSE]
-    assert c.allowed(10)[0].nonzero().flatten().tolist() == [vocab.img_end]
+    assert (~c.blocked(10)[0]).nonzero().flatten().tolist() == [vocab.img_end]
     c.update([vocab.img_end])
-    assert c.state == [TEXT] and not c.allowed(TPI + 1)[0, vocab.img] and c.allowed(TPI + 2)[0, vocab.img]
+    assert c.state == [TEXT] and c.blocked(TPI + 1)[0, vocab.img] and not c.blocked(TPI + 2)[0, vocab.img]
     c.update([vocab.doc_end])
-    assert c.finished and c.allowed(10)[0].nonzero().flatten().tolist() == [vocab.pad]
+    assert c.finished and (~c.blocked(10)[0]).nonzero().flatten().tolist() == [vocab.pad]
 
 
 def test_bad_inputs_raise_clear_errors(model, vocab):
