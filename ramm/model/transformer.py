@@ -136,9 +136,12 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
 
     def _use_pack(self) -> bool:
-        return self._packed is not None and not torch.is_grad_enabled() and self._pack_is_current()
+        return not torch.is_grad_enabled() and self._pack_is_current()
 
     def _pack_is_current(self) -> bool:
+        """A pack exists and the weight has not changed in place since."""
+        if self._packed is None:
+            return False
         return self._packed_version is None or self.weight._version == self._packed_version
 
 
@@ -156,7 +159,7 @@ def pack_weights(model: nn.Module) -> list[Linear]:
     Costs one pass over the weights and keeps a second copy of them (`RAMM.load` packs once per model).
     """
     mods = [m for m in model.modules() if isinstance(m, Linear) and m.bias is None
-            and m.weight.device.type == "cpu" and not (m._packed is not None and m._pack_is_current())]
+            and m.weight.device.type == "cpu" and not m._pack_is_current()]
     for m in mods:
         m._packed = m.weight.detach().t().contiguous()
         m._packed_version = _version(m.weight)
