@@ -1,6 +1,7 @@
 """`ramm data emojibench` and `ramm data stats`."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 
@@ -12,11 +13,12 @@ def register(cli) -> None:
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--styles", default="google,twitter", help="comma-separated styles (default google,twitter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the concept-level splits (default 0)")
-    p.add_argument("--skin-tones", action="store_true", help="add skin-tone variants as concepts")
+    p.add_argument("--skin-tones", action=argparse.BooleanOptionalAction, default=True,
+                   help="one document per skin-tone variant (default on; --no-skin-tones for default tones only)")
     p.add_argument("--cache", default=None, help="download cache (default $RAMM_CACHE or ~/.cache/ramm)")
     p.set_defaults(func=_emojibench)
 
-    p = cli.command("stats", "count documents per split, style and category (or stream-check any corpus)",
+    p = cli.command("stats", "count documents per split, style, track and category (or stream-check any corpus)",
                     group="data")
     p.add_argument("path", help="EmojiBench folder, COCO captions JSON, JSONL/CSV, or webdataset tar shard(s)")
     p.add_argument("--verify", action="store_true", help="EmojiBench: check every image against its sha256")
@@ -41,6 +43,7 @@ def _emojibench(args) -> int:
         print(f"ramm: error: {e}", file=sys.stderr)
         return 1
     print(f"EmojiBench in {args.out}: {meta['n_documents']} documents, {meta['n_concepts']} concepts "
+          f"({meta['n_base_concepts']} base, the rest skin-tone variants) "
           f"({skips.summary() if skips.read or skips.skipped else 'already complete'})")
     _print_emojibench_table(read_manifest(args.out))
     return 0
@@ -79,24 +82,32 @@ def _stats(args) -> int:
 
 
 def _print_emojibench_table(rows: list[dict]) -> None:
-    """Documents per split and style, then concepts per category and split."""
+    """Documents per split: per style, in all, per track (variants / cross-style) and with a skin tone;
+    concepts (each variant its own) and base concepts; then base concepts per category and split."""
+    from ramm.corpus.emojibench import TRACKS, track
     from ramm.corpus.splits import SPLITS
 
-    def count(field_a, a, field_b, b, unique=False):
-        hits = [r for r in rows if a in ("total", r[field_a]) and b in ("total", r[field_b])]
-        return len({r["concept"] for r in hits}) if unique else len(hits)
+    def docs(split):
+        return [r for r in rows if split in ("total", r["split"])]
 
+    cells = {"documents": len, "concepts": lambda h: len({r["concept"] for r in h}),
+             "bases": lambda h: len({r.get("base", r["concept"]) for r in h}),
+             "tones": lambda h: sum(bool(r.get("tone")) for r in h),
+             **{t: (lambda h, t=t: sum(track(r) == t for r in h)) for t in TRACKS}}
     styles = sorted({r["style"] for r in rows})
-    print(_table("split", [*SPLITS, "total"], [*styles, "documents", "concepts"],
-                 lambda sp, c: count("split", sp, "style", "total" if c in ("documents", "concepts") else c,
-                                     unique=c == "concepts")))
+    print(_table("split (documents)", [*SPLITS, "total"], [*styles, *cells],
+                 lambda sp, c: cells[c](docs(sp)) if c in cells else sum(r["style"] == c for r in docs(sp))))
+    print("(tones: documents of a skin-tone variant; variants: documents of concepts with skin tones, default "
+          "tone included; cross-style: all others)")
     print()
-    print(_table("category (concepts)", [*sorted({r["category"] for r in rows}), "total"], [*SPLITS, "total"],
-                 lambda cat, sp: count("category", cat, "split", sp, unique=True)))
+    print(_table("category (base concepts)", [*sorted({r["category"] for r in rows}), "total"], [*SPLITS, "total"],
+                 lambda cat, sp: len({r.get("base", r["concept"]) for r in docs(sp)
+                                      if cat in ("total", r["category"])})))
 
 
 def _table(head: str, rows: list[str], cols: list[str], cell) -> str:
     width = max(map(len, [head, *rows])) + 2
-    lines = [f"{head:<{width}}" + "".join(f"{c:>10}" for c in cols)]
-    lines += [f"{r:<{width}}" + "".join(f"{cell(r, c):>10}" for c in cols) for r in rows]
+    widths = [max(10, len(c) + 2) for c in cols]
+    lines = [f"{head:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
+    lines += [f"{r:<{width}}" + "".join(f"{cell(r, c):>{w}}" for c, w in zip(cols, widths)) for r in rows]
     return "\n".join(lines)

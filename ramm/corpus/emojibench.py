@@ -1,10 +1,18 @@
 """EmojiBench: the built-in corpus (protocol in EMOJIBENCH.md).
 
 One document per (concept, style): "<style> emoji: <name>" then the emoji image (64x64 RGBA PNG from the
-npm packages emoji-datasource-<style>@16.0.0, composited on white, resized with LANCZOS). Splits are by
-concept (ramm.corpus.splits). The output is webdataset-style tar shards plus manifest.jsonl and
-meta.json, written shard by shard atomically; manifest and meta come last, so a half-built folder is
-never trusted, and a rerun rewrites only what is missing or differs.
+npm packages emoji-datasource-<style>@16.0.0, composited on white, resized with LANCZOS). Each skin-tone
+variant (emoji.json `skin_variations`: 323 entries, 1,875 variants) is a document of its own, named with
+its tones: "twitter emoji: waving hand, dark skin tone"; a two-person variant always names both tones, in
+the entry's order, equal or not ("..., light skin tone, light skin tone"), so a tone list has one word
+per person. Metadata: `concept` (the document's own unified code), `base` (its default entry's code;
+`concept` itself for the default), `tone` ("" or "dark" or "light, dark"), `has_tones` (the base has
+variants: the "variants" track, else "cross-style"). Splits are by base concept (ramm.corpus.splits),
+so every variant shares its base's split. The alpha channel, resized the same way, is kept as the
+foreground mask, KEY.mask.png beside KEY.png (`load_masks`). The output is webdataset-style tar shards
+plus manifest.jsonl and meta.json, written shard by shard atomically; manifest and meta come last, so a
+half-built folder is never trusted (the reader reports it as incomplete), and a rerun rewrites only
+what is missing or differs.
 """
 from __future__ import annotations
 
@@ -40,17 +48,23 @@ TARBALL_SHA256 = {
 STYLES = tuple(TARBALL_SHA256)
 MIN_HELDOUT_FLAGS = 25
 SHARD_SIZE = 1000
-FORMAT = 2  # bump when the documents change, so that reruns rebuild older outputs
+FORMAT = 3  # bump when the documents change, so that reruns rebuild older outputs (3: tone variants, masks)
 MANIFEST, META = "manifest.jsonl", "meta.json"
-DOC_KEYS = ("concept", "style", "split", "name", "short_names", "category", "subcategory", "base_concept")
-SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
-              "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
+DOC_KEYS = ("concept", "base", "tone", "has_tones", "style", "split", "name", "short_names", "category",
+            "subcategory")
+TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
+TRACKS = ("variants", "cross-style")  # documents of concepts with skin tones (default tone included) / all others
 _SHARD_RE = re.compile(r"^\d{5}\.tar$")
+_DOC_JSON_RE = re.compile(rb"^[a-z]+-[0-9a-f]+(-[0-9a-f]+)*\.json$")
 NPM_HINT = "install Node.js + npm (e.g. apt-get install nodejs npm)"
 
 
 class FetchError(RuntimeError):
     """The npm packages could not be fetched or failed their checksum."""
+
+
+class IncompleteEmojiBench(FileNotFoundError):
+    """The folder holds part of an EmojiBench build (shards without manifest.jsonl + meta.json)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ class EmojiBenchConfig:
     size: int = 32  # output image side in pixels (sources are 64x64)
     styles: tuple[str, ...] = STYLES  # artwork sets, each one document per concept
     seed: int = 0  # seed of the concept-level splits
-    skin_tones: bool = False  # add skin-tone variants as concepts (sharing their base concept's split)
+    skin_tones: bool = True  # add each skin-tone variant as a document (sharing its base concept's split)
 
     def __post_init__(self):
         if not 8 <= self.size <= 64:
@@ -120,36 +134,60 @@ def _sha256(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- concepts
-def read_concepts(tgz: Path, skin_tones: bool = False) -> list[dict]:
-    """Concept records from the package's emoji.json, in the package's sort order."""
+def read_concepts(tgz: Path, skin_tones: bool = True) -> list[dict]:
+    """Concept records from the package's emoji.json, in the package's sort order, each default entry
+    followed by its skin-tone variants (light to dark; pairs by first tone, then second) when `skin_tones`."""
     with tarfile.open(tgz) as tf:
         entries = json.load(tf.extractfile("package/emoji.json"))
     entries.sort(key=lambda e: e["sort_order"])
     out = []
     for e in entries:
-        base = {"name": e["name"], "short_names": e["short_names"], "category": e["category"],
-                "subcategory": e["subcategory"]}
-        out.append(dict(base, concept=e["unified"].lower(), image=e["image"], base_concept=e["unified"].lower(),
+        base = e["unified"].lower()
+        variations = e.get("skin_variations") or {}
+        common = {"short_names": e["short_names"], "category": e["category"], "subcategory": e["subcategory"],
+                  "base": base, "has_tones": bool(variations)}
+        out.append(dict(common, concept=base, name=e["name"].lower(), tone="", image=e["image"],
                         has_img={s: e.get(f"has_img_{s}", True) for s in STYLES}))
         if skin_tones:
-            for tones, v in sorted((e.get("skin_variations") or {}).items()):
-                tone_names = ", ".join(SKIN_TONES.get(t, t) for t in tones.split("-"))
-                out.append(dict(base, name=f"{e['name']}: {tone_names}", concept=v["unified"].lower(),
-                                image=v["image"], base_concept=e["unified"].lower(),
-                                has_img={s: v.get(f"has_img_{s}", True) for s in STYLES}))
+            for codes, v in sorted(variations.items()):
+                tone = tone_words(codes, e["unified"])
+                out.append(dict(common, concept=v["unified"].lower(), name=variant_name(e["name"], tone), tone=tone,
+                                image=v["image"], has_img={s: v.get(f"has_img_{s}", True) for s in STYLES}))
     return out
 
 
+def tone_words(codes: str, where: str = "?") -> str:
+    """"1F3FB-1F3FF" -> "light, dark": the tone of each person, in order."""
+    words = [TONES.get(c.upper()) for c in codes.split("-")]
+    if None in words:
+        raise ValueError(f"{where}: unknown skin tone code in {codes!r}; known: {', '.join(TONES)}")
+    return ", ".join(words)
+
+
+def variant_name(name: str, tone: str) -> str:
+    """("Waving Hand", "dark") -> "waving hand, dark skin tone"; two tones -> "..., light skin tone, dark skin tone"."""
+    return ", ".join([name.lower()] + [f"{t} skin tone" for t in tone.split(", ")])
+
+
+def track(metadata: dict) -> str:
+    """The evaluation track of an EmojiBench document: "variants" when its base concept has skin tones
+    (same-style siblings are in the memory), else "cross-style" (only the other style is)."""
+    return TRACKS[0] if metadata.get("has_tones") else TRACKS[1]
+
+
 def emojibench_splits(concepts: list[dict], seed: int = 0) -> dict[str, str]:
-    """concept -> split; flags are a stratum with >= 25 heldout; skin-tone variants follow their base."""
-    bases = {c["base_concept"]: c["category"] for c in concepts}
+    """concept -> split; flags are a stratum with >= 25 heldout; skin-tone variants follow their base.
+
+    Only base concepts are drawn, so turning variants on or off never moves a base concept's split."""
+    bases = {c["base"]: c["category"] for c in concepts}
     strata = {b: ("flag" if cat == "Flags" else "other") for b, cat in bases.items()}
     split = assign_splits(bases, seed=seed, fractions=DEFAULT_FRACTIONS, strata=strata,
                           min_per_stratum={("flag", "heldout"): MIN_HELDOUT_FLAGS})
-    return {c["concept"]: split[c["base_concept"]] for c in concepts}
+    return {c["concept"]: split[c["base"]] for c in concepts}
 
 
 def caption(style: str, name: str) -> str:
+    """The document text; a variant's name already carries its tones (`variant_name`)."""
     return f"{style} emoji: {name.lower()}"
 
 
@@ -163,12 +201,19 @@ def _read_art(tgz: Path, style: str, images: set[str]) -> dict[str, bytes]:
     return out
 
 
-def _render(png: bytes, item: str, size: int) -> bytes:
-    """64x64 RGBA source PNG -> RGB on white, resized with LANCZOS, as PNG bytes."""
+def _render(png: bytes, item: str, size: int) -> tuple[bytes, bytes]:
+    """64x64 RGBA source PNG -> (RGB on white, resized with LANCZOS; its alpha as an 8-bit L mask, resized
+    with LANCZOS on its own), both as PNG bytes. An opaque source gives an all-255 mask."""
     pixels = decode_image_bytes(png, item)
     if pixels.shape[:2] != (size, size):
         pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS))
-    return encode_png(pixels)
+    with Image.open(io.BytesIO(png)) as img:  # decodable: decode_image_bytes checked it
+        alpha = img.convert("RGBA").getchannel("A")
+    if alpha.size != (size, size):
+        alpha = alpha.resize((size, size), Image.LANCZOS)
+    buf = io.BytesIO()
+    alpha.save(buf, format="PNG", optimize=False)
+    return encode_png(pixels), buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -177,7 +222,8 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
                      progress: Callable[[Iterable], Iterable] | None = None, skips: SkipCounter | None = None) -> dict:
     """Build (or complete) EmojiBench in `out`; returns the meta dict. A current, valid output is left as is.
 
-    progress: wraps an iterable to show progress (the CLI passes tqdm); skips counts entries without art.
+    progress: wraps an iterable to show progress (the CLI passes tqdm); skips counts entries without art
+    (reason "missing_image", the file named; the build goes on without them, listed in meta "missing_images").
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
@@ -193,30 +239,34 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
     concepts = read_concepts(tarballs[config.styles[0]], config.skin_tones)
     split_of = emojibench_splits(concepts, config.seed)
 
-    pngs: dict[str, dict[str, bytes]] = {}  # concept -> style -> rendered PNG
+    pngs: dict[str, dict[str, tuple[bytes, bytes]]] = {}  # concept -> style -> rendered (PNG, mask PNG)
+    missing = []
     for style in config.styles:
         art = _read_art(tarballs[style], style, {c["image"] for c in concepts})
         for c in (progress(concepts) if progress else concepts):
             key = f"{style}-{c['concept']}"
             try:
                 if not c["has_img"][style] or c["image"] not in art:
-                    raise BadItem("missing_image", key, f"no {style} art for {c['image']} in {tarballs[style].name}")
+                    why = "has_img false in emoji.json" if not c["has_img"][style] else "not in the package"
+                    missing.append(f"img/{style}/64/{c['image']}")
+                    raise BadItem("missing_image", key,
+                                  f"no art img/{style}/64/{c['image']} ({why}; {tarballs[style].name})")
                 pngs.setdefault(c["concept"], {})[style] = _render(art[c["image"]], key, config.size)
                 skips.ok()
             except BadItem as e:
                 skips.skip(e)
-    items = []  # (manifest row, PNG bytes, KEY.json bytes) in concept order, styles interleaved
+    items = []  # (manifest row, PNG bytes, mask PNG bytes, KEY.json bytes) in concept order, styles interleaved
     for c in concepts:
-        for style, png in sorted(pngs.get(c["concept"], {}).items(), key=lambda kv: config.styles.index(kv[0])):
+        for style, (png, mask) in sorted(pngs.get(c["concept"], {}).items(),
+                                         key=lambda kv: config.styles.index(kv[0])):
             key = f"{style}-{c['concept']}"
-            meta_doc = {"concept": c["concept"], "style": style, "split": split_of[c["concept"]],
-                        "name": c["name"].lower(), "short_names": c["short_names"], "category": c["category"],
-                        "subcategory": c["subcategory"]}
-            if config.skin_tones:
-                meta_doc["base_concept"] = c["base_concept"]
+            meta_doc = {"concept": c["concept"], "base": c["base"], "tone": c["tone"], "has_tones": c["has_tones"],
+                        "style": style, "split": split_of[c["concept"]], "name": c["name"],
+                        "short_names": c["short_names"], "category": c["category"], "subcategory": c["subcategory"]}
             text = caption(style, c["name"])
             doc_json = json.dumps({"id": key, "text": text, "metadata": meta_doc}, ensure_ascii=False, sort_keys=True)
-            items.append((dict(key=key, caption=text, sha256=_sha256(png), **meta_doc), png, doc_json.encode("utf-8")))
+            items.append((dict(key=key, caption=text, sha256=_sha256(png), mask_sha256=_sha256(mask), **meta_doc),
+                          png, mask, doc_json.encode("utf-8")))
 
     # A half-rebuilt folder must not be trusted: drop manifest and meta before touching any shard.
     out.mkdir(parents=True, exist_ok=True)
@@ -230,16 +280,20 @@ def build_emojibench(out: str | Path, config: EmojiBenchConfig = EmojiBenchConfi
         data, offsets = _tar_bytes(chunk)
         if not (out / name).exists() or (out / name).read_bytes() != data:
             atomic_write_bytes(out / name, data)
-        rows += [dict(r, shard=name, offset=offsets[r["key"]], size=len(png)) for r, png, _ in chunk]
+        rows += [dict(r, shard=name, offset=offsets[r["key"]][0], size=len(png), mask_offset=offsets[r["key"]][1],
+                      mask_size=len(mask)) for r, png, mask, _ in chunk]
     for p in out.iterdir():
         if _SHARD_RE.match(p.name) and int(p.name[:5]) >= n_shards:
             p.unlink()
     manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(out / MANIFEST, manifest)
     meta = {"format": FORMAT, "config": config.to_dict(), "shard_size": shard_size, "n_documents": len(rows),
-            "n_concepts": len({r["concept"] for r in rows}), "source": {
+            "n_concepts": len({r["concept"] for r in rows}), "n_base_concepts": len({r["base"] for r in rows}),
+            "n_tone_documents": sum(bool(r["tone"]) for r in rows),
+            "tracks": {t: sum(track(r) == t for r in rows) for t in TRACKS}, "source": {
                 s: {"package": f"emoji-datasource-{s}@{VERSION}", "sha256": TARBALL_SHA256[s]} for s in config.styles},
-            "manifest_sha256": _sha256(manifest.encode("utf-8")), "skipped": dict(skips.skipped)}
+            "manifest_sha256": _sha256(manifest.encode("utf-8")), "skipped": dict(skips.skipped),
+            "missing_images": missing}
     atomic_write_json(meta_path, meta)
     log.info("built %s: %d documents in %d shards (%s)", out, len(rows), n_shards, skips.summary())
     return meta
@@ -253,27 +307,44 @@ def _read_meta(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _tar_bytes(chunk: list[tuple[dict, bytes, bytes]]) -> tuple[bytes, dict[str, int]]:
-    """A deterministic tar (mtime 0) holding KEY.json and KEY.png adjacent, as webdataset expects, and the
-    byte offset of each KEY.png in it, so that readers slice images out without parsing tar headers."""
+def _tar_bytes(chunk: list[tuple[dict, bytes, bytes, bytes]]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A deterministic tar (mtime 0) holding KEY.json, KEY.png and KEY.mask.png adjacent, as webdataset
+    expects, and the byte offsets of each KEY.png and KEY.mask.png in it, so that readers slice images out
+    without parsing tar headers."""
     buf, offsets = io.BytesIO(), {}
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as tf:
-        for row, png, js in chunk:
-            for ext, data in (("json", js), ("png", png)):
+        for row, png, mask, js in chunk:
+            at = []
+            for ext, data in (("json", js), ("png", png), ("mask.png", mask)):
                 info = tarfile.TarInfo(f"{row['key']}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
-                offsets[row["key"]] = tf.offset + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8"))
+                at.append(tf.offset + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8")))
                 tf.addfile(info, io.BytesIO(data))
+            offsets[row["key"]] = (at[1], at[2])
     return buf.getvalue(), offsets
 
 
 # ---------------------------------------------------------------------------------------------- read
 def read_manifest(root: str | Path) -> list[dict]:
-    path = Path(root) / MANIFEST
-    if not path.exists():
+    """The manifest rows of a complete build; IncompleteEmojiBench for a half-built folder (shards, or a
+    manifest, without meta.json: a build was interrupted or is running), FileNotFoundError for no build."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not (path.is_file() and (root / META).is_file()):
+        shards = _shards(root)
+        have = [n for n in (MANIFEST, META) if (root / n).is_file()] + ([f"{len(shards)} shard(s)"] if shards else [])
+        if have:
+            lacks = " + ".join(n for n in (MANIFEST, META) if not (root / n).is_file())
+            raise IncompleteEmojiBench(f"{root} is an incomplete EmojiBench build (has {', '.join(have)}, lacks "
+                                       f"{lacks}): the build was interrupted or is still running; finish it with "
+                                       f"`ramm data emojibench --out {root}`")
         raise FileNotFoundError(f"{path} not found: build EmojiBench with `ramm data emojibench --out {root}`")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _shards(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if _SHARD_RE.match(p.name)) if root.is_dir() else []
 
 
 def _check(values, allowed, what) -> set[str] | None:
@@ -318,16 +389,49 @@ def _read_shard(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _image_bytes(shard: bytes, row: dict, verify: bool = True) -> bytes | None:
-    """The row's PNG sliced from its shard, or None when it is cut off or (verify) fails its sha256."""
-    png = shard[row["offset"]:row["offset"] + row["size"]]
-    if len(png) != row["size"] or (verify and _sha256(png) != row["sha256"]):
+def _image_bytes(shard: bytes, row: dict, verify: bool = True, part: str = "") -> bytes | None:
+    """The row's PNG (part "mask_": its mask PNG) sliced from its shard, or None when it is cut off or
+    (verify) fails its sha256."""
+    offset, size = row[f"{part}offset"], row[f"{part}size"]
+    png = shard[offset:offset + size]
+    if len(png) != size or (verify and _sha256(png) != row[f"{part}sha256"]):
         return None
     return png
 
 
+def load_masks(root: str | Path, ids: Iterable[str] | None = None, verify: bool = True) -> dict[str, np.ndarray]:
+    """Foreground masks (the source alpha, resized like the image): document id -> uint8 (H, W), 0 =
+    transparent, 255 = opaque; `ids` None = every document. Unknown ids raise KeyError."""
+    root = Path(root)
+    rows = read_manifest(root)
+    by_key = {r["key"]: r for r in rows}
+    want = set(by_key) if ids is None else set([ids] if isinstance(ids, str) else ids)
+    unknown = sorted(want - set(by_key))
+    if unknown:
+        raise KeyError(f"no EmojiBench document(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} in {root}")
+    out, shard, data = {}, None, b""
+    for r in rows:  # manifest order: each shard read once
+        if r["key"] not in want:
+            continue
+        if "mask_offset" not in r:
+            raise ValueError(f"{root} was built without masks (format < {FORMAT}); rebuild with "
+                             f"`ramm data emojibench --out {root}`")
+        if r["shard"] != shard:
+            shard, data = r["shard"], _read_shard(root / r["shard"])
+        png = _image_bytes(data, r, verify, part="mask_")
+        if png is None:
+            raise BadItem("checksum_mismatch", f"{r['key']}.mask.png",
+                          f"{root / shard}; rebuild with `ramm data emojibench`")
+        try:
+            with Image.open(io.BytesIO(png)) as img:
+                out[r["key"]] = np.asarray(img.convert("L"), dtype=np.uint8).copy()
+        except Exception as e:  # PIL raises many types for corrupt data
+            raise BadItem("corrupt_image", f"{r['key']}.mask.png", f"{type(e).__name__}: {e}") from None
+    return out
+
+
 def verify_emojibench(root: str | Path) -> list[str]:
-    """Problems found (empty when every manifest row's image is present with the right sha256)."""
+    """Problems found (empty when every manifest row's image and mask is present with the right sha256)."""
     root = Path(root)
     try:
         rows = read_manifest(root)
@@ -340,9 +444,21 @@ def verify_emojibench(root: str | Path) -> list[str]:
             shards[r["shard"]] = path.read_bytes() if path.exists() else b""
         if _image_bytes(shards[r["shard"]], r) is None:
             problems.append(f"{r['key']}: missing or changed in {r['shard']}")
+        elif "mask_offset" in r and _image_bytes(shards[r["shard"]], r, part="mask_") is None:
+            problems.append(f"{r['key']}.mask.png: missing or changed in {r['shard']}")
     return problems
 
 
 def is_emojibench_dir(path: str | Path) -> bool:
+    """An EmojiBench folder, complete or not: manifest.jsonl + meta.json, or part of a build (one of them,
+    or numbered shards starting with an EmojiBench document). A half-built one is thus sent to the
+    EmojiBench reader, which reports it as incomplete, instead of being read as plain webdataset shards."""
     path = Path(path)
-    return (path / MANIFEST).is_file() and (path / META).is_file()
+    if (path / MANIFEST).is_file() or (path / META).is_file():
+        return True
+    shards = _shards(path)
+    if not shards:
+        return False
+    with open(shards[0], "rb") as f:
+        name = f.read(100).rstrip(b"\0")  # the first member's name: ustar header bytes 0-99
+    return bool(_DOC_JSON_RE.match(name))

@@ -5,6 +5,7 @@ import json
 import os
 import tarfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -12,13 +13,19 @@ import ramm.corpus.emojibench as eb
 from ramm.__main__ import main
 from ramm.corpus import open_corpus
 from ramm.corpus.document import BadItem
+from ramm.corpus.skips import SkipCounter
 
 N_FLAGS, N_OTHER = 30, 20
 HELDOUT_SHA256 = "111846e1b0c4f7bb3ad7d4770a2420772b4dced87e268a3c16fe3f0b29906c19"
+TONED, PAIRED = N_FLAGS + 1, N_FLAGS + 2  # one entry with the 5 tones, one two-person entry with 4 tone pairs
+PAIRS = ("1F3FB-1F3FB", "1F3FB-1F3FF", "1F3FF-1F3FB", "1F3FF-1F3FF")
+N_VARIANTS = 5 + len(PAIRS)
+MISSING_VARIANT = f"1f1{TONED:02x}-1f3ff.png"  # listed in emoji.json, absent from the twitter package
 
 
 def fake_package(style: str) -> bytes:
-    """A tgz shaped like emoji-datasource-<style>: emoji.json plus 64x64 RGBA PNGs."""
+    """A tgz shaped like emoji-datasource-<style>: emoji.json plus 64x64 RGBA PNGs (an 8-pixel transparent
+    frame around alpha 128)."""
     entries, files = [], {}
     for i in range(N_FLAGS + N_OTHER):
         flag = i < N_FLAGS
@@ -26,10 +33,11 @@ def fake_package(style: str) -> bytes:
         e = {"name": f"{'Flag' if flag else 'THING'} {i}", "unified": uni, "image": f"{uni.lower()}.png",
              "short_names": [f"s{i}"], "category": "Flags" if flag else "Objects", "subcategory": "x",
              "sort_order": i, "has_img_google": True, "has_img_twitter": i != N_FLAGS}  # one twitter art missing
-        if i == N_FLAGS + 1:
-            e["skin_variations"] = {"1F3FB": {"unified": f"{uni}-1F3FB", "image": f"{uni.lower()}-1f3fb.png",
-                                              "has_img_google": True, "has_img_twitter": True}}
-            files[f"{uni.lower()}-1f3fb.png"] = (i, 99)
+        tones = list(eb.TONES) if i == TONED else PAIRS if i == PAIRED else []
+        if tones:
+            e["skin_variations"] = {t: {"unified": f"{uni}-{t}", "image": f"{uni}-{t}.png".lower(),
+                                        "has_img_google": True, "has_img_twitter": True} for t in tones}
+            files.update({f"{uni}-{t}.png".lower(): (i, 99) for t in tones})
         entries.append(e)
         files[e["image"]] = (i, 0 if style == "google" else 128)
     buf = io.BytesIO()
@@ -40,10 +48,12 @@ def fake_package(style: str) -> bytes:
             tf.addfile(info, io.BytesIO(data))
         add("package/emoji.json", json.dumps(entries).encode())
         for name, (i, shade) in files.items():
-            if style == "twitter" and name == f"1f1{N_FLAGS:02x}.png":
+            if style == "twitter" and name in (f"1f1{N_FLAGS:02x}.png", MISSING_VARIANT):
                 continue
             png = io.BytesIO()
-            Image.new("RGBA", (64, 64), (i * 5, shade, 255 - i * 5, 128)).save(png, format="PNG")
+            img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+            img.paste((i * 5, shade, 255 - i * 5, 128), (8, 8, 56, 56))
+            img.save(png, format="PNG")
             add(f"package/img/{style}/64/{name}", png.getvalue())
     return buf.getvalue()
 
@@ -70,19 +80,23 @@ def build(out, **kw):
 def test_build_writes_documents_per_protocol(fake_npm, tmp_path):
     meta = build(tmp_path / "eb")
     docs = eb.load_emojibench(tmp_path / "eb")
-    assert meta["n_documents"] == len(docs) == 2 * (N_FLAGS + N_OTHER) - 1
-    assert meta["skipped"] == {"missing_image": 1}
+    # both styles of every concept and every variant, less one missing base and one missing variant art
+    assert meta["n_documents"] == len(docs) == 2 * (N_FLAGS + N_OTHER + N_VARIANTS) - 2
+    assert meta["n_concepts"] == N_FLAGS + N_OTHER + N_VARIANTS and meta["n_base_concepts"] == N_FLAGS + N_OTHER
+    assert meta["skipped"] == {"missing_image": 2}
     assert sorted(p.name for p in (tmp_path / "eb").glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
     d = next(d for d in docs if d.id == "twitter-1f100")
     assert d.text == "twitter emoji: flag 0" and d.image.shape == (32, 32, 3)
-    assert d.metadata == {"concept": "1f100", "style": "twitter", "split": d.metadata["split"], "name": "flag 0",
-                          "short_names": ["s0"], "category": "Flags", "subcategory": "x"}
+    assert d.metadata == {"concept": "1f100", "base": "1f100", "tone": "", "has_tones": False, "style": "twitter",
+                          "split": d.metadata["split"], "name": "flag 0", "short_names": ["s0"], "category": "Flags",
+                          "subcategory": "x"}
+    json.dumps([d.metadata for d in docs])  # metadata stays JSON-serialisable
     # alpha 128 composited on white: halfway between the colour and 255
     assert abs(int(d.image[16, 16, 1]) - (128 + 255) // 2) <= 2
     split_of = {}
     for d in docs:
         assert split_of.setdefault(d.metadata["concept"], d.metadata["split"]) == d.metadata["split"]
-    assert sum(s == "heldout" for c, s in split_of.items() if int(c[3:], 16) < N_FLAGS) >= 25
+    assert sum(s == "heldout" for c, s in split_of.items() if int(c[3:5], 16) < N_FLAGS) >= 25
     assert not eb.verify_emojibench(tmp_path / "eb")
 
 
@@ -126,13 +140,110 @@ def test_filters_by_split_and_style(fake_npm, tmp_path):
         eb.EmojiBenchConfig(styles=("apple",))
 
 
-def test_skin_tone_variants_share_their_base_split(fake_npm, tmp_path):
-    build(tmp_path / "eb", skin_tones=True)
+def test_skin_tone_variants_are_documents_of_their_base_split(fake_npm, tmp_path):
+    meta = build(tmp_path / "eb")
     docs = {d.id: d for d in eb.load_emojibench(tmp_path / "eb")}
-    base, variant = docs[f"google-1f1{N_FLAGS + 1:02x}"], docs[f"google-1f1{N_FLAGS + 1:02x}-1f3fb"]
-    assert variant.text == f"google emoji: thing {N_FLAGS + 1}: light skin tone"
-    assert variant.metadata["split"] == base.metadata["split"]
-    assert variant.metadata["base_concept"] == base.metadata["concept"]
+    toned, paired = f"1f1{TONED:02x}", f"1f1{PAIRED:02x}"
+    base, dark = docs[f"google-{toned}"], docs[f"google-{toned}-1f3ff"]
+    assert base.text == f"google emoji: thing {TONED}"  # the default keeps its plain text
+    assert base.metadata | {"split": None} == {
+        "concept": toned, "base": toned, "tone": "", "has_tones": True, "style": "google", "split": None,
+        "name": f"thing {TONED}", "short_names": [f"s{TONED}"], "category": "Objects", "subcategory": "x"}
+    assert dark.text == f"google emoji: thing {TONED}, dark skin tone"
+    assert dark.metadata | {"split": None} == {
+        "concept": f"{toned}-1f3ff", "base": toned, "tone": "dark", "has_tones": True, "style": "google",
+        "split": None, "name": f"thing {TONED}, dark skin tone", "short_names": [f"s{TONED}"], "category": "Objects",
+        "subcategory": "x"}
+    tones = [docs[f"twitter-{toned}-{t.lower()}"].metadata["tone"] for t in list(eb.TONES)[:4]]
+    assert tones == ["light", "medium-light", "medium", "medium-dark"]
+    # two-person variants name both tones, also when they are equal
+    mixed, same = docs[f"twitter-{paired}-1f3fb-1f3ff"], docs[f"google-{paired}-1f3ff-1f3ff"]
+    assert mixed.text == f"twitter emoji: thing {PAIRED}, light skin tone, dark skin tone"
+    assert mixed.metadata["tone"] == "light, dark" and mixed.metadata["base"] == paired
+    assert same.text == f"google emoji: thing {PAIRED}, dark skin tone, dark skin tone"
+    assert same.metadata["tone"] == "dark, dark"
+    # every document in its base's split; the partner (same concept, other style) is the same variant
+    split_of = {d.metadata["concept"]: d.metadata["split"] for d in docs.values() if not d.metadata["tone"]}
+    assert all(d.metadata["split"] == split_of[d.metadata["base"]] for d in docs.values())
+    assert docs[f"twitter-{toned}-1f3fb"].metadata["concept"] == docs[f"google-{toned}-1f3fb"].metadata["concept"]
+    n_toned = sum(bool(d.metadata["tone"]) for d in docs.values())
+    assert n_toned == meta["n_tone_documents"] == 2 * N_VARIANTS - 1
+    assert meta["tracks"] == {"variants": n_toned + 4, "cross-style": len(docs) - n_toned - 4}
+    assert [eb.track(d.metadata) for d in (base, dark, docs["google-1f100"])] == ["variants", "variants", "cross-style"]
+    # splits are drawn over base concepts only: variants on or off, no base concept moves
+    off = build(tmp_path / "off", skin_tones=False)
+    plain = {d.id: d.metadata["split"] for d in eb.load_emojibench(tmp_path / "off")}
+    assert off["n_documents"] == len(plain) == 2 * (N_FLAGS + N_OTHER) - 1
+    assert plain == {k: d.metadata["split"] for k, d in docs.items() if not d.metadata["tone"]}
+
+
+def test_missing_variant_image_is_a_counted_named_skip(fake_npm, tmp_path):
+    skips = SkipCounter()
+    meta = eb.build_emojibench(tmp_path / "eb", shard_size=30, skips=skips)
+    assert skips.skipped == {"missing_image": 2} and meta["skipped"] == {"missing_image": 2}
+    assert meta["missing_images"] == [f"img/twitter/64/1f1{N_FLAGS:02x}.png", f"img/twitter/64/{MISSING_VARIANT}"]
+    err = next(e for e in skips.first if e.item == f"twitter-{MISSING_VARIANT[:-4]}")
+    assert MISSING_VARIANT in str(err) and "not in the package" in str(err)
+    ids = {r["key"] for r in eb.read_manifest(tmp_path / "eb")}
+    assert f"google-{MISSING_VARIANT[:-4]}" in ids and f"twitter-{MISSING_VARIANT[:-4]}" not in ids
+
+
+def test_masks_round_trip(fake_npm, tmp_path):
+    out = tmp_path / "eb"
+    build(out)
+    rows = {r["key"]: r for r in eb.read_manifest(out)}
+    key = f"twitter-1f1{PAIRED:02x}-1f3fb-1f3ff"
+    masks = eb.load_masks(out, [key, "google-1f100"])
+    assert set(masks) == {key, "google-1f100"}
+    for m in masks.values():
+        assert m.dtype == np.uint8 and m.shape == (32, 32)
+        assert m[0, 0] == 0 and abs(int(m[16, 16]) - 128) <= 1  # transparent frame, alpha 128 inside
+    r = rows[key]
+    with tarfile.open(out / r["shard"]) as tf:
+        first = next(k for k, row in rows.items() if row["shard"] == r["shard"])
+        assert tf.getnames()[:3] == [f"{first}.{e}" for e in ("json", "png", "mask.png")]
+        stored = tf.extractfile(f"{key}.mask.png").read()
+    shard = (out / r["shard"]).read_bytes()
+    assert shard[r["mask_offset"]:r["mask_offset"] + r["mask_size"]] == stored
+    assert shard[r["offset"]:r["offset"] + r["size"]] != stored  # the image keeps its own offset/size
+    with Image.open(io.BytesIO(stored)) as img:
+        assert img.mode == "L" and img.size == (32, 32)
+    assert len(eb.load_masks(out)) == len(rows)
+    with pytest.raises(KeyError, match="google-nope"):
+        eb.load_masks(out, ["google-nope"])
+    # a changed mask is caught by verify and by the reader
+    data = bytearray(shard)
+    data[r["mask_offset"] + r["mask_size"] // 2] ^= 0xFF
+    (out / r["shard"]).write_bytes(bytes(data))
+    assert eb.verify_emojibench(out) == [f"{key}.mask.png: missing or changed in {r['shard']}"]
+    with pytest.raises(BadItem, match="checksum_mismatch"):
+        eb.load_masks(out, [key])
+
+
+def test_half_built_folder_is_reported_incomplete(fake_npm, tmp_path, capsys):
+    out = tmp_path / "eb"
+    build(out)
+    n = len(eb.read_manifest(out))
+    (out / eb.META).unlink()  # the manifest is written before meta: this is a build cut off between the two
+    with pytest.raises(eb.IncompleteEmojiBench, match="incomplete EmojiBench build"):
+        eb.load_emojibench(out)
+    (out / eb.MANIFEST).unlink()  # shards only
+    for read in (eb.load_emojibench, eb.load_masks, eb.read_manifest):
+        with pytest.raises(eb.IncompleteEmojiBench, match=r"has 4 shard\(s\), lacks manifest.jsonl \+ meta.json"):
+            read(out)
+    corpus = open_corpus(out)  # not read as plain webdataset shards (whose captions it would all skip)
+    assert corpus.kind == "emojibench"
+    with pytest.raises(eb.IncompleteEmojiBench):
+        list(corpus)
+    assert eb.verify_emojibench(out)
+    assert main(["data", "stats", str(out)]) == 1
+    assert "incomplete EmojiBench build" in capsys.readouterr().err
+    build(out)  # resumes
+    assert len(eb.load_emojibench(out)) == n
+    assert not eb.is_emojibench_dir(tmp_path) and not eb.is_emojibench_dir(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="not found: build EmojiBench") as e:
+        eb.read_manifest(tmp_path)
+    assert not isinstance(e.value, eb.IncompleteEmojiBench)
 
 
 def test_missing_npm_says_what_to_install(tmp_path, monkeypatch):
@@ -165,9 +276,17 @@ def test_cli_build_stats_and_open_corpus(fake_npm, tmp_path, capsys):
     assert main(["data", "emojibench", "--out", str(out), "--styles", "google"]) == 0
     assert main(["data", "stats", str(out), "--verify"]) == 0
     text = capsys.readouterr().out
-    assert "heldout" in text and "Flags" in text and f"{N_FLAGS + N_OTHER} of {N_FLAGS + N_OTHER} images" in text
+    n = N_FLAGS + N_OTHER + N_VARIANTS
+    assert "heldout" in text and "Flags" in text and f"{n} of {n} images" in text
+    total = next(line.split() for line in text.splitlines() if line.startswith("total"))
+    header = next(line.split() for line in text.splitlines() if line.startswith("split"))
+    assert header[2:] == ["google", "documents", "concepts", "bases", "tones", "variants", "cross-style"]
+    assert total[1:] == [str(n), str(n), str(n), str(N_FLAGS + N_OTHER), str(N_VARIANTS), str(N_VARIANTS + 2),
+                         str(N_FLAGS + N_OTHER - 2)]
     corpus = open_corpus(out)
-    assert corpus.kind == "emojibench" and len(list(corpus)) == N_FLAGS + N_OTHER
+    assert corpus.kind == "emojibench" and len(list(corpus)) == n
+    assert main(["data", "emojibench", "--out", str(tmp_path / "plain"), "--styles", "google", "--no-skin-tones"]) == 0
+    assert len(eb.read_manifest(tmp_path / "plain")) == N_FLAGS + N_OTHER
     os.unlink(out / "00000.tar")
     assert main(["data", "stats", str(out), "--verify"]) == 1
     assert main(["data", "emojibench", "--out", str(out), "--styles", "google,apple"]) == 1
@@ -176,18 +295,37 @@ def test_cli_build_stats_and_open_corpus(fake_npm, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_emojibench_end_to_end(tmp_path):
-    """Fetches (or reuses from the cache) the real npm packages: 1,911 concepts x 2 styles."""
+    """Fetches (or reuses from the cache) the real npm packages: 1,911 concepts + 1,875 skin-tone variants
+    (323 concepts: 310 x 5 tones, 13 two-person x 25 tone pairs) x 2 styles, nothing missing."""
     out = tmp_path / "eb"
     meta = eb.build_emojibench(out)
     rows = eb.read_manifest(out)
-    assert meta["n_concepts"] == 1911 and len(rows) == 2 * 1911 and meta["skipped"] == {}
+    assert meta["n_base_concepts"] == 1911 and meta["n_concepts"] == 1911 + 1875 and meta["skipped"] == {}
+    assert len(rows) == 2 * (1911 + 1875) == 7572 and meta["n_tone_documents"] == 2 * 1875
     assert {r["style"] for r in rows} == {"google", "twitter"}
+    assert len({r["base"] for r in rows if r["has_tones"]}) == 323
     heldout_flags = {r["concept"] for r in rows if r["split"] == "heldout" and r["category"] == "Flags"}
     assert len(heldout_flags) >= 25
     assert {r["split"] for r in rows if r["category"] == "Flags"} == {"train", "val", "test", "heldout"}
     # the seed-0 heldout set is pinned: results measured on it must stay comparable across code changes
-    heldout = ",".join(sorted({r["concept"] for r in rows if r["split"] == "heldout"}))
-    assert hashlib.sha256(heldout.encode()).hexdigest() == HELDOUT_SHA256
+    for concepts in ({r["base"] for r in rows if r["split"] == "heldout"},
+                     {r["concept"] for r in rows if r["split"] == "heldout" and not r["tone"]}):
+        assert hashlib.sha256(",".join(sorted(concepts)).encode()).hexdigest() == HELDOUT_SHA256
+    split_of = {r["concept"]: r["split"] for r in rows if not r["tone"]}
+    assert all(r["split"] == split_of[r["base"]] for r in rows)
+    # documents per split and track (variants: concepts with tones, default tone included)
+    count = {(sp, t): sum(r["split"] == sp and eb.track(r) == t for r in rows) for sp in eb.SPLITS for t in eb.TRACKS}
+    assert count == {("train", "variants"): 3540, ("train", "cross-style"): 2526, ("val", "variants"): 244,
+                     ("val", "cross-style"): 158, ("test", "variants"): 236, ("test", "cross-style"): 166,
+                     ("heldout", "variants"): 376, ("heldout", "cross-style"): 326}
+    assert meta["tracks"] == {"variants": 4396, "cross-style": 3176}
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["twitter-1f44b-1f3ff"]["caption"] == "twitter emoji: waving hand sign, dark skin tone"
+    assert by_key["google-1f9d1-1f3fb-200d-1f91d-200d-1f9d1-1f3ff"]["caption"] == \
+        "google emoji: people holding hands, light skin tone, dark skin tone"
     assert not eb.verify_emojibench(out)
     docs = eb.load_emojibench(out, splits="val")
     assert docs and all(d.image.shape == (32, 32, 3) for d in docs)
+    masks = eb.load_masks(out, ["twitter-1f44b-1f3ff", "google-1f44b", "google-1f600"])
+    for m in masks.values():  # a typical emoji: transparent corners, opaque centre
+        assert m.shape == (32, 32) and m.dtype == np.uint8 and m[0, 0] == 0 and m[16, 16] > 0
