@@ -15,6 +15,8 @@ def register(cli) -> None:
     p.add_argument("--size", default="small", help="model preset: tiny, small, medium, base, large")
     p.add_argument("--retrieval", choices=("on", "off"), default="on", help="off: the baseline, k = 0 always")
     p.add_argument("--dropout", type=float, default=0.0, help="residual/attention dropout of the model")
+    p.add_argument("--copy-dim", type=int, default=64,
+                   help="width of the copy (pointer) head over the retrieved documents' tokens (0: none)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (the cosine schedule's length)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget; stops early with a checkpoint")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
@@ -61,7 +63,7 @@ def _run(args) -> int:
                   max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
                   pseudo_names=args.pseudo_names, seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
-                          text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,
+                          text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout, copy_dim=args.copy_dim,
                           retrieval=args.retrieval == "on", steps=args.steps, max_minutes=args.minutes,
                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                           warmup_steps=args.warmup_steps, eval_every=args.eval_every, eval_limit=args.eval_limit,

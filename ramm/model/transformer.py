@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ramm.model.copy_head import CopyHead
 from ramm.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class TransformerConfig:
     init_std: float = 0.02  # normal init std; residual output projections get std / sqrt(2 n_layer)
     image_tokens: int = 0  # codes per image; > 0 adds a learned grid-position embedding to image codes
     image_open_id: int = -1  # the `<img>` id that starts an image's codes (needed when image_tokens > 0)
+    copy_dim: int = 0  # > 0: a copy (pointer) head over the retrieved documents' tokens (ramm.model.copy_head)
+    sep_id: int = -1  # the `<sep>` id closing the retrieved documents (needed when copy_dim > 0)
+    content_ids: int = 0  # ids below this (text and image codes) can be copied (needed when copy_dim > 0)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
@@ -59,6 +63,9 @@ class TransformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_tokens < 0 or (self.image_tokens and not 0 <= self.image_open_id < self.vocab_size):
             raise ValueError("image_tokens must be >= 0, and > 0 needs image_open_id inside the vocabulary")
+        if self.copy_dim < 0 or (self.copy_dim and not (0 <= self.sep_id < self.vocab_size
+                                                        and 0 < self.content_ids <= self.vocab_size)):
+            raise ValueError("copy_dim must be >= 0, and > 0 needs sep_id and content_ids inside the vocabulary")
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +97,7 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
         self.last_open = torch.full((batch,), -(1 << 30), dtype=torch.long, device=device)  # last <img> position
+        self.copy: dict[str, torch.Tensor] | None = None  # the copy head's keys and sources (Transformer.new_cache)
 
     @property
     def max_len(self) -> int:
@@ -107,6 +115,8 @@ class KVCache:
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
         self.last_open = self.last_open.index_select(0, index)
+        if self.copy is not None:
+            self.copy = {k: v.index_select(0, index) for k, v in self.copy.items()}
 
 
 class Linear(nn.Linear):
@@ -279,10 +289,13 @@ class Transformer(nn.Module):
         sign = torch.ones(cfg.head_dim)
         sign[: cfg.head_dim // 2] = -1  # rotate_half negates the first half (see apply_rotary)
         self.register_buffer("rope_sin", angles.sin() * sign, persistent=False)
+        self.copy_head = CopyHead(cfg.d_model, cfg.vocab_size, cfg.copy_dim, cfg.image_tokens) if cfg.copy_dim else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+        if self.copy_head is not None:
+            self.copy_head.reset_parameters(cfg.init_std)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -296,8 +309,14 @@ class Transformer(nn.Module):
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len={self.cfg.max_seq_len}")
         p = self.embed.weight
-        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len,
-                       device or p.device, dtype or p.dtype)
+        device = device or p.device
+        cache = KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len, device, dtype or p.dtype)
+        if self.copy_head is not None:
+            cache.copy = {"keys": torch.zeros(batch, max_len, self.cfg.copy_dim, device=device),
+                          "src": torch.full((batch, max_len), -1, dtype=torch.long, device=device),
+                          "sep": torch.zeros(batch, dtype=torch.bool, device=device),
+                          "prev": torch.full((batch,), self.cfg.sep_id, dtype=torch.long, device=device)}
+        return cache
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
                 cache: KVCache | None = None, attention_mask: torch.Tensor | None = None, last_only: bool = False,
@@ -342,26 +361,74 @@ class Transformer(nn.Module):
             itself = F.pad(torch.eye(T, dtype=torch.bool, device=idx.device), (past, 0))
             mask = ((causal & am[:, None, :]) | itself)[:, None]  # (B, 1, T, S)
         x = self.embed(idx)
+        grid = self._grid(idx, past, cache) if self.cfg.image_tokens else None
         if self.image_pos is not None:
-            x = x + self._image_positions(idx, past, cache)
+            inside = (grid >= 0) & (grid < self.cfg.image_tokens)
+            x = x + self.image_pos(grid.clamp(0, self.cfg.image_tokens - 1)) * inside[..., None]
         x = dropout(self.drop, x)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length = S
-        if last_only:
-            x = x[:, -1:]
-        x = self.norm(x)
-        if logit_ranges is None:
-            logits = self.lm_head(x)
+        if self.copy_head is not None:
+            logits = self._copy_logits(idx, self.norm(x), grid, past, cache, last_only, logit_ranges)
         else:
-            parts = [self.lm_head.columns(x, a, b) for a, b in logit_ranges]
-            logits = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            if last_only:
+                x = x[:, -1:]
+            x = self.norm(x)
+            if logit_ranges is None:
+                logits = self.lm_head(x)
+            else:
+                parts = [self.lm_head.columns(x, a, b) for a, b in logit_ranges]
+                logits = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
         return logits, loss
 
-    def _image_positions(self, idx: torch.Tensor, past: int, cache: KVCache | None) -> torch.Tensor:
-        """(B, T, D) grid-position embeddings: code j after an `<img>` gets row j, other tokens zero."""
+    def _copy_logits(self, idx, h, grid, past: int, cache: KVCache | None, last_only: bool, logit_ranges):
+        """Log-probabilities of the copy mixture (ramm.model.copy_head), as the logits every consumer reads
+        (cross-entropy, softmax, CFG and CD-K are all unchanged by a log-normalised input).
+
+        Sources are this call's content tokens before its last `<sep>`; queries the positions from that
+        `<sep>` on (or every position when the cache saw the `<sep>` in an earlier call)."""
+        cfg, head = self.cfg, self.copy_head
+        B, T = idx.shape
+        sep = idx == cfg.sep_id
+        n_after = sep.flip(1).cumsum(1).flip(1)  # seps at or after each position
+        before_last = (n_after - sep.long()) > 0  # a <sep> comes later in this call
+        seen = sep.cumsum(1) > 0
+        if cache is not None and cache.copy is not None:
+            seen = seen | cache.copy["sep"][:, None]
+        is_query = seen & ~before_last
+        src = torch.where(before_last & (idx >= 0) & (idx < cfg.content_ids), idx, torch.full_like(idx, -1))
+        first_prev = cache.copy["prev"][:, None] if cache is not None and cache.copy is not None \
+            else torch.full((B, 1), cfg.sep_id, dtype=idx.dtype, device=idx.device)
+        prev = torch.cat([first_prev, idx[:, :-1]], 1)
+        n_cells = cfg.image_tokens
+        if grid is None:
+            cell = next_cell = torch.zeros_like(idx)
+        else:
+            cell = torch.where((grid >= 0) & (grid < n_cells), grid, torch.full_like(grid, n_cells))
+            nxt = grid + 1
+            next_cell = torch.where((nxt >= 0) & (nxt < n_cells), nxt, torch.full_like(nxt, n_cells))
+        keys = head.keys(h, prev, cell)
+        if cache is not None and cache.copy is not None:
+            c = cache.copy
+            c["keys"][:, past:past + T] = keys.to(c["keys"].dtype)
+            c["src"][:, past:past + T] = src
+            c["sep"] = seen[:, -1]
+            c["prev"] = idx[:, -1].clone()
+            keys, src = c["keys"][:, :past + T], c["src"][:, :past + T]
+        if last_only:
+            h, idx, next_cell, is_query = h[:, -1:], idx[:, -1:], next_cell[:, -1:], is_query[:, -1:]
+        logits = self.lm_head(h)
+        out = head.mix(logits, h, head.queries(h, idx, next_cell), keys, src, is_query)
+        if logit_ranges is not None:
+            out = torch.cat([out[..., a:b] for a, b in logit_ranges], -1)
+        return out.to(logits.dtype) if logits.dtype != torch.float32 else out
+
+    def _grid(self, idx: torch.Tensor, past: int, cache: KVCache | None) -> torch.Tensor:
+        """(B, T) position since the latest `<img>` minus one: code j of an image is at j; -1 at `<img>`
+        itself; out of [0, image_tokens) elsewhere. Feeds the grid-position embedding and the copy head."""
         B, T = idx.shape
         pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
         opens = torch.where(idx == self.cfg.image_open_id, pos, torch.full_like(pos, -(1 << 30)))
@@ -369,9 +436,7 @@ class Transformer(nn.Module):
         if cache is not None:
             last = torch.maximum(last, cache.last_open[:, None])
             cache.last_open = last[:, -1].clone()
-        grid = pos - last - 1
-        inside = (grid >= 0) & (grid < self.cfg.image_tokens)
-        return self.image_pos(grid.clamp(0, self.cfg.image_tokens - 1)) * inside[..., None]
+        return pos - last - 1
 
     def resize_token_embeddings(self, n: int) -> None:
         """Grow (or shrink) the vocabulary to `n` ids; new rows start at the mean embedding (GRACE's atomic ids)."""

@@ -32,6 +32,7 @@ class GeneratorConfig:
     out: str  # output directory: generator + checkpoint/ + metrics.jsonl + eval.json
     size: str = "small"  # model preset (tiny / small / medium / base / large)
     dropout: float = 0.0  # residual/attention dropout of the model (regularises memorising the train images)
+    copy_dim: int = 64  # width of the copy (pointer) head over retrieved documents (ramm.model.copy_head); 0: none
     retrieval: bool = True  # False: the vanilla baseline (k = 0 always)
     steps: int = 2000  # optimizer steps (the cosine schedule's length)
     max_minutes: float | None = None  # stop early after this wall time
@@ -144,7 +145,9 @@ def train_generator(cfg: GeneratorConfig) -> dict:
 
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len
     model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len, dropout=cfg.dropout,
-                                                 image_tokens=fmt.tokens_per_image, image_open_id=vocab.img))
+                                                 image_tokens=fmt.tokens_per_image, image_open_id=vocab.img,
+                                                 copy_dim=cfg.copy_dim, sep_id=vocab.sep,
+                                                 content_ids=vocab.special_offset))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)
     ks = (0, cfg.eval_k) if cfg.retrieval else (0,)
     val = {"val": [lookup[d.id] for d in splits.get("val", []) if d.id in lookup]}
