@@ -41,6 +41,8 @@ def register(cli) -> None:
     p.add_argument("--pseudo-names", type=float, default=0.0,
                    help="chance that an example whose retrieved documents hold its concept's other rendering gets a "
                         "made-up concept name (in both), so only the retrieved image tells what to draw")
+    p.add_argument("--text-weight", type=float, default=1.0,
+                   help="loss weight of the main document's text tokens (image codes weigh 1)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and masks")
     add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_run)
@@ -61,9 +63,10 @@ def _run(args) -> int:
     ra = RAConfig(k_choices=ks, n_candidates=max(2, *ks), diversity=None if args.diversity < 0 else args.diversity,
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
                   max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
-                  pseudo_names=args.pseudo_names, seed=args.seed)
+                  pseudo_names=args.pseudo_names, text_weight=args.text_weight, seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
-                          text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout, copy_dim=args.copy_dim,
+                          text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,
+                          copy_dim=args.copy_dim,
                           retrieval=args.retrieval == "on", steps=args.steps, max_minutes=args.minutes,
                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                           warmup_steps=args.warmup_steps, eval_every=args.eval_every, eval_limit=args.eval_limit,

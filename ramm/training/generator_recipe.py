@@ -102,7 +102,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     from ramm.tokenizers.vocab import Vocabulary
-    from ramm.training.ra_data import (RADataset, encode_images_cached, partner_ids, precompute_neighbours,
+    from ramm.training.ra_data import (RADataset, encode_images_cached, precompute_neighbours, relative_ids,
                                        with_codes)
     from ramm.training.trainer import Trainer, TrainerConfig
 
@@ -127,7 +127,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     pool.update({i: memory.get(i) for i in memory.ids if i not in pool})
     codes = encode_images_cached(image_tok, cfg.tokenizer, list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}
-    partners = partner_ids(list(pool.values()), list(pool.values()))
+    partners = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity threshold
 
     nb_file = out / "neighbours.json"
     if not cfg.retrieval:

@@ -55,6 +55,7 @@ class RAConfig:
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
     pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
+    text_weight: float = 1.0  # loss weight of the main document's text tokens (its images' codes weigh 1)
 
     def __post_init__(self):
         if not self.k_choices or min(self.k_choices) < 0:
@@ -71,6 +72,8 @@ class RAConfig:
             raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
         if not 0 <= self.pseudo_names <= 1:
             raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
+        if self.text_weight <= 0:
+            raise ValueError(f"text_weight must be positive, got {self.text_weight}")
         if self.augment > 0 and self.views < 2:
             raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
         self.k_choices = tuple(self.k_choices)
@@ -182,6 +185,22 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str,
     return {d.id: by_concept.get(d.metadata.get("concept"), set()) - {d.id} for d in docs}
 
 
+def relative_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str, set[str]]:
+    """Leave-one-out partners plus same-style siblings: documents of `pool` sharing `metadata['base']` and
+    'style' (EmojiBench's other skin tones of a concept in the same art style). Both are the knowledge
+    retrieval exists for, so the diversity threshold must not drop them as near-duplicates."""
+    out = partner_ids(docs, pool)
+    by_base: dict[tuple, set[str]] = {}
+    for d in pool:
+        if d.metadata.get("base") is not None:
+            by_base.setdefault((d.metadata["base"], d.metadata.get("style")), set()).add(d.id)
+    for d in docs:
+        key = (d.metadata.get("base"), d.metadata.get("style"))
+        if key[0] is not None:
+            out[d.id] = out[d.id] | (by_base.get(key, set()) - {d.id})
+    return out
+
+
 def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
                           dropout: float | None = None, kinds=("text", "image"),
                           allowed: set[str] | None = None) -> dict[str, list[list[str]]]:
@@ -284,8 +303,20 @@ class RADataset(torch.utils.data.Dataset):
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:
-                return seq.ids[:self.cfg.max_len + 1], seq.weights[:self.cfg.max_len + 1]
+                ids, weights = seq.ids[:self.cfg.max_len + 1], seq.weights[:self.cfg.max_len + 1]
+                return ids, self._weigh_text(ids, weights)
             retrieved = retrieved[:-1]
+
+    def _weigh_text(self, ids: list[int], weights: list[float]) -> list[float]:
+        """The main document's text tokens weigh `text_weight`: a caption is ~8 tokens beside an image's 64
+        codes, so with equal weights captioning is a few percent of the loss and copying a retrieved name
+        barely pays (measured: the caption loss moved 2% with the right document in context)."""
+        if self.cfg.text_weight == 1.0:
+            return weights
+        vocab = self.fmt.vocab
+        start = len(ids) - ids[::-1].index(vocab.sep) if vocab.sep in ids else 0
+        text = vocab.is_text(ids)
+        return [w * self.cfg.text_weight if j >= start and text[j] else w for j, w in enumerate(weights)]
 
     def __getitem__(self, i: int) -> tuple[list[int], list[float]]:
         return self.example(i, np.random.default_rng((self.cfg.seed, self.epoch, i)))
@@ -305,19 +336,11 @@ class RADataset(torch.utils.data.Dataset):
         return pad_batch(items, self.fmt.vocab.pad)
 
 
-def image_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
-                     batch_size: int = 32, device=None) -> float:
-    """Mean next-token loss on the main document's image tokens (uncorrupted, after the retrieved ones)."""
-    vocab = fmt.vocab
-    device = device or next(model.parameters()).device
-    total, count = 0.0, 0
-    for s in range(0, len(docs), batch_size):
-        seqs = [fmt.encode_ra(d, r, mask=False) for d, r in zip(docs[s:s + batch_size], retrieved[s:s + batch_size])]
-        weights = []
-        for seq in seqs:  # weight 1 on image codes of the main document only
-            start = seq.ids.index(vocab.sep) + 1 if vocab.sep in seq.ids else 0
-            weights.append([float(j >= start and vocab.is_image(t)) for j, t in enumerate(seq.ids)])
-        batch = pad_batch([(q.ids, w) for q, w in zip(seqs, weights)], vocab.pad)
+def _main_token_loss(model, seqs: Sequence[tuple[list[int], list[float]]], pad: int, batch_size: int, device) -> float:
+    """Weighted mean next-token loss of (ids, weights) sequences (weight w_j on predicting ids[j])."""
+    total, count = 0.0, 0.0
+    for s in range(0, len(seqs), batch_size):
+        batch = pad_batch(seqs[s:s + batch_size], pad)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits, _ = model(batch["idx"])
         ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(),
@@ -326,3 +349,27 @@ def image_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved:
         total += float((ce * w).sum())
         count += float(w.sum())
     return total / max(count, 1.0)
+
+
+def image_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
+                     batch_size: int = 32, device=None) -> float:
+    """Mean next-token loss on the main document's image tokens (uncorrupted, after the retrieved ones)."""
+    vocab = fmt.vocab
+    seqs = []
+    for d, r in zip(docs, retrieved):
+        ids = fmt.encode_ra(d, r, mask=False).ids
+        start = ids.index(vocab.sep) + 1 if vocab.sep in ids else 0  # weight 1 on the main document's codes only
+        seqs.append((ids, [float(j >= start and vocab.is_image(t)) for j, t in enumerate(ids)]))
+    return _main_token_loss(model, seqs, vocab.pad, batch_size, device or next(model.parameters()).device)
+
+
+def caption_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
+                       batch_size: int = 32, device=None) -> float:
+    """Mean next-token loss on the caption tokens (and <eos>) of image -> text infilling, the way captions are
+    decoded: `caption_prompt(codes, retrieved)` then the document's text."""
+    seqs = []
+    for d, r in zip(docs, retrieved):
+        prompt = fmt.caption_prompt(fmt.image_codes(d.images[0]), r)
+        answer = [*fmt.text.encode(d.text), fmt.vocab.eos]
+        seqs.append((prompt + answer, [0.0] * len(prompt) + [1.0] * len(answer)))
+    return _main_token_loss(model, seqs, fmt.vocab.pad, batch_size, device or next(model.parameters()).device)

@@ -85,3 +85,21 @@ def test_bad_input(setup):
         usage_contexts(docs, [[]], partners)
     with pytest.raises(ValueError, match="partner"):
         usage_contexts(docs, [[] for _ in docs], {})
+
+
+def test_caption_modality_scores_caption_tokens_and_catches_a_copy_head(setup):
+    """A copy head's init prior (induction: copy the token after the one just read) already copies a
+    caption that is in context: the oracle context's caption loss falls far below 'none'; a model
+    without the head is untouched by it."""
+    vocab, fmt, docs, partners, cfg = setup
+    retrieved = [[partners[d.id][0]] for d in docs]
+    torch.manual_seed(0)
+    copy_cfg = TransformerConfig(**{**cfg.__dict__, "copy_dim": 32, "sep_id": vocab.sep,
+                                    "content_ids": vocab.special_offset})
+    head = retrieval_usage(Transformer(copy_cfg).eval(), fmt, docs, retrieved, partners, modality="caption")
+    assert head["own image"] < 0.8 * head["none"], head
+    torch.manual_seed(0)
+    plain = retrieval_usage(Transformer(cfg).eval(), fmt, docs, retrieved, partners, modality="caption")
+    assert abs(plain["own image"] - plain["none"]) < 0.1 * plain["none"], plain
+    with pytest.raises(ValueError, match="modality"):
+        retrieval_usage(Transformer(cfg), fmt, docs, retrieved, partners, modality="audio")
