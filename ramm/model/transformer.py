@@ -371,7 +371,9 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = S
         if self.copy_head is not None:
-            logits = self._copy_logits(idx, self.norm(x), grid, past, cache, last_only, logit_ranges)
+            logits, loss = self._copy_logits(idx, self.norm(x), grid, past, cache, last_only, logit_ranges,
+                                             targets, loss_weights)
+            return logits, loss
         else:
             if last_only:
                 x = x[:, -1:]
@@ -384,9 +386,12 @@ class Transformer(nn.Module):
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
         return logits, loss
 
-    def _copy_logits(self, idx, h, grid, past: int, cache: KVCache | None, last_only: bool, logit_ranges):
-        """Log-probabilities of the copy mixture (ramm.model.copy_head), as the logits every consumer reads
-        (cross-entropy, softmax, CFG and CD-K are all unchanged by a log-normalised input).
+    def _copy_logits(self, idx, h, grid, past: int, cache: KVCache | None, last_only: bool, logit_ranges,
+                     targets=None, loss_weights=None):
+        """(log-probabilities of the copy mixture (ramm.model.copy_head), loss): log-probabilities are what
+        every consumer reads as logits (cross-entropy, softmax, CFG and CD-K are all unchanged by a
+        log-normalised input). With `targets` the loss is the mixture's and the logits returned are the
+        vocabulary head's alone (the mixture over the whole vocabulary is not built in training).
 
         Sources are this call's content tokens before its last `<sep>`; queries the positions from that
         `<sep>` on (or every position when the cache saw the `<sep>` in an earlier call)."""
@@ -421,10 +426,15 @@ class Transformer(nn.Module):
         if last_only:
             h, idx, next_cell, is_query = h[:, -1:], idx[:, -1:], next_cell[:, -1:], is_query[:, -1:]
         logits = self.lm_head(h)
-        out = head.mix(logits, h, head.queries(h, idx, next_cell), keys, src, is_query)
+        q = head.queries(h, idx, next_cell)
+        if targets is not None:
+            nll = head.target_nll(logits, h, q, keys, src, is_query, targets)
+            w = targets.ne(-100).float() if loss_weights is None else loss_weights.float() * targets.ne(-100)
+            return logits, (nll * w).sum() / w.sum().clamp_min(1e-8)
+        out = head.mix(logits, h, q, keys, src, is_query)
         if logit_ranges is not None:
             out = torch.cat([out[..., a:b] for a, b in logit_ranges], -1)
-        return out.to(logits.dtype) if logits.dtype != torch.float32 else out
+        return (out.to(logits.dtype) if logits.dtype != torch.float32 else out), None
 
     def _grid(self, idx: torch.Tensor, past: int, cache: KVCache | None) -> torch.Tensor:
         """(B, T) position since the latest `<img>` minus one: code j of an image is at j; -1 at `<img>`

@@ -92,3 +92,17 @@ def test_copying_a_never_seen_name_is_learned_with_the_head_and_not_without():
 
     with_head, without = train(32), train(0)
     assert with_head > 0.9 and without < 0.3, (with_head, without)
+
+
+def test_the_training_loss_equals_the_mixture_cross_entropy():
+    m = model()
+    idx = torch.tensor([ra_row([5, 6, 7], [40, 41, 42, 43]), ra_row([8, 9, 10], [44, 45, 46, 47])])
+    tgt = idx[:, 1:].clone()
+    tgt[0, :5] = -100
+    w = torch.rand(tgt.shape)
+    with torch.no_grad():
+        logp, _ = m(idx[:, :-1])
+        _, loss = m(idx[:, :-1], targets=tgt, loss_weights=w)
+    nll = torch.nn.functional.cross_entropy(logp.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none")
+    ww = (w * tgt.ne(-100)).flatten()
+    torch.testing.assert_close(loss, (nll * ww).sum() / ww.sum())
