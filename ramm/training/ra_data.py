@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -100,31 +101,48 @@ def view_pixels(pixels: np.ndarray, view: int) -> np.ndarray:
 def name_words(docs: Sequence[Document]) -> list[str]:
     """Every word of the documents' concept names (`metadata['name']`), once per concept, sorted: the
     pseudo-name pool, where a word is as frequent as among real names ("face", "flag", "with" often)."""
-    names = {(d.metadata.get("concept", d.id), str(d.metadata.get("name", ""))) for d in docs}
+    names = {(d.metadata.get("base", d.metadata.get("concept", d.id)), base_name(str(d.metadata.get("name", ""))))
+             for d in docs}
     return sorted(w for _, name in names for w in name.split())
+
+
+_TONE_SUFFIX = re.compile(r"(, [a-z-]+ skin tone)+$")
+
+
+def base_name(name: str) -> str:
+    """"waving hand sign, dark skin tone" -> "waving hand sign": the part of a name its skin-tone
+    variants share (a name without a tone suffix is returned as is)."""
+    return _TONE_SUFFIX.sub("", name)
 
 
 def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequence[str],
                    rng: np.random.Generator) -> tuple[Document, list[Document]]:
     """Give the main document's concept a made-up name of as many words, drawn from `words`, in the main
-    document and in every retrieved document of the same concept (its leave-one-out partner).
+    document and in every retrieved document of the same concept or base concept (its leave-one-out
+    partner, its other skin tones); tone words are kept, only the shared base name changes.
 
     Why: on training concepts the memorised name predicts the image, so plain RA training never pays the
     model for reading its retrieved documents; a heldout concept is a name never trained on whose image
-    is only in the retrieved partner. A renamed concept is exactly that: new words (each a known word, in a
-    new combination, as a heldout name is), shared by main and partner, and only the partner's image
-    tells what to draw. Our addition, not in the papers. Documents without a name in their text are
-    returned unchanged."""
+    is only in the retrieved documents. A renamed concept is exactly that: new words (each a known word,
+    in a new combination, as a heldout name is), shared by main and relatives, and only their images
+    tell what to draw (and only their text can give the name to a caption). Our addition, not in the
+    papers. Documents without their name in their text are returned unchanged."""
     name, concept = main.metadata.get("name"), main.metadata.get("concept")
+    base = main.metadata.get("base", concept)
     if not name or not words or name not in main.text:
         return main, list(retrieved)
-    pseudo = " ".join(words[int(j)] for j in rng.integers(0, len(words), len(name.split())))
+    old = base_name(name)
+    pseudo = " ".join(words[int(j)] for j in rng.integers(0, len(words), len(old.split())))
 
     def rename(d: Document) -> Document:
-        segs = [TextSegment(s.text.replace(name, pseudo)) if isinstance(s, TextSegment) else s for s in d.segments]
-        return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": pseudo})
-    return rename(main), [rename(r) if concept is not None and r.metadata.get("concept") == concept else r
-                          for r in retrieved]
+        segs = [TextSegment(s.text.replace(old, pseudo)) if isinstance(s, TextSegment) else s for s in d.segments]
+        new_name = str(d.metadata.get("name", "")).replace(old, pseudo)
+        return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": new_name})
+
+    def related(r: Document) -> bool:
+        return (concept is not None and r.metadata.get("concept") == concept) or \
+            (base is not None and r.metadata.get("base", r.metadata.get("concept")) == base)
+    return rename(main), [rename(r) if related(r) else r for r in retrieved]
 
 
 def _tokenizer_key(tokenizer_dir: str | Path) -> str:
@@ -296,9 +314,9 @@ class RADataset(torch.utils.data.Dataset):
                 main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
         if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
-            concept = main.metadata.get("concept")
-            if u < self.cfg.pseudo_names and concept is not None and \
-                    any(r.metadata.get("concept") == concept for r in retrieved):
+            base = main.metadata.get("base", main.metadata.get("concept"))
+            if u < self.cfg.pseudo_names and base is not None and \
+                    any(r.metadata.get("base", r.metadata.get("concept")) == base for r in retrieved):
                 main, retrieved = rename_concept(main, retrieved, self.words, np.random.default_rng(name_seed))
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)

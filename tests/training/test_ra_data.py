@@ -10,8 +10,8 @@ from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
-from ramm.training.ra_data import (RAConfig, RADataset, encode_images_cached, image_token_loss, name_words,
-                                   partner_ids, precompute_neighbours, rename_concept, with_codes)
+from ramm.training.ra_data import (RAConfig, RADataset, base_name, encode_images_cached, image_token_loss,
+                                   name_words, partner_ids, precompute_neighbours, rename_concept, with_codes)
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
 
@@ -275,3 +275,19 @@ def test_vanilla_examples_keep_the_ra_runs_masks_with_pseudo_names(setup):
     vanilla = RADataset(train, {}, named, fmt, RAConfig(k_choices=(0,), pseudo_names=1.0))
     same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
     assert same and all(same)
+
+
+def test_rename_concept_renames_the_base_name_across_skin_tones_and_keeps_the_tone():
+    pool = ["red", "flag", "face"]
+    meta = lambda c, tone: {"concept": c, "base": "w", "tone": tone,  # noqa: E731
+                            "name": "waving hand" + (f", {tone} skin tone" if tone else "")}
+    main = Document.from_pair("g-wd", "google emoji: waving hand, dark skin tone", np.zeros((4, 4, 3), np.uint8),
+                              metadata=meta("wd", "dark"))
+    sibling = Document.from_pair("g-wl", "google emoji: waving hand, light skin tone", np.ones((4, 4, 3), np.uint8),
+                                 metadata=meta("wl", "light"))
+    m, (s,) = rename_concept(main, [sibling], pool, np.random.default_rng(0))
+    new = m.metadata["name"].removesuffix(", dark skin tone")
+    assert "waving" not in m.text and m.text == f"google emoji: {new}, dark skin tone"
+    assert s.text == f"google emoji: {new}, light skin tone"
+    assert base_name("kiss: woman, man, light skin tone, dark skin tone") == "kiss: woman, man"
+    assert name_words([main, sibling]) == ["hand", "waving"]  # tone words are not names
