@@ -41,6 +41,9 @@ def register(cli) -> None:
     p.add_argument("--pseudo-names", type=float, default=0.0,
                    help="chance that an example whose retrieved documents hold its concept's other rendering gets a "
                         "made-up concept name (in both), so only the retrieved image tells what to draw")
+    p.add_argument("--mmr", type=float, default=0.0,
+                   help="text queries pick retrieved documents by maximal marginal relevance with this redundancy "
+                        "weight (0: top-k by relevance)")
     p.add_argument("--text-weight", type=float, default=1.0,
                    help="loss weight of the main document's text tokens (image codes weigh 1)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and masks")
@@ -63,7 +66,8 @@ def _run(args) -> int:
     ra = RAConfig(k_choices=ks, n_candidates=max(2, *ks), diversity=None if args.diversity < 0 else args.diversity,
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
                   max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
-                  pseudo_names=args.pseudo_names, text_weight=args.text_weight, seed=args.seed)
+                  pseudo_names=args.pseudo_names, text_weight=args.text_weight, mmr=args.mmr,
+                  seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
                           text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,
                           copy_dim=args.copy_dim,

@@ -57,6 +57,7 @@ class RAConfig:
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
     pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
     text_weight: float = 1.0  # loss weight of the main document's text tokens (its images' codes weigh 1)
+    mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
 
     def __post_init__(self):
         if not self.k_choices or min(self.k_choices) < 0:
@@ -73,6 +74,8 @@ class RAConfig:
             raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
         if not 0 <= self.pseudo_names <= 1:
             raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
+        if self.mmr < 0:
+            raise ValueError(f"mmr must be >= 0, got {self.mmr}")
         if self.text_weight <= 0:
             raise ValueError(f"text_weight must be positive, got {self.text_weight}")
         if self.augment > 0 and self.views < 2:
@@ -246,7 +249,7 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
         picked = []
         for d, srow, rrow in zip(docs, scores, rows):
             own = id_hash.get(d.id) or d.content_hash()
-            keep = []
+            keep = []  # (id, score, row) of the eligible candidates, best first
             for score, r in zip(srow, rrow):
                 if r < 0 or row_id[int(r)] == d.id or row_hash[int(r)] == own:
                     continue
@@ -254,12 +257,40 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
                 if allowed is not None and i not in allowed:
                     continue
                 if cfg.diversity is None or score <= cfg.diversity or (cfg.exempt_partner and i in partners.get(d.id, ())):
-                    keep.append(i)
-                if len(keep) == cfg.n_candidates:
+                    keep.append((i, float(score), int(r)))
+                if len(keep) == (MMR_POOL if cfg.mmr and kind == "text" else 1) * cfg.n_candidates:
                     break
-            picked.append(keep)
+            picked.append([i for i, _, _ in keep] if cfg.mmr == 0 or kind != "text" else
+                          _mmr(keep, cfg.n_candidates, cfg.mmr, memory))
         out[kind] = picked
     return out
+
+
+MMR_POOL = 4  # MMR chooses among this many times n_candidates eligible candidates
+
+
+def _mmr(cands: list[tuple[str, float, int]], k: int, weight: float, memory) -> list[str]:
+    """Maximal marginal relevance (Carbonell & Goldstein 1998): pick, one at a time, the candidate with the best
+    relevance - weight * (its highest similarity to a document already picked), by stored document embeddings.
+
+    Why: the best two documents for "google emoji: waving hand, dark skin tone" are the other style's dark hand
+    (the same concept: its name and tone) and that style's light hand (near-identical to it), while the
+    same-style light hand, the one whose codes a generator can copy cell by cell, comes third. Penalising
+    near-duplicates of what is already picked brings complementary evidence into k = 2 (RA-CM3's diversity
+    rule, softened from a hard threshold on the query into a trade-off between the picks)."""
+    if len(cands) <= 1:
+        return [i for i, _, _ in cands[:k]]
+    emb = memory.store.embeddings([r for _, _, r in cands])
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    sim = emb @ emb.T
+    rel = np.array([s for _, s, _ in cands])
+    chosen = [0]
+    while len(chosen) < min(k, len(cands)):
+        penalty = sim[:, chosen].max(1)
+        score = rel - weight * penalty
+        score[chosen] = -np.inf
+        chosen.append(int(score.argmax()))
+    return [cands[j][0] for j in chosen]
 
 
 def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
