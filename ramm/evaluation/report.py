@@ -11,11 +11,14 @@ results.json (schema 1)::
       "schema": 1,
       "run": "demo",                                 # run name, the report title
       "created": "2026-11-23T12:00:00+00:00",        # when the results were computed (ISO 8601)
-      "fid_features": "FID on ramm-encoder features", # FID.name: which features FID used; printed with it
-      "clip_features": "ramm dual encoder",          # which encoder CLIPScore and recognition used
+      "fid_features": "FID on ramm-evaluator features", # FID.name: which features FID used; printed with it
+      "clip_features": "ramm dual encoder",          # which encoder CLIPScore used (and recognition, before
+                                                     # recognition_features existed)
+      "recognition_features": "ramm evaluator (exact)", # which network and rule recognition used (optional)
       "scores": {                                    # split -> system -> SystemScores
         "heldout": {"RA": {"n": 382, "fid": 0.41, "clip_score": 27.3, "recognition": 0.62,
-                           "cider": 1.10, "bleu4": 0.31}, "vanilla": {...}, "retrieval-only": {...}},
+                           "cider": 1.10, "bleu4": 0.31, "fid_retriever": 0.12, "recognition_retriever": 0.8},
+                    "vanilla": {...}, "retrieval-only": {...}},
         "heldout flags": {...}, "test": {...}
       },
       "retrieval": {"text->image heldout": {"R@1": 0.52, "R@5": 0.81, "R@10": 0.90}, ...},
@@ -36,6 +39,9 @@ results.json (schema 1)::
     }
 
 Metrics missing for a system (captioning for retrieval-only) are null and shown as a dash.
+`fid_retriever` and `recognition_retriever` are the measures used before the evaluation network
+(the retriever's image tower; recognition among the requested style only): shown once in the
+headline table beside the new ones, left out of the comparison, and hidden when no score has them.
 """
 from __future__ import annotations
 
@@ -64,7 +70,10 @@ METRICS = {
     "recognition": ("recognition", "{:.1%}"),
     "cider": ("CIDEr", "{:.3f}"),
     "bleu4": ("BLEU-4", "{:.3f}"),
+    "fid_retriever": ("FID on ramm-encoder features (retriever, old)", "{:.4f}"),
+    "recognition_retriever": ("recognition (retriever, same style only, old)", "{:.1%}"),
 }
+OLD_METRICS = ("fid_retriever", "recognition_retriever")  # headline table only, for comparison with older reports
 
 
 @dataclass
@@ -74,9 +83,11 @@ class SystemScores:
     n: int = 0  # documents scored
     fid: float | None = None  # FID of generated vs reference images, on `Results.fid_features`
     clip_score: float | None = None  # mean 100 * max(cos(image, prompt), 0)
-    recognition: float | None = None  # fraction of images recognised as the requested concept
+    recognition: float | None = None  # fraction of images recognised as the requested document
     cider: float | None = None  # captioning CIDEr (pycocoevalcap, Python tokenisation)
     bleu4: float | None = None  # captioning BLEU-4
+    fid_retriever: float | None = None  # old measure: FID on the retriever's image features
+    recognition_retriever: float | None = None  # old measure: recognition by the retriever, same style only
 
     def __post_init__(self):
         if self.n < 0:
@@ -127,7 +138,8 @@ class Example:
 class Results:
     run: str  # run name, the report title
     fid_features: str  # which features FID used (FID.name), e.g. "FID on ramm-encoder features"
-    clip_features: str = "ramm dual encoder"  # which encoder CLIPScore and recognition used
+    clip_features: str = "ramm dual encoder"  # which encoder CLIPScore (and, without the next, recognition) used
+    recognition_features: str = ""  # which network and rule recognition used ("" in older results)
     scores: dict[str, dict[str, SystemScores]] = field(default_factory=dict)  # split -> system -> scores
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"R@1": ...}
     notes: list[str] = field(default_factory=list)  # free text shown under the tables
@@ -236,28 +248,37 @@ def _systems(results: Results) -> list[str]:
     return _ordered({s for systems in results.scores.values() for s in systems})
 
 
+def _score_keys(results: Results) -> list[str]:
+    """The metrics of the headline table: all but the old measures that no score has."""
+    present = {k for systems in results.scores.values() for s in systems.values() for k in OLD_METRICS
+               if getattr(s, k) is not None}
+    return [k for k in METRICS if k not in OLD_METRICS or k in present]
+
+
 def _score_rows(results: Results) -> tuple[list[str], list[list[str]]]:
-    header = ["split", "system", "n"] + [results.fid_features if k == "fid" else METRICS[k][0] for k in METRICS]
+    keys = _score_keys(results)
+    header = ["split", "system", "n"] + [results.fid_features if k == "fid" else METRICS[k][0] for k in keys]
     rows = []
     for split, systems in results.scores.items():
         for name in _systems(results):
             if name in systems:
                 s = systems[name]
-                rows.append([split, name, str(s.n)] + [_fmt(k, getattr(s, k)) for k in METRICS])
+                rows.append([split, name, str(s.n)] + [_fmt(k, getattr(s, k)) for k in keys])
     return header, rows
 
 
 def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     """RA's relative change over each baseline per metric (a lower FID is an improvement); recognition,
     a rate that is often 0 for a baseline, as a difference in percentage points."""
-    header = ["split", "RA vs"] + [METRICS[k][0] for k in METRICS]
+    keys = [k for k in METRICS if k not in OLD_METRICS]
+    header = ["split", "RA vs"] + [METRICS[k][0] for k in keys]
     rows = []
     for split, systems in results.scores.items():
         if "RA" not in systems:
             continue
         for base in (s for s in _systems(results) if s != "RA" and s in systems):
             cells = []
-            for k in METRICS:
+            for k in keys:
                 ra, other = getattr(systems["RA"], k), getattr(systems[base], k)
                 if ra is None or other is None:
                     cells.append("–")
@@ -314,6 +335,9 @@ def _example_groups(examples: list[Example]) -> dict[str, list[Example]]:
 def _intro(results: Results) -> str:
     caveat = ("" if "Inception" in results.fid_features else
               " These features are not Inception's: compare values only between the systems of this report.")
+    if results.recognition_features:
+        return (f"Computed {results.created}. FID column: {results.fid_features}.{caveat} "
+                f"CLIPScore uses the {results.clip_features}; recognition uses the {results.recognition_features}.")
     return (f"Computed {results.created}. FID column: {results.fid_features}.{caveat} "
             f"CLIPScore and recognition use the {results.clip_features}.")
 
