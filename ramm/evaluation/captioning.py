@@ -69,3 +69,15 @@ def bleu4(candidates: dict[str, str], references: dict[str, list[str]]) -> float
     gts, res = _prepare(candidates, references)
     score, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return float(score[3])
+
+
+def exact_match(candidates: dict[str, str], names: dict[str, str]) -> float:
+    """Fraction of items whose caption, style prefix stripped and tokenised, is exactly the reference name
+    (on EmojiBench the name carries the skin tone: "waving hand sign, dark skin tone"). CIDEr rewards a
+    caption for sharing most words with a name; this asks whether it *is* the name, which is what copying
+    a retrieved name gives and what the headline's variants track (one word of tone apart) needs."""
+    if set(candidates) != set(names):
+        raise ValueError(f"candidates and names must have the same ids; differing: {sorted(set(candidates) ^ set(names))[:5]}")
+    if not candidates:
+        raise ValueError("no captions to score")
+    return sum(tokenize(strip_style_prefix(c)) == tokenize(names[k]) for k, c in candidates.items()) / len(candidates)

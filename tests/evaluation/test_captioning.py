@@ -61,3 +61,12 @@ def test_caption_metrics_reject_mismatched_or_empty_input():
         bleu4({}, {})
     with pytest.raises(ValueError, match="item jp has no non-empty reference"):
         cider({"jp": "japan"}, {"jp": ["!!"]})
+
+
+def test_exact_match_needs_the_whole_name_with_its_tone():
+    from ramm.evaluation.captioning import exact_match
+    names = {"a": "waving hand sign, dark skin tone", "b": "japan flag", "c": "ok hand"}
+    cands = {"a": "google emoji: waving hand sign, light skin tone", "b": "twitter emoji: Japan Flag", "c": "ok"}
+    assert exact_match(cands, names) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="same ids"):
+        exact_match({"a": "x"}, names)
