@@ -1,12 +1,14 @@
 """The headline experiment (RA-CM3's claim at laptop scale), as `ramm demo` runs it on EmojiBench.
 
-    corpus -> image + text tokenizers -> retriever -> memory -> RA generator + vanilla baseline
-           -> text->image and image->text on test + heldout -> metrics -> report
+    corpus -> evaluation network (measures only) -> image + text tokenizers -> retriever -> memory
+           -> RA generator + vanilla baseline -> text->image and image->text on test + heldout -> metrics -> report
 
 Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when that file exists
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
 JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is EMOJIBENCH.md:
-leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID on our encoder's features.
+leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
+features of an evaluation network trained on every document (ramm.evaluation.evaluator), which no
+system reads.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from typing import Callable
 
 import numpy as np
 
+from ramm.evaluation.evaluator import EvaluatorConfig
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("corpus", "tokenizer", "text_tokenizer", "retriever", "memory", "generator_ra", "generator_vanilla", "evaluate")
+STAGES = ("corpus", "evaluator", "tokenizer", "text_tokenizer", "retriever", "memory", "generator_ra", "generator_vanilla", "evaluate")
 
 
 @dataclass
@@ -65,10 +68,13 @@ class DemoConfig:
     retriever: dict = field(default_factory=dict)  # {"model": DualEncoderConfig, "trainer": TrainerConfig, "recipe": ...}
     generator: dict = field(default_factory=dict)  # GeneratorConfig fields shared by RA and vanilla (same budget)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)  # the evaluation network (FID, recognition)
 
     def __post_init__(self):
         if isinstance(self.evaluation, dict):
             self.evaluation = EvalConfig(**self.evaluation)
+        if isinstance(self.evaluator, dict):
+            self.evaluator = EvaluatorConfig(**self.evaluator)
         bad = set(self.generator) & {"corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval", "resume"}
         if bad:
             raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
@@ -146,6 +152,15 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     for d in docs:
         by_split.setdefault(d.metadata["split"], []).append(d)
 
+    # --- evaluation network: a measuring instrument (FID, recognition), trained on every document of every
+    # split; nothing downstream of it in the system reads it, only the evaluate stage ---
+    def evaluator_stage(out):
+        from ramm.evaluation.evaluator import train_evaluator
+        _, metrics = train_evaluator(docs, cfg.evaluator, out)
+        return metrics
+
+    ev_res = Stage(run, "evaluator", [str(data), cfg.emojibench, asdict(cfg.evaluator)], report).run(evaluator_stage)
+
     # --- image tokenizer ---
     def tokenizer_stage(out):
         from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
@@ -209,8 +224,9 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     def evaluate_stage(out):
         from ramm.experiments.headline import evaluate_headline
         return evaluate_headline(run, by_split, docs, cfg, mem_result.get("recall", {}),
-                                 {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res}, report)
+                                 {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res,
+                                  "evaluator": ev_res}, report)
 
-    Stage(run, "evaluate", [upstream, asdict(cfg.evaluation)], report).run(evaluate_stage)
+    Stage(run, "evaluate", [upstream, asdict(cfg.evaluation), asdict(cfg.evaluator)], report).run(evaluate_stage)
     report(f"[demo] finished in {(time.time() - t_start) / 60:.1f} min")
     return run / "report.md"

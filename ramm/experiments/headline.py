@@ -3,7 +3,10 @@
 For each document (concept c, style s) of a reported split (EMOJIBENCH.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
-  returns the top-1 retrieved image. Scored by FID (our encoder's features), CLIPScore and recognition.
+  returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network
+  (ramm.evaluation.evaluator: trained on every document to tell (concept, style) apart, never used by
+  the system) and CLIPScore; FID and style-restricted recognition on the retriever's image tower (the
+  measures before the evaluation network, which the other style's image passes) are kept as extra columns.
 - image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
   image. Scored by CIDEr and BLEU-4 against name + short names.
 """
@@ -107,6 +110,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
     from ramm.evaluation.captioning import bleu4, cider, emoji_references, strip_style_prefix
     from ramm.evaluation.clipscore import clip_score
+    from ramm.evaluation.evaluator import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
     from ramm.evaluation.retrieval_usage import retrieval_usage
@@ -126,8 +130,11 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     lookup = {i: with_codes(d, codes) for i, d in pool.items()}
     partners = partner_ids(list(pool.values()), list(pool.values()))
     ra_cfg = RAConfig(**{**cfg.generator.get("ra", {}), "n_candidates": ecfg.k})
-    fid = FID.from_encoder(encoder)
-    recognizer = Recognizer(encoder, docs)
+    evaluator = load_evaluator(run / "evaluator")
+    fid = FID.from_encoder(evaluator, name=FID_NAME)
+    recognizer = Recognizer(evaluator, docs, mode="exact")  # the nearest of ALL real images must be the document
+    # the measures before the evaluator (the retriever's image tower, which maps both styles together)
+    fid_retriever, recognizer_retriever = FID.from_encoder(encoder), Recognizer(encoder, docs, mode="style")
 
     scores: dict[str, dict[str, SystemScores]] = {}
     usage: dict[str, dict[str, float]] = {}
@@ -170,14 +177,17 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             for system in SYSTEMS:
                 gen = images[system][sel]
                 with _threads(1):  # torchmetrics' eigvals is far slower multi-threaded on small matrices
-                    f = fid(real, gen)
-                rec = recognizer(gen, [d.metadata["concept"] for d in sub], [d.metadata["style"] for d in sub])
+                    f, f_old = fid(real, gen), fid_retriever(real, gen)
+                asked = [d.metadata["concept"] for d in sub], [d.metadata["style"] for d in sub]
+                rec, rec_old = recognizer(gen, *asked), recognizer_retriever(gen, *asked)
                 cands = {d.id: strip_style_prefix(c) for d, c, s in zip(eval_docs, texts[system], sel) if s}
                 scores[name][system] = SystemScores(
                     n=len(sub), fid=f, clip_score=clip_score(encoder, gen, [d.text for d in sub]),
-                    recognition=rec.rate, cider=cider(cands, refs)[0], bleu4=bleu4(cands, refs))
+                    recognition=rec.rate, cider=cider(cands, refs)[0], bleu4=bleu4(cands, refs),
+                    fid_retriever=f_old, recognition_retriever=rec_old.rate)
             report(f"[evaluate] {name}: " + "; ".join(
-                f"{s} FID {v.fid:.4f} rec {v.recognition:.1%} CIDEr {v.cider:.3f}" for s, v in scores[name].items()))
+                f"{s} FID {v.fid:.4f} rec {v.recognition:.1%} (retriever: FID {v.fid_retriever:.4f} "
+                f"rec {v.recognition_retriever:.1%}) CIDEr {v.cider:.3f}" for s, v in scores[name].items()))
 
     ceilings = recognition_ceilings(models, fmt, outputs, by_split.get("train", []), lookup, memory, ra_cfg,
                                     partners, recognizer, ecfg)
@@ -195,8 +205,13 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                                      {s: o["captions"][s][i] for s in SYSTEMS}))
 
     notes = [
-        f"FID and recognition use the project's own trained image encoder ({run / 'retriever'}), not Inception: "
-        "compare values only within this report.",
+        f"FID and recognition use the evaluation network ({run / 'evaluator'}): a small CNN trained on every "
+        f"EmojiBench document to tell documents (concept, style) apart, never used by the system "
+        f"({stages.get('evaluator', {}).get('steps', '?')} steps, {stages.get('evaluator', {}).get('train_seconds', '?')} s). "
+        "It is not Inception: compare values only within this report. Recognition is exact: the nearest of all "
+        "real images (every style) must be the requested document, so the other style's image is a miss. The "
+        "columns marked 'retriever, old' are the earlier measures, on the retriever's image tower (trained to map "
+        "both styles of a concept together; recognition among the requested style only).",
         f"Generators: same preset, data order and {stages['generator_ra'].get('steps')} steps; RA trained "
         f"{stages['generator_ra'].get('minutes', 0):.1f} min, vanilla {stages['generator_vanilla'].get('minutes', 0):.1f} min.",
         f"Validation image-token loss on heldout with k={cfg.evaluation.k}: RA "
@@ -210,7 +225,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                      "the same concept's other rendering; 'random' = a document of another concept; 'own image' = "
                      "the target itself, an oracle no training input contains (how much copying could give).")
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
-                      config=asdict(cfg), usage=usage, ceilings=ceilings)
+                      config=asdict(cfg), usage=usage, ceilings=ceilings,
+                      recognition_features="ramm evaluator (exact: nearest of all real images)")
     save_results(run, results, examples)
     md, html = write_report(run, results, examples)
     return {"report": str(md), "html": str(html), "usage": usage,

@@ -13,6 +13,7 @@ CONFIGS = sorted((ROOT / "configs").glob("demo*.json"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
+    from ramm.evaluation.evaluator import EvaluatorConfig
     from ramm.retrieval.dual_encoder import DualEncoderConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
     from ramm.training.generator_recipe import GeneratorConfig
@@ -30,6 +31,7 @@ def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
     RAConfig(**g.pop("ra", {}))
     GeneratorConfig(corpus="c", memory="m", tokenizer="t", text_tokenizer="x", out="o", **g)
     assert set(cfg.evaluation.splits) <= {"val", "test", "heldout"}
+    assert isinstance(cfg.evaluator, EvaluatorConfig) and cfg.evaluator.max_seconds <= 90
 
 
 def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
@@ -60,7 +62,8 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
         assert set(results.scores[split]) == {"RA", "vanilla", "retrieval-only"}
         for s in results.scores[split].values():
             assert s.n == cfg.evaluation.limit and s.fid is not None and 0 <= s.recognition <= 1
-    assert results.fid_features == "FID on ramm-encoder features"
+            assert s.fid_retriever is not None and 0 <= s.recognition_retriever <= 1  # the old measures, once
+    assert results.fid_features == "FID on ramm-evaluator features"
     n = cfg.evaluation.train_probe
     assert {f"train ({n} documents, trained on): RA", f"train ({n} documents, trained on): vanilla",
             *(f"{s}: the tokenizer's reconstruction of the references" for s in cfg.evaluation.splits)} == set(results.ceilings)
