@@ -6,8 +6,10 @@ plain decoder trained on a laptop budget never learns to read them (on EmojiBenc
 loss 2% lower with the right document in context, an image's 0.4%); copy heads form slowly from
 attention alone. Copy-augmented captioners and pointer-generator networks (See et al. 2017) make
 copying a first-class output: p(y) = g p_vocab(y) + (1 - g) sum_j a_j [x_j = y], with a learned
-gate g and pointer weights a over the retrieved documents' text and image tokens. Our addition to
-RA-CM3, not in the papers.
+gate g and pointer weights a over the retrieved documents' text and image tokens. The vocabulary head
+also reads what the pointer points at (h + sum_j a_j v(x_j)), so it can write a changed copy: the
+same-style sibling's code at this cell, recoloured to the asked skin tone. Our addition to RA-CM3,
+not in the papers.
 
 The pointer's query and key carry two priors a decoder would otherwise have to discover:
 - induction: the query embeds the current token, the key the token *before* the source one, so
@@ -39,12 +41,14 @@ class CopyHead(nn.Module):
         self.cell_q = nn.Embedding(image_tokens + 1, copy_dim)  # cell to generate next; last row: none
         self.cell_k = nn.Embedding(image_tokens + 1, copy_dim)  # the source's own cell; last row: none
         self.gate = nn.Linear(d_model, 1)  # logit of g, the vocabulary's share
+        self.tok_v = nn.Embedding(vocab_size, d_model)  # what a pointed-at token adds to the vocabulary head's input
 
     def reset_parameters(self, init_std: float) -> None:
         for lin in (self.q, self.k):
             nn.init.normal_(lin.weight, std=init_std)
         nn.init.normal_(self.gate.weight, std=init_std)
         nn.init.zeros_(self.gate.bias)
+        nn.init.zeros_(self.tok_v.weight)  # starts as a pure pointer-generator
         with torch.no_grad():
             for a, b in ((self.tok_q, self.tok_k), (self.cell_q, self.cell_k)):
                 nn.init.normal_(a.weight, std=(PRIOR_SCORE / self.copy_dim) ** 0.5)
@@ -59,44 +63,46 @@ class CopyHead(nn.Module):
     def queries(self, h: torch.Tensor, cur: torch.Tensor, next_cell: torch.Tensor) -> torch.Tensor:
         return self.q(h) + self.tok_q(cur) + self.cell_q(next_cell)
 
-    def mix(self, logits: torch.Tensor, h: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, src_ids: torch.Tensor,
-            is_query: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (B, T, V) of the mixture.
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, src_ids: torch.Tensor, is_query: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pointer weights (B, T, S) over the sources, use (B, T)): q (B, T, C) queries; keys (B, S, C) and
+        src_ids (B, S) of every position so far (-1 where a position is not a source); is_query (B, T) marks
+        the positions that may copy. Rows that do not copy (no source, or not a query) get zero weights."""
+        is_src = src_ids >= 0
+        use = is_query & is_src.any(-1, keepdim=True)
+        scores = torch.einsum("btc,bsc->bts", q.float(), keys.float())
+        scores = scores.masked_fill(~is_src[:, None, :], float("-inf")).masked_fill(~use[..., None], 0.0)
+        return scores.softmax(-1) * (is_src[:, None, :] & use[..., None]), use
 
-        logits (B, T, V) of the vocabulary head; q (B, T, C) queries; keys (B, S, C) and src_ids (B, S)
-        of every position so far (src_ids -1 where a position is not a source); is_query (B, T) marks
-        the positions that may copy. Rows without any source, and positions that may not copy, get
-        log_softmax(logits) unchanged.
-        """
+    def read(self, h: torch.Tensor, attn: torch.Tensor, src_ids: torch.Tensor) -> torch.Tensor:
+        """h plus the value embeddings of the tokens pointed at: the vocabulary head sees the retrieved token
+        at the aligned position (the sibling's code at this cell) and can write a *changed* one (the same
+        shape in another skin tone), which the pointer alone can only copy verbatim."""
+        vals = self.tok_v(src_ids.clamp_min(0)) * (src_ids >= 0)[..., None]  # (B, S, D)
+        return h + torch.bmm(attn.to(vals.dtype), vals)
+
+    def mix(self, logits: torch.Tensor, h: torch.Tensor, attn: torch.Tensor, use: torch.Tensor,
+            src_ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, T, V) of the mixture; positions that do not copy get log_softmax(logits)."""
         logp = logits.float().log_softmax(-1)
-        is_src = src_ids >= 0  # (B, S)
-        use = is_query & is_src.any(-1, keepdim=True)  # (B, T)
         if not bool(use.any()):
             return logp
-        scores = torch.einsum("btc,bsc->bts", q.float(), keys.float())
-        scores = scores.masked_fill(~is_src[:, None, :], float("-inf"))
-        scores = scores.masked_fill(~use[..., None], 0.0)  # rows that do not copy: any finite value
-        attn = scores.softmax(-1) * is_src[:, None, :]
         p_copy = torch.zeros_like(logp).scatter_add_(-1, src_ids.clamp_min(0)[:, None, :].expand_as(attn), attn)
         z = self.gate(h).float()  # (B, T, 1)
         mixed = torch.logaddexp(F.logsigmoid(z) + logp, F.logsigmoid(-z) + p_copy.clamp_min(1e-30).log())
         return torch.where(use[..., None], mixed, logp)
 
-    def target_nll(self, logits: torch.Tensor, h: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
-                   src_ids: torch.Tensor, is_query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def target_nll(self, logits: torch.Tensor, h: torch.Tensor, attn: torch.Tensor, use: torch.Tensor,
+                   src_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) -log p(target) under the mixture, without building the (B, T, V) copy distribution
         (training: the mixture over the whole vocabulary cost 45% of a small-preset step, this ~10%).
         Targets of -100 give 0."""
         valid = targets.ne(-100)
         tgt = targets.clamp_min(0)
         ce = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view_as(tgt)
-        is_src = src_ids >= 0
-        use = is_query & is_src.any(-1, keepdim=True) & valid
+        use = use & valid
         if not bool(use.any()):
             return ce * valid
-        scores = torch.einsum("btc,bsc->bts", q.float(), keys.float())
-        scores = scores.masked_fill(~is_src[:, None, :], float("-inf")).masked_fill(~use[..., None], 0.0)
-        attn = scores.softmax(-1) * is_src[:, None, :]
         p_copy = (attn * (src_ids[:, None, :] == tgt[..., None])).sum(-1)  # (B, T) pointer mass on the target
         z = self.gate(h).float().squeeze(-1)
         mixed = -torch.logaddexp(F.logsigmoid(z) - ce, F.logsigmoid(-z) + p_copy.clamp_min(1e-30).log())

@@ -425,13 +425,14 @@ class Transformer(nn.Module):
             keys, src = c["keys"][:, :past + T], c["src"][:, :past + T]
         if last_only:
             h, idx, next_cell, is_query = h[:, -1:], idx[:, -1:], next_cell[:, -1:], is_query[:, -1:]
-        logits = self.lm_head(h)
-        q = head.queries(h, idx, next_cell)
+        attn, use = head.attend(head.queries(h, idx, next_cell), keys, src, is_query)
+        h_read = head.read(h, attn, src)
+        logits = self.lm_head(h_read)
         if targets is not None:
-            nll = head.target_nll(logits, h, q, keys, src, is_query, targets)
+            nll = head.target_nll(logits, h, attn, use, src, targets)
             w = targets.ne(-100).float() if loss_weights is None else loss_weights.float() * targets.ne(-100)
             return logits, (nll * w).sum() / w.sum().clamp_min(1e-8)
-        out = head.mix(logits, h, q, keys, src, is_query)
+        out = head.mix(logits, h, attn, use, src)
         if logit_ranges is not None:
             out = torch.cat([out[..., a:b] for a, b in logit_ranges], -1)
         return (out.to(logits.dtype) if logits.dtype != torch.float32 else out), None
