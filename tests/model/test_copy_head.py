@@ -106,3 +106,39 @@ def test_the_training_loss_equals_the_mixture_cross_entropy():
     nll = torch.nn.functional.cross_entropy(logp.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none")
     ww = (w * tgt.ne(-100)).flatten()
     torch.testing.assert_close(loss, (nll * ww).sum() / ww.sum())
+
+
+def test_the_vocabulary_head_reads_the_aligned_code_and_learns_a_recolouring():
+    """Main image = the retrieved image with every code shifted by 8 (a fixed recolouring): the pointer
+    finds the aligned cell, and through its value embedding the vocabulary head learns to write the
+    shifted code; with the value path frozen at zero the same steps learn far less."""
+    def batch(g, n=32):
+        rows = []
+        for _ in range(n):
+            codes = torch.randint(40, 48, (4,), generator=g).tolist()
+            rows.append(ra_row([5], codes, [c + 8 for c in codes]))
+        idx = torch.tensor(rows)
+        tgt = idx[:, 1:].clone()
+        tgt[:, :idx[0].tolist().index(SEP) + 1] = -100
+        return idx[:, :-1], tgt
+
+    def train(read: bool):
+        m = model(32, seed=1).train()
+        if not read:
+            m.copy_head.tok_v.weight.requires_grad_(False)
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(40):
+            idx, tgt = batch(g)
+            loss = m(idx, targets=tgt)[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        idx, tgt = batch(torch.Generator().manual_seed(99), 64)
+        with torch.no_grad():
+            pred = m.eval()(idx)[0].argmax(-1)
+        codes = slice(idx[0].tolist().index(SEP) + 4, idx.size(1) - 1)  # predicting the main image's codes 2..4
+        return (pred[:, codes] == tgt[:, codes]).float().mean().item()
+
+    with_read, without = train(True), train(False)
+    assert with_read > 0.7 and with_read > without + 0.4  # measured 0.83 vs 0.19, (with_read, without)
