@@ -17,13 +17,14 @@ results.json (schema 1)::
       "recognition_features": "ramm evaluator (exact)", # which network and rule recognition used (optional)
       "scores": {                                    # split -> system -> SystemScores
         "heldout": {"RA": {"n": 382, "fid": 0.41, "clip_score": 27.3, "recognition": 0.62,
-                           "cider": 1.10, "bleu4": 0.31, "fid_retriever": 0.12, "recognition_retriever": 0.8},
+                           "exact": 0.4, "cider": 1.10, "bleu4": 0.31, "fid_retriever": 0.12, "recognition_retriever": 0.8},
                     "vanilla": {...}, "retrieval-only": {...}},
-        "heldout flags": {...}, "test": {...}
+        "heldout variants": {...}, "heldout cross-style": {...}, "heldout flags": {...}, "test": {...}
       },
       "retrieval": {"text->image heldout": {"R@1": 0.52, "R@5": 0.81, "R@10": 0.90}, ...},
-      "usage": {"heldout": {"none": 3.08, "retrieved": 3.04, "partner": 3.04, "random": 3.11,
-                            "own image": 3.00}},          # RA image-token loss by retrieved context (optional)
+      "usage": {"heldout variants · image": {"none": 3.08, "retrieved": 2.54, "partner": 3.04, "random": 3.11,
+                                             "own image": 1.20},   # RA loss on the main document's image
+                "heldout variants · caption": {...}},            # or caption tokens by retrieved context (optional)
       "ceilings": {"train (128 documents, trained on): RA": {"all": 0.05, "flags": 0.04}},  # recognition (optional)
       "notes": ["free text lines shown under the tables"],
       "config": {...},                               # the demo config, shown folded
@@ -34,7 +35,7 @@ results.json (schema 1)::
                         "image": "report_files/...png", "score": 0.93}],
          "samples": {"RA": "report_files/...png", "vanilla": "...", "retrieval-only": "..."},
          "captions": {"RA": "japan flag", "vanilla": "white flag"},
-         "references": ["Japan Flag", "flag-jp", "jp"]}
+         "references": ["Japan Flag", "flag-jp", "jp"], "track": "cross-style"}
       ]
     }
 
@@ -68,6 +69,7 @@ METRICS = {
     "fid": ("FID", "{:.4f}"),
     "clip_score": ("CLIPScore", "{:.2f}"),
     "recognition": ("recognition", "{:.1%}"),
+    "exact": ("exact caption", "{:.1%}"),
     "cider": ("CIDEr", "{:.3f}"),
     "bleu4": ("BLEU-4", "{:.3f}"),
     "fid_retriever": ("FID on ramm-encoder features (retriever, old)", "{:.4f}"),
@@ -84,6 +86,7 @@ class SystemScores:
     fid: float | None = None  # FID of generated vs reference images, on `Results.fid_features`
     clip_score: float | None = None  # mean 100 * max(cos(image, prompt), 0)
     recognition: float | None = None  # fraction of images recognised as the requested document
+    exact: float | None = None  # fraction of captions that are exactly the document's name (tone included)
     cider: float | None = None  # captioning CIDEr (pycocoevalcap, Python tokenisation)
     bleu4: float | None = None  # captioning BLEU-4
     fid_retriever: float | None = None  # old measure: FID on the retriever's image features
@@ -119,6 +122,7 @@ class Example:
     samples: dict[str, str] = field(default_factory=dict)  # system -> generated image, relative path
     captions: dict[str, str] = field(default_factory=dict)  # system -> caption of the reference image
     references: list[str] = field(default_factory=list)  # caption references (name + short names)
+    track: str = ""  # evaluation track of the document ("variants" / "cross-style" on EmojiBench; "" if none)
 
     def __post_init__(self):
         self.retrieved = [r if isinstance(r, Retrieved) else Retrieved(**r) for r in self.retrieved]
@@ -143,7 +147,7 @@ class Results:
     scores: dict[str, dict[str, SystemScores]] = field(default_factory=dict)  # split -> system -> scores
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"R@1": ...}
     notes: list[str] = field(default_factory=list)  # free text shown under the tables
-    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> context -> RA image-token loss
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> context -> RA loss per token
     ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> {"all"/"flags": recognition}
     config: dict = field(default_factory=dict)  # the run's config
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -192,27 +196,31 @@ def is_flag(doc: Document) -> bool:
     return doc.metadata.get("category") == "Flags"
 
 
-def pick_examples(docs: list[Document], per_split: int = 6, flags: int = 2,
-                  splits: tuple[str, ...] = ("test", "heldout")) -> list[Document]:
-    """A fixed set for the image grid: per split, `flags` flag documents then others up to `per_split`.
+def pick_examples(docs: list[Document], per_split: int | dict[str, int] = 6, flags: int = 2,
+                  splits: tuple[str, ...] = ("test", "heldout"), group=None) -> list[Document]:
+    """A fixed set for the image grid: per split (and per `group(doc)` within it, e.g. the evaluation
+    track), `flags` flag documents then others up to `per_split` (an int, or split -> int).
 
     Order is a hash of the document id, so the same corpus always gives the same set.
     """
-    if flags > per_split:
+    counts = per_split if isinstance(per_split, dict) else {s: per_split for s in splits}
+    if any(flags > n for n in counts.values() if n):
         raise ValueError(f"flags ({flags}) cannot exceed per_split ({per_split})")
     order = sorted(docs, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())
     out = []
     for split in splits:
         pool = [d for d in order if d.metadata.get("split") == split]
-        chosen = [d for d in pool if is_flag(d)][:flags]
-        taken = {d.id for d in chosen}
-        chosen += [d for d in pool if d.id not in taken][: per_split - len(chosen)]
-        out += chosen
+        for g in dict.fromkeys(group(d) for d in pool) if group else [None]:
+            sub = [d for d in pool if group is None or group(d) == g]
+            chosen = [d for d in sub if is_flag(d)][:flags]
+            taken = {d.id for d in chosen}
+            chosen += [d for d in sub if d.id not in taken][: counts.get(split, 0) - len(chosen)]
+            out += chosen
     return out
 
 
 def make_example(run_dir: str | Path, doc: Document, retrieved: list[tuple[Document, float]],
-                 samples: dict[str, np.ndarray], captions: dict[str, str] | None = None) -> Example:
+                 samples: dict[str, np.ndarray], captions: dict[str, str] | None = None, track: str = "") -> Example:
     """Save one grid row's images under run_dir/report_files/ and describe it.
 
     doc: the target (text + real image, EmojiBench metadata); retrieved: what the RA model saw;
@@ -228,7 +236,8 @@ def make_example(run_dir: str | Path, doc: Document, retrieved: list[tuple[Docum
                              image=save_image(run_dir, f"{stem}-retrieved{i}", r.image) if r.image is not None else None)
                    for i, (r, score) in enumerate(retrieved)],
         samples={name: save_image(run_dir, f"{stem}-{_file_stem(name)}", img) for name, img in samples.items()},
-        captions=dict(captions or {}), references=emoji_references(doc.metadata) if doc.metadata.get("name") else [])
+        captions=dict(captions or {}), references=emoji_references(doc.metadata) if doc.metadata.get("name") else [],
+        track=track)
 
 
 def _file_stem(name: str) -> str:
@@ -282,7 +291,7 @@ def _comparison_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                 ra, other = getattr(systems["RA"], k), getattr(systems[base], k)
                 if ra is None or other is None:
                     cells.append("–")
-                elif k == "recognition":
+                elif k in ("recognition", "exact"):
                     cells.append(f"{100 * (ra - other):+.0f} pts")
                 else:
                     # a relative change over a baseline that the table shows as zero is noise, not a ratio
@@ -328,7 +337,7 @@ def _grid_header(systems: list[str]) -> list[str]:
 def _example_groups(examples: list[Example]) -> dict[str, list[Example]]:
     groups: dict[str, list[Example]] = {}
     for ex in examples:
-        groups.setdefault(ex.split, []).append(ex)
+        groups.setdefault(f"{ex.split} {ex.track}".strip(), []).append(ex)
     return groups
 
 
@@ -351,7 +360,8 @@ def _tables(results: Results, examples: list[Example], img, text) -> list[tuple[
     if results.retrieval:
         plain.append(("Retrieval (Recall@K)", *_retrieval_rows(results)))
     if results.usage:
-        plain.append(("Does the RA generator use what it retrieves? (its image-token loss by retrieved context)",
+        plain.append(("Does the RA generator use what it retrieves? (its loss on the main document's image or caption "
+                      "tokens, nats per token, by retrieved context)",
                       *_usage_rows(results)))
     if results.ceilings:
         plain.append(("How recognisable can an image be? (recognition of references through the tokenizer, "
@@ -366,7 +376,7 @@ def _tables(results: Results, examples: list[Example], img, text) -> list[tuple[
 def _usage_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     contexts = list(dict.fromkeys(c for row in results.usage.values() for c in row))
     rows = [[split, *(f"{row[c]:.3f}" if c in row else "-" for c in contexts)] for split, row in results.usage.items()]
-    return ["split", *contexts], rows
+    return ["documents · tokens", *contexts], rows
 
 
 def _ceiling_rows(results: Results) -> tuple[list[str], list[list[str]]]:

@@ -45,13 +45,16 @@ class EvalConfig:
     caption_method: str = "greedy"  # decoding for image->text
     max_caption_tokens: int = 24  # caption length cap
     batch_size: int = 64  # prompts decoded together
-    examples_per_split: int = 6  # image-grid rows per split in the report
-    example_flags: int = 2  # of which flags
+    examples_per_split: dict = field(default_factory=lambda: {"test": 4, "heldout": 16})  # grid rows per split and track
+    example_flags: int = 2  # of which flags (per split and track)
+    usage_limit: int = 128  # documents per split and track in the retrieval-usage probe (0: all)
     train_probe: int = 128  # train documents (half flags) both generators draw for the recognition ceilings (0: off)
     seed: int = 0  # sampling seed
 
     def __post_init__(self):
         self.splits = tuple(self.splits)
+        if isinstance(self.examples_per_split, int):
+            self.examples_per_split = {s: self.examples_per_split for s in self.splits}
         if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0 or self.train_probe < 0:
             raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit and train_probe >= 0")
 

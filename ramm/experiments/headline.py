@@ -108,7 +108,8 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
                       stages: dict, report: Callable[[str], None]) -> dict:
     """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
-    from ramm.evaluation.captioning import bleu4, cider, emoji_references, strip_style_prefix
+    from ramm.corpus.emojibench import track
+    from ramm.evaluation.captioning import bleu4, cider, emoji_references, exact_match, strip_style_prefix
     from ramm.evaluation.clipscore import clip_score
     from ramm.evaluation.evaluator import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
@@ -118,7 +119,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                                         write_report)
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
-    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, with_codes
+    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, relative_ids, with_codes
 
     ecfg = cfg.evaluation
     models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}
@@ -128,7 +129,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     pool = {d.id: d for d in docs}
     codes = encode_images_cached(fmt.image_tokenizer, run / "tokenizer", list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items()}
-    partners = partner_ids(list(pool.values()), list(pool.values()))
+    partners = partner_ids(list(pool.values()), list(pool.values()))  # the other style: the usage probe's 'partner'
+    relatives = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity rule, as in training
     ra_cfg = RAConfig(**{**cfg.generator.get("ra", {}), "n_candidates": ecfg.k})
     evaluator = load_evaluator(run / "evaluator")
     fid = FID.from_encoder(evaluator, name=FID_NAME)
@@ -143,7 +145,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         eval_docs = [lookup[d.id] for d in _subset(by_split.get(split, []), ecfg.limit)]
         if not eval_docs:
             continue
-        got = retrieve(memory, eval_docs, ra_cfg, partners, lookup, ecfg.k)
+        got = retrieve(memory, eval_docs, ra_cfg, relatives, lookup, ecfg.k)
         by_text, by_image = got["text"], got["image"]
         captions = [d.text for d in eval_docs]
         images = {
@@ -161,14 +163,27 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         }
         outputs[split] = {"docs": eval_docs, "images": images, "captions": texts, "retrieved": by_text}
         mates = {d.id: [lookup[p] for p in sorted(partners.get(d.id, ()))] for d in eval_docs}
-        if any(mates.values()):
-            usage[split] = retrieval_usage(models["RA"][0], fmt, eval_docs, by_text, mates)
-            report(f"[evaluate] {split} RA image-token loss by retrieved context: "
-                   + ", ".join(f"{c} {v:.3f}" for c, v in usage[split].items()))
+        tracks = np.array([track(d.metadata) for d in eval_docs])
         subsets = {split: np.ones(len(eval_docs), bool)}
+        for t in dict.fromkeys(tracks):
+            subsets[f"{split} {t}"] = tracks == t
         flags = np.array([is_flag(d) for d in eval_docs])
         if flags.sum() >= 2:
             subsets[f"{split} flags"] = flags
+        for t in dict.fromkeys(tracks):  # the usage probe per track and per modality
+            idx = [i for i, x in enumerate(tracks) if x == t and mates[eval_docs[i].id]]
+            if ecfg.usage_limit:
+                keep = {d.id for d in _subset([eval_docs[i] for i in idx], ecfg.usage_limit)}
+                idx = [i for i in idx if eval_docs[i].id in keep]
+            if not idx:
+                continue
+            sel_docs = [eval_docs[i] for i in idx]
+            for modality, got_kind in (("image", by_text), ("caption", by_image)):
+                label = f"{split} {t} · {modality}"
+                usage[label] = retrieval_usage(models["RA"][0], fmt, sel_docs, [got_kind[i] for i in idx], mates,
+                                               modality=modality)
+                report(f"[evaluate] RA {label}-token loss by retrieved context: "
+                       + ", ".join(f"{c} {v:.3f}" for c, v in usage[label].items()))
         for name, sel in subsets.items():
             sub = [d for d, s in zip(eval_docs, sel) if s]
             real = np.stack([d.image for d in sub])
@@ -183,26 +198,28 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                 cands = {d.id: strip_style_prefix(c) for d, c, s in zip(eval_docs, texts[system], sel) if s}
                 scores[name][system] = SystemScores(
                     n=len(sub), fid=f, clip_score=clip_score(encoder, gen, [d.text for d in sub]),
-                    recognition=rec.rate, cider=cider(cands, refs)[0], bleu4=bleu4(cands, refs),
+                    recognition=rec.rate, exact=exact_match(cands, {d.id: d.metadata.get("name", "") for d in sub}),
+                    cider=cider(cands, refs)[0], bleu4=bleu4(cands, refs),
                     fid_retriever=f_old, recognition_retriever=rec_old.rate)
             report(f"[evaluate] {name}: " + "; ".join(
                 f"{s} FID {v.fid:.4f} rec {v.recognition:.1%} (retriever: FID {v.fid_retriever:.4f} "
-                f"rec {v.recognition_retriever:.1%}) CIDEr {v.cider:.3f}" for s, v in scores[name].items()))
+                f"rec {v.recognition_retriever:.1%}) exact {v.exact:.1%} CIDEr {v.cider:.3f}"
+                for s, v in scores[name].items()))
 
     ceilings = recognition_ceilings(models, fmt, outputs, by_split.get("train", []), lookup, memory, ra_cfg,
-                                    partners, recognizer, ecfg)
+                                    relatives, recognizer, ecfg)
     for label, row in ceilings.items():
         report(f"[evaluate] recognition, {label}: " + ", ".join(f"{k} {v:.1%}" for k, v in row.items()))
 
     examples = []
     for d in pick_examples([x for o in outputs.values() for x in o["docs"]], ecfg.examples_per_split,
-                           ecfg.example_flags, ecfg.splits):
+                           ecfg.example_flags, ecfg.splits, group=lambda d: track(d.metadata)):
         o = outputs[d.metadata["split"]]
         i = [x.id for x in o["docs"]].index(d.id)
         q = encoder.embed_text([d.text])
         retrieved = [(r, float((q @ encoder.embed_documents([r]).T).item())) for r in o["retrieved"][i]]
         examples.append(make_example(run, d, retrieved, {s: o["images"][s][i] for s in SYSTEMS},
-                                     {s: o["captions"][s][i] for s in SYSTEMS}))
+                                     {s: o["captions"][s][i] for s in SYSTEMS}, track=track(d.metadata)))
 
     notes = [
         f"FID and recognition use the evaluation network ({run / 'evaluator'}): a small CNN trained on every "
@@ -221,9 +238,13 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         f"captions {ecfg.caption_method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
     ]
     if usage:
-        notes.append("Retrieved contexts: 'retrieved' = the memory's top documents for the caption; 'partner' = only "
-                     "the same concept's other rendering; 'random' = a document of another concept; 'own image' = "
-                     "the target itself, an oracle no training input contains (how much copying could give).")
+        notes.append("Retrieved contexts: 'retrieved' = what the task retrieves (the memory's top documents for the "
+                     "caption when drawing the image, for the image when writing the caption); 'partner' = only the same "
+                     "concept's other style; 'random' = a document of another concept; 'own image' = the target "
+                     "document itself, an oracle no training input contains (how much copying could give).")
+    notes.append("Tracks: 'variants' = documents of concepts with skin tones (their other tones in the same style are "
+                 "in the memory); 'cross-style' = all others (only the other style is). 'exact caption' = the caption is "
+                 "the document's name, tone included; retrieval-only's caption is its top image-retrieved document's.")
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
                       config=asdict(cfg), usage=usage, ceilings=ceilings,
                       recognition_features="ramm evaluator (exact: nearest of all real images)")

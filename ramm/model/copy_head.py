@@ -74,11 +74,14 @@ class CopyHead(nn.Module):
         scores = scores.masked_fill(~is_src[:, None, :], float("-inf")).masked_fill(~use[..., None], 0.0)
         return scores.softmax(-1) * (is_src[:, None, :] & use[..., None]), use
 
-    def read(self, h: torch.Tensor, attn: torch.Tensor, src_ids: torch.Tensor) -> torch.Tensor:
+    def values(self, src_ids: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) value embeddings of the sources (zero elsewhere)."""
+        return self.tok_v(src_ids.clamp_min(0)) * (src_ids >= 0)[..., None]
+
+    def read(self, h: torch.Tensor, attn: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
         """h plus the value embeddings of the tokens pointed at: the vocabulary head sees the retrieved token
         at the aligned position (the sibling's code at this cell) and can write a *changed* one (the same
         shape in another skin tone), which the pointer alone can only copy verbatim."""
-        vals = self.tok_v(src_ids.clamp_min(0)) * (src_ids >= 0)[..., None]  # (B, S, D)
         return h + torch.bmm(attn.to(vals.dtype), vals)
 
     def mix(self, logits: torch.Tensor, h: torch.Tensor, attn: torch.Tensor, use: torch.Tensor,

@@ -313,6 +313,7 @@ class Transformer(nn.Module):
         cache = KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len, device, dtype or p.dtype)
         if self.copy_head is not None:
             cache.copy = {"keys": torch.zeros(batch, max_len, self.cfg.copy_dim, device=device),
+                          "vals": torch.zeros(batch, max_len, self.cfg.d_model, device=device, dtype=dtype or p.dtype),
                           "src": torch.full((batch, max_len), -1, dtype=torch.long, device=device),
                           "sep": torch.zeros(batch, dtype=torch.bool, device=device),
                           "prev": torch.full((batch,), self.cfg.sep_id, dtype=torch.long, device=device)}
@@ -415,18 +416,19 @@ class Transformer(nn.Module):
             cell = torch.where((grid >= 0) & (grid < n_cells), grid, torch.full_like(grid, n_cells))
             nxt = grid + 1
             next_cell = torch.where((nxt >= 0) & (nxt < n_cells), nxt, torch.full_like(nxt, n_cells))
-        keys = head.keys(h, prev, cell)
+        keys, vals = head.keys(h, prev, cell), head.values(src)
         if cache is not None and cache.copy is not None:
             c = cache.copy
             c["keys"][:, past:past + T] = keys.to(c["keys"].dtype)
+            c["vals"][:, past:past + T] = vals.to(c["vals"].dtype)
             c["src"][:, past:past + T] = src
             c["sep"] = seen[:, -1]
             c["prev"] = idx[:, -1].clone()
-            keys, src = c["keys"][:, :past + T], c["src"][:, :past + T]
+            keys, vals, src = c["keys"][:, :past + T], c["vals"][:, :past + T], c["src"][:, :past + T]
         if last_only:
             h, idx, next_cell, is_query = h[:, -1:], idx[:, -1:], next_cell[:, -1:], is_query[:, -1:]
         attn, use = head.attend(head.queries(h, idx, next_cell), keys, src, is_query)
-        h_read = head.read(h, attn, src)
+        h_read = head.read(h, attn, vals)
         logits = self.lm_head(h_read)
         if targets is not None:
             nll = head.target_nll(logits, h, attn, use, src, targets)

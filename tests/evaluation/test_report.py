@@ -40,8 +40,8 @@ def test_report_renders_tables_and_images(tmp_path):
     assert md.exists() and page.exists()
     text, doc = md.read_text(), page.read_text()
     assert "FID on ramm-encoder features" in text and "FID on ramm-encoder features" in doc
-    assert "| heldout | RA | 4 | 0.2500 | 31.50 | 75.0% | 1.200 | 0.400 |" in text
-    assert "| heldout | vanilla | -50% | +57% | +75 pts | +300% |" in text  # RA halves FID, vanilla recognises nothing
+    assert "| heldout | RA | 4 | 0.2500 | 31.50 | 75.0% | – | 1.200 | 0.400 |" in text
+    assert "| heldout | vanilla | -50% | +57% | +75 pts | – | +300% |" in text  # RA halves FID, vanilla recognises nothing
     assert "](report_files/ra-0.png)" in text and "twitter-0 (flag)" in text
     assert "- a note | with a pipe" in text
     assert "| heldout | 3.100 | 3.050 | 0.500 |" in text  # the retrieval-usage table, contexts in given order
