@@ -20,6 +20,30 @@ def ra_row(name, codes, main_codes=None):
     return [1, *name, IMG, *codes, END, SEP, 1, *name, IMG, *main_codes, END]
 
 
+def main_only(rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of RA rows with the loss on the main document only."""
+    idx = torch.tensor(rows)
+    tgt = idx[:, 1:].clone()
+    tgt[:, :idx[0].tolist().index(SEP) + 1] = -100
+    return idx[:, :-1], tgt
+
+
+def fit_and_predict(m: Transformer, batch, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train on `batch(generator)` for `steps` steps; then (inputs, targets, argmax predictions) of a held-out batch."""
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    m.train()
+    for _ in range(steps):
+        idx, tgt = batch(g)
+        loss = m(idx, targets=tgt)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    idx, tgt = batch(torch.Generator().manual_seed(99), 64)
+    with torch.no_grad():
+        return idx, tgt, m.eval()(idx)[0].argmax(-1)
+
+
 def test_mixture_is_normalised_and_equal_under_the_kv_cache():
     m = model()
     idx = torch.tensor([ra_row([5, 6, 7], [40, 41, 42, 43]), ra_row([8, 9, 10], [44, 45, 46, 47])])
@@ -63,29 +87,11 @@ def test_the_init_prior_points_at_the_next_name_token_and_the_same_grid_cell():
 def test_copying_a_never_seen_name_is_learned_with_the_head_and_not_without():
     """Names are random per example (never repeat), so only copying from the retrieved document works."""
     def batch(g, n=32):
-        rows = []
-        for _ in range(n):
-            name = torch.randint(2, 40, (3,), generator=g).tolist()
-            rows.append(ra_row(name, torch.randint(40, 56, (4,), generator=g).tolist()))
-        idx = torch.tensor(rows)
-        tgt = idx[:, 1:].clone()
-        tgt[:, :idx[0].tolist().index(SEP) + 1] = -100  # loss on the main document only
-        return idx[:, :-1], tgt
+        return main_only([ra_row(torch.randint(2, 40, (3,), generator=g).tolist(),
+                                 torch.randint(40, 56, (4,), generator=g).tolist()) for _ in range(n)])
 
     def train(copy_dim):
-        m = model(copy_dim).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(20):
-            idx, tgt = batch(g)
-            loss = m(idx, targets=tgt)[1]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        m.eval()
-        idx, tgt = batch(torch.Generator().manual_seed(99), 64)
-        with torch.no_grad():
-            pred = m(idx)[0].argmax(-1)
+        idx, tgt, pred = fit_and_predict(model(copy_dim), batch, steps=20, seed=1)
         sep = idx[0].tolist().index(SEP)
         name = slice(sep + 2, sep + 4)  # the 2nd and 3rd name tokens (the 1st has no induction cue)
         return (pred[:, name] == tgt[:, name]).float().mean().item()
@@ -113,30 +119,14 @@ def test_the_vocabulary_head_reads_the_aligned_code_and_learns_a_recolouring():
     finds the aligned cell, and through its value embedding the vocabulary head learns to write the
     shifted code; with the value path frozen at zero the same steps learn far less."""
     def batch(g, n=32):
-        rows = []
-        for _ in range(n):
-            codes = torch.randint(40, 48, (4,), generator=g).tolist()
-            rows.append(ra_row([5], codes, [c + 8 for c in codes]))
-        idx = torch.tensor(rows)
-        tgt = idx[:, 1:].clone()
-        tgt[:, :idx[0].tolist().index(SEP) + 1] = -100
-        return idx[:, :-1], tgt
+        codes = [torch.randint(40, 48, (4,), generator=g).tolist() for _ in range(n)]
+        return main_only([ra_row([5], c, [x + 8 for x in c]) for c in codes])
 
     def train(read: bool):
-        m = model(32, seed=1).train()
+        m = model(32, seed=1)
         if not read:
             m.copy_head.tok_v.weight.requires_grad_(False)
-        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-        g = torch.Generator().manual_seed(2)
-        for _ in range(40):
-            idx, tgt = batch(g)
-            loss = m(idx, targets=tgt)[1]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        idx, tgt = batch(torch.Generator().manual_seed(99), 64)
-        with torch.no_grad():
-            pred = m.eval()(idx)[0].argmax(-1)
+        idx, tgt, pred = fit_and_predict(m, batch, steps=40, seed=2)
         codes = slice(idx[0].tolist().index(SEP) + 4, idx.size(1) - 1)  # predicting the main image's codes 2..4
         return (pred[:, codes] == tgt[:, codes]).float().mean().item()
 
