@@ -2,7 +2,7 @@
 
 Candidates: the memorized images (EmojiBench train + test concepts, both styles). Queries: the test concepts'
 captions and pseudo-queries (name without style, short names), unseen in training. A hit is an image of the
-query's concept (either style: EMOJIBENCH.md counts the other style as a hit). Peer: the dual encoder's exact
+query's concept (either style: docs/emojibench.md counts the other style as a hit). Peer: the dual encoder's exact
 cosine search over the same images; with several `--retriever`s each is scored and the best R@1 is the peer
 (a dense retriever trained for text -> image search is the fair one: the demo's private-subspace encoder
 trades cross-modal search on unseen names for image -> document search). Target: the best scheme's R@1 >= dense.

@@ -1,4 +1,4 @@
-"""EmojiBench: the built-in corpus (protocol in EMOJIBENCH.md).
+"""EmojiBench: the built-in corpus (protocol in docs/emojibench.md).
 
 One document per (concept, style): "<style> emoji: <name>" then the emoji image (64x64 RGBA PNG from the
 npm packages emoji-datasource-<style>@16.0.0, composited on white, resized with LANCZOS). Each skin-tone

@@ -32,7 +32,7 @@ def strip_style_prefix(caption: str) -> str:
 
 
 def emoji_references(metadata: dict) -> list[str]:
-    """EmojiBench caption references of a document: its name and its short names (EMOJIBENCH.md)."""
+    """EmojiBench caption references of a document: its name and its short names (docs/emojibench.md)."""
     refs = [metadata.get("name", "")] + list(metadata.get("short_names", []))
     refs = [r for r in refs if tokenize(r)]
     if not refs:

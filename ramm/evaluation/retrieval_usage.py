@@ -5,7 +5,7 @@ A lower loss with retrieval than without can come from the retrieved document's 
 having any document in front. The contexts tell these apart:
 - "none": no retrieved document (the model's caption-only loss);
 - "retrieved": what the memory returns for the caption (leave-one-out, as in the headline experiment);
-- "partner": only the leave-one-out partner (same concept, other rendering: EMOJIBENCH.md's knowledge);
+- "partner": only the leave-one-out partner (same concept, other rendering: docs/emojibench.md's knowledge);
 - "random": one document of another concept (a context that carries no information about the target);
 - "own image": the document itself, which no training input contains: an oracle for how much copying
   could give. A model that learned to copy drops far below "none" here; one that ignores its context does not.

@@ -5,7 +5,7 @@
 
 Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when that file exists
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
-JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is EMOJIBENCH.md:
+JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is docs/emojibench.md:
 leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
 features of an evaluation network trained on every document (ramm.evaluation.evaluator), which no
 system reads.

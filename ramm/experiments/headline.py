@@ -1,6 +1,6 @@
 """Scoring the headline experiment: RA vs vanilla vs retrieval-only on test and heldout documents.
 
-For each document (concept c, style s) of a reported split (EMOJIBENCH.md):
+For each document (concept c, style s) of a reported split (docs/emojibench.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
   returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network

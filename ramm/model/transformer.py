@@ -24,7 +24,7 @@ from ramm.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-# Named sizes (minGPT style). `small` is the EmojiBench demo (EMOJIBENCH.md: 4 layers, d=256).
+# Named sizes (minGPT style). `small` is the EmojiBench demo (docs/emojibench.md: 4 layers, d=256).
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=4, d_model=64, d_ff=172, max_seq_len=512),
     "small": dict(n_layer=4, n_head=8, d_model=256, d_ff=688, max_seq_len=512),
