@@ -41,8 +41,6 @@ def register(cli) -> None:
     p.add_argument("--pseudo-names", type=float, default=0.0,
                    help="chance that an example whose retrieved documents hold its concept's other rendering gets a "
                         "made-up concept name (in both), so only the retrieved image tells what to draw")
-    p.add_argument("--pseudo-spelled", type=float, default=0.0,
-                   help="chance that a pseudo-name word is a made-up spelling (rare BPE pieces, as heldout names have)")
     p.add_argument("--mmr", type=float, default=0.0,
                    help="text queries pick retrieved documents by maximal marginal relevance with this redundancy "
                         "weight (0: top-k by relevance)")
@@ -69,7 +67,6 @@ def _run(args) -> int:
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
                   max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
                   pseudo_names=args.pseudo_names, text_weight=args.text_weight, mmr=args.mmr,
-                  pseudo_spelled=args.pseudo_spelled,
                   seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
                           text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,

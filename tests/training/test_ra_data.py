@@ -306,18 +306,3 @@ def test_mmr_trades_a_near_duplicate_of_the_first_pick_for_complementary_evidenc
     with pytest.raises(ValueError, match="mmr"):
         RAConfig(mmr=-1)
 
-
-def test_spelled_pseudo_names_are_made_up_words_shared_by_main_and_partner():
-    from ramm.training.ra_data import spelled_word
-    pool = ["red", "flag"]
-    main = Document.from_pair("g-1", "google emoji: japan flag", np.zeros((4, 4, 3), np.uint8),
-                              metadata={"concept": "1", "name": "japan flag"})
-    partner = Document.from_pair("t-1", "twitter emoji: japan flag", np.ones((4, 4, 3), np.uint8),
-                                 metadata={"concept": "1", "name": "japan flag"})
-    m, (p,) = rename_concept(main, [partner], pool, np.random.default_rng(3), spelled=1.0)
-    new = m.metadata["name"]
-    assert p.metadata["name"] == new and not set(new.split()) & set(pool) and len(new.split()) == 2
-    words = {spelled_word(np.random.default_rng(i)) for i in range(50)}
-    assert len(words) > 45 and all(w.isalpha() and 2 <= len(w) <= 16 for w in words)
-    with pytest.raises(ValueError, match="pseudo_spelled"):
-        RAConfig(pseudo_spelled=2)
