@@ -44,8 +44,6 @@ def register(cli) -> None:
     p.add_argument("--mmr", type=float, default=0.0,
                    help="text queries pick retrieved documents by maximal marginal relevance with this redundancy "
                         "weight (0: top-k by relevance)")
-    p.add_argument("--text-weight", type=float, default=1.0,
-                   help="loss weight of the main document's text tokens (image codes weigh 1)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and masks")
     add_runtime_args(p, "continue from OUT/checkpoint")
     p.set_defaults(func=_run)
@@ -66,7 +64,7 @@ def _run(args) -> int:
     ra = RAConfig(k_choices=ks, n_candidates=max(2, *ks), diversity=None if args.diversity < 0 else args.diversity,
                   exempt_partner=not args.no_exempt_partner, query_dropout=args.query_dropout, alpha=args.alpha,
                   max_len=args.max_len, query=args.query, augment=args.augment, views=args.views,
-                  pseudo_names=args.pseudo_names, text_weight=args.text_weight, mmr=args.mmr,
+                  pseudo_names=args.pseudo_names, mmr=args.mmr,
                   seed=args.seed)
     cfg = GeneratorConfig(corpus=args.corpus, memory=args.memory, tokenizer=args.tokenizer,
                           text_tokenizer=args.text_tokenizer, out=args.out, size=args.size, dropout=args.dropout,

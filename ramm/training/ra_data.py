@@ -56,7 +56,6 @@ class RAConfig:
     augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
     views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
     pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
-    text_weight: float = 1.0  # loss weight of the main document's text tokens (its images' codes weigh 1)
     mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
 
     def __post_init__(self):
@@ -76,8 +75,6 @@ class RAConfig:
             raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
         if self.mmr < 0:
             raise ValueError(f"mmr must be >= 0, got {self.mmr}")
-        if self.text_weight <= 0:
-            raise ValueError(f"text_weight must be positive, got {self.text_weight}")
         if self.augment > 0 and self.views < 2:
             raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
         self.k_choices = tuple(self.k_choices)
@@ -354,20 +351,8 @@ class RADataset(torch.utils.data.Dataset):
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:
-                ids, weights = seq.ids[:self.cfg.max_len + 1], seq.weights[:self.cfg.max_len + 1]
-                return ids, self._weigh_text(ids, weights)
+                return seq.ids[:self.cfg.max_len + 1], seq.weights[:self.cfg.max_len + 1]
             retrieved = retrieved[:-1]
-
-    def _weigh_text(self, ids: list[int], weights: list[float]) -> list[float]:
-        """The main document's text tokens weigh `text_weight`: a caption is ~8 tokens beside an image's 64
-        codes, so with equal weights captioning is a few percent of the loss and copying a retrieved name
-        barely pays (measured: the caption loss moved 2% with the right document in context)."""
-        if self.cfg.text_weight == 1.0:
-            return weights
-        vocab = self.fmt.vocab
-        start = len(ids) - ids[::-1].index(vocab.sep) if vocab.sep in ids else 0
-        text = vocab.is_text(ids)
-        return [w * self.cfg.text_weight if j >= start and text[j] else w for j, w in enumerate(weights)]
 
     def __getitem__(self, i: int) -> tuple[list[int], list[float]]:
         return self.example(i, np.random.default_rng((self.cfg.seed, self.epoch, i)))
