@@ -4,7 +4,6 @@ Fast tests train on a tiny synthetic corpus: 8 shapes x 3 colourings ("tones") x
 every (shape-colouring, style) its own document. The slow test trains on the real EmojiBench in
 data/emojibench when it is there.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from ramm.evaluation.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, aug
 from ramm.evaluation.fid import FID
 from ramm.evaluation.recognition import Recognizer
 
-ROOT = Path(__file__).resolve().parents[2]
 S = 32
 _yy, _xx = np.mgrid[:S, :S] - (S - 1) / 2
 _r = np.hypot(_xx, _yy)
@@ -269,13 +267,10 @@ def test_exact_recognition_needs_the_document_itself(colour_encoder, solid):
 
 # -------------------------------------------------------------------------------- real EmojiBench
 @pytest.mark.slow
-def test_on_emojibench_it_recognises_views_and_reconstructions_but_not_the_other_style():
-    data = ROOT / "data" / "emojibench"
-    if not (data / "meta.json").exists():
-        pytest.skip(f"no EmojiBench at {data} (build it with `ramm data emojibench`)")
+def test_on_emojibench_it_recognises_views_and_reconstructions_but_not_the_other_style(emojibench_dir):
     from ramm.corpus.emojibench import load_emojibench
 
-    docs = load_emojibench(data)
+    docs = load_emojibench(emojibench_dir)
     cfg = EvaluatorConfig(max_seconds=600)  # the demo's steps, never cut short by a busy machine
     model, metrics = train_evaluator(docs, cfg, progress=False)
     rec = model.recognizer(docs)
