@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from ramm.evaluation.evaluator import EvaluatorConfig
 from ramm.utils import atomic_write_json

@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ramm.training.ra_data import RAConfig
 from ramm.utils import atomic_write_json, seed_everything

@@ -1,6 +1,5 @@
 """The demo configs are valid, and `make demo-tiny`'s pipeline runs end to end (slow)."""
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
