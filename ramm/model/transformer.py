@@ -52,6 +52,8 @@ class TransformerConfig:
     copy_dim: int = 0  # > 0: a copy (pointer) head over the retrieved documents' tokens (ramm.model.copy_head)
     sep_id: int = -1  # the `<sep>` id closing the retrieved documents (needed when copy_dim > 0)
     content_ids: int = 0  # ids below this (text and image codes) can be copied (needed when copy_dim > 0)
+    copy_end_ids: tuple[int, ...] = ()  # markers that can close a text (`<img>`, `</doc>`): copied as `eos_id`
+    eos_id: int = -1  # what pointing at the end of a retrieved text emits (`<eos>`, which closes an infilled span)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
@@ -63,6 +65,7 @@ class TransformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_tokens < 0 or (self.image_tokens and not 0 <= self.image_open_id < self.vocab_size):
             raise ValueError("image_tokens must be >= 0, and > 0 needs image_open_id inside the vocabulary")
+        self.copy_end_ids = tuple(int(i) for i in self.copy_end_ids)
         if self.copy_dim < 0 or (self.copy_dim and not (0 <= self.sep_id < self.vocab_size
                                                         and 0 < self.content_ids <= self.vocab_size)):
             raise ValueError("copy_dim must be >= 0, and > 0 needs sep_id and content_ids inside the vocabulary")
@@ -405,10 +408,17 @@ class Transformer(nn.Module):
         if cache is not None and cache.copy is not None:
             seen = seen | cache.copy["sep"][:, None]
         is_query = seen & ~before_last
-        src = torch.where(before_last & (idx >= 0) & (idx < cfg.content_ids), idx, torch.full_like(idx, -1))
         first_prev = cache.copy["prev"][:, None] if cache is not None and cache.copy is not None \
             else torch.full((B, 1), cfg.sep_id, dtype=idx.dtype, device=idx.device)
         prev = torch.cat([first_prev, idx[:, :-1]], 1)
+        src = torch.where(before_last & (idx >= 0) & (idx < cfg.content_ids), idx, torch.full_like(idx, -1))
+        if cfg.copy_end_ids and cfg.eos_id >= 0:
+            # a marker right after content closes a retrieved text: pointing there says "the copied name ends here"
+            ends = torch.zeros_like(idx, dtype=torch.bool)
+            for e in cfg.copy_end_ids:
+                ends |= idx == e
+            ends &= before_last & (prev >= 0) & (prev < cfg.content_ids)
+            src = torch.where(ends, torch.full_like(idx, cfg.eos_id), src)
         n_cells = cfg.image_tokens
         if grid is None:
             cell = next_cell = torch.zeros_like(idx)

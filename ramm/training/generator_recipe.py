@@ -146,7 +146,8 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len, dropout=cfg.dropout,
                                                  image_tokens=fmt.tokens_per_image, image_open_id=vocab.img,
                                                  copy_dim=cfg.copy_dim, sep_id=vocab.sep,
-                                                 content_ids=vocab.special_offset))
+                                                 content_ids=vocab.special_offset,
+                                                 copy_end_ids=(vocab.img, vocab.doc_end), eos_id=vocab.eos))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)
     ks = (0, cfg.eval_k) if cfg.retrieval else (0,)
     val = {"val": [lookup[d.id] for d in splits.get("val", []) if d.id in lookup]}

@@ -132,3 +132,23 @@ def test_the_vocabulary_head_reads_the_aligned_code_and_learns_a_recolouring():
 
     with_read, without = train(True), train(False)
     assert with_read > 0.7 and with_read > without + 0.4  # measured 0.83 vs 0.19, (with_read, without)
+
+
+def test_pointing_at_the_end_of_a_retrieved_text_emits_the_end_token():
+    """The marker after a retrieved name (here <img>) is a source that emits <eos>: after the main
+    document's copy of the name's last word the induction prior points there, so stopping is copyable."""
+    EOS = 63
+
+    def p_eos(**kw):
+        torch.manual_seed(0)
+        m = Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=64, image_tokens=4,
+                                                 image_open_id=IMG, copy_dim=64, sep_id=SEP, content_ids=CONTENT,
+                                                 **kw)).eval()
+        idx = torch.tensor([ra_row([5, 6, 7], [40, 41, 42, 43])])
+        with torch.no_grad():
+            p = m(idx)[0].exp()[0]
+        last = idx[0].tolist().index(SEP) + 4  # the main document's "7"
+        assert idx[0, last] == 7
+        return float(p[last, EOS])
+
+    assert p_eos(copy_end_ids=(IMG,), eos_id=EOS) > 0.2 > 0.05 > p_eos()
