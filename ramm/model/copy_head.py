@@ -18,8 +18,10 @@ The pointer's query and key carry two priors a decoder would otherwise have to d
   cell, so the code at the same cell of a retrieved image is one dot product away (copying a
   same-style sibling). Both embeddings start equal on the two sides (a strong match at init) and train.
 Queries are the positions after the last `<sep>` (the main document); sources are content tokens
-(text and image codes, ids below `content_ids`) before it. Without a `<sep>` (no retrieval: the
-vanilla model, CFG's unconditional stream) the output is the plain vocabulary distribution.
+(text and image codes, ids below `content_ids`) before it, plus the marker that closes a retrieved text
+(`copy_end_ids`, e.g. `<img>` after a caption), which emits `<eos>`: so ending a copied name is a copy too.
+Without a `<sep>` (no retrieval: the vanilla model, CFG's unconditional stream) the output is the plain
+vocabulary distribution. (Which positions are sources is decided in `Transformer._copy_logits`.)
 """
 from __future__ import annotations
 
