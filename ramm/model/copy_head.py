@@ -35,7 +35,7 @@ PRIOR_SCORE = 6.0  # init: a matching (token or cell) pair scores ~this, unrelat
 class CopyHead(nn.Module):
     def __init__(self, d_model: int, vocab_size: int, copy_dim: int, image_tokens: int):
         super().__init__()
-        self.copy_dim, self.image_tokens = copy_dim, image_tokens
+        self.copy_dim = copy_dim
         self.q = nn.Linear(d_model, copy_dim, bias=False)
         self.k = nn.Linear(d_model, copy_dim, bias=False)
         self.tok_q = nn.Embedding(vocab_size, copy_dim)  # the current token (query side)
@@ -100,7 +100,7 @@ class CopyHead(nn.Module):
     def target_nll(self, logits: torch.Tensor, h: torch.Tensor, attn: torch.Tensor, use: torch.Tensor,
                    src_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) -log p(target) under the mixture, without building the (B, T, V) copy distribution
-        (training: the mixture over the whole vocabulary cost 45% of a small-preset step, this ~10%).
+        (training: the mixture over the whole vocabulary cost 45% of a small-preset step; this is within noise).
         Targets of -100 give 0."""
         valid = targets.ne(-100)
         tgt = targets.clamp_min(0)
@@ -112,7 +112,3 @@ class CopyHead(nn.Module):
         z = self.gate(h).float().squeeze(-1)
         mixed = -torch.logaddexp(F.logsigmoid(z) - ce, F.logsigmoid(-z) + p_copy.clamp_min(1e-30).log())
         return torch.where(use, mixed, ce) * valid
-
-    def gate_share(self, h: torch.Tensor) -> torch.Tensor:
-        """g, the vocabulary's share of the mixture (diagnostics: 1 - g is how much the head copies)."""
-        return torch.sigmoid(self.gate(h).float()).squeeze(-1)

@@ -266,9 +266,15 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
     flat = logits.reshape(-1, logits.size(-1)).float()
     if weights is None:
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100)
-    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="none")
-    w = weights.reshape(-1).float() * targets.reshape(-1).ne(-100)
-    return (ce * w).sum() / w.sum().clamp_min(1e-8)
+    return weighted_mean(F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="none"), targets, weights)
+
+
+def weighted_mean(per_token: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """sum(w * loss) / sum(w) over targets != -100 (w = 1 without weights)."""
+    w = targets.reshape(-1).ne(-100).float()
+    if weights is not None:
+        w = w * weights.reshape(-1).float()
+    return (per_token.reshape(-1) * w).sum() / w.sum().clamp_min(1e-8)
 
 
 class Transformer(nn.Module):
@@ -375,18 +381,15 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = S
         if self.copy_head is not None:
-            logits, loss = self._copy_logits(idx, self.norm(x), grid, past, cache, last_only, logit_ranges,
-                                             targets, loss_weights)
-            return logits, loss
+            return self._copy_logits(idx, self.norm(x), grid, past, cache, last_only, logit_ranges, targets, loss_weights)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        if logit_ranges is None:
+            logits = self.lm_head(x)
         else:
-            if last_only:
-                x = x[:, -1:]
-            x = self.norm(x)
-            if logit_ranges is None:
-                logits = self.lm_head(x)
-            else:
-                parts = [self.lm_head.columns(x, a, b) for a, b in logit_ranges]
-                logits = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            parts = [self.lm_head.columns(x, a, b) for a, b in logit_ranges]
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
         loss = None if targets is None else weighted_cross_entropy(logits, targets, loss_weights)
         return logits, loss
 
@@ -414,18 +417,14 @@ class Transformer(nn.Module):
         src = torch.where(before_last & (idx >= 0) & (idx < cfg.content_ids), idx, torch.full_like(idx, -1))
         if cfg.copy_end_ids and cfg.eos_id >= 0:
             # a marker right after content closes a retrieved text: pointing there says "the copied name ends here"
-            ends = torch.zeros_like(idx, dtype=torch.bool)
-            for e in cfg.copy_end_ids:
-                ends |= idx == e
+            ends = torch.isin(idx, torch.tensor(cfg.copy_end_ids, device=idx.device))
             ends &= before_last & (prev >= 0) & (prev < cfg.content_ids)
             src = torch.where(ends, torch.full_like(idx, cfg.eos_id), src)
-        n_cells = cfg.image_tokens
         if grid is None:
             cell = next_cell = torch.zeros_like(idx)
-        else:
-            cell = torch.where((grid >= 0) & (grid < n_cells), grid, torch.full_like(grid, n_cells))
-            nxt = grid + 1
-            next_cell = torch.where((nxt >= 0) & (nxt < n_cells), nxt, torch.full_like(nxt, n_cells))
+        else:  # grid cells in [0, image_tokens), image_tokens (the prior's "none" row) elsewhere
+            in_grid = lambda g: torch.where((g >= 0) & (g < cfg.image_tokens), g, cfg.image_tokens)  # noqa: E731
+            cell, next_cell = in_grid(grid), in_grid(grid + 1)
         keys, vals = head.keys(h, prev, cell), head.values(src)
         if cache is not None and cache.copy is not None:
             c = cache.copy
@@ -441,9 +440,7 @@ class Transformer(nn.Module):
         h_read = head.read(h, attn, vals)
         logits = self.lm_head(h_read)
         if targets is not None:
-            nll = head.target_nll(logits, h, attn, use, src, targets)
-            w = targets.ne(-100).float() if loss_weights is None else loss_weights.float() * targets.ne(-100)
-            return logits, (nll * w).sum() / w.sum().clamp_min(1e-8)
+            return logits, weighted_mean(head.target_nll(logits, h, attn, use, src, targets), targets, loss_weights)
         out = head.mix(logits, h, attn, use, src)
         if logit_ranges is not None:
             out = torch.cat([out[..., a:b] for a, b in logit_ranges], -1)

@@ -109,6 +109,11 @@ def name_words(docs: Sequence[Document]) -> list[str]:
 _TONE_SUFFIX = re.compile(r"(, [a-z-]+ skin tone)+$")
 
 
+def base_of(doc: Document):
+    """The document's base concept (EmojiBench: its default skin tone), else its concept (None if neither)."""
+    return doc.metadata.get("base", doc.metadata.get("concept"))
+
+
 def base_name(name: str) -> str:
     """"waving hand sign, dark skin tone" -> "waving hand sign": the part of a name its skin-tone
     variants share (a name without a tone suffix is returned as is)."""
@@ -129,8 +134,7 @@ def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequenc
     papers. Made-up spellings ("vanoteli", rare BPE pieces like a heldout name's) instead of train-name
     words for half the words did not help (val exact cross-style captions 16% vs 20%), so names stay
     train-name words. Documents without their name in their text are returned unchanged."""
-    name, concept = main.metadata.get("name"), main.metadata.get("concept")
-    base = main.metadata.get("base", concept)
+    name, base = main.metadata.get("name"), base_of(main)
     if not name or not words or name not in main.text:
         return main, list(retrieved)
     old = base_name(name)
@@ -141,10 +145,7 @@ def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequenc
         new_name = str(d.metadata.get("name", "")).replace(old, pseudo)
         return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": new_name})
 
-    def related(r: Document) -> bool:
-        return (concept is not None and r.metadata.get("concept") == concept) or \
-            (base is not None and r.metadata.get("base", r.metadata.get("concept")) == base)
-    return rename(main), [rename(r) if related(r) else r for r in retrieved]
+    return rename(main), [rename(r) if base is not None and base_of(r) == base else r for r in retrieved]
 
 
 def _tokenizer_key(tokenizer_dir: str | Path) -> str:
@@ -344,9 +345,8 @@ class RADataset(torch.utils.data.Dataset):
                 main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
         if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
-            base = main.metadata.get("base", main.metadata.get("concept"))
-            if u < self.cfg.pseudo_names and base is not None and \
-                    any(r.metadata.get("base", r.metadata.get("concept")) == base for r in retrieved):
+            base = base_of(main)
+            if u < self.cfg.pseudo_names and base is not None and any(base_of(r) == base for r in retrieved):
                 main, retrieved = rename_concept(main, retrieved, self.words, np.random.default_rng(name_seed))
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
@@ -373,17 +373,15 @@ class RADataset(torch.utils.data.Dataset):
 
 
 def _main_token_loss(model, seqs: Sequence[tuple[list[int], list[float]]], pad: int, batch_size: int, device) -> float:
-    """Weighted mean next-token loss of (ids, weights) sequences (weight w_j on predicting ids[j])."""
+    """Weighted mean next-token loss of (ids, weights) sequences (weight w_j on predicting ids[j]): the model's
+    own weighted loss per batch (so a copy head scores its mixture without building it over the vocabulary)."""
     total, count = 0.0, 0.0
     for s in range(0, len(seqs), batch_size):
-        batch = pad_batch(seqs[s:s + batch_size], pad)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits, _ = model(batch["idx"])
-        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(),
-                                               ignore_index=-100, reduction="none")
-        w = batch["loss_weights"].flatten()
-        total += float((ce * w).sum())
-        count += float(w.sum())
+        batch = {k: v.to(device) for k, v in pad_batch(seqs[s:s + batch_size], pad).items()}
+        _, loss = model(**batch)
+        w = float(batch["loss_weights"].sum())  # padding and ignored targets weigh 0 (pad_batch)
+        total += float(loss) * w
+        count += w
     return total / max(count, 1.0)
 
 
