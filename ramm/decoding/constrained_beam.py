@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ramm.grace.trie import PrefixTrie
+from ramm.decoding.trie import PrefixTrie
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ramm.corpus.document import Document
-from ramm.training.ra_data import caption_token_loss, image_token_loss
+from ramm.evaluation.token_loss import caption_token_loss, image_token_loss
 
 CONTEXTS = ("none", "retrieved", "partner", "random", "own image")
 MODALITIES = {"image": image_token_loss, "caption": caption_token_loss}

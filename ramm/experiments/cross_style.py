@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ramm.corpus.emojibench import load_emojibench
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.training.ra_data import encode_images_cached
+    from ramm.tokenizers.code_cache import encode_images_cached
 
     docs = load_emojibench(args.corpus)
     tok = ImageTokenizer.from_pretrained(args.tokenizer)

@@ -119,7 +119,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                                         write_report)
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
-    from ramm.training.ra_data import RAConfig, encode_images_cached, partner_ids, relative_ids, with_codes
+    from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+    from ramm.training.ra_data import RAConfig, partner_ids, relative_ids
 
     ecfg = cfg.evaluation
     models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ramm.grace.trie import PrefixTrie
+from ramm.decoding.trie import PrefixTrie
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence as Seq
 
 import numpy as np
+import torch
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.tokenizers.vocab import Vocabulary
@@ -301,3 +302,17 @@ class CM3Format:
             px = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             return ImageSegment(pixels=px, tokens=codes)
         return ImageSegment(tokens=codes)
+
+
+def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, weights) sequences into idx/targets (-100 on padding)/loss_weights tensors."""
+    T = max(len(ids) for ids, _ in seqs) - 1
+    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
+    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
+    w = torch.zeros(len(seqs), T)
+    for b, (ids, weights) in enumerate(seqs):
+        n = len(ids) - 1
+        idx[b, :n] = torch.tensor(ids[:-1])
+        tgt[b, :n] = torch.tensor(ids[1:])
+        w[b, :n] = torch.tensor(weights[1:])
+    return {"idx": idx, "targets": tgt, "loss_weights": w}

@@ -77,7 +77,8 @@ def _splits(docs) -> dict[str, list]:
 def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: dict, cfg: GeneratorConfig,
                        partners: dict[str, set[str]], ks=(0,)) -> dict[str, float]:
     """Image-token loss of each split's main documents with k retrieved documents (text query, no dropout)."""
-    from ramm.training.ra_data import image_token_loss, precompute_neighbours
+    from ramm.evaluation.token_loss import image_token_loss
+    from ramm.training.ra_data import precompute_neighbours
 
     out = {}
     for split, docs in eval_sets.items():
@@ -101,8 +102,8 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     from ramm.tokenizers.vocab import Vocabulary
-    from ramm.training.ra_data import (RADataset, encode_images_cached, precompute_neighbours, relative_ids,
-                                       with_codes)
+    from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+    from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
     from ramm.training.trainer import Trainer, TrainerConfig
 
     seed_everything(cfg.seed)

@@ -71,7 +71,7 @@ def image_tokenizer_dir(cfg: GraceConfig) -> Path:
 
 def image_codes(image_tokenizer, cfg: GraceConfig, docs) -> np.ndarray:
     """(N, tokens_per_image) codes of each document's first image, through the shared on-disk code cache."""
-    from ramm.training.ra_data import encode_images_cached
+    from ramm.tokenizers.code_cache import encode_images_cached
 
     codes = encode_images_cached(image_tokenizer, image_tokenizer_dir(cfg), docs)
     return np.stack([codes[d.id] for d in docs])

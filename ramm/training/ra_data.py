@@ -1,8 +1,7 @@
 """Retrieval-augmented training data for the generator (RA-CM3 sec. 3.3; CM3Leon's pretraining stage).
 
 Work done once per run, not per step:
-- every document's image is VQ-encoded once and cached as .npy, keyed by the tokenizer's weights
-  and the documents' content (`encode_images_cached`);
+- every document's image is VQ-encoded once and cached (`ramm.tokenizers.code_cache`);
 - for every training document two neighbour lists are precomputed with the Memory: one for its
   text as the query (20% query-word dropout) and one for its image; the document itself and exact
   duplicates are excluded by the Memory; candidates whose relevance to the query exceeds the diversity
@@ -23,22 +22,17 @@ Measured on EmojiBench (demo budget, 1000 steps): augment 0.5 over 8 views gave 
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ramm.corpus.document import Document, ImageSegment, TextSegment, batch_pixels
+from ramm.corpus.document import Document, TextSegment
 from ramm.retrieval.strategies import query_dropout
-from ramm.tokenizers.cm3_format import CM3Format
-from ramm.utils import default_cache_dir
-
-log = logging.getLogger(__name__)
+from ramm.tokenizers.cm3_format import CM3Format, pad_batch
+from ramm.tokenizers.code_cache import VIEWS, with_codes
 
 
 @dataclass
@@ -78,24 +72,6 @@ class RAConfig:
         if self.augment > 0 and self.views < 2:
             raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
         self.k_choices = tuple(self.k_choices)
-
-
-# (dihedral transform 0..7, colour-channel rotation 0..2); identity first, then a fixed shuffle so the
-# first n views mix both kinds
-VIEWS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
-    tuple(int(x) for x in v) for v in np.random.default_rng(0).permutation(
-        [(d, c) for d in range(8) for c in range(3) if (d, c) != (0, 0)]))
-
-
-def view_pixels(pixels: np.ndarray, view: int) -> np.ndarray:
-    """(H, W, C) pixels under joint view `view`: rot90 d % 4 times, transposed when d >= 4, channels rolled."""
-    d, c = VIEWS[view]
-    out = np.rot90(pixels, d % 4, axes=(0, 1))
-    if d >= 4:
-        out = out.transpose(1, 0, 2)
-    if c:
-        out = np.roll(out, c, axis=2)
-    return np.ascontiguousarray(out)
 
 
 def name_words(docs: Sequence[Document]) -> list[str]:
@@ -146,55 +122,6 @@ def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequenc
         return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": new_name})
 
     return rename(main), [rename(r) if base is not None and base_of(r) == base else r for r in retrieved]
-
-
-def _tokenizer_key(tokenizer_dir: str | Path) -> str:
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        h.update((Path(tokenizer_dir) / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Sequence[Document],
-                         cache_dir: str | Path | None = None, batch: int = 256, views: int = 1) -> dict[str, np.ndarray]:
-    """{doc id: codes (tokens_per_image,)} for each document's first image, or (views, tokens_per_image)
-    with `views` > 1 (row v: the image under joint view v); computed once, then read from
-    <cache>/image_codes/<tokenizer hash>/<documents hash>[-v<views>].npy."""
-    docs = [d for d in docs if d.image is not None]
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(d.id.encode() + b"\0" + d.content_hash().encode())
-    suffix = f"-v{views}" if views > 1 else ""
-    path = Path(cache_dir or default_cache_dir()) / "image_codes" / _tokenizer_key(tokenizer_dir) / f"{h.hexdigest()[:16]}{suffix}.npy"
-    if path.exists():
-        codes = np.load(path, allow_pickle=False)
-        log.info("image codes of %d documents read from %s", len(docs), path)
-    else:
-        def encode(chunk, v):
-            px = batch_pixels(chunk)  # (B, C, H, W) float
-            if v:
-                px = torch.from_numpy(np.stack([view_pixels(p, v) for p in px.permute(0, 2, 3, 1).numpy()])).permute(0, 3, 1, 2)
-            return image_tokenizer.encode(px).cpu().numpy()
-        image_tokenizer.eval()  # deterministic codes (no dropout / codebook updates while encoding)
-        with torch.no_grad():
-            codes = np.stack([np.concatenate([encode(docs[i:i + batch], v) for i in range(0, len(docs), batch)])
-                              for v in range(views)], axis=1).astype(np.int64)
-            if views == 1:
-                codes = codes[:, 0]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, codes)
-        tmp.replace(path)
-        log.info("encoded %d images to %s", len(docs), path)
-    return {d.id: c for d, c in zip(docs, codes)}
-
-
-def with_codes(doc: Document, codes: dict[str, np.ndarray]) -> Document:
-    """The document with its image's cached codes attached (the format needs no tokenizer then); pixels
-    are kept for image queries, metrics and reports."""
-    segs = [ImageSegment(pixels=s.pixels, tokens=codes[doc.id]) if isinstance(s, ImageSegment) else s
-            for s in doc.segments]
-    return Document(id=doc.id, segments=segs, source=doc.source, metadata=doc.metadata)
 
 
 def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str, set[str]]:
@@ -293,20 +220,6 @@ def _mmr(cands: list[tuple[str, float, int]], k: int, weight: float, memory) -> 
     return [cands[j][0] for j in chosen]
 
 
-def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, weights) sequences into idx/targets (-100 on padding)/loss_weights tensors."""
-    T = max(len(ids) for ids, _ in seqs) - 1
-    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
-    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
-    w = torch.zeros(len(seqs), T)
-    for b, (ids, weights) in enumerate(seqs):
-        n = len(ids) - 1
-        idx[b, :n] = torch.tensor(ids[:-1])
-        tgt[b, :n] = torch.tensor(ids[1:])
-        w[b, :n] = torch.tensor(weights[1:])
-    return {"idx": idx, "targets": tgt, "loss_weights": w}
-
-
 class RADataset(torch.utils.data.Dataset):
     """Training examples: main documents (image codes attached) with their precomputed neighbours."""
 
@@ -370,40 +283,3 @@ class RADataset(torch.utils.data.Dataset):
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         return pad_batch(items, self.fmt.vocab.pad)
-
-
-def _main_token_loss(model, seqs: Sequence[tuple[list[int], list[float]]], pad: int, batch_size: int, device) -> float:
-    """Weighted mean next-token loss of (ids, weights) sequences (weight w_j on predicting ids[j]): the model's
-    own weighted loss per batch (so a copy head scores its mixture without building it over the vocabulary)."""
-    total, count = 0.0, 0.0
-    for s in range(0, len(seqs), batch_size):
-        batch = {k: v.to(device) for k, v in pad_batch(seqs[s:s + batch_size], pad).items()}
-        _, loss = model(**batch)
-        w = float(batch["loss_weights"].sum())  # padding and ignored targets weigh 0 (pad_batch)
-        total += float(loss) * w
-        count += w
-    return total / max(count, 1.0)
-
-
-def image_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
-                     batch_size: int = 32, device=None) -> float:
-    """Mean next-token loss on the main document's image tokens (uncorrupted, after the retrieved ones)."""
-    vocab = fmt.vocab
-    seqs = []
-    for d, r in zip(docs, retrieved):
-        ids = fmt.encode_ra(d, r, mask=False).ids
-        start = ids.index(vocab.sep) + 1 if vocab.sep in ids else 0  # weight 1 on the main document's codes only
-        seqs.append((ids, [float(j >= start and vocab.is_image(t)) for j, t in enumerate(ids)]))
-    return _main_token_loss(model, seqs, vocab.pad, batch_size, device or next(model.parameters()).device)
-
-
-def caption_token_loss(model, fmt: CM3Format, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
-                       batch_size: int = 32, device=None) -> float:
-    """Mean next-token loss on the caption tokens (and <eos>) of image -> text infilling, the way captions are
-    decoded: `caption_prompt(codes, retrieved)` then the document's text."""
-    seqs = []
-    for d, r in zip(docs, retrieved):
-        prompt = fmt.caption_prompt(fmt.image_codes(d.images[0]), r)
-        answer = [*fmt.text.encode(d.text), fmt.vocab.eos]
-        seqs.append((prompt + answer, [0.0] * len(prompt) + [1.0] * len(answer)))
-    return _main_token_loss(model, seqs, fmt.vocab.pad, batch_size, device or next(model.parameters()).device)

@@ -10,8 +10,10 @@ from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
-from ramm.training.ra_data import (RAConfig, RADataset, base_name, encode_images_cached, image_token_loss,
-                                   name_words, partner_ids, precompute_neighbours, rename_concept, with_codes)
+from ramm.evaluation.token_loss import image_token_loss
+from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+from ramm.training.ra_data import (RAConfig, RADataset, base_name, name_words, partner_ids, precompute_neighbours,
+                                   rename_concept)
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
 
@@ -133,7 +135,7 @@ def test_generator_directory_round_trip_rebuilds_the_format(setup, tmp_path):
 
 
 def test_view_pixels_are_distinct_invertible_rearrangements():
-    from ramm.training.ra_data import VIEWS, view_pixels
+    from ramm.tokenizers.code_cache import VIEWS, view_pixels
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
     assert np.array_equal(view_pixels(img, 0), img)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from ramm.decoding.constrained_beam import constrained_beam_search
-from ramm.grace.trie import PrefixTrie
+from ramm.decoding.trie import PrefixTrie
 from ramm.model.transformer import Transformer, TransformerConfig
 
 torch.set_num_threads(1)
