@@ -26,7 +26,7 @@ def synthetic_identifiers(n: int, end: int, depth: int = 4, alphabet: int = 64, 
 
 def main() -> int:
     from ramm.decoding.constrained_beam import constrained_beam_search
-    from ramm.grace.trie import PrefixTrie
+    from ramm.decoding.trie import PrefixTrie
     from ramm.model.transformer import Transformer, TransformerConfig
 
     ap = argparse.ArgumentParser(description=__doc__)

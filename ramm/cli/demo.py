@@ -12,7 +12,7 @@ def register(cli) -> None:
 
 
 def _run(args) -> int:
-    from ramm.evaluation.report import headline_table, load_results
+    from ramm.experiments.report import headline_table, load_results
     from ramm.experiments.emojibench import DemoConfig, run_demo
 
     cfg = DemoConfig.load(args.config)

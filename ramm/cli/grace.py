@@ -48,7 +48,8 @@ def _splits(s: str) -> tuple[str, ...]:
 def _train(args) -> int:
     import torch
 
-    from ramm.training.grace_recipe import GraceConfig, train_grace
+    from ramm.corpus.emojibench import is_emojibench_dir, pseudo_queries
+    from ramm.training.grace_recipe import GraceConfig, grace_documents, train_grace
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +60,7 @@ def _train(args) -> int:
                       memorize_steps=args.memorize_steps, retrieve_steps=args.retrieve_steps, max_minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, k=args.k, leaf_size=args.leaf_size, num_beams=args.beams,
                       seed=args.seed, device=args.device, resume=args.resume)
-    retriever = train_grace(cfg)
+    retriever = train_grace(cfg, *grace_documents(cfg), pseudo_queries if is_emojibench_dir(cfg.corpus) else None)
     print(f"saved GRACE model ({len(retriever.identifiers)} {cfg.scheme} identifiers) to {cfg.out}")
     return 0
 
@@ -72,8 +73,8 @@ def _search(args) -> int:
     retriever = GraceRetriever.from_pretrained(args.model, device=args.device)
     captions = {}
     if args.corpus:
-        from ramm.corpus.emojibench import load_emojibench
-        captions = {d.id: d.text for d in load_emojibench(args.corpus)}
+        from ramm.corpus import open_corpus
+        captions = {d.id: d.text for d in open_corpus(args.corpus)}
     for rank, (image_id, score) in enumerate(retriever.search(args.query, k=args.k), 1):
         ident = retriever.identifiers.strings[retriever.identifiers.index(image_id)]
         print(f"{rank:2d}. {image_id:28s} logp={score:8.3f}  id={ident!r}  {captions.get(image_id, '')}")

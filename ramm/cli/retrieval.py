@@ -65,8 +65,9 @@ def _documents(corpus: str, splits=None):
     if is_emojibench_dir(corpus):
         return iter_emojibench(corpus, splits)
     from ramm.corpus import open_corpus
+    from ramm.corpus.splits import SplitSpec
     docs = open_corpus(corpus)
-    return docs if splits is None else (d for d in docs if d.metadata.get("split", "train") in set(splits))
+    return docs if splits is None else SplitSpec().select(docs, splits)
 
 
 def _split_list(s: str) -> list[str]:
@@ -81,6 +82,7 @@ def _train(args) -> int:
 
     import torch
 
+    from ramm.corpus.emojibench import is_emojibench_dir, name_query
     from ramm.retrieval.dual_encoder import DualEncoderConfig
     from ramm.training.retriever_recipe import train_retriever
     from ramm.training.trainer import TrainerConfig
@@ -99,7 +101,8 @@ def _train(args) -> int:
     row = train_retriever(train, args.out, tcfg, DualEncoderConfig(
         embed_dim=args.embed_dim, private_dim=args.private_dim, shared_weight=args.shared_weight, pool=args.pool,
         embed_shared_weight=args.embed_shared_weight, image_loss_weight=args.image_loss_weight,
-        memory_loss_weight=args.memory_loss_weight), val_docs=val or None)
+        memory_loss_weight=args.memory_loss_weight), val_docs=val or None,
+        alt_text=name_query if is_emojibench_dir(args.corpus) else None)
     print(f"saved the retriever to {args.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0

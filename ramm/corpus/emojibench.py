@@ -191,6 +191,48 @@ def caption(style: str, name: str) -> str:
     return f"{style} emoji: {name.lower()}"
 
 
+_STYLE_PREFIX = re.compile(r"^\s*\w+\s+emoji\s*:\s*", re.IGNORECASE)
+_WORD = re.compile(r"[^\W_]")  # a character the caption metrics keep (ramm.evaluation.captioning.tokenize)
+
+
+def strip_style_prefix(text: str) -> str:
+    """"twitter emoji: japan flag" -> "japan flag": EmojiBench references are names, not document texts."""
+    return _STYLE_PREFIX.sub("", text, count=1)
+
+
+def name_of(doc: Document) -> str:
+    """The concept's name without the style: metadata 'name', else the caption after its first ': '."""
+    name = doc.metadata.get("name")
+    return str(name).lower() if name else doc.text.split(": ", 1)[-1]
+
+
+def name_query(doc: Document) -> str:
+    """The style-free text view "emoji: <name>" that the lab's retriever also trains on."""
+    return f"emoji: {name_of(doc)}"
+
+
+def emoji_references(metadata: dict) -> list[str]:
+    """Caption references of a document: its name and its short names (docs/emojibench.md)."""
+    refs = [metadata.get("name", "")] + list(metadata.get("short_names", []))
+    refs = [r for r in refs if _WORD.search(r.lower())]
+    if not refs:
+        raise ValueError(f"no caption reference (name or short_names) in metadata {metadata}")
+    return refs
+
+
+def pseudo_queries(doc: Document) -> list[str]:
+    """Extra retrieval queries: the name without the style and the short names ("flag_jp" -> "flag jp")."""
+    meta = doc.metadata or {}
+    out = [meta["name"].lower()] if meta.get("name") else []
+    out += [s.replace("_", " ").replace("-", " ") for s in meta.get("short_names", [])]
+    return list(dict.fromkeys(q for q in out if q.strip() and q != doc.text))
+
+
+def is_flag(doc: Document) -> bool:
+    """A flag concept (the rare entities the heldout split is built around)."""
+    return doc.metadata.get("category") == "Flags"
+
+
 def _read_art(tgz: Path, style: str, images: set[str]) -> dict[str, bytes]:
     """image file name -> 64x64 PNG bytes, in one sequential pass (random access into a .tgz re-inflates)."""
     prefix, out = f"package/img/{style}/64/", {}

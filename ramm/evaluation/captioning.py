@@ -4,7 +4,7 @@ RA-CM3 (section 4.3) scores captions with CIDEr from the COCO toolkit. That tool
 Stanford's PTBTokenizer, a Java program; we tokenise in Python instead and call the toolkit's
 `Cider` and `Bleu` scorers directly: lowercase, every character that is neither a letter nor a digit
 becomes a space (so "flag-jp" and "smiling_face" split into words, and punctuation disappears),
-then split on whitespace. On EmojiBench's short, plain captions this matches what PTB does up to the
+then split on whitespace. On short, plain captions (EmojiBench's names) this matches what PTB does up to the
 splitting of hyphenated and underscored words, which only makes short names comparable to names.
 
 CIDEr's idf comes from the references of the scored set itself, so it needs several items: with a
@@ -18,26 +18,11 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 _NON_WORD = re.compile(r"[^\w]|_")
-_STYLE_PREFIX = re.compile(r"^\s*\w+\s+emoji\s*:\s*", re.IGNORECASE)
 
 
 def tokenize(text: str) -> str:
     """The documented stand-in for PTBTokenizer: lowercase words joined by single spaces."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
-
-
-def strip_style_prefix(caption: str) -> str:
-    """"twitter emoji: japan flag" -> "japan flag": EmojiBench references are names, not document texts."""
-    return _STYLE_PREFIX.sub("", caption, count=1)
-
-
-def emoji_references(metadata: dict) -> list[str]:
-    """EmojiBench caption references of a document: its name and its short names (docs/emojibench.md)."""
-    refs = [metadata.get("name", "")] + list(metadata.get("short_names", []))
-    refs = [r for r in refs if tokenize(r)]
-    if not refs:
-        raise ValueError(f"no caption reference (name or short_names) in metadata {metadata}")
-    return refs
 
 
 def _prepare(candidates: dict[str, str], references: dict[str, list[str]]):
@@ -72,12 +57,13 @@ def bleu4(candidates: dict[str, str], references: dict[str, list[str]]) -> float
 
 
 def exact_match(candidates: dict[str, str], names: dict[str, str]) -> float:
-    """Fraction of items whose caption, style prefix stripped and tokenised, is exactly the reference name
-    (on EmojiBench the name carries the skin tone: "waving hand sign, dark skin tone"). CIDEr rewards a
-    caption for sharing most words with a name; this asks whether it *is* the name, which is what copying
-    a retrieved name gives and what the headline's variants track (one word of tone apart) needs."""
+    """Fraction of items whose caption, tokenised, is exactly the reference name (the caller strips any
+    template around captions; on EmojiBench the name carries the skin tone: "waving hand sign, dark skin
+    tone"). CIDEr rewards a caption for sharing most words with a name; this asks whether it *is* the
+    name, which is what copying a retrieved name gives and what the headline's variants track (one word of
+    tone apart) needs."""
     if set(candidates) != set(names):
         raise ValueError(f"candidates and names must have the same ids; differing: {sorted(set(candidates) ^ set(names))[:5]}")
     if not candidates:
         raise ValueError("no captions to score")
-    return sum(tokenize(strip_style_prefix(c)) == tokenize(names[k]) for k, c in candidates.items()) / len(candidates)
+    return sum(tokenize(c) == tokenize(names[k]) for k, c in candidates.items()) / len(candidates)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document
-from ramm.evaluation.report import is_flag
+from ramm.corpus.emojibench import is_flag
 
 log = logging.getLogger(__name__)
 

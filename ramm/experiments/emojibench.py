@@ -186,11 +186,13 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- retriever + memory ---
     def retriever_stage(out):
         from ramm.retrieval.dual_encoder import DualEncoderConfig
+        from ramm.corpus.emojibench import name_query
         from ramm.training.retriever_recipe import RetrieverRecipeConfig, train_retriever
         from ramm.training.trainer import TrainerConfig
         r = cfg.retriever
         row = train_retriever(by_split["train"], out, TrainerConfig(out_dir=str(out), **r.get("trainer", {})),
-                              DualEncoderConfig(**r.get("model", {})), RetrieverRecipeConfig(**r.get("recipe", {})))
+                              DualEncoderConfig(**r.get("model", {})), RetrieverRecipeConfig(**r.get("recipe", {})),
+                              alt_text=name_query)
         return {"steps": row.get("step"), "loss": row.get("loss")}
 
     Stage(run, "retriever", cfg.retriever, report).run(retriever_stage)

@@ -108,14 +108,14 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
                       stages: dict, report: Callable[[str], None]) -> dict:
     """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
-    from ramm.corpus.emojibench import track
-    from ramm.evaluation.captioning import bleu4, cider, emoji_references, exact_match, strip_style_prefix
+    from ramm.corpus.emojibench import emoji_references, is_flag, strip_style_prefix, track
+    from ramm.evaluation.captioning import bleu4, cider, exact_match
     from ramm.evaluation.clipscore import clip_score
     from ramm.evaluation.evaluator import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
     from ramm.evaluation.retrieval_usage import retrieval_usage
-    from ramm.evaluation.report import (Results, SystemScores, is_flag, make_example, pick_examples, save_results,
+    from ramm.experiments.report import (Results, SystemScores, make_example, pick_examples, save_results,
                                         write_report)
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
@@ -266,7 +266,7 @@ def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict,
 
 def train_probe(train: list[Document], n: int) -> list[Document]:
     """A fixed subset of n train documents, half of them flags (fewer when there are fewer flags)."""
-    from ramm.evaluation.report import is_flag
+    from ramm.corpus.emojibench import is_flag
 
     flags = [d for d in train if is_flag(d)]
     others = [d for d in train if not is_flag(d)]
@@ -282,7 +282,7 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
     token generator; the generators' images of train documents (concepts they trained on, RA with its
     retrieved documents) show whether they draw a concept recognisably at all: a generator that does not
     draw its training concepts cannot be expected to draw unseen ones from the memory."""
-    from ramm.evaluation.report import is_flag
+    from ramm.corpus.emojibench import is_flag
 
     def rates(images: np.ndarray, docs: list[Document]) -> dict[str, float]:
         hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs],

@@ -3,13 +3,14 @@
     learning to memorize   <doc> <img> i_1 ... i_N </img> <sep>  identifier </doc>
     learning to retrieve   <doc> query text <sep>              identifier </doc>
 
-The loss covers only the identifier. Retrieval queries are the captions plus pseudo-queries (the name
-without the style, the short names) that stand in for the paraphrases a user would type.
+The loss covers only the identifier. Retrieval queries are the captions plus, optionally, the caller's
+pseudo-queries (EmojiBench: the name without the style, the short names) that stand in for the
+paraphrases a user would type.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,14 +36,6 @@ def image_prompt(fmt, codes) -> list[int]:
     return [fmt.vocab.doc, *fmt.encode_image_codes(codes), fmt.vocab.sep]
 
 
-def pseudo_queries(doc: Document) -> list[str]:
-    """Extra training queries: the name without the style and the short names ("flag_jp" -> "flag jp")."""
-    meta = doc.metadata or {}
-    out = [meta["name"].lower()] if meta.get("name") else []
-    out += [s.replace("_", " ").replace("-", " ") for s in meta.get("short_names", [])]
-    return list(dict.fromkeys(q for q in out if q.strip() and q != doc.text))
-
-
 def memorize_examples(docs: Sequence[Document], codes: np.ndarray, ids: Identifiers, fmt) -> list[Example]:
     """Image tokens -> identifier, one per memorized image; `codes` (N, tokens_per_image) as `docs`."""
     if len(codes) != len(docs):
@@ -50,12 +43,13 @@ def memorize_examples(docs: Sequence[Document], codes: np.ndarray, ids: Identifi
     return [Example(image_prompt(fmt, c), ids.token_sequence(d.id)) for d, c in zip(docs, codes)]
 
 
-def retrieve_examples(docs: Sequence[Document], ids: Identifiers, fmt, pseudo: bool = True) -> list[Example]:
-    """Query -> identifier for the captions (and pseudo-queries) of `docs`."""
+def retrieve_examples(docs: Sequence[Document], ids: Identifiers, fmt,
+                      pseudo_queries: Callable[[Document], Sequence[str]] | None = None) -> list[Example]:
+    """Query -> identifier for the captions of `docs` and, with `pseudo_queries`, each document's extra queries."""
     out = []
     for d in docs:
         target = ids.token_sequence(d.id)
-        for q in [d.text, *(pseudo_queries(d) if pseudo else [])]:
+        for q in [d.text, *(pseudo_queries(d) if pseudo_queries else [])]:
             out.append(Example(query_prompt(fmt, q), target))
     return out
 

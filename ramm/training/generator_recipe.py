@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+from ramm.corpus.splits import SplitSpec
 from ramm.training.ra_data import RAConfig
 from ramm.utils import atomic_write_json, seed_everything
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GeneratorConfig:
-    corpus: str  # corpus directory (EmojiBench) whose train split gives the main documents
+    corpus: str  # any corpus open_corpus reads; its train split (ramm.corpus.splits) gives the main documents
     memory: str  # Memory directory (ramm memory build): retrieved documents come from here
     tokenizer: str  # image tokenizer directory
     text_tokenizer: str  # text tokenizer directory
@@ -67,13 +68,6 @@ def _load_corpus(path: str):
     return docs
 
 
-def _splits(docs) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for d in docs:
-        out.setdefault(d.metadata.get("split", "train"), []).append(d)
-    return out
-
-
 def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: dict, cfg: GeneratorConfig,
                        partners: dict[str, set[str]], ks=(0,)) -> dict[str, float]:
     """Image-token loss of each split's main documents with k retrieved documents (text query, no dropout)."""
@@ -91,8 +85,9 @@ def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: d
     return out
 
 
-def train_generator(cfg: GeneratorConfig) -> dict:
-    """Train, save the generator to cfg.out, return the final evaluation."""
+def train_generator(cfg: GeneratorConfig, splits: SplitSpec | None = None) -> dict:
+    """Train, save the generator to cfg.out, return the final evaluation; `splits` places documents
+    without a split field (default: SplitSpec())."""
     import torch
 
     from ramm.model.generator import save_generator
@@ -112,8 +107,8 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     atomic_write_json(out / "generator_config.json", asdict(cfg))
     t0 = time.time()
     docs = _load_corpus(cfg.corpus)
-    splits = _splits(docs)
-    train = [d for d in splits.get("train", []) if d.image is not None]
+    by_split = (splits or SplitSpec()).group(docs)
+    train = [d for d in by_split.get("train", []) if d.image is not None]
     if not train:
         raise ValueError(f"corpus {cfg.corpus} has no train documents with an image")
     memory = Memory.load(cfg.memory)
@@ -151,7 +146,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
                                                  copy_end_ids=(vocab.img, vocab.doc_end), eos_id=vocab.eos))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)
     ks = (0, cfg.eval_k) if cfg.retrieval else (0,)
-    val = {"val": [lookup[d.id] for d in splits.get("val", []) if d.id in lookup]}
+    val = {"val": [lookup[d.id] for d in by_split.get("val", []) if d.id in lookup]}
     eval_fn = (lambda m: evaluate_generator(m, fmt, memory, val, lookup, cfg, partners, ks)) if val["val"] else None
 
     tcfg = TrainerConfig(out_dir=str(out), steps=cfg.steps, max_minutes=cfg.max_minutes, batch_size=cfg.batch_size,
@@ -164,7 +159,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
                    alpha=cfg.ra.alpha, retrieval=cfg.retrieval, eval_k=cfg.eval_k)
 
     model.eval()
-    tests = {s: [lookup[d.id] for d in splits.get(s, []) if d.id in lookup] for s in ("heldout", "test", "val")}
+    tests = {s: [lookup[d.id] for d in by_split.get(s, []) if d.id in lookup] for s in ("heldout", "test", "val")}
     with torch.no_grad():
         result = evaluate_generator(model, fmt, memory, {s: v for s, v in tests.items() if v}, lookup, cfg, partners,
                                     (0, cfg.eval_k))

@@ -1,7 +1,8 @@
 """Training recipe for GRACE (Li et al. 2024): identifiers, learning to memorize, learning to retrieve.
 
-The memorized set is the images of `memorize_splits` (EmojiBench: train + test concepts); retrieval is
-learned from the queries of `retrieve_splits` (train) only, so test queries are unseen at evaluation.
+The caller gives the documents: the memorized set (the images of `memorize_splits`, EmojiBench: train +
+test concepts) and those whose queries train retrieval (`retrieve_splits`: train only, so test queries are
+unseen at evaluation), and optionally extra pseudo-queries per document (`pseudo_queries`).
 `schedule="sequence"` runs memorize then retrieve (GRACE's two steps); `"mixed"` trains both at once.
 """
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
+from ramm.corpus.document import Document
+from ramm.corpus.splits import SplitSpec
 from ramm.utils import atomic_write_json, seed_everything
 
 log = logging.getLogger(__name__)
@@ -21,7 +25,7 @@ log = logging.getLogger(__name__)
 class GraceConfig:
     """Everything `ramm train grace` needs; saved as grace_config.json in `out`."""
 
-    corpus: str  # EmojiBench directory (ramm data emojibench)
+    corpus: str  # any corpus open_corpus reads (recorded in grace_config.json; the caller loads its documents)
     out: str  # output directory: the GRACE model plus per-stage trainer checkpoints
     scheme: str = "structured"  # identifier scheme: numeric | string | semantic | structured | atomic
     init: str | None = None  # pretrained generator directory; None trains from scratch
@@ -84,18 +88,30 @@ def recall_at_k(ranked: list[list[str]], relevant: list[set[str]], ks=(1, 5, 10)
     return {f"R@{k}": float(np.mean([bool(set(r[:k]) & rel) for r, rel in zip(ranked, relevant)])) for k in ks}
 
 
-def eval_queries(docs) -> list[tuple[str, str]]:
+def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | None = None) -> list[tuple[str, str]]:
     """(query, concept) pairs: each document's caption, then its pseudo-queries (deduplicated per concept)."""
-    from ramm.grace.tasks import pseudo_queries
+    from ramm.retrieval.recall import concept_of
 
-    captions = [(d.text, d.metadata["concept"]) for d in docs]
-    pseudo = list(dict.fromkeys((q, d.metadata["concept"]) for d in docs for q in pseudo_queries(d)))
+    captions = [(d.text, concept_of(d)) for d in docs]
+    pseudo = list(dict.fromkeys((q, concept_of(d)) for d in docs for q in (pseudo_queries(d) if pseudo_queries else [])))
     return captions + pseudo
 
 
-def train_grace(cfg: GraceConfig):
-    """Builds identifiers, trains the stages, saves the GRACE model in cfg.out; returns the GraceRetriever."""
-    from ramm.corpus.emojibench import load_emojibench
+def grace_documents(cfg: GraceConfig, splits: SplitSpec | None = None) -> tuple[list[Document], list[Document]]:
+    """(memorized, retrieve_docs) of cfg.corpus, any corpus open_corpus reads: the documents with an image in
+    cfg.memorize_splits, and those of them in cfg.retrieve_splits (splits as `splits` places them)."""
+    from ramm.corpus import open_corpus
+
+    splits = splits or SplitSpec()
+    memorized = [d for d in splits.select(open_corpus(cfg.corpus), cfg.memorize_splits) if d.image is not None]
+    return memorized, [d for d in memorized if splits.of(d) in cfg.retrieve_splits]
+
+
+def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: Sequence[Document],
+                pseudo_queries: Callable[[Document], Sequence[str]] | None = None):
+    """Builds identifiers for `memorized`, trains the stages (retrieval on the queries of `retrieve_docs`, which
+    must be memorized, and of `pseudo_queries` when cfg.pseudo_queries), saves the GRACE model in cfg.out;
+    returns the GraceRetriever."""
     from ramm.grace.identifiers import build_identifiers
     from ramm.grace.retriever import GraceRetriever
     from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
@@ -110,10 +126,13 @@ def train_grace(cfg: GraceConfig):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "grace_config.json", asdict(cfg))
-    memorized = load_emojibench(cfg.corpus, splits=cfg.memorize_splits)
-    retrieve_docs = [d for d in memorized if d.metadata["split"] in cfg.retrieve_splits]
-    if not retrieve_docs:
-        raise ValueError(f"no memorized documents in retrieve_splits {cfg.retrieve_splits}: queries need memorized targets")
+    memorized, retrieve_docs = list(memorized), list(retrieve_docs)
+    if not memorized:
+        raise ValueError(f"no documents to memorize in {cfg.corpus} (memorize_splits {cfg.memorize_splits})")
+    unknown = {d.id for d in retrieve_docs} - {d.id for d in memorized}
+    if not retrieve_docs or unknown:
+        raise ValueError(f"retrieval needs memorized target documents (retrieve_splits {cfg.retrieve_splits}); "
+                         f"{len(retrieve_docs)} given, not memorized: {sorted(unknown)[:5]}")
     if cfg.init:  # the generator bundle brings its own tokenizers and vocabulary
         from ramm.model.generator import load_generator
         model, fmt, _ = load_generator(cfg.init, device=cfg.device)
@@ -141,7 +160,7 @@ def train_grace(cfg: GraceConfig):
         add_identifier_tokens(model, vocab.size, idents.new_tokens)
 
     mem = memorize_examples(memorized, image_codes(image_tok, cfg, memorized), idents, fmt)
-    ret = retrieve_examples(retrieve_docs, idents, fmt, pseudo=cfg.pseudo_queries)
+    ret = retrieve_examples(retrieve_docs, idents, fmt, pseudo_queries if cfg.pseudo_queries else None)
     if cfg.schedule == "sequence":
         stages = [("memorize", mem, cfg.memorize_steps), ("retrieve", ret, cfg.retrieve_steps)]
     else:

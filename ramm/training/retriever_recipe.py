@@ -1,9 +1,10 @@
 """Recipe: train the CLIP-style retriever (ramm.retrieval.dual_encoder) on a corpus's train split.
 
 Each sample is one concept: two (image, text) views (EmojiBench's two styles, or two augmentations
-of a concept's one document); a text view is the caption or, sometimes, the style-free
-"emoji: <name>". The loss pulls images to texts, and each view to the other, so a query finds the other style's document through the
-text part (text->image) or the image part (image->text) of its mixed-modal embedding.
+of a concept's one document); a text view is the caption or, sometimes, the caller's alternative text of
+the document (`alt_text`; the EmojiBench lab's is the style-free "emoji: <name>"). The loss pulls images
+to texts, and each view to the other, so a query finds the other style's document through the text part
+(text->image) or the image part (image->text) of its mixed-modal embedding.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RetrieverRecipeConfig:
-    name_view_prob: float = 0.25  # chance a text view is the style-free "emoji: <name>" instead of the caption
+    name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
     seed: int = 0  # sampling and augmentation seed
@@ -37,12 +39,6 @@ class RetrieverRecipeConfig:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
-
-
-def name_of(doc: Document) -> str:
-    """The concept's name without the style: metadata 'name', else the caption after its first ': '."""
-    name = doc.metadata.get("name")
-    return str(name).lower() if name else doc.text.split(": ", 1)[-1]
 
 
 def shift_image(pixels: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
@@ -58,13 +54,14 @@ def shift_image(pixels: np.ndarray, rng: np.random.Generator, max_shift: int) ->
 class ConceptViews(torch.utils.data.Dataset):
     """One item per concept: {'image', 'image_b', 'text'} with fresh randomness per epoch."""
 
-    def __init__(self, docs: list[Document], model: DualEncoder, cfg: RetrieverRecipeConfig):
+    def __init__(self, docs: list[Document], model: DualEncoder, cfg: RetrieverRecipeConfig,
+                 alt_text: Callable[[Document], str] | None = None):
         groups: dict[str, list[Document]] = defaultdict(list)
         for d in docs:
             if d.image is None or not d.texts:
                 raise ValueError(f"retriever training needs image+text documents; {d.id} is not one")
             groups[concept_of(d)].append(d)
-        self.groups, self.model, self.cfg, self.epoch = list(groups.values()), model, cfg, 0
+        self.groups, self.model, self.cfg, self.alt_text, self.epoch = list(groups.values()), model, cfg, alt_text, 0
         self.size = model.cfg.image_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,7 +74,9 @@ class ConceptViews(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.cfg.seed, self.epoch, i))
         group = self.groups[i]
         a, b = (group[j] for j in rng.permutation(len(group))[:2]) if len(group) > 1 else (group[0], group[0])
-        texts = [f"emoji: {name_of(d)}" if rng.random() < self.cfg.name_view_prob else d.text for d in (a, b)]
+        # the draw is made with or without alt_text, so the augmentations that follow stay the same
+        texts = [self.alt_text(d) if rng.random() < self.cfg.name_view_prob and self.alt_text else d.text
+                 for d in (a, b)]
         images = np.stack([shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)])
         flip = rng.random(2) < self.cfg.flip_prob
         images = np.stack([im[:, ::-1] if f else im for im, f in zip(images, flip)])
@@ -113,8 +112,11 @@ def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: li
 
 def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg: TrainerConfig,
                     model_cfg: DualEncoderConfig | None = None, recipe: RetrieverRecipeConfig | None = None,
-                    val_docs: list[Document] | None = None, memory_docs: list[Document] | None = None) -> dict:
+                    val_docs: list[Document] | None = None, memory_docs: list[Document] | None = None,
+                    alt_text: Callable[[Document], str] | None = None) -> dict:
     """Train and save the encoder to `out_dir` (config.json, model.safetensors, tokenizer.json).
+
+    `alt_text(doc)`: a second text view of a document (shown with recipe.name_view_prob; None: captions only).
 
     With `val_docs`, logs leave-one-out recall of val queries against `memory_docs` (default:
     train + val) at each evaluation. Returns the trainer's last metrics row."""
@@ -127,7 +129,7 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
         from tokenizers import Tokenizer
         tokenizer = Tokenizer.from_file(str(tok_file))
     else:
-        texts = [d.text for d in train_docs] + [f"emoji: {name_of(d)}" for d in train_docs]
+        texts = [d.text for d in train_docs] + ([alt_text(d) for d in train_docs] if alt_text else [])
         tokenizer = train_text_tokenizer(texts, model_cfg.text_vocab_size)
     torch.manual_seed(trainer_cfg.seed)
     model = DualEncoder(model_cfg, tokenizer)
@@ -136,7 +138,7 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
     if val_docs:
         memory_docs = memory_docs or train_docs + val_docs
         eval_fn = lambda m: leave_one_out_recall(m, val_docs, memory_docs)  # noqa: E731
-    trainer = Trainer(model, ConceptViews(train_docs, model, recipe), trainer_cfg, collate_fn=collate, eval_fn=eval_fn)
+    trainer = Trainer(model, ConceptViews(train_docs, model, recipe, alt_text), trainer_cfg, collate_fn=collate, eval_fn=eval_fn)
     row = trainer.fit()
     model.save_pretrained(out)
     log.info("retriever saved to %s: %s", out, row)

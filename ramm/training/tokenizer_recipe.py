@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ramm.corpus.document import Document
+from ramm.corpus.splits import SplitSpec
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, psnr
 from ramm.training.trainer import Trainer, TrainerConfig
 
@@ -34,11 +35,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[i].float() / 255
 
 
-def split_docs(docs: Sequence[Document], split: str) -> list[Document]:
-    """Documents whose metadata split is `split`; corpora without splits count as all-train."""
-    if not any("split" in d.metadata for d in docs):
-        return list(docs) if split == "train" else []
-    return [d for d in docs if d.metadata.get("split") == split]
+def split_docs(docs: Sequence[Document], split: str, splits: SplitSpec | None = None) -> list[Document]:
+    """The documents of `split` (a row's own split field, else `splits`' seeded hash: ramm.corpus.splits)."""
+    return list((splits or SplitSpec()).select(docs, split))
 
 
 @torch.no_grad()

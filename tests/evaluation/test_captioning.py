@@ -2,7 +2,8 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from ramm.evaluation.captioning import bleu4, cider, emoji_references, strip_style_prefix, tokenize
+from ramm.corpus.emojibench import emoji_references, strip_style_prefix
+from ramm.evaluation.captioning import bleu4, cider, tokenize
 
 REFS = {"jp": ["Japan Flag", "flag-jp", "jp"], "fr": ["France Flag", "flag-fr", "fr"],
         "smile": ["Smiling Face", "smiling_face", "smile"], "cat": ["Cat Face", "cat"]}
@@ -67,6 +68,6 @@ def test_exact_match_needs_the_whole_name_with_its_tone():
     from ramm.evaluation.captioning import exact_match
     names = {"a": "waving hand sign, dark skin tone", "b": "japan flag", "c": "ok hand"}
     cands = {"a": "google emoji: waving hand sign, light skin tone", "b": "twitter emoji: Japan Flag", "c": "ok"}
-    assert exact_match(cands, names) == pytest.approx(1 / 3)
+    assert exact_match({k: strip_style_prefix(c) for k, c in cands.items()}, names) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="same ids"):
         exact_match({"a": "x"}, names)

@@ -49,7 +49,7 @@ def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
 
 @pytest.mark.slow
 def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
-    from ramm.evaluation.report import load_results
+    from ramm.experiments.report import load_results
     from ramm.experiments.emojibench import run_demo
 
     cfg = DemoConfig.load(ROOT / "configs" / "demo-tiny.json")

@@ -5,7 +5,8 @@ import torch
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.grace.identifiers import build_identifiers
 from ramm.grace.retriever import GraceRetriever
-from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, pseudo_queries, retrieve_examples
+from ramm.corpus.emojibench import pseudo_queries
+from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.text_tokenizer import ByteTokenizer
@@ -36,7 +37,8 @@ def test_tiny_model_overfit_on_20_images_retrieves_them_all(scheme, tmp_path):
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=64))
     add_identifier_tokens(model, vocab.size, idents.new_tokens)
-    data = ExampleDataset(memorize_examples(docs, codes, idents, fmt) + retrieve_examples(docs, idents, fmt), vocab.pad)
+    data = ExampleDataset(memorize_examples(docs, codes, idents, fmt) + retrieve_examples(docs, idents, fmt, pseudo_queries),
+                         vocab.pad)
     assert len(data) == 4 * N  # image; caption, name, short name
     cfg = TrainerConfig(out_dir=str(tmp_path), steps=400, batch_size=20, lr=3e-3, warmup_steps=20, weight_decay=0.0,
                         device="cpu", amp=False, progress=False, ckpt_every=1000, log_every=50)
@@ -64,7 +66,7 @@ def test_collate_masks_the_prompt_and_pads():
     vocab = Vocabulary(text_size=256, image_size=CODES, n_sentinels=1)
     fmt = CM3Format(vocab, ByteTokenizer(), tokens_per_image=TPI)
     idents = build_identifiers("string", [d.id for d in docs], vocab, fmt.text)
-    ex = retrieve_examples(docs[:2], idents, fmt, pseudo=False)
+    ex = retrieve_examples(docs[:2], idents, fmt)
     batch = ExampleDataset(ex, vocab.pad).collate(ex)
     tgt = batch["targets"][0]
     assert tgt[tgt != -100].tolist() == idents.token_sequence("img-0")

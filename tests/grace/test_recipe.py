@@ -1,7 +1,7 @@
 import pytest
 
 from ramm.corpus.document import Document, TextSegment
-from ramm.grace.tasks import pseudo_queries
+from ramm.corpus.emojibench import pseudo_queries
 from ramm.training.grace_recipe import GraceConfig, eval_queries, recall_at_k
 
 
@@ -15,7 +15,7 @@ def test_pseudo_queries_are_name_and_short_names_without_the_caption():
 
 
 def test_eval_queries_put_captions_first_and_deduplicate_pseudo_queries_per_concept():
-    qs = eval_queries([doc("google"), doc("twitter")])
+    qs = eval_queries([doc("google"), doc("twitter")], pseudo_queries)
     assert qs[:2] == [("google emoji: japan flag", "1f1ef-1f1f5"), ("twitter emoji: japan flag", "1f1ef-1f1f5")]
     assert len(qs) == 2 + 3
 
@@ -62,7 +62,10 @@ def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir
     cfg = GraceConfig(corpus=str(emojibench_dir), out=str(tmp_path / "grace"), scheme="numeric", init=str(tmp_path / "gen"),
                       memorize_splits=("test",), retrieve_splits=("test",), memorize_steps=2, retrieve_steps=2,
                       batch_size=8, device="cpu")
-    train_grace(cfg)
+    from ramm.training.grace_recipe import grace_documents
+    memorized, retrieve_docs = grace_documents(cfg)
+    assert [d.id for d in memorized] == [d.id for d in docs] == [d.id for d in retrieve_docs]
+    train_grace(cfg, memorized, retrieve_docs, pseudo_queries)
     retriever = GraceRetriever.from_pretrained(tmp_path / "grace", device="cpu")
     hits = retriever.search(docs[0].text, k=3)
     assert len(hits) == 3 and {i for i, _ in hits} <= {d.id for d in docs}

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from ramm.corpus.document import Document, encode_png
-from ramm.evaluation.captioning import emoji_references
+from ramm.corpus.emojibench import emoji_references, is_flag
 from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SCHEMA = 1
@@ -190,10 +190,6 @@ def load_results(run_dir: str | Path) -> tuple[Results, list[Example]]:
     if d.get("schema") != SCHEMA:
         raise ValueError(f"{path}: schema {d.get('schema')!r}, expected {SCHEMA}")
     return Results.from_dict(d), [Example.from_dict(e) for e in d.get("examples", [])]
-
-
-def is_flag(doc: Document) -> bool:
-    return doc.metadata.get("category") == "Flags"
 
 
 def pick_examples(docs: list[Document], per_split: int | dict[str, int] = 6, flags: int = 2,

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from ramm.evaluation.captioning import cider, emoji_references
-from ramm.evaluation.report import is_flag, pick_examples
+from ramm.corpus.emojibench import emoji_references, is_flag
+from ramm.evaluation.captioning import cider
+from ramm.experiments.report import pick_examples
 
 pytestmark = pytest.mark.slow
 

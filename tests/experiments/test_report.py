@@ -6,7 +6,7 @@ import pytest
 
 from ramm.__main__ import main
 from ramm.corpus.document import Document
-from ramm.evaluation.report import (Example, Results, Retrieved, SystemScores, headline_table, load_results,
+from ramm.experiments.report import (Example, Results, Retrieved, SystemScores, headline_table, load_results,
                                     pick_examples, save_image, save_results, write_report)
 
 
@@ -96,7 +96,7 @@ def test_pick_examples_is_fixed_and_includes_flags():
 
 
 def test_make_example_saves_every_image_and_renders(tmp_path):
-    from ramm.evaluation.report import make_example
+    from ramm.experiments.report import make_example
     px = lambda v: np.full((8, 8, 3), v, np.uint8)
     meta = {"split": "heldout", "category": "Flags", "name": "Japan Flag", "short_names": ["flag-jp", "jp"]}
     doc = Document.from_pair("twitter-1f1ef-1f1f5", "twitter emoji: japan flag", px(10), metadata=meta)
