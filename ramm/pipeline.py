@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, decode_image_bytes
+from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class RAMM:
                                  progress and (lambda k, done=done: progress(done + k)),
                                  max_new_tokens=tpi + 1, stop_after_image=True)
         codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-        images = self._decode_images(codes)
+        images = decode_pixels(self.format.image_tokenizer, codes)
         scores: list[float] = []
         if rerank and n > 1 and self.memory is not None:
             from ramm.decoding.rerank import image_text_scores, rank
@@ -224,11 +225,6 @@ class RAMM:
             if progress:
                 progress(len(rows))
         return rows
-
-    def _decode_images(self, codes) -> np.ndarray:
-        """(N, tokens_per_image) codes -> uint8 (N, H, W, 3)."""
-        img = self.format.image_tokenizer.decode(codes)  # (N, 3, H, W) in [0, 1]
-        return (img.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
     def _text(self, row: list[int]) -> str:
         """The caption: text ids up to the first non-text token."""

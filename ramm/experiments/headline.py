@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
+from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,6 @@ def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Seque
     return rows
 
 
-def decode_codes(fmt, codes: torch.Tensor) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of (N, tokens_per_image) VQ codes."""
-    with torch.no_grad():
-        imgs = fmt.image_tokenizer.decode(codes)
-    return (imgs.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
-
 def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
                     desc: str) -> np.ndarray:
     """One image per caption (uint8 (N, H, W, 3)): the best of n_samples by image-text similarity."""
@@ -75,7 +69,7 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
     rows = decode_in_batches(model, fmt, prompts, uncond=uncond, config=dcfg, batch_size=ecfg.batch_size,
                              generator=gen, desc=desc, max_new_tokens=tpi + 1, stop_after_image=True)
     codes = torch.tensor([[fmt.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-    images = decode_codes(fmt, codes)
+    images = decode_pixels(fmt.image_tokenizer, codes)
     images = images.reshape(len(captions), n, *images.shape[1:])
     if n == 1:
         return images[:, 0]
@@ -292,7 +286,7 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
     out: dict[str, dict[str, float]] = {}
     for split, o in outputs.items():
         codes = torch.tensor(np.stack([np.asarray(d.images[0].tokens) for d in o["docs"]]), dtype=torch.long)
-        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_codes(fmt, codes), o["docs"])
+        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_pixels(fmt.image_tokenizer, codes), o["docs"])
     probe = train_probe([lookup[d.id] for d in train if d.id in lookup], ecfg.train_probe)
     if probe:
         by_text = retrieve(memory, probe, ra_cfg, partners, lookup, ecfg.k, kinds=("text",))["text"]

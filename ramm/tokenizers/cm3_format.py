@@ -295,9 +295,6 @@ class CM3Format:
 
     def _image_segment(self, codes: np.ndarray, decode: bool) -> ImageSegment:
         if decode and self.image_tokenizer is not None:
-            import torch
-            with torch.no_grad():
-                img = self.image_tokenizer.decode(torch.as_tensor(codes)[None])[0]
-            px = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            return ImageSegment(pixels=px, tokens=codes)
+            from ramm.tokenizers.image_tokenizer import decode_pixels
+            return ImageSegment(pixels=decode_pixels(self.image_tokenizer, codes[None])[0], tokens=codes)
         return ImageSegment(tokens=codes)

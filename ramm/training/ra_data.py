@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment, batch_pixels
+from ramm.model.batch import pad_batch
 from ramm.retrieval.strategies import query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.utils import default_cache_dir
@@ -291,20 +292,6 @@ def _mmr(cands: list[tuple[str, float, int]], k: int, weight: float, memory) -> 
         score[chosen] = -np.inf
         chosen.append(int(score.argmax()))
     return [cands[j][0] for j in chosen]
-
-
-def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, weights) sequences into idx/targets (-100 on padding)/loss_weights tensors."""
-    T = max(len(ids) for ids, _ in seqs) - 1
-    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
-    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
-    w = torch.zeros(len(seqs), T)
-    for b, (ids, weights) in enumerate(seqs):
-        n = len(ids) - 1
-        idx[b, :n] = torch.tensor(ids[:-1])
-        tgt[b, :n] = torch.tensor(ids[1:])
-        w[b, :n] = torch.tensor(weights[1:])
-    return {"idx": idx, "targets": tgt, "loss_weights": w}
 
 
 class RADataset(torch.utils.data.Dataset):
