@@ -60,10 +60,10 @@ class RAMM:
         self.device = next(model.parameters()).device
         if pack:
             # inference only: keep the (in, out) weight copies the CPU decode products want for the facade's
-            # life (ramm.model.transformer.Linear), instead of packing on every call (~11 ms per call for the
+            # life (ramm.model.packing.Linear), instead of packing on every call (~11 ms per call for the
             # small preset; batch-1 image latency 325 -> 277 ms). Costs a second copy of the weights;
             # a no-op on other devices.
-            from ramm.model.transformer import pack_weights
+            from ramm.model.packing import pack_weights
             pack_weights(model)
 
     @classmethod
@@ -142,7 +142,7 @@ class RAMM:
         rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, method, decoding, seed,
                             batch_size, progress, max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.eos,),
                             allow_images=False)
-        texts = [self._text(r) for r in rows]
+        texts = [self.format.caption_text(r) for r in rows]
         scores: list[float] = []
         if rerank and n > 1:
             from ramm.decoding.rerank import continuation_nll, rank
@@ -213,25 +213,12 @@ class RAMM:
 
     def _sample(self, prompts, uncond, method, decoding, seed, batch_size, progress, **kw) -> list[list[int]]:
         """n samples in batches of batch_size (one seeded generator across batches)."""
+        from ramm.decoding.generate import DecodeConfig, generate_batched
+
         if len(prompts) < 1:
             raise ValueError(f"n must be >= 1, got {len(prompts)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        generator = self._generator(seed)
-        rows: list[list[int]] = []
-        for i in range(0, len(prompts), batch_size):
-            rows += self._generate(prompts[i:i + batch_size], uncond[i:i + batch_size], method, decoding,
-                                   generator, **kw)
-            if progress:
-                progress(len(rows))
-        return rows
-
-    def _text(self, row: list[int]) -> str:
-        """The caption: text ids up to the first non-text token."""
-        ids = []
-        for t in row:
-            if not self.vocab.is_text(t):
-                break
-            ids.append(t)
-        return self.format.text.decode(ids).strip()
+        return generate_batched(self.model, self.vocab, prompts, batch_size=batch_size, uncond_prompts=uncond,
+                                generator=self._generator(seed), progress=progress,
+                                tokens_per_image=self.format.tokens_per_image,
+                                config=DecodeConfig(method=method, **decoding), **kw)
 

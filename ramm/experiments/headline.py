@@ -37,21 +37,13 @@ def _subset(docs: list[Document], limit: int) -> list[Document]:
     return sorted(docs, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())[:limit]
 
 
-def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Sequence[list[int]] | None, config,
-                      batch_size: int, generator: torch.Generator, desc: str, **kw) -> list[list[int]]:
-    """Run ramm.decoding.generate over prompts in batches, with a progress bar."""
-    from ramm.decoding.generate import generate
-    from ramm.model.transformer import packed_weights
+def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, desc: str, **kw) -> list[list[int]]:
+    """`generate_batched` (the facade's batched decoding) with a progress bar."""
+    from ramm.decoding.generate import generate_batched
 
-    rows: list[list[int]] = []
-    # pack CPU weights once for every batch, not once per generate call
-    with packed_weights(model), tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
-        for i in range(0, len(prompts), batch_size):
-            rows += generate(model, fmt.vocab, prompts[i:i + batch_size], tokens_per_image=fmt.tokens_per_image,
-                             config=config, uncond_prompts=uncond[i:i + batch_size] if uncond else None,
-                             generator=generator, **kw)
-            bar.update(len(prompts[i:i + batch_size]))
-    return rows
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+        return generate_batched(model, fmt.vocab, prompts, tokens_per_image=fmt.tokens_per_image,
+                                progress=lambda done: bar.update(done - bar.n), **kw)
 
 
 def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
@@ -66,16 +58,17 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
     uncond = [fmt.unconditional_image_prompt()] * len(prompts) if dcfg.needs_uncond else None
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
     tpi = fmt.tokens_per_image
-    rows = decode_in_batches(model, fmt, prompts, uncond=uncond, config=dcfg, batch_size=ecfg.batch_size,
+    rows = decode_in_batches(model, fmt, prompts, uncond_prompts=uncond, config=dcfg, batch_size=ecfg.batch_size,
                              generator=gen, desc=desc, max_new_tokens=tpi + 1, stop_after_image=True)
     codes = torch.tensor([[fmt.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
     images = decode_pixels(fmt.image_tokenizer, codes)
     images = images.reshape(len(captions), n, *images.shape[1:])
     if n == 1:
         return images[:, 0]
+    from ramm.decoding.rerank import rank
     from ramm.evaluation.clipscore import clip_scores
     sims = clip_scores(encoder, images.reshape(-1, *images.shape[2:]), [c for c in captions for _ in range(n)])
-    best = sims.reshape(len(captions), n).argmax(1)
+    best = [rank(row)[0] for row in sims.reshape(len(captions), n)]  # the facade's best-of-n rule, by CLIPScore
     return images[np.arange(len(captions)), best]
 
 
@@ -85,18 +78,10 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 
     prompts = [fmt.caption_prompt(c, r) for c, r in zip(codes, retrieved)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
-    rows = decode_in_batches(model, fmt, prompts, uncond=None, config=DecodeConfig(method=ecfg.caption_method),
+    rows = decode_in_batches(model, fmt, prompts, config=DecodeConfig(method=ecfg.caption_method),
                              batch_size=ecfg.batch_size, generator=gen, desc=desc,
                              max_new_tokens=ecfg.max_caption_tokens, stop_tokens=(fmt.vocab.eos,), allow_images=False)
-    out = []
-    for r in rows:
-        ids = []
-        for t in r:
-            if not fmt.vocab.is_text(t):
-                break
-            ids.append(t)
-        out.append(fmt.text.decode(ids).strip())
-    return out
+    return [fmt.caption_text(r) for r in rows]
 
 
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,

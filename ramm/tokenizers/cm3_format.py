@@ -210,6 +210,15 @@ class CM3Format:
         """Amateur stream for contrastive decoding of captions: the image is masked too."""
         return [self.vocab.doc, self.vocab.mask, self.vocab.doc_end, self.vocab.infill, self.vocab.mask]
 
+    def caption_text(self, row: Seq[int]) -> str:
+        """The caption a decoded row holds: its text ids up to the first non-text token, decoded and stripped."""
+        ids = []
+        for t in row:
+            if not self.vocab.is_text(t):
+                break
+            ids.append(t)
+        return self.text.decode(ids).strip()
+
     def infill_prompt(self, doc: Document, masked: Seq[int], retrieved: Seq[Document] = ()) -> tuple[list[int], list[str]]:
         """Mask the given segment indices of `doc`; returns the prompt (ending in <infill> <mask:0>) and
         the kind ("text"/"image") of each span the model must fill, in order."""
