@@ -14,18 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Packing the weights (`packed_weights`) costs one pass over them; measured on the 2-core box (small preset,
-# interleaved, fastest of 9) it paid off from batch x new tokens ~512 on (batch 8 x 64 tokens 1.09-1.16x,
-# batch 64 x 16 1.18x, batch 64 x 64 1.16x) and lost below (batch 8 x 16 0.82x, batch 1 x 64 0.90x). Models
-# packed for good (`pack_weights`, as `RAMM.load` does) skip this and use the packed products at every size.
-PACK_MIN_TOKENS = 512
-
-
-def packed_for(model: nn.Module, tokens: int):
-    """`packed_weights(model)` when a decode computes at least PACK_MIN_TOKENS tokens (batch x new
-    tokens), else nothing: the one place that decides whether decoding packs."""
-    return packed_weights(model) if tokens >= PACK_MIN_TOKENS else contextlib.nullcontext(model)
-
 
 class Linear(nn.Linear):
     """nn.Linear that, once packed (`pack_weights`) on CPU, multiplies by an (in, out) copy of its weight.
@@ -99,3 +87,16 @@ def packed_weights(model: nn.Module):
         yield model
     finally:
         unpack_weights(mods)
+
+
+# Packing the weights (`packed_weights`) costs one pass over them; measured on the 2-core box (small preset,
+# interleaved, fastest of 9) it paid off from batch x new tokens ~512 on (batch 8 x 64 tokens 1.09-1.16x,
+# batch 64 x 16 1.18x, batch 64 x 64 1.16x) and lost below (batch 8 x 16 0.82x, batch 1 x 64 0.90x). Models
+# packed for good (`pack_weights`, as `RAMM.load` does) skip this and use the packed products at every size.
+PACK_MIN_TOKENS = 512
+
+
+def packed_for(model: nn.Module, tokens: int):
+    """`packed_weights(model)` when a decode computes at least PACK_MIN_TOKENS tokens (batch x new
+    tokens), else nothing: the one place that decides whether decoding packs."""
+    return packed_weights(model) if tokens >= PACK_MIN_TOKENS else contextlib.nullcontext(model)

@@ -7,7 +7,8 @@ Work done once per run, not per step:
   text as the query (20% query-word dropout) and one for its image; the document itself and exact
   duplicates are excluded by the Memory; candidates whose relevance to the query exceeds the diversity
   threshold are skipped, except (optionally) the leave-one-out partner (same concept, other style:
-  docs/emojibench.md). One batched index search serves all queries; the threshold applies to query relevance.
+  docs/emojibench.md). The Memory's batched search (`Memory.neighbours`, the one the facade and evaluation
+  use) serves all queries, under `neighbour_strategy`: the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
 
