@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class Strategy:
     prefer_mixed_modal: bool = False  # modality: mixed-modal candidates first, others only to fill k
@@ -78,8 +77,8 @@ def eligible(strategy: Strategy, ids: list[str], scores: np.ndarray, embeddings:
         if len(picked) == n:
             break
         if strategy.diversity is not None and ids[i] not in strategy.exempt_ids:
-            too_close = scores[i] > strategy.diversity or (strategy.diversity_to_picks and
-                picked and float((embeddings[picked] @ embeddings[i]).max()) > strategy.diversity)
+            too_close = scores[i] > strategy.diversity or (strategy.diversity_to_picks and bool(picked) and
+                                                           float((embeddings[picked] @ embeddings[i]).max()) > strategy.diversity)
             if too_close:
                 continue
         picked.append(i)
