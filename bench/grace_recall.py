@@ -43,17 +43,17 @@ def queries_of(docs, candidates) -> tuple[list[str], list[set[str]], int]:
 
 def added_images_rows(retriever, enc, memorized, new_docs, split: str) -> list[dict]:
     """Semantic ids of never-seen images inserted in the trie: R@K on their queries, over all images."""
-    from ramm.training.grace_recipe import recall_at_k
+    from ramm.retrieval.recall import recall_at_k
 
     retriever.add_images([d.id for d in new_docs], [d.text for d in new_docs])
     texts, relevant, _ = queries_of(new_docs, new_docs)
     ours = recall_at_k([[i for i, _ in retriever.search(q, k=10)] for q in texts], relevant)
     dense = recall_at_k(dense_ranking(enc, memorized + new_docs, texts), relevant)
     print(f"semantic, {len(new_docs)} {split} images added without retraining: {ours} | dense {dense}")
-    return [{"bench": "grace_recall", "metric": f"semantic text->image {k}, {split} images added untrained",
+    return [{"bench": "grace_recall", "metric": f"semantic text->image R@{k}, {split} images added untrained",
              "ours": round(ours[k], 4), "peer_name": "dense dual encoder", "peer": round(dense[k], 4),
              "ratio": round(ours[k] / max(dense[k], 1e-9), 3), "target": "-", "unit": "recall",
-             "note": f"{len(texts)} queries, {len(retriever.identifiers)} identifiers"} for k in ("R@1", "R@5", "R@10")]
+             "note": f"{len(texts)} queries, {len(retriever.identifiers)} identifiers"} for k in (1, 5, 10)]
 
 
 def main() -> int:
@@ -61,7 +61,8 @@ def main() -> int:
     from ramm.grace.retriever import GraceRetriever
     from ramm.retrieval.encoder import load_encoder
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.training.grace_recipe import GraceConfig, image_codes, image_tokenizer_dir, recall_at_k
+    from ramm.retrieval.recall import recall_at_k
+    from ramm.training.grace_recipe import GraceConfig, image_codes, image_tokenizer_dir
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
@@ -88,7 +89,7 @@ def main() -> int:
         dense, dense_cap = recall_at_k(ranked_dense, relevant), recall_at_k(ranked_dense[:n_cap], relevant[:n_cap])
         docs_dense = recall_at_k(dense_ranking(enc, memorized, texts, documents=True), relevant)
         print(f"dense {path} (images): all {dense} | captions {dense_cap} | text+image documents: {docs_dense}")
-        peers.append((dense["R@1"], path, enc, dense, dense_cap, docs_dense))
+        peers.append((dense[1], path, enc, dense, dense_cap, docs_dense))
     _, peer_path, enc, dense, dense_cap, docs_dense = max(peers, key=lambda p: p[0])
 
     rng = np.random.default_rng(0)
@@ -103,8 +104,8 @@ def main() -> int:
         scheme = retriever.identifiers.scheme
         memo = float(np.mean([retriever.search_image(c, k=1)[0][0] == d.id for c, d in zip(codes, sample)]))
         print(f"{scheme} ({m}): all {ours} | captions {ours_cap} | memorization R@1 (image -> own id) {memo:.3f}")
-        for k in ("R@1", "R@5", "R@10"):
-            rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image {k}, {args.split} queries",
+        for k in (1, 5, 10):
+            rows.append({"bench": "grace_recall", "metric": f"{scheme} text->image R@{k}, {args.split} queries",
                          "ours": round(ours[k], 4), "peer_name": f"dense dual encoder {peer_path}",
                          "peer": round(dense[k], 4), "ratio": round(ours[k] / max(dense[k], 1e-9), 3),
                          "target": ">= 1 (best scheme, R@1)",

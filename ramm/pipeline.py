@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, decode_image_bytes
+from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,10 @@ class RAMM:
         self.device = next(model.parameters()).device
         if pack:
             # inference only: keep the (in, out) weight copies the CPU decode products want for the facade's
-            # life (ramm.model.transformer.Linear), instead of packing on every call (~11 ms per call for the
+            # life (ramm.model.packing.Linear), instead of packing on every call (~11 ms per call for the
             # small preset; batch-1 image latency 325 -> 277 ms). Costs a second copy of the weights;
             # a no-op on other devices.
-            from ramm.model.transformer import pack_weights
+            from ramm.model.packing import pack_weights
             pack_weights(model)
 
     @classmethod
@@ -119,7 +120,7 @@ class RAMM:
                                  progress and (lambda k, done=done: progress(done + k)),
                                  max_new_tokens=tpi + 1, stop_after_image=True)
         codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-        images = self._decode_images(codes)
+        images = decode_pixels(self.format.image_tokenizer, codes)
         scores: list[float] = []
         if rerank and n > 1 and self.memory is not None:
             from ramm.decoding.rerank import image_text_scores, rank
@@ -141,7 +142,7 @@ class RAMM:
         rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, method, decoding, seed,
                             batch_size, progress, max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.eos,),
                             allow_images=False)
-        texts = [self._text(r) for r in rows]
+        texts = [self.format.caption_text(r) for r in rows]
         scores: list[float] = []
         if rerank and n > 1:
             from ramm.decoding.rerank import continuation_nll, rank
@@ -212,30 +213,12 @@ class RAMM:
 
     def _sample(self, prompts, uncond, method, decoding, seed, batch_size, progress, **kw) -> list[list[int]]:
         """n samples in batches of batch_size (one seeded generator across batches)."""
+        from ramm.decoding.generate import DecodeConfig, generate_batched
+
         if len(prompts) < 1:
             raise ValueError(f"n must be >= 1, got {len(prompts)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        generator = self._generator(seed)
-        rows: list[list[int]] = []
-        for i in range(0, len(prompts), batch_size):
-            rows += self._generate(prompts[i:i + batch_size], uncond[i:i + batch_size], method, decoding,
-                                   generator, **kw)
-            if progress:
-                progress(len(rows))
-        return rows
-
-    def _decode_images(self, codes) -> np.ndarray:
-        """(N, tokens_per_image) codes -> uint8 (N, H, W, 3)."""
-        img = self.format.image_tokenizer.decode(codes)  # (N, 3, H, W) in [0, 1]
-        return (img.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
-    def _text(self, row: list[int]) -> str:
-        """The caption: text ids up to the first non-text token."""
-        ids = []
-        for t in row:
-            if not self.vocab.is_text(t):
-                break
-            ids.append(t)
-        return self.format.text.decode(ids).strip()
+        return generate_batched(self.model, self.vocab, prompts, batch_size=batch_size, uncond_prompts=uncond,
+                                generator=self._generator(seed), progress=progress,
+                                tokens_per_image=self.format.tokens_per_image,
+                                config=DecodeConfig(method=method, **decoding), **kw)
 

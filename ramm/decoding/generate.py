@@ -14,14 +14,14 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ramm.decoding.guidance import cfg_logits, contrastive_scores
 from ramm.decoding.sampling import sample
-from ramm.model.transformer import packed_weights
+from ramm.model.packing import packed_for
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import autocast_dtype
 
@@ -193,19 +193,11 @@ def next_token_scores(logits: torch.Tensor, blocked: torch.Tensor, config: Decod
     return logits.masked_fill(blocked, neg)
 
 
-# Packing the weights (`packed_weights`) costs one pass over them; measured on the 2-core box (small preset,
-# interleaved, fastest of 9) it paid off from batch x new tokens ~512 on (batch 8 x 64 tokens 1.09-1.16x,
-# batch 64 x 16 1.18x, batch 64 x 64 1.16x) and lost below (batch 8 x 16 0.82x, batch 1 x 64 0.90x). Models
-# packed for good (`pack_weights`, as `RAMM.load` does) skip this and use the packed products at every size.
-PACK_MIN_TOKENS = 512
-
-
 def _packs_long_decodes(fn):
-    """On CPU, run long decodes with (in, out) weight copies for the thin decode matmuls (see `Linear`)."""
+    """On CPU, run long decodes with (in, out) weight copies for the thin decode matmuls (`ramm.model.packing`)."""
     @functools.wraps(fn)
     def wrapper(model, vocab, prompts, *, max_new_tokens: int, **kw):
-        long = len(prompts) * max_new_tokens >= PACK_MIN_TOKENS
-        with packed_weights(model) if long else contextlib.nullcontext():
+        with packed_for(model, len(prompts) * max_new_tokens):
             return fn(model, vocab, prompts, max_new_tokens=max_new_tokens, **kw)
     return wrapper
 
@@ -275,6 +267,24 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
                 logits = model(idx, attention_mask=attn if padded else None, last_only=True,
                                logit_ranges=cols.ranges)[0][:, -1]
     return [_until_stop(list(r), vocab.pad) for r in zip(*out)]
+
+
+def generate_batched(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, batch_size: int,
+                     uncond_prompts: Sequence[Sequence[int]] | None = None, generator: torch.Generator | None = None,
+                     progress: Callable[[int], None] | None = None, **kw) -> list[list[int]]:
+    """`generate` over prompts in batches of `batch_size`, one generator across the batches (so a seed fixes
+    every sample), the weights packed once for the whole run when it is long; `progress(rows done)` after
+    each batch. What the facade (`ramm.pipeline.RAMM`) and the headline evaluation decode with."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows: list[list[int]] = []
+    with packed_for(model, len(prompts) * kw["max_new_tokens"]):
+        for i in range(0, len(prompts), batch_size):
+            rows += generate(model, vocab, prompts[i:i + batch_size], generator=generator,
+                             uncond_prompts=uncond_prompts[i:i + batch_size] if uncond_prompts else None, **kw)
+            if progress:
+                progress(len(rows))
+    return rows
 
 
 def _prefill(model, rows: list, pad: int, max_len: int, dtype, padded: bool, logit_ranges=None):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ramm.corpus.document import Document
-from ramm.tokenizers.cm3_format import CM3Format, pad_batch
+from ramm.model.batch import pad_batch
+from ramm.tokenizers.cm3_format import CM3Format
 
 
 def _main_token_loss(model, seqs: Sequence[tuple[list[int], list[float]]], pad: int, batch_size: int, device) -> float:

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
+from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +37,13 @@ def _subset(docs: list[Document], limit: int) -> list[Document]:
     return sorted(docs, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())[:limit]
 
 
-def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, uncond: Sequence[list[int]] | None, config,
-                      batch_size: int, generator: torch.Generator, desc: str, **kw) -> list[list[int]]:
-    """Run ramm.decoding.generate over prompts in batches, with a progress bar."""
-    from ramm.decoding.generate import generate
-    from ramm.model.transformer import packed_weights
+def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, desc: str, **kw) -> list[list[int]]:
+    """`generate_batched` (the facade's batched decoding) with a progress bar."""
+    from ramm.decoding.generate import generate_batched
 
-    rows: list[list[int]] = []
-    # pack CPU weights once for every batch, not once per generate call
-    with packed_weights(model), tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
-        for i in range(0, len(prompts), batch_size):
-            rows += generate(model, fmt.vocab, prompts[i:i + batch_size], tokens_per_image=fmt.tokens_per_image,
-                             config=config, uncond_prompts=uncond[i:i + batch_size] if uncond else None,
-                             generator=generator, **kw)
-            bar.update(len(prompts[i:i + batch_size]))
-    return rows
-
-
-def decode_codes(fmt, codes: torch.Tensor) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of (N, tokens_per_image) VQ codes."""
-    with torch.no_grad():
-        imgs = fmt.image_tokenizer.decode(codes)
-    return (imgs.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+        return generate_batched(model, fmt.vocab, prompts, tokens_per_image=fmt.tokens_per_image,
+                                progress=lambda done: bar.update(done - bar.n), **kw)
 
 
 def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
@@ -72,16 +58,17 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
     uncond = [fmt.unconditional_image_prompt()] * len(prompts) if dcfg.needs_uncond else None
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
     tpi = fmt.tokens_per_image
-    rows = decode_in_batches(model, fmt, prompts, uncond=uncond, config=dcfg, batch_size=ecfg.batch_size,
+    rows = decode_in_batches(model, fmt, prompts, uncond_prompts=uncond, config=dcfg, batch_size=ecfg.batch_size,
                              generator=gen, desc=desc, max_new_tokens=tpi + 1, stop_after_image=True)
     codes = torch.tensor([[fmt.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-    images = decode_codes(fmt, codes)
+    images = decode_pixels(fmt.image_tokenizer, codes)
     images = images.reshape(len(captions), n, *images.shape[1:])
     if n == 1:
         return images[:, 0]
+    from ramm.decoding.rerank import rank
     from ramm.evaluation.clipscore import clip_scores
     sims = clip_scores(encoder, images.reshape(-1, *images.shape[2:]), [c for c in captions for _ in range(n)])
-    best = sims.reshape(len(captions), n).argmax(1)
+    best = [rank(row)[0] for row in sims.reshape(len(captions), n)]  # the facade's best-of-n rule, by CLIPScore
     return images[np.arange(len(captions)), best]
 
 
@@ -91,18 +78,10 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 
     prompts = [fmt.caption_prompt(c, r) for c, r in zip(codes, retrieved)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
-    rows = decode_in_batches(model, fmt, prompts, uncond=None, config=DecodeConfig(method=ecfg.caption_method),
+    rows = decode_in_batches(model, fmt, prompts, config=DecodeConfig(method=ecfg.caption_method),
                              batch_size=ecfg.batch_size, generator=gen, desc=desc,
                              max_new_tokens=ecfg.max_caption_tokens, stop_tokens=(fmt.vocab.eos,), allow_images=False)
-    out = []
-    for r in rows:
-        ids = []
-        for t in r:
-            if not fmt.vocab.is_text(t):
-                break
-            ids.append(t)
-        out.append(fmt.text.decode(ids).strip())
-    return out
+    return [fmt.caption_text(r) for r in rows]
 
 
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
@@ -293,7 +272,7 @@ def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document]
     out: dict[str, dict[str, float]] = {}
     for split, o in outputs.items():
         codes = torch.tensor(np.stack([np.asarray(d.images[0].tokens) for d in o["docs"]]), dtype=torch.long)
-        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_codes(fmt, codes), o["docs"])
+        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_pixels(fmt.image_tokenizer, codes), o["docs"])
     probe = train_probe([lookup[d.id] for d in train if d.id in lookup], ecfg.train_probe)
     if probe:
         by_text = retrieve(memory, probe, ra_cfg, partners, lookup, ecfg.k, kinds=("text",))["text"]

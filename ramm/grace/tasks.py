@@ -17,8 +17,6 @@ import numpy as np
 from ramm.corpus.document import Document
 from ramm.grace.identifiers import Identifiers
 
-IGNORE = -100
-
 
 @dataclass(frozen=True)
 class Example:
@@ -69,17 +67,10 @@ class ExampleDataset:
         return self.examples[i]
 
     def collate(self, batch: list[Example]) -> dict:
-        import torch
+        from ramm.model.batch import pad_batch
 
-        seqs = [e.prompt + e.target for e in batch]
-        T = max(len(s) for s in seqs) - 1
-        idx = torch.full((len(batch), T), self.pad, dtype=torch.long)
-        targets = torch.full((len(batch), T), IGNORE, dtype=torch.long)
-        for b, (e, s) in enumerate(zip(batch, seqs)):
-            idx[b, :len(s) - 1] = torch.tensor(s[:-1])
-            p = len(e.prompt)
-            targets[b, p - 1:len(s) - 1] = torch.tensor(e.target)  # position t predicts token t + 1
-        return {"idx": idx, "targets": targets}
+        return pad_batch([(e.prompt + e.target, [0.0] * len(e.prompt) + [1.0] * len(e.target)) for e in batch],
+                         self.pad, loss_weights=False)
 
 
 def add_identifier_tokens(model, base: int, n: int) -> None:

@@ -7,7 +7,6 @@ RA-CM3's `-log p(x | m) - alpha log p(m)` is one weighted cross-entropy.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ramm.model.copy_head import CopyHead
+from ramm.model.packing import Linear
 from ramm.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -120,80 +120,6 @@ class KVCache:
         self.last_open = self.last_open.index_select(0, index)
         if self.copy is not None:
             self.copy = {k: v.index_select(0, index) for k, v in self.copy.items()}
-
-
-class Linear(nn.Linear):
-    """nn.Linear that, once packed (`pack_weights`) on CPU, multiplies by an (in, out) copy of its weight.
-
-    Decoding multiplies a handful of rows (batch x 1 token) by every weight. On CPU, oneDNN/MKL do such thin
-    products 1.4-1.7x faster against the (in, out) layout than against nn.Linear's (out, in) weight (2-core
-    Xeon, torch 2.13): the weight prepacking CPU inference runtimes do. The copy is used only without
-    autograd and only while the weight's version counter is the one it was packed at, so in-place changes
-    (optimizer steps, `load_state_dict`, `torch.no_grad` writes) fall back to F.linear until repacked.
-    Writes through `.data` bypass the version counter (as they bypass autograd): repack after them.
-    State dicts are unchanged; other devices use F.linear.
-    """
-
-    _packed: torch.Tensor | None = None
-    _packed_version: int | None = None  # weight._version at packing; None: not tracked (inference tensors)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_pack():
-            return x @ self._packed
-        return F.linear(x, self.weight, self.bias)
-
-    def columns(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Outputs [start, stop) only: a view of the weight, no copy."""
-        if self._use_pack():
-            return x @ self._packed[:, start:stop]
-        return F.linear(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
-
-    def _use_pack(self) -> bool:
-        return not torch.is_grad_enabled() and self._pack_is_current()
-
-    def _pack_is_current(self) -> bool:
-        """A pack exists and the weight has not changed in place since."""
-        if self._packed is None:
-            return False
-        return self._packed_version is None or self.weight._version == self._packed_version
-
-
-def _version(t: torch.Tensor) -> int | None:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return None
-
-
-def pack_weights(model: nn.Module) -> list[Linear]:
-    """Give every bias-free CPU `Linear` of `model` an (in, out) weight copy; returns the ones packed now.
-
-    Already packed, current ones are left alone (so nested packing is free); stale ones are repacked.
-    Costs one pass over the weights and keeps a second copy of them (`RAMM.load` packs once per model).
-    """
-    mods = [m for m in model.modules() if isinstance(m, Linear) and m.bias is None
-            and m.weight.device.type == "cpu" and not m._pack_is_current()]
-    for m in mods:
-        m._packed = m.weight.detach().t().contiguous()
-        m._packed_version = _version(m.weight)
-    return mods
-
-
-def unpack_weights(mods: list[Linear]) -> None:
-    """Drop the copies `pack_weights` made (its return value): back to F.linear and one copy of the weights."""
-    for m in mods:
-        m._packed = m._packed_version = None
-
-
-@contextlib.contextmanager
-def packed_weights(model: nn.Module):
-    """Decode with (in, out) weight copies on CPU (see `Linear`) for the length of the block; a no-op
-    elsewhere and for weights already packed (their packs outlive the block)."""
-    mods = pack_weights(model)
-    try:
-        yield model
-    finally:
-        unpack_weights(mods)
 
 
 ALL_KEYS = object()  # attention "mask" meaning every key is visible (one-token decoding steps)

@@ -16,15 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from ramm.retrieval.encoder import Encoder, as_image_batch
 from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
+from ramm.tokenizers.text_tokenizer import train_bpe
 from ramm.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
-
-PAD = "<pad>"
 
 
 @dataclass
@@ -73,16 +72,9 @@ class DualEncoderConfig:
 
 
 def train_text_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE over the training captions; id 0 is padding."""
-    if not texts:
-        raise ValueError("cannot train a tokenizer on zero texts")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    return tok
+    """The text tower's BPE over the training captions (id 0 is padding): a prefix space, so a caption's
+    first word tokenizes like its others, and every merge kept (min_frequency 0)."""
+    return train_bpe(texts, vocab_size, min_frequency=0, add_prefix_space=True)
 
 
 class ImageTower(nn.Module):

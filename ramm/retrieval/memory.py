@@ -26,7 +26,7 @@ from ramm.corpus.document import BadItem, Document
 from ramm.retrieval.encoder import Encoder, load_encoder
 from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
 from ramm.retrieval.store import DocStore
-from ramm.retrieval.strategies import Strategy, get_strategy, select
+from ramm.retrieval.strategies import Strategy, choose, eligible, get_strategy, pool_size
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -201,44 +201,70 @@ class Memory:
         or an exact duplicate of its content."""
         query_hash = [query.content_hash()] if isinstance(query, Document) else []
         exclude = list(exclude_ids) + ([query.id] if isinstance(query, Document) else [])
-        return self._search_many(self.embed_query(query), k, [exclude], get_strategy(strategy), [query_hash])[0]
+        (hits,) = self._search_many(self.embed_query(query), k, [exclude], get_strategy(strategy), [query_hash])
+        docs = self.store.documents([r for r, _ in hits])
+        return [(d, s) for d, (_, s) in zip(docs, hits)]
 
     def neighbours(self, queries: np.ndarray, k: int, exclude_ids: Sequence[Sequence[str]] | None = None,
-                   strategy: Strategy | str | None = None) -> list[list[tuple[str, float]]]:
-        """Batched search for training inputs: per query vector, k (id, score) after the strategy,
-        never an excluded id (e.g. the query document itself) nor an exact duplicate of one."""
-        exclude_ids = exclude_ids if exclude_ids is not None else [()] * len(queries)
-        if len(exclude_ids) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(exclude_ids)} exclusion lists")
-        hits = self._search_many(queries, k, exclude_ids, get_strategy(strategy), [[]] * len(queries))
-        return [[(d.id, s) for d, s in row] for row in hits]
+                   strategy: Strategy | str | None = None, *, exclude_hashes: Sequence[Sequence[str]] | None = None,
+                   exempt_ids: Sequence[Iterable[str]] | None = None,
+                   allowed_ids: Iterable[str] | None = None) -> list[list[tuple[str, float]]]:
+        """Batched search (training inputs, evaluation): per query vector, up to k (id, score) after the
+        strategy, never an excluded id (e.g. the query document itself) nor an exact duplicate of one or
+        of `exclude_hashes` (content hashes, e.g. of a query document outside the memory). Per query,
+        `exempt_ids` join the strategy's diversity exemptions; only `allowed_ids` may be returned."""
+        n_q = len(queries)
+        exclude_ids = exclude_ids if exclude_ids is not None else [()] * n_q
+        exclude_hashes = exclude_hashes if exclude_hashes is not None else [()] * n_q
+        for name, per_query in (("exclusion", exclude_ids), ("hash", exclude_hashes), ("exemption", exempt_ids)):
+            if per_query is not None and len(per_query) != n_q:
+                raise ValueError(f"{n_q} queries but {len(per_query)} {name} lists")
+        hits = self._search_many(queries, k, exclude_ids, get_strategy(strategy), exclude_hashes, exempt_ids,
+                                 allowed_ids)
+        ids = self.store.ids_of(sorted({r for row in hits for r, _ in row}))
+        return [[(ids[r], s) for r, s in row] for row in hits]
 
-    def _search_many(self, q, k, exclude_ids, strategy: Strategy, query_hashes) -> list[list[tuple[Document, float]]]:
+    def _search_many(self, q, k, exclude_ids, strategy: Strategy, query_hashes, exempt_ids=None,
+                     allowed_ids=None) -> list[list[tuple[int, float]]]:
+        """Per query, the strategy's k (row, score): the index's top candidates minus the banned rows, through
+        `eligible` and `choose`; a query whose window admits too few is searched again with a 4x wider one,
+        so the result equals the strategy applied to the whole memory in score order."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        n = len(self.store)
-        all_excluded = sorted({i for ex in exclude_ids for i in ex})
-        excl_rows = self.store.rows_of(all_excluded)
-        hashes = self.store.hashes(list(excl_rows.values())) if strategy.exclude_duplicates else {}
-        results: list[list[tuple[Document, float]] | None] = [None] * len(q)
+        n, want = len(self.store), pool_size(strategy, k)
+        excl_rows = self.store.rows_of(sorted({i for ex in exclude_ids for i in ex}))
+        banned = [{excl_rows[i] for i in ex if i in excl_rows} for ex in exclude_ids]
+        if strategy.exclude_duplicates:
+            own = self.store.hashes(sorted(excl_rows.values()))
+            dups = [{own[r] for r in b} | set(h) for b, h in zip(banned, query_hashes)]
+            by_hash = self.store.rows_by_hash({h for d in dups for h in d})
+            banned = [b.union(*(by_hash.get(h, ()) for h in d)) for b, d in zip(banned, dups)]
+        allowed = None if allowed_ids is None else set(self.store.rows_of(sorted(set(allowed_ids))).values())
+        needs_embs = bool(strategy.mmr) or (strategy.diversity is not None and strategy.diversity_to_picks)
+        results: list[list[tuple[int, float]] | None] = [None] * len(q)
         todo = list(range(len(q)))
-        fetch = min(n, 4 * k + 2 * max((len(e) for e in exclude_ids), default=0) + 16)
+        fetch = min(n, 4 * want + 2 * max((len(e) for e in exclude_ids), default=0) + 16)
         while todo:
             scores, rows = self.search_vectors(q[todo], fetch)
+            seen = sorted({int(r) for r in rows.ravel() if r >= 0})  # one store read per window, not per query
+            ids = self.store.ids_of(seen)
+            pos = {r: j for j, r in enumerate(seen)}
+            embs = self.store.embeddings(seen) if needs_embs else None
+            mixed = {r: d.is_mixed_modal for r, d in zip(seen, self.store.documents(seen))} \
+                if strategy.prefer_mixed_modal else None
             retry = []
             for j, qi in enumerate(todo):
-                banned = {excl_rows[i] for i in exclude_ids[qi] if i in excl_rows}
-                dup_hashes = {hashes[r] for r in banned if r in hashes} | set(query_hashes[qi])
-                if strategy.exclude_duplicates and dup_hashes:
-                    banned |= self.store.rows_with_hash(dup_hashes)
-                keep = [(int(r), float(s)) for r, s in zip(rows[j], scores[j]) if r >= 0 and r not in banned]
-                docs = self.store.documents([r for r, _ in keep])
+                keep = [(int(r), s) for r, s in zip(rows[j], scores[j])
+                        if r >= 0 and r not in banned[qi] and (allowed is None or r in allowed)]
+                cand = [r for r, _ in keep]
                 cand_scores = np.array([s for _, s in keep], dtype=np.float32)
-                embs = self.store.embeddings([r for r, _ in keep]) if strategy.diversity is not None else None
-                picked = select(strategy, docs, cand_scores, embs, k)
-                if len(picked) < k and fetch < n:
+                cand_embs = embs[[pos[r] for r in cand]] if needs_embs else None
+                rule = strategy if not exempt_ids else strategy.with_exempt(strategy.exempt_ids | set(exempt_ids[qi]))
+                pool = eligible(rule, [ids[r] for r in cand], cand_scores, cand_embs, want,
+                                [mixed[r] for r in cand] if mixed else None)
+                if len(pool) < want and fetch < n:
                     retry.append(qi)
                 else:
-                    results[qi] = [(docs[i], float(cand_scores[i])) for i in picked]
+                    results[qi] = [(cand[i], float(cand_scores[i])) for i in choose(rule, pool, cand_scores, cand_embs, k)]
             todo, fetch = retry, min(n, fetch * 4)
         return results

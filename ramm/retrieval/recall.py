@@ -7,7 +7,7 @@ image (image tower) as the query.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -18,11 +18,33 @@ def concept_of(doc: Document) -> str:
     return str(doc.metadata.get("concept", doc.id))
 
 
-def recall_at_k(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks=(1, 5, 10)) -> dict[int, float]:
-    """ranked[i]: labels of query i's results, best first; a hit at K is targets[i] among the first K."""
-    if len(ranked) != len(targets) or not targets:
-        raise ValueError(f"need one ranked list per target, got {len(ranked)} lists and {len(targets)} targets")
-    return {k: float(np.mean([t in r[:k] for r, t in zip(ranked, targets)])) for k in ks}
+def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[Iterable[str] | str],
+                ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+    """{K: the fraction of queries with at least one relevant id among their first K results}.
+
+    ranked[i]: ids (or labels) returned for query i, best first; relevant[i]: its relevant ids (a
+    non-empty set, or one id as a string). The definition of cross-modal retrieval papers (CLIP,
+    GRACE section 4), used for the dense retriever and GRACE alike. A K larger than a returned list
+    counts what is there (a list of 3 ids can still hit at K=10).
+    """
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K values must be >= 1, got {ks}")
+    if len(ranked) != len(relevant):
+        raise ValueError(f"{len(ranked)} ranked lists for {len(relevant)} relevance sets")
+    if not ranked:
+        raise ValueError("recall of zero queries")
+    hits = dict.fromkeys(ks, 0)
+    for i, (ids, rel) in enumerate(zip(ranked, relevant)):
+        if isinstance(ids, str):
+            raise ValueError(f"query {i}: ranked ids must be a list, not the string {ids!r}")
+        rel = {rel} if isinstance(rel, str) else set(rel)
+        if not rel:
+            raise ValueError(f"query {i} has no relevant id")
+        first = next((rank for rank, x in enumerate(ids) if x in rel), None)  # 0-based rank of the first hit
+        for k in ks:
+            hits[k] += first is not None and first < k
+    return {k: hits[k] / len(ranked) for k in ks}
 
 
 def exact_leave_one_out(queries: np.ndarray, memory: np.ndarray, self_rows: Sequence[int], k: int) -> np.ndarray:

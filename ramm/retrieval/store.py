@@ -85,14 +85,15 @@ class DocStore:
     def hashes(self, rows: list[int]) -> dict[int, str]:
         return self._rows("hash", "row", [int(r) for r in rows])
 
-    def rows_with_hash(self, hashes: Iterable[str]) -> set[int]:
-        """Every row whose content equals one of `hashes` (exact duplicates)."""
-        hashes, rows = list(set(hashes)), set()
+    def rows_by_hash(self, hashes: Iterable[str]) -> dict[str, set[int]]:
+        """{hash: every row whose content has it} (exact duplicates), for the given hashes."""
+        hashes, out = sorted(set(hashes)), {}
         for i in range(0, len(hashes), 500):
             chunk = hashes[i: i + 500]
-            q = f"SELECT row FROM docs WHERE hash IN ({','.join('?' * len(chunk))})"
-            rows.update(r[0] for r in self.db.execute(q, chunk))
-        return rows
+            q = f"SELECT hash, row FROM docs WHERE hash IN ({','.join('?' * len(chunk))})"
+            for h, r in self.db.execute(q, chunk):
+                out.setdefault(h, set()).add(r)
+        return out
 
     def ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM docs ORDER BY row")]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence as Seq
 
 import numpy as np
-import torch
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.tokenizers.vocab import Vocabulary
@@ -211,6 +210,15 @@ class CM3Format:
         """Amateur stream for contrastive decoding of captions: the image is masked too."""
         return [self.vocab.doc, self.vocab.mask, self.vocab.doc_end, self.vocab.infill, self.vocab.mask]
 
+    def caption_text(self, row: Seq[int]) -> str:
+        """The caption a decoded row holds: its text ids up to the first non-text token, decoded and stripped."""
+        ids = []
+        for t in row:
+            if not self.vocab.is_text(t):
+                break
+            ids.append(t)
+        return self.text.decode(ids).strip()
+
     def infill_prompt(self, doc: Document, masked: Seq[int], retrieved: Seq[Document] = ()) -> tuple[list[int], list[str]]:
         """Mask the given segment indices of `doc`; returns the prompt (ending in <infill> <mask:0>) and
         the kind ("text"/"image") of each span the model must fill, in order."""
@@ -296,23 +304,6 @@ class CM3Format:
 
     def _image_segment(self, codes: np.ndarray, decode: bool) -> ImageSegment:
         if decode and self.image_tokenizer is not None:
-            import torch
-            with torch.no_grad():
-                img = self.image_tokenizer.decode(torch.as_tensor(codes)[None])[0]
-            px = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            return ImageSegment(pixels=px, tokens=codes)
+            from ramm.tokenizers.image_tokenizer import decode_pixels
+            return ImageSegment(pixels=decode_pixels(self.image_tokenizer, codes[None])[0], tokens=codes)
         return ImageSegment(tokens=codes)
-
-
-def pad_batch(seqs: Sequence[tuple[list[int], list[float]]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, weights) sequences into idx/targets (-100 on padding)/loss_weights tensors."""
-    T = max(len(ids) for ids, _ in seqs) - 1
-    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
-    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
-    w = torch.zeros(len(seqs), T)
-    for b, (ids, weights) in enumerate(seqs):
-        n = len(ids) - 1
-        idx[b, :n] = torch.tensor(ids[:-1])
-        tgt[b, :n] = torch.tensor(ids[1:])
-        w[b, :n] = torch.tensor(weights[1:])
-    return {"idx": idx, "targets": tgt, "loss_weights": w}

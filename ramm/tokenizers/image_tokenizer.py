@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -235,3 +236,11 @@ class ImageTokenizer(nn.Module):
         model = cls(ImageTokenizerConfig(**raw))
         model.load_state_dict(load_file(d / "model.safetensors"))
         return model.to(device or "cpu").eval()
+
+
+def decode_pixels(image_tokenizer, codes) -> np.ndarray:
+    """(B, tokens_per_image) codes -> uint8 (B, H, W, 3) pixels (the form Documents and metrics take), by any
+    image tokenizer whose `decode` gives (B, 3, H, W) floats in [0, 1] (this one, Chameleon's VQGAN)."""
+    with torch.no_grad():
+        images = image_tokenizer.decode(codes)
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)

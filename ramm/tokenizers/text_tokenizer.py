@@ -16,6 +16,26 @@ log = logging.getLogger(__name__)
 PAD = "<pad>"
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, add_prefix_space: bool = False):
+    """The one byte-level BPE trainer (a `tokenizers.Tokenizer`, <pad> id 0): the generator's TextTokenizer
+    and the dual encoder's text tower (`train_text_tokenizer`) differ only in these arguments."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 258:
+        raise ValueError(f"vocab_size must be >= 258 (256 bytes + <pad> + one merge), got {vocab_size}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("cannot train a tokenizer on zero texts")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    log.info("trained byte-level BPE with %d tokens", tok.get_vocab_size())
+    return tok
+
+
 class TextTokenizer:
     def __init__(self, tokenizer):
         self._tok = tokenizer  # a tokenizers.Tokenizer
@@ -23,18 +43,7 @@ class TextTokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> "TextTokenizer":
         """Learn merges on `texts`; vocab_size counts the 256 byte symbols and <pad>."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        if vocab_size < 258:
-            raise ValueError(f"vocab_size must be >= 258 (256 bytes + <pad> + one merge), got {vocab_size}")
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        log.info("trained byte-level BPE with %d tokens", tok.get_vocab_size())
-        return cls(tok)
+        return cls(train_bpe(texts, vocab_size, min_frequency))
 
     @property
     def vocab_size(self) -> int:

@@ -81,13 +81,6 @@ def image_codes(image_tokenizer, cfg: GraceConfig, docs) -> np.ndarray:
     return np.stack([codes[d.id] for d in docs])
 
 
-def recall_at_k(ranked: list[list[str]], relevant: list[set[str]], ks=(1, 5, 10)) -> dict[str, float]:
-    """Fraction of queries with a relevant item in the top k."""
-    if len(ranked) != len(relevant) or not ranked:
-        raise ValueError("need one non-empty ranking per query")
-    return {f"R@{k}": float(np.mean([bool(set(r[:k]) & rel) for r, rel in zip(ranked, relevant)])) for k in ks}
-
-
 def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | None = None) -> list[tuple[str, str]]:
     """(query, concept) pairs: each document's caption, then its pseudo-queries (deduplicated per concept)."""
     from ramm.retrieval.recall import concept_of

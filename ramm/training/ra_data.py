@@ -6,7 +6,8 @@ Work done once per run, not per step:
   text as the query (20% query-word dropout) and one for its image; the document itself and exact
   duplicates are excluded by the Memory; candidates whose relevance to the query exceeds the diversity
   threshold are skipped, except (optionally) the leave-one-out partner (same concept, other style:
-  docs/emojibench.md). One batched index search serves all queries; the threshold applies to query relevance.
+  docs/emojibench.md). The Memory's batched search (`Memory.neighbours`, the one the facade and evaluation
+  use) serves all queries, under `neighbour_strategy`: the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
 
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, TextSegment
-from ramm.retrieval.strategies import query_dropout
-from ramm.tokenizers.cm3_format import CM3Format, pad_batch
+from ramm.model.batch import pad_batch
+from ramm.retrieval.strategies import Strategy, query_dropout
+from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.code_cache import VIEWS, with_codes
 
 
@@ -152,10 +154,11 @@ def relative_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str
 def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
                           dropout: float | None = None, kinds=("text", "image"),
                           allowed: set[str] | None = None) -> dict[str, list[list[str]]]:
-    """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each.
-    Text queries lose `dropout` (default cfg.query_dropout) of their words first. With `allowed`, only
-    those documents may be picked: training passes the train split, because retrieved documents carry
-    a loss (alpha) and so are trained on, and heldout concepts must stay unseen by the generator."""
+    """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each, by the Memory's
+    batched search (`Memory.neighbours`) under `neighbour_strategy`. Text queries lose `dropout` (default
+    cfg.query_dropout) of their words first. With `allowed`, only those documents may be picked: training
+    passes the train split, because retrieved documents carry a loss (alpha) and so are trained on, and
+    heldout concepts must stay unseen by the generator."""
     rng = np.random.default_rng(cfg.seed)
     p = cfg.query_dropout if dropout is None else dropout
     queries = {}
@@ -163,61 +166,18 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
         queries["text"] = memory.encoder.embed_text([query_dropout(d.text, p, rng) if p > 0 else d.text for d in docs])
     if "image" in kinds:
         queries["image"] = memory.encoder.embed_image(np.stack([d.image for d in docs]))
-    # one batched index search; then per query: drop itself and exact duplicates of it (by content hash),
-    # and candidates above the diversity threshold unless they are its leave-one-out partner
-    n = len(memory)
-    row_id = memory.store.ids_of(list(range(n)))
-    row_hash = memory.store.hashes(list(range(n)))
-    id_hash = {i: row_hash[r] for r, i in row_id.items()}
-    fetch = min(n, 4 * cfg.n_candidates + 8 if allowed is None else 16 * cfg.n_candidates + 32)
-    out: dict[str, list[list[str]]] = {}
-    for kind, q in queries.items():
-        scores, rows = memory.search_vectors(q, fetch)
-        picked = []
-        for d, srow, rrow in zip(docs, scores, rows):
-            own = id_hash.get(d.id) or d.content_hash()
-            keep = []  # (id, score, row) of the eligible candidates, best first
-            for score, r in zip(srow, rrow):
-                if r < 0 or row_id[int(r)] == d.id or row_hash[int(r)] == own:
-                    continue
-                i = row_id[int(r)]
-                if allowed is not None and i not in allowed:
-                    continue
-                if cfg.diversity is None or score <= cfg.diversity or (cfg.exempt_partner and i in partners.get(d.id, ())):
-                    keep.append((i, float(score), int(r)))
-                if len(keep) == (MMR_POOL if cfg.mmr and kind == "text" else 1) * cfg.n_candidates:
-                    break
-            picked.append([i for i, _, _ in keep] if cfg.mmr == 0 or kind != "text" else
-                          _mmr(keep, cfg.n_candidates, cfg.mmr, memory))
-        out[kind] = picked
-    return out
+    exempt = [partners.get(d.id, set()) if cfg.exempt_partner else set() for d in docs]
+    return {kind: [[i for i, _ in row] for row in memory.neighbours(
+                q, cfg.n_candidates, exclude_ids=[[d.id] for d in docs], strategy=neighbour_strategy(cfg, kind),
+                exclude_hashes=[[d.content_hash()] for d in docs], exempt_ids=exempt, allowed_ids=allowed)]
+            for kind, q in queries.items()}
 
 
-MMR_POOL = 4  # MMR chooses among this many times n_candidates eligible candidates
-
-
-def _mmr(cands: list[tuple[str, float, int]], k: int, weight: float, memory) -> list[str]:
-    """Maximal marginal relevance (Carbonell & Goldstein 1998): pick, one at a time, the candidate with the best
-    relevance - weight * (its highest similarity to a document already picked), by stored document embeddings.
-
-    Why: the best two documents for "google emoji: waving hand, dark skin tone" are the other style's dark hand
-    (the same concept: its name and tone) and that style's light hand (near-identical to it), while the
-    same-style light hand, the one whose codes a generator can copy cell by cell, comes third. Penalising
-    near-duplicates of what is already picked brings complementary evidence into k = 2 (RA-CM3's diversity
-    rule, softened from a hard threshold on the query into a trade-off between the picks)."""
-    if len(cands) <= 1:
-        return [i for i, _, _ in cands[:k]]
-    emb = memory.store.embeddings([r for _, _, r in cands])
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-    sim = emb @ emb.T
-    rel = np.array([s for _, s, _ in cands])
-    chosen = [0]
-    while len(chosen) < min(k, len(cands)):
-        penalty = sim[:, chosen].max(1)
-        score = rel - weight * penalty
-        score[chosen] = -np.inf
-        chosen.append(int(score.argmax()))
-    return [cands[j][0] for j in chosen]
+def neighbour_strategy(cfg: RAConfig, kind: str) -> Strategy:
+    """The retrieval strategy of training inputs: the document itself and its exact duplicates excluded, the
+    diversity threshold on relevance to the query only (the leave-one-out partner exempt), and for text
+    queries with cfg.mmr > 0 maximal marginal relevance (`ramm.retrieval.strategies.mmr`)."""
+    return Strategy(diversity=cfg.diversity, diversity_to_picks=False, mmr=cfg.mmr if kind == "text" else 0.0)
 
 
 class RADataset(torch.utils.data.Dataset):

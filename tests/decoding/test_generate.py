@@ -54,12 +54,12 @@ def test_kv_cache_decoding_equals_full_recompute_token_for_token(model, vocab):
 
 @pytest.mark.parametrize("method", ["greedy", "cfg"])
 def test_packed_weight_decoding_equals_plain(model, vocab, monkeypatch, method):
-    import ramm.decoding.generate as G
+    import ramm.model.packing as P
     prompts = image_prompts(vocab) * 3
     kw = dict(config=DecodeConfig(method=method), uncond_prompts=uncond(vocab, len(prompts)), max_new_tokens=3 * TPI)
-    monkeypatch.setattr(G, "PACK_MIN_TOKENS", 1)
+    monkeypatch.setattr(P, "PACK_MIN_TOKENS", 1)
     packed = run(model, vocab, prompts, **kw)
-    monkeypatch.setattr(G, "PACK_MIN_TOKENS", 10 ** 9)
+    monkeypatch.setattr(P, "PACK_MIN_TOKENS", 10 ** 9)
     assert packed == run(model, vocab, prompts, **kw)
 
 

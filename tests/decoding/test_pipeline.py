@@ -94,7 +94,7 @@ def test_same_seed_same_images_and_progress_counts_samples(ramm):
 
 
 def test_the_facade_keeps_packed_weights_and_samples_as_an_unpacked_one(ramm, bundle):
-    from ramm.model.transformer import Linear
+    from ramm.model.packing import Linear
 
     linears = [m for m in ramm.model.modules() if isinstance(m, Linear)]
     assert linears and all(m._packed is not None for m in linears)  # packed once at load, on CPU

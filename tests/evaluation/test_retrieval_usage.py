@@ -8,7 +8,7 @@ from ramm.evaluation.retrieval_usage import CONTEXTS, retrieval_usage, usage_con
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.vocab import Vocabulary
-from ramm.tokenizers.cm3_format import pad_batch
+from ramm.model.batch import pad_batch
 
 TPI = 9  # 3 x 3 image grid
 

@@ -2,7 +2,7 @@ import pytest
 
 from ramm.corpus.document import Document, TextSegment
 from ramm.corpus.emojibench import pseudo_queries
-from ramm.training.grace_recipe import GraceConfig, eval_queries, recall_at_k
+from ramm.training.grace_recipe import GraceConfig, eval_queries
 
 
 def doc(style, concept="1f1ef-1f1f5", name="japan flag"):
@@ -18,14 +18,6 @@ def test_eval_queries_put_captions_first_and_deduplicate_pseudo_queries_per_conc
     qs = eval_queries([doc("google"), doc("twitter")], pseudo_queries)
     assert qs[:2] == [("google emoji: japan flag", "1f1ef-1f1f5"), ("twitter emoji: japan flag", "1f1ef-1f1f5")]
     assert len(qs) == 2 + 3
-
-
-def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
-    ranked = [["a", "b", "c"], ["x", "y", "b"], ["z"]]
-    relevant = [{"a"}, {"b"}, {"q"}]
-    assert recall_at_k(ranked, relevant, ks=(1, 3)) == {"R@1": pytest.approx(1 / 3), "R@3": pytest.approx(2 / 3)}
-    with pytest.raises(ValueError):
-        recall_at_k([], [])
 
 
 def test_config_rejects_bad_values():

@@ -3,7 +3,8 @@ import contextlib
 import pytest
 import torch
 
-from ramm.model.transformer import Transformer, TransformerConfig, packed_weights
+from ramm.model.packing import packed_weights
+from ramm.model.transformer import Transformer, TransformerConfig
 
 torch.set_num_threads(1)
 V = 97
@@ -178,7 +179,7 @@ def test_image_grid_positions_are_relative_to_img_and_match_under_the_cache():
 
 
 def test_packed_weights_decode_equals_plain_and_never_goes_stale():
-    from ramm.model.transformer import Linear, packed_weights
+    from ramm.model.packing import Linear, packed_weights
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, max_seq_len=32)).eval()
@@ -201,7 +202,7 @@ def test_packed_weights_decode_equals_plain_and_never_goes_stale():
 
 
 def test_a_kept_pack_follows_in_place_weight_changes_and_outlives_nested_blocks():
-    from ramm.model.transformer import Linear, pack_weights, packed_weights, unpack_weights
+    from ramm.model.packing import Linear, pack_weights, packed_weights, unpack_weights
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, max_seq_len=32)).eval()

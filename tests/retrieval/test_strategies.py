@@ -3,7 +3,7 @@ import pytest
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.retrieval.memory import Memory
-from ramm.retrieval.strategies import STRATEGIES, Strategy, get_strategy, query_dropout, select
+from ramm.retrieval.strategies import STRATEGIES, Strategy, get_strategy, mmr, query_dropout, select
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,55 @@ def test_diversity_exempt_ids_are_kept(memory, docs):
 
 
 def test_select_picks_in_score_order_when_unconstrained():
-    docs = [Document(f"d{i}", [TextSegment("x")]) for i in range(4)]
-    assert select(Strategy(), docs, np.array([0.9, 0.8, 0.7, 0.6]), None, 2) == [0, 1]
+    assert select(Strategy(), [f"d{i}" for i in range(4)], np.array([0.9, 0.8, 0.7, 0.6]), None, 2) == [0, 1]
+
+
+def test_mmr_trades_a_near_duplicate_of_the_first_pick_for_complementary_evidence():
+    emb = np.array([[1.0, 0.0, 0.0], [0.99, 0.14, 0.0], [0.6, 0.0, 0.8]], np.float32)
+    scores = np.array([0.71, 0.51, 0.50], np.float32)  # partner, partner-twin, sibling
+    assert mmr(scores, emb, 2, 0.3) == [0, 2]
+    assert mmr(scores, emb, 2, 0.0) == [0, 1]  # weight 0 is plain relevance
+    assert mmr(scores[:1], emb[:1], 2, 0.3) == [0]
+    with pytest.raises(ValueError, match="mmr"):
+        Strategy(mmr=-1)
+
+
+def exact_selection(memory, q, k, strategy, exclude, exempt=(), allowed=None):
+    """The slow exact twin of Memory.neighbours: numpy dot products over every stored vector, the banned
+    rows (excluded ids and every exact duplicate of them) removed, then the strategy's rule on the whole list."""
+    emb = np.concatenate(list(memory.store.iter_embeddings()))  # (N, D) in row order
+    ids = memory.store.ids_of(list(range(len(emb))))
+    hashes = memory.store.hashes(list(range(len(emb))))
+    banned = {hashes[r] for r in ids if ids[r] in exclude}
+    scores = (emb @ q).astype(np.float32)  # (N,)
+    order = [int(r) for r in np.argsort(-scores, kind="stable")
+             if ids[int(r)] not in exclude and hashes[int(r)] not in banned and (allowed is None or ids[int(r)] in allowed)]
+    docs = memory.store.documents(order) if strategy.prefer_mixed_modal else None
+    rule = strategy.with_exempt(strategy.exempt_ids | set(exempt))
+    picked = select(rule, [ids[r] for r in order], scores[order], emb[order], k,
+                    [d.is_mixed_modal for d in docs] if docs else None)
+    return [ids[order[i]] for i in picked], [float(scores[order[i]]) for i in picked]
+
+
+@pytest.mark.parametrize("strategy", [Strategy(), Strategy(prefer_mixed_modal=True), Strategy(diversity=0.5),
+                                      Strategy(diversity=0.3, diversity_to_picks=False), Strategy(mmr=0.3),
+                                      Strategy(diversity=0.6, diversity_to_picks=False, mmr=0.5),
+                                      STRATEGIES["ra-cm3"]])
+def test_batched_neighbours_equal_an_exact_brute_force_selection(memory, docs, strategy):
+    queries = docs[:12]
+    q = np.concatenate([memory.encoder.embed_text([d.text for d in queries[:6]]),
+                        memory.encoder.embed_image(np.stack([d.image for d in queries[6:]]))])
+    exempt = [[docs[(i + 1) % len(docs)].id] for i in range(len(queries))]
+    allowed = {d.id for d in docs[::2]} | {"text-only-red-circle", "image-only-red-circle"}
+    content = {i: memory.get(i).content_hash() for i in memory.ids}
+    for allow in (None, allowed):
+        got = memory.neighbours(q, 4, exclude_ids=[[d.id] for d in queries], strategy=strategy, exempt_ids=exempt,
+                                allowed_ids=allow)
+        for row, d, v, ex in zip(got, queries, q, exempt):
+            want_ids, want_scores = exact_selection(memory, v, 4, strategy, {d.id}, ex, allow)
+            # exact duplicates tie, and the index may order a tie either way: compare contents
+            assert [content[i] for i, _ in row] == [content[i] for i in want_ids]
+            assert np.allclose([s for _, s in row], want_scores, atol=1e-5)
 
 
 def test_named_strategies_and_bad_names():

@@ -295,16 +295,6 @@ def test_rename_concept_renames_the_base_name_across_skin_tones_and_keeps_the_to
     assert name_words([main, sibling]) == ["hand", "waving"]  # tone words are not names
 
 
-def test_mmr_trades_a_near_duplicate_of_the_first_pick_for_complementary_evidence():
-    from types import SimpleNamespace
-
-    from ramm.training.ra_data import _mmr
-    emb = np.array([[1.0, 0.0, 0.0], [0.99, 0.14, 0.0], [0.6, 0.0, 0.8]], np.float32)
-    memory = SimpleNamespace(store=SimpleNamespace(embeddings=lambda rows: emb[rows]))
-    cands = [("partner", 0.71, 0), ("partner-twin", 0.51, 1), ("sibling", 0.50, 2)]
-    assert _mmr(cands, 2, 0.3, memory) == ["partner", "sibling"]
-    assert _mmr(cands, 2, 0.0, memory) == ["partner", "partner-twin"]  # weight 0 is plain relevance
-    assert _mmr(cands[:1], 2, 0.3, memory) == ["partner"]
+def test_mmr_weight_must_be_non_negative():
     with pytest.raises(ValueError, match="mmr"):
         RAConfig(mmr=-1)
-

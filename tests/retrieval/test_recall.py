@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from ramm.evaluation.recall import recall_at_k
+from ramm.retrieval.recall import recall_at_k
 
 
 def test_recall_hand_case_with_several_relevant_ids():
@@ -22,3 +23,20 @@ def test_recall_rejects_bad_input():
         recall_at_k([["a"]], [{"a"}], ks=(0, 1))
     with pytest.raises(ValueError, match="query 0: ranked ids must be a list"):
         recall_at_k(["abc"], [{"a"}])
+
+
+def test_recall_counts_a_relevant_item_in_the_top_k():
+    ranked = [["a", "b", "c"], ["x", "y", "b"], ["z"]]
+    relevant = [{"a"}, {"b"}, {"q"}]
+    assert recall_at_k(ranked, relevant, ks=(1, 3)) == {1: pytest.approx(1 / 3), 3: pytest.approx(2 / 3)}
+    with pytest.raises(ValueError):
+        recall_at_k([], [])
+
+
+def test_recall_equals_a_brute_force_count():
+    rng = np.random.default_rng(0)
+    ranked = [[str(x) for x in rng.permutation(12)[:rng.integers(1, 12)]] for _ in range(50)]
+    relevant = [{str(x) for x in rng.choice(15, rng.integers(1, 4), replace=False)} for _ in range(50)]
+    for k in (1, 2, 5, 10, 20):
+        count = sum(any(x in rel for x in ids[:k]) for ids, rel in zip(ranked, relevant))
+        assert recall_at_k(ranked, relevant, ks=(k,))[k] == count / len(ranked)
