@@ -10,92 +10,25 @@ Work done once per run, not per step:
   docs/emojibench.md). One batched index search serves all queries; the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
-
-Joint augmentation (`RAConfig.augment`, off by default; our addition, not in the papers): with that
-probability an example that has retrieved documents shows the main image and every retrieved image
-under the same random view (a flip/rotation and a colour-channel rotation). The caption cannot tell
-which view it is, only the retrieved images can, so the model is paid for copying from retrieval on
-training concepts too, where it could otherwise predict the image from the memorised caption alone.
-Examples without retrieved documents (k = 0, and so the vanilla baseline) are never augmented.
-Measured on EmojiBench (demo budget, 1000 steps): augment 0.5 over 8 views gave heldout image-token loss
-2.959 with k = 2 against the vanilla model's 3.013, about what plain RA training gives; augment 1.0 over
-24 views with text queries only was worse (3.071 with k = 2 = 3.066 with k = 0). Hence off by default.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ramm.config import RAConfig
 from ramm.corpus.document import Document, ImageSegment, TextSegment, batch_pixels
 from ramm.retrieval.strategies import query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 from ramm.utils import default_cache_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RAConfig:
-    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly (RA-CM3; per micro-batch: batch_k)
-    n_candidates: int = 2  # neighbours kept per query (k <= this)
-    diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
-    exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
-    query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
-    alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
-    max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
-    seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
-    query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
-    batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
-    augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
-    views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
-    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
-    mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
-
-    def __post_init__(self):
-        if not self.k_choices or min(self.k_choices) < 0:
-            raise ValueError(f"k_choices must be non-negative and non-empty, got {self.k_choices}")
-        if max(self.k_choices) > self.n_candidates:
-            raise ValueError(f"k_choices {self.k_choices} exceed n_candidates={self.n_candidates}")
-        if self.diversity is not None and not -1 <= self.diversity <= 1:
-            raise ValueError(f"diversity threshold must be a cosine in [-1, 1], got {self.diversity}")
-        if not 0 <= self.query_dropout < 1 or self.alpha < 0 or self.max_len < 8:
-            raise ValueError("need 0 <= query_dropout < 1, alpha >= 0, max_len >= 8")
-        if self.query not in ("text", "image", "both"):
-            raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
-        if not 0 <= self.augment <= 1 or not 1 <= self.views <= len(VIEWS):
-            raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
-        if not 0 <= self.pseudo_names <= 1:
-            raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
-        if self.mmr < 0:
-            raise ValueError(f"mmr must be >= 0, got {self.mmr}")
-        if self.augment > 0 and self.views < 2:
-            raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
-        self.k_choices = tuple(self.k_choices)
-
-
-# (dihedral transform 0..7, colour-channel rotation 0..2); identity first, then a fixed shuffle so the
-# first n views mix both kinds
-VIEWS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
-    tuple(int(x) for x in v) for v in np.random.default_rng(0).permutation(
-        [(d, c) for d in range(8) for c in range(3) if (d, c) != (0, 0)]))
-
-
-def view_pixels(pixels: np.ndarray, view: int) -> np.ndarray:
-    """(H, W, C) pixels under joint view `view`: rot90 d % 4 times, transposed when d >= 4, channels rolled."""
-    d, c = VIEWS[view]
-    out = np.rot90(pixels, d % 4, axes=(0, 1))
-    if d >= 4:
-        out = out.transpose(1, 0, 2)
-    if c:
-        out = np.roll(out, c, axis=2)
-    return np.ascontiguousarray(out)
 
 
 def name_words(docs: Sequence[Document]) -> list[str]:
@@ -156,31 +89,22 @@ def _tokenizer_key(tokenizer_dir: str | Path) -> str:
 
 
 def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Sequence[Document],
-                         cache_dir: str | Path | None = None, batch: int = 256, views: int = 1) -> dict[str, np.ndarray]:
-    """{doc id: codes (tokens_per_image,)} for each document's first image, or (views, tokens_per_image)
-    with `views` > 1 (row v: the image under joint view v); computed once, then read from
-    <cache>/image_codes/<tokenizer hash>/<documents hash>[-v<views>].npy."""
+                         cache_dir: str | Path | None = None, batch: int = 256) -> dict[str, np.ndarray]:
+    """{doc id: codes (tokens_per_image,)} for each document's first image; computed once, then read from
+    <cache>/image_codes/<tokenizer hash>/<documents hash>.npy."""
     docs = [d for d in docs if d.image is not None]
     h = hashlib.sha256()
     for d in docs:
         h.update(d.id.encode() + b"\0" + d.content_hash().encode())
-    suffix = f"-v{views}" if views > 1 else ""
-    path = Path(cache_dir or default_cache_dir()) / "image_codes" / _tokenizer_key(tokenizer_dir) / f"{h.hexdigest()[:16]}{suffix}.npy"
+    path = Path(cache_dir or default_cache_dir()) / "image_codes" / _tokenizer_key(tokenizer_dir) / f"{h.hexdigest()[:16]}.npy"
     if path.exists():
         codes = np.load(path, allow_pickle=False)
         log.info("image codes of %d documents read from %s", len(docs), path)
     else:
-        def encode(chunk, v):
-            px = batch_pixels(chunk)  # (B, C, H, W) float
-            if v:
-                px = torch.from_numpy(np.stack([view_pixels(p, v) for p in px.permute(0, 2, 3, 1).numpy()])).permute(0, 3, 1, 2)
-            return image_tokenizer.encode(px).cpu().numpy()
         image_tokenizer.eval()  # deterministic codes (no dropout / codebook updates while encoding)
-        with torch.no_grad():
-            codes = np.stack([np.concatenate([encode(docs[i:i + batch], v) for i in range(0, len(docs), batch)])
-                              for v in range(views)], axis=1).astype(np.int64)
-            if views == 1:
-                codes = codes[:, 0]
+        with torch.no_grad():  # batch_pixels: (B, C, H, W) float
+            codes = np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch])).cpu().numpy()
+                                    for i in range(0, len(docs), batch)]).astype(np.int64)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, codes)
@@ -311,12 +235,9 @@ class RADataset(torch.utils.data.Dataset):
     """Training examples: main documents (image codes attached) with their precomputed neighbours."""
 
     def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
-                 fmt: CM3Format, cfg: RAConfig, view_codes: dict[str, np.ndarray] | None = None):
+                 fmt: CM3Format, cfg: RAConfig):
         if not docs:
             raise ValueError("no training documents")
-        if cfg.augment > 0 and view_codes is None and neighbours:
-            raise ValueError("augment > 0 needs view_codes (encode_images_cached(..., views=cfg.views))")
-        self.view_codes = view_codes
         self.docs, self.neighbours, self.lookup, self.fmt, self.cfg = list(docs), neighbours, lookup, fmt, cfg
         self.words = name_words(self.docs) if cfg.pseudo_names > 0 else []
         self.epoch = 0
@@ -339,11 +260,7 @@ class RADataset(torch.utils.data.Dataset):
         k = own_k if k is None else k
         retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
         main = self.docs[i]
-        if self.cfg.augment > 0:  # drawn for every example, so runs with and without retrieval stay in step
-            u, view = rng.random(), int(rng.integers(1, self.cfg.views))
-            if retrieved and u < self.cfg.augment:
-                main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
-        if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
+        if self.cfg.pseudo_names > 0:  # drawn for every example, so runs with and without retrieval stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
             base = base_of(main)
             if u < self.cfg.pseudo_names and base is not None and any(base_of(r) == base for r in retrieved):
