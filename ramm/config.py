@@ -121,8 +121,7 @@ def _generator_trainer() -> TrainerConfig:
 
 @dataclass
 class GeneratorConfig:
-    """`ramm train generator`: the RA-CM3 generator (retrieval on) or its vanilla baseline; saved as
-    generator_config.json in `out`."""
+    """The RA-CM3 generator (retrieval on) or its vanilla baseline; saved as generator_config.json in `out`."""
 
     corpus: str = ""  # any corpus `open_corpus` reads; its train split gives the main documents
     memory: str = ""  # Memory directory (ramm memory build): retrieved documents come from here
@@ -158,8 +157,7 @@ def _grace_trainer() -> TrainerConfig:
 
 @dataclass
 class GraceConfig:
-    """`ramm train grace`: identifiers, learning to memorize, learning to retrieve; saved as
-    grace_config.json in `out`. Each stage runs `trainer` for its own number of steps."""
+    """GRACE: identifiers, memorize, retrieve; saved as grace_config.json (each stage: `trainer`, its own steps)."""
 
     corpus: str  # any corpus `open_corpus` reads
     out: str  # output directory: the GRACE model plus per-stage trainer checkpoints
@@ -287,11 +285,8 @@ def from_dict(cls, data: dict, where: str = "config", prefix: str = ""):
     ValueError naming the field (dotted, `trainer.stepz`) and `where` (the file)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: {prefix.rstrip('.') or cls.__name__} must be an object, got {type(data).__name__}")
+    check_keys(cls, data, where, prefix)
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown field {', '.join(prefix + k for k in unknown)} "
-                         f"({cls.__name__} has {', '.join(names)})")
     hints, kwargs = _hints(cls), {}
     for key, value in data.items():
         sub = _dataclass_of(hints[key])
@@ -302,6 +297,20 @@ def from_dict(cls, data: dict, where: str = "config", prefix: str = ""):
         return cls(**kwargs)
     except TypeError as e:  # a missing required field
         raise ValueError(f"{where}: {prefix}{e}") from None
+
+
+def check_keys(cls, data: dict, where: str = "config", prefix: str = "") -> None:
+    """Raise a ValueError naming the first unknown key (dotted) and `where`, nested sections included."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {', '.join(prefix + k for k in unknown)} "
+                         f"({cls.__name__} has {', '.join(sorted(names))})")
+    hints = _hints(cls)
+    for key, value in data.items():
+        sub = _dataclass_of(hints[key])
+        if sub is not None and isinstance(value, dict):
+            check_keys(sub, value, where, f"{prefix}{key}.")
 
 
 def _with_default(f: dataclasses.Field, value: dict) -> dict:

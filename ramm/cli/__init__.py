@@ -41,9 +41,74 @@ class CLI:
         self.group(name)
         return self._group_parsers[name]
 
-    def command(self, name: str, help: str, group: str | None = None) -> argparse.ArgumentParser:
+    def command(self, name: str, help: str, group: str | None = None, **kwargs) -> argparse.ArgumentParser:
         subs = self.group(group) if group else self.top
-        return subs.add_parser(name, help=help, description=help)
+        return subs.add_parser(name, help=help, description=help, **kwargs)
+
+    def config_command(self, name: str, help: str, cls, run, group: str | None = None) -> None:
+        """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
+        as `--trainer.steps`), parsed by jsonargparse; `run(cfg, threads)` does the work."""
+        p = self.command(name, help, group=group, add_help=False)
+        prog = f"ramm {group} {name}" if group else f"ramm {name}"
+        p.set_defaults(func=lambda args: run(*parse_config(cls, args.extra, prog, help)), takes_extra=True)
+
+
+def _underscored(arg: str) -> str:
+    """`--batch-size=3` -> `--batch_size=3`: flags take either spelling of a field's name."""
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    return flag.replace("-", "_").replace("__", "--", 1) + eq + value
+
+
+def parse_config(cls, argv: list[str], prog: str, description: str):
+    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults.
+    An unknown key in the file is a ValueError naming the field and the file."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from ramm.config import check_keys, field_docs
+
+    argv = [_underscored(a) for a in argv]
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
+        if path:
+            try:
+                data = json.loads(Path(path).read_text())
+            except FileNotFoundError:
+                raise FileNotFoundError(f"config {path} not found") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config {path} is not valid JSON: {e}") from None
+            check_keys(cls, data, f"config {path}")
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_class_arguments(cls, None)
+    _field_help(p, cls)
+    ns = p.parse_args(argv)
+    ns = p.instantiate(ns) if hasattr(p, "instantiate") else p.instantiate_classes(ns)
+    kwargs = {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.init}
+    return cls(**kwargs), ns["threads"]
+
+
+def _field_help(parser, cls, prefix: str = "") -> None:
+    """Each flag's help is its field's comment in the config class."""
+    import dataclasses
+
+    from ramm.config import _dataclass_of, _hints, field_docs
+
+    docs, hints = field_docs(cls), _hints(cls)
+    for action in parser._actions:
+        for f in dataclasses.fields(cls):
+            if action.dest == prefix + f.name and f.name in docs:
+                action.help = docs[f.name]
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_of(hints[f.name])
+        if sub is not None:
+            _field_help(parser, sub, f"{prefix}{f.name}.")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, resume_help: str | None = None) -> None:
