@@ -8,7 +8,7 @@ SPLITS_ALL = ("train", "val", "test", "heldout")
 
 def register(cli) -> None:
     p = cli.command("retriever", "train the CLIP-style dual encoder on a corpus' train split", group="train")
-    p.add_argument("--corpus", required=True, help="corpus directory or file (EmojiBench dir, JSONL, ...)")
+    p.add_argument("--corpus", required=True, help="any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)")
     p.add_argument("--out", required=True, help="encoder dir: config.json, model.safetensors, tokenizer.json")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget; stops early with a checkpoint")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (also the cosine schedule's length)")
@@ -18,7 +18,7 @@ def register(cli) -> None:
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices")
     p.add_argument("--embed-dim", type=int, default=256, help="shared embedding dimension")
     p.add_argument("--private-dim", type=int, default=0,
-                   help="per-modality private subspace size (EmojiBench demo: 128; needs two views per concept)")
+                   help="per-modality private subspace size (demo: 128; needs two views per concept)")
     p.add_argument("--shared-weight", type=float, default=0.5,
                    help="with --private-dim: share of each vector's squared norm in the shared space (demo: 0.1)")
     p.add_argument("--embed-shared-weight", type=float, default=None,

@@ -6,7 +6,7 @@ from ramm.cli import add_runtime_args
 
 def register(cli) -> None:
     p = cli.command("tokenizer", "train the VQ image tokenizer on a corpus' train split", group="train")
-    p.add_argument("--corpus", required=True, help="corpus directory or file (EmojiBench dir, JSONL, COCO, ...)")
+    p.add_argument("--corpus", required=True, help="any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)")
     p.add_argument("--out", required=True, help="output dir: config.json + model.safetensors (+ checkpoint/)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget; stops early with a checkpoint")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (also the cosine schedule's length)")
