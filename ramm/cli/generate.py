@@ -16,7 +16,7 @@ GRID_SCALE = 4  # emoji are 32x32: the grid and the page show them 4x larger, pi
 
 
 def _common(p, n_default: int) -> None:
-    p.add_argument("--model", required=True, help="generator bundle dir (config.json, model.safetensors, ramm.json)")
+    p.add_argument("--model", required=True, help="generator bundle dir (config.json, model.safetensors, generator.json)")
     p.add_argument("--memory", default=None, help="memory dir to retrieve from (default: the bundle's, if any)")
     p.add_argument("--out", required=True, help="output dir for samples, grid.png, result.json, index.html")
     p.add_argument("--n", type=int, default=n_default, help="samples to draw")
