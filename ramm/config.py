@@ -10,9 +10,11 @@ from these classes before torch loads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
+import math
 import tokenize
 import types
 import typing
@@ -38,6 +40,27 @@ class SplitConfig:
                 or abs(sum(self.fractions.values()) - 1) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
 
+    def of(self, doc) -> str:
+        """The document's split: its own `split` metadata, else a seeded hash of its group key."""
+        own = doc.metadata.get("split")
+        if own is not None:
+            return str(own)
+        key = doc.id if self.group_by is None else doc.metadata.get(self.group_by)
+        if key is None:
+            raise ValueError(f"document {doc.id!r} has no metadata {self.group_by!r} to group its split by")
+        digest = hashlib.sha256(f"{self.seed}\x00{key}".encode("utf-8")).digest()
+        u, total = int.from_bytes(digest[:8], "big") / 2.0 ** 64, 0.0  # u: uniform in [0, 1)
+        for name, share in self.fractions.items():
+            total += share
+            if u < total:
+                return name
+        return [name for name, share in self.fractions.items() if share > 0][-1]  # rounding at the top end
+
+    def select(self, docs, splits):
+        """The documents of `splits` (a name or several), in corpus order, streamed."""
+        want = {splits} if isinstance(splits, str) else set(splits)
+        return (d for d in docs if self.of(d) in want)
+
 
 @dataclass
 class TrainerConfig:
@@ -50,7 +73,7 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-steps per optimizer step on each rank
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps
+    warmup_steps: int | None = 100  # linear warmup steps (None: min(100, steps // 10))
     weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or biases)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
@@ -68,12 +91,17 @@ class TrainerConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0 or self.eval_every < 0:
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup < 0 or self.eval_every < 0:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, eval_every >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError("max_minutes must be positive")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect (None scales with the budget, so a toy run still reaches its peak lr)."""
+        return min(100, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
 
 
 @dataclass
@@ -191,8 +219,8 @@ class GraceConfig:
         if not self.memorize_splits or not self.retrieve_splits:
             raise ValueError("memorize_splits and retrieve_splits must not be empty")
         shortest = min(self.stage_steps().values())
-        if self.trainer.warmup_steps > shortest:
-            raise ValueError(f"trainer.warmup_steps={self.trainer.warmup_steps} exceeds the shortest stage "
+        if self.trainer.warmup > shortest:
+            raise ValueError(f"trainer.warmup_steps={self.trainer.warmup} exceeds the shortest stage "
                              f"({shortest} steps)")
 
     def stage_steps(self) -> dict[str, int]:
@@ -221,6 +249,284 @@ class RetrieverRecipeConfig:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
+
+
+@dataclass
+class ImageTokenizerConfig:
+    """The VQ image tokenizer's architecture (ramm.tokenizers.image_tokenizer); saved as its config.json."""
+
+    image_size: int = 32  # input images are (3, image_size, image_size)
+    grid: int = 8  # codes per side: tokens_per_image = grid ** 2; image_size / grid must be a power of 2
+    patch: int = 2  # space-to-depth factor applied first (pixel unshuffle): convs start at image_size / patch
+    channels: int = 64  # width of the first conv stage; each downsampling doubles it (capped by max_mult)
+    max_mult: int = 2  # cap on the channel multiplier
+    res_blocks: int = 1  # residual blocks per resolution stage
+    codebook_size: int = 512  # number of codes
+    codebook_dim: int = 8  # the codebook lookup happens in this projected dimension
+    latent_dim: int = 64  # encoder output channels fed to the quantizer
+    commitment_weight: float = 0.25  # weight of the commitment loss
+    ema_decay: float = 0.9  # EMA decay of the codebook
+    l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
+
+    def __post_init__(self):
+        if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:
+            raise ValueError(f"image_size={self.image_size} must be a positive multiple of grid={self.grid}")
+        ratio = self.image_size // self.grid
+        if ratio & (ratio - 1):
+            raise ValueError(f"image_size / grid = {ratio} must be a power of 2")
+        if self.patch <= 0 or ratio % self.patch:
+            raise ValueError(f"patch={self.patch} must divide image_size / grid = {ratio}")
+        for name in ("patch", "channels", "max_mult", "res_blocks", "codebook_size", "codebook_dim", "latent_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0:
+            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0")
+
+    @property
+    def n_down(self) -> int:
+        return int(math.log2(self.image_size // self.grid // self.patch))
+
+    def stage_channels(self) -> list[int]:
+        """Channels of each resolution stage, from image_size / patch down to the grid."""
+        return [self.channels * min(2 ** i, self.max_mult) for i in range(self.n_down + 1)]
+
+
+@dataclass
+class DualEncoderConfig:
+    """The CLIP-style dual encoder's architecture and losses (ramm.retrieval.dual_encoder); its config.json."""
+
+    image_size: int = 32  # input images are resized to image_size x image_size
+    channels: tuple[int, ...] = (32, 64, 128)  # CNN width per stage; each stage halves the resolution
+    text_vocab_size: int = 1024  # byte-level BPE vocabulary of the text tower
+    text_max_len: int = 32  # text tokens kept per caption (longer captions are truncated)
+    text_width: int = 128  # text transformer width
+    text_layers: int = 2  # text transformer layers
+    text_heads: int = 4  # attention heads of the text transformer
+    embed_dim: int = 256  # dimension of the shared (cross-modal) embedding space
+    private_dim: int = 0  # >0: each modality also gets its own subspace of this size (see DualEncoder)
+    shared_weight: float = 0.5  # with private_dim: share of a vector's squared norm in the shared subspace
+    embed_shared_weight: float | None = None  # shared_weight of retrieval vectors (embed_*); None: shared_weight
+    pool: str = "mean"  # image tower head: "mean" (global average) or "flatten" (keeps the final grid's layout)
+    memory_loss_weight: float = 1.0  # training only: weight of the leave-one-out memory loss (0: CLIP losses only)
+    image_loss_weight: float = 0.0  # training only: the same loss with images as the documents (same-style negatives)
+    model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        if self.image_size < 8 or self.image_size % (2 ** len(self.channels)):
+            raise ValueError(f"image_size {self.image_size} must be >= 8 and divisible by 2**len(channels)")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
+        if self.pool not in ("mean", "flatten"):
+            raise ValueError(f"pool must be 'mean' or 'flatten', got {self.pool!r}")
+        if self.private_dim < 0 or not 0 < self.shared_weight <= 1:
+            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, "
+                             f"got {self.private_dim}, {self.shared_weight}")
+        if self.embed_shared_weight is not None and not 0 < self.embed_shared_weight <= 1:
+            raise ValueError(f"embed_shared_weight must be in (0, 1] or None, got {self.embed_shared_weight}")
+        for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("memory_loss_weight", "image_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DualEncoderConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# ------------------------------------------------------------------ the CLI's jobs (one class per command)
+SPLITS = ("train", "val", "test", "heldout")
+
+
+def _require(cfg, *names: str) -> None:
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise ValueError(f"{type(cfg).__name__}: set {', '.join(missing)}")
+
+
+def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or not all(isinstance(s, str) and s for s in splits):
+        raise ValueError(f"{name} must be a non-empty list of split names, got {splits!r}")
+    return splits
+
+
+def _tokenizer_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=None, weight_decay=0.0, log_every=20,
+                         ckpt_every=200)
+
+
+@dataclass
+class ImageTokenizerJob:
+    """`ramm train tokenizer`: the VQ image tokenizer on a corpus' train split, PSNR on its test split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
+    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)  # the tokenizer's architecture
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
+@dataclass
+class TextTokenizerJob:
+    """`ramm train text-tokenizer`: byte-level BPE on the texts of a corpus' train split."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    out: str  # output directory for tokenizer.json
+    vocab_size: int = 2048  # BPE vocabulary size, the 256 bytes and <pad> included
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size must be >= 257 (256 bytes + <pad>), got {self.vocab_size}")
+
+
+def _retriever_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=None, weight_decay=0.05, log_every=20,
+                         ckpt_every=200, eval_every=200)
+
+
+@dataclass
+class RetrieverJob:
+    """`ramm train retriever`: the dual encoder on a corpus' train split, leave-one-out recall on its val split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # encoder directory: config.json, model.safetensors, tokenizer.json (+ checkpoint/)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # architecture and loss weights
+    views: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # how training views are drawn
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
+@dataclass
+class MemoryBuildJob:
+    """`ramm memory build`: embed a corpus' documents and add them to a Memory (resumable)."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    encoder: str  # encoder directory (a ramm dual encoder or a transformers CLIP)
+    out: str  # memory directory
+    splits: tuple[str, ...] = SPLITS  # splits whose documents go in
+    batch_size: int = 256  # documents embedded per store transaction
+    flat_below: int = 100_000  # exact (flat) index below this many documents, approximate above
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "corpus", "encoder", "out")
+        self.splits = _check_splits("splits", self.splits)
+        if self.batch_size <= 0 or self.flat_below < 0:
+            raise ValueError("need batch_size > 0 and flat_below >= 0")
+
+
+@dataclass
+class RetrievalEvalJob:
+    """`ramm eval retrieval`: Recall@1/5/10 text->image and image->text, leave-one-out, per query split."""
+
+    memory: str  # memory directory (should hold every split)
+    corpus: str  # corpus the queries come from
+    splits: tuple[str, ...] = ("test", "heldout")  # query splits
+    json: str | None = None  # also write the numbers to this JSON file
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "memory", "corpus")
+        self.splits = _check_splits("splits", self.splits)
+
+
+METHODS = ("sample", "greedy", "cfg", "cd", "mix")  # mix: images only (half sample, half cd)
+
+
+@dataclass
+class DecodeJob:
+    """What every `ramm generate` command shares: the bundle, retrieval and decoding settings."""
+
+    model: str = ""  # generator bundle directory (config.json, model.safetensors, generator.json)
+    out: str = ""  # output directory for samples, grid.png, result.json, index.html
+    memory: str | None = None  # memory directory to retrieve from (None: the bundle's, if any)
+    n: int = 8  # samples to draw
+    k: int = 2  # documents to retrieve (RA-CM3 uses 2)
+    retrieve: bool = True  # False (or --no-retrieve): generate without retrieved documents
+    exclude: tuple[str, ...] = ()  # memory ids never to retrieve (leave-one-out)
+    method: str = "sample"  # decoding method: sample | greedy | cfg | cd | mix (images only: half sample, half cd)
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # nucleus mass (1: all)
+    guidance_scale: float = 3.0  # CFG weight (method cfg)
+    cd_alpha: float = 0.1  # CD-K candidate threshold alpha (method cd)
+    cd_k: int = 8  # CD-K rank K setting the threshold (method cd)
+    seed: int = 0  # random seed (same seed, same samples)
+    batch_size: int = 8  # samples decoded together
+    device: str | None = None  # cpu / cuda (None: cuda when available)
+
+    def __post_init__(self):
+        _require(self, "model", "out")
+        self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        if self.n < 1 or self.k < 0 or self.batch_size < 1:
+            raise ValueError(f"need n >= 1, k >= 0, batch_size >= 1; got {self.n}, {self.k}, {self.batch_size}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need temperature > 0, top_k >= 0, 0 < top_p <= 1")
+
+
+@dataclass
+class ImageJob(DecodeJob):
+    """`ramm generate image CAPTION`: text -> image samples."""
+
+    caption: str = ""  # the caption to draw (positional)
+    rerank: bool = True  # best CLIP-style score first (False or --no-rerank: sample order)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.caption.strip():
+            raise ValueError("caption is empty")
+
+
+@dataclass
+class CaptionJob(DecodeJob):
+    """`ramm generate caption IMAGE`: image -> text samples."""
+
+    image: str = ""  # PNG/JPEG file to caption (positional)
+    max_tokens: int = 32  # longest caption in tokens
+    rerank: bool = True  # lowest perplexity first (False or --no-rerank: sample order)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self, "image")
+
+
+@dataclass
+class InfillJob(DecodeJob):
+    """`ramm generate infill`: regenerate the caption or the image of a (caption, image) document."""
+
+    n: int = 4  # samples to draw
+    mask: str = ""  # which segment to regenerate: image | caption
+    caption: str = ""  # the document's caption (required unless mask is caption)
+    image: str | None = None  # the document's image file (required unless mask is image)
+    max_tokens: int = 32  # longest text span in tokens
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask not in ("image", "caption"):
+            raise ValueError(f"mask must be 'image' or 'caption', got {self.mask!r}")
+        if self.method not in ("sample", "greedy"):
+            raise ValueError(f"infill decodes with method sample or greedy, not {self.method}")
+        if self.mask == "image" and not self.caption.strip():
+            raise ValueError("caption is needed to infill the image")
+        if self.mask == "caption" and not self.image:
+            raise ValueError("image is needed to infill the caption")
 
 
 # Named presets per component: field overrides on the class defaults, resolved by `preset()`.
@@ -345,7 +651,16 @@ def save_config(cfg, path: str | Path) -> None:
 
 @cache
 def field_docs(cls) -> dict[str, str]:
-    """Field name -> the `# comment` on its line in the class body (the CLI's help text)."""
+    """Field name -> the `# comment` on its line in the class body (the CLI's help text); a subclass's
+    comment wins over its base's."""
+    docs = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

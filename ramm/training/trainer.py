@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 def lr_at(step: int, cfg: TrainerConfig) -> float:
     """Linear warmup to cfg.lr, then cosine to cfg.lr * min_lr_ratio at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -129,6 +129,8 @@ class Trainer:
             raise ValueError("the training dataset is empty")
         self.cfg, self.dataset, self.step_fn, self.eval_fn = cfg, dataset, step_fn, eval_fn
         self.collate_fn = collate_fn or torch.utils.data.default_collate
+        if not cfg.out_dir:
+            raise ValueError("TrainerConfig.out_dir is empty: set the directory for checkpoints and metrics.jsonl")
         self.out = Path(cfg.out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():

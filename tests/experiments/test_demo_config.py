@@ -2,7 +2,7 @@
 
 demo_settings_before.json is every effective field of each demo stage as the pre-typed code built it
 (dict sections, the generator recipe's own trainer with warmup min(warmup, steps // 10)). Fields removed
-since (the `fsdp` strategy, joint augmentation) must have been at their no-op values there.
+since (the `fsdp` strategy, joint augmentation, the FSQ quantizer) must have been at their no-op values there.
 """
 import json
 from dataclasses import asdict, replace
@@ -14,7 +14,8 @@ from ramm.experiments.emojibench import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE = json.loads((Path(__file__).parent / "demo_settings_before.json").read_text())
-REMOVED = {"strategy": "ddp", "augment": 0.0, "views": 8}  # knobs removed as no gain / untested, at their no-op values
+REMOVED = {"strategy": "ddp", "augment": 0.0, "views": 8,  # knobs removed as no gain / untested, at their no-op values
+           "quantizer": "vq", "fsq_levels": [8, 8, 8]}
 
 
 def effective(cfg: DemoConfig) -> dict:

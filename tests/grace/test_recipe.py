@@ -58,7 +58,7 @@ def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir
     docs = load_emojibench(emojibench_dir, splits=["test"])
     text_tok = TextTokenizer.train([d.text for d in docs], vocab_size=400)
     text_tok.save_pretrained(tmp_path / "text-tok")
-    image_tok = ImageTokenizer(ImageTokenizerConfig(channels=8, latent_dim=8, quantizer="fsq", fsq_levels=[3, 3]))
+    image_tok = ImageTokenizer(ImageTokenizerConfig(channels=8, latent_dim=8, codebook_size=9))
     image_tok.save_pretrained(tmp_path / "image-tok")
     vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
     save_generator(Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=160)), tmp_path / "gen",

@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
                       train_text_tokenizer(texts, 300))
     enc.save_pretrained(tmp / "enc")
     memory = Memory.build(docs, tmp / "enc", tmp / "mem", progress=False)
-    itok = ImageTokenizer(ImageTokenizerConfig(image_size=16, grid=4, channels=8, latent_dim=8, fsq_levels=[3, 3]))
+    itok = ImageTokenizer(ImageTokenizerConfig(image_size=16, grid=4, channels=8, latent_dim=8))
     itok.save_pretrained(tmp / "tok")
     codes = encode_images_cached(itok, tmp / "tok", docs, cache_dir=tmp / "cache")
     ttok = TextTokenizer.train(texts, vocab_size=300, min_frequency=1)
