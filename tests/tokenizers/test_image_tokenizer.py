@@ -144,3 +144,14 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     rows = [json.loads(r) for r in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4, 6]  # continued from step 4, not restarted
+
+
+def test_a_tokenizer_saved_with_the_old_quantizer_fields_still_loads(tmp_path):
+    tok = ImageTokenizer(ImageTokenizerConfig(**TINY))
+    tok.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "quantizer": "vq", "fsq_levels": [8, 8, 8]}))
+    assert ImageTokenizer.from_pretrained(tmp_path).cfg == tok.cfg
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "quantizer": "fsq"}))
+    with pytest.raises(ValueError, match="FSQ was removed"):
+        ImageTokenizer.from_pretrained(tmp_path)
