@@ -2,7 +2,7 @@
 
 Each command writes its samples (PNG), a grid PNG for images, `result.json`, and an `index.html`
 showing the query, the retrieved documents (image + text) and the samples side by side. Flags and
-`--config FILE` are the fields of `ramm.config.ImageJob` / `CaptionJob` / `InfillJob`.
+`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ GRID_SCALE = 4  # emoji are 32x32: the grid and the page show them 4x larger, pi
 
 
 def register(cli) -> None:
-    from ramm.config import CaptionJob, ImageJob, InfillJob
+    from ramm.jobs import CaptionJob, ImageJob, InfillJob
     cli.config_command("image", "text -> image: sample images for a caption", ImageJob, _image, group="generate",
                        positional=("caption",))
     cli.config_command("caption", "image -> text: caption an image file", CaptionJob, _caption, group="generate",

@@ -1,6 +1,6 @@
 """`ramm train retriever`, `ramm memory build|search`, `ramm eval retrieval`.
 
-Flags and `--config FILE` of train / build / eval are the fields of `ramm.config.RetrieverJob`,
+Flags and `--config FILE` of train / build / eval are the fields of `ramm.jobs.RetrieverJob`,
 `MemoryBuildJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`, `--split.seed`, ...).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from ramm.cli import corpus_documents
 
 
 def register(cli) -> None:
-    from ramm.config import MemoryBuildJob, RetrievalEvalJob, RetrieverJob
+    from ramm.jobs import MemoryBuildJob, RetrievalEvalJob, RetrieverJob
     cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split", RetrieverJob,
                        _train, group="train")
     cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,

@@ -1,6 +1,6 @@
 """`ramm train tokenizer` (VQ image tokenizer) and `ramm train text-tokenizer` (byte-level BPE).
 
-Flags and `--config FILE` are the fields of `ramm.config.ImageTokenizerJob` / `TextTokenizerJob`
+Flags and `--config FILE` are the fields of `ramm.jobs.ImageTokenizerJob` / `TextTokenizerJob`
 (`--model.grid`, `--trainer.steps`, `--split.seed`, ...).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from ramm.cli import corpus_documents
 
 
 def register(cli) -> None:
-    from ramm.config import ImageTokenizerJob, TextTokenizerJob
+    from ramm.jobs import ImageTokenizerJob, TextTokenizerJob
     cli.config_command("tokenizer", "train the VQ image tokenizer on a corpus' train split", ImageTokenizerJob,
                        _run_image, group="train")
     cli.config_command("text-tokenizer", "train the byte-level BPE text tokenizer on a corpus' train split",

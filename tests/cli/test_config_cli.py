@@ -54,7 +54,7 @@ def test_a_mistyped_nested_field_of_the_retriever_job_names_the_field_and_the_fi
 
 
 def test_job_flags_keep_their_short_and_negated_spellings():
-    from ramm.config import ImageJob, MemoryBuildJob
+    from ramm.jobs import ImageJob, MemoryBuildJob
     cfg, _ = parse_config(ImageJob, ["a caption", "--model", "m", "--out", "o", "-k", "3", "--no-retrieve",
                                      "--no-rerank", "--exclude", "[x, y]"], "ramm generate image", "", ("caption",))
     assert (cfg.caption, cfg.k, cfg.retrieve, cfg.rerank, cfg.exclude) == ("a caption", 3, False, False, ("x", "y"))
