@@ -61,8 +61,9 @@ def main() -> int:
     from ramm.grace.retriever import GraceRetriever
     from ramm.retrieval.encoder import load_encoder
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
+    from ramm.config import GraceConfig, load_config
     from ramm.retrieval.recall import recall_at_k
-    from ramm.training.grace_recipe import GraceConfig, image_codes, image_tokenizer_dir
+    from ramm.training.grace_recipe import image_codes, image_tokenizer_dir
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", nargs="+", help="GRACE model directories (ramm train grace --out)")
@@ -94,7 +95,7 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     sample = [memorized[i] for i in rng.choice(len(memorized), size=min(args.memorized_sample, len(memorized)), replace=False)]
-    gc = GraceConfig(**gcfg)  # with --init the tokenizer is the generator bundle's
+    gc = load_config(GraceConfig, Path(args.models[0]) / "grace_config.json")  # with --init: the bundle's tokenizer
     codes = image_codes(ImageTokenizer.from_pretrained(image_tokenizer_dir(gc)), gc, sample)
     rows = []
     for m in args.models:

@@ -12,7 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.parse_args(argv)  # argparse's own error for the unknown arguments
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

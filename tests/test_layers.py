@@ -20,17 +20,18 @@ PACKAGE = ROOT / "ramm"
 # layer of each top-level piece of ramm; a package may import lower layers and itself only
 LAYERS = {
     "utils": 0,
-    "corpus": 1,
-    "tokenizers": 2,
-    "retrieval": 3,
-    "model": 4,
-    "decoding": 5,
-    "grace": 6,
-    "pipeline": 7, "evaluation": 7,
-    "training": 8,
-    "experiments": 9, "serve": 9,
-    "cli": 10,
-    "__main__": 11,
+    "config": 1,  # the typed configs: only utils
+    "jobs": 2, "corpus": 2,  # jobs: the CLI jobs' configs, only config
+    "tokenizers": 3,
+    "retrieval": 4,
+    "model": 5,
+    "decoding": 6,
+    "grace": 7,
+    "pipeline": 8, "evaluation": 8,
+    "training": 9,
+    "experiments": 10, "serve": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 
 

@@ -41,17 +41,95 @@ class CLI:
         self.group(name)
         return self._group_parsers[name]
 
-    def command(self, name: str, help: str, group: str | None = None) -> argparse.ArgumentParser:
+    def command(self, name: str, help: str, group: str | None = None, **kwargs) -> argparse.ArgumentParser:
         subs = self.group(group) if group else self.top
-        return subs.add_parser(name, help=help, description=help)
+        return subs.add_parser(name, help=help, description=help, **kwargs)
+
+    def config_command(self, name: str, help: str, cls, run, group: str | None = None,
+                       positional: tuple[str, ...] = ()) -> None:
+        """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
+        as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
+        instead; `run(cfg, threads)` does the work."""
+        p = self.command(name, help, group=group, add_help=False)
+        prog = f"ramm {group} {name}" if group else f"ramm {name}"
+        p.set_defaults(func=lambda args: run(*parse_config(cls, args.extra, prog, help, positional)),
+                       takes_extra=True)
 
 
-def add_runtime_args(p: argparse.ArgumentParser, resume_help: str | None = None) -> None:
-    """--threads and --device for any command that runs a model; --resume for those that train."""
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    if resume_help:
-        p.add_argument("--resume", action="store_true", help=resume_help)
+def _normalized(arg: str, bools: set[str]) -> str:
+    """`--batch-size=3` -> `--batch_size=3` (flags take either spelling of a field's name); `-k` -> `--k`;
+    `--no-rerank` -> `--rerank=false` for a boolean field."""
+    if arg == "-k":
+        return "--k"
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    flag = flag.replace("-", "_").replace("__", "--", 1)
+    if not eq and flag.startswith("--no_") and flag[5:] in bools:
+        return f"--{flag[5:]}=false"
+    return flag + eq + value
+
+
+def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = ()):
+    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults.
+    An unknown key in the file is a ValueError naming the field and the file."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from ramm.config import _hints, check_keys, field_docs
+
+    bools = {f.name for f in dataclasses.fields(cls) if _hints(cls)[f.name] is bool}
+    argv = [_normalized(a, bools) for a in argv]
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
+        if path:
+            try:
+                data = json.loads(Path(path).read_text())
+            except FileNotFoundError:
+                raise FileNotFoundError(f"config {path} not found") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config {path} is not valid JSON: {e}") from None
+            check_keys(cls, data, f"config {path}")
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
+    docs = field_docs(cls)
+    for name in positional:
+        p.add_argument(name, type=_hints(cls)[name], help=docs.get(name))
+    p.add_class_arguments(cls, None, skip=set(positional) or None)
+    _field_help(p, cls)
+    ns = p.parse_args(argv)
+    ns = p.instantiate(ns) if hasattr(p, "instantiate") else p.instantiate_classes(ns)
+    kwargs = {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.init}
+    return cls(**kwargs), ns["threads"]
+
+
+def _field_help(parser, cls, prefix: str = "") -> None:
+    """Each flag's help is its field's comment in the config class."""
+    import dataclasses
+
+    from ramm.config import _dataclass_of, _hints, field_docs
+
+    docs, hints = field_docs(cls), _hints(cls)
+    for action in parser._actions:
+        for f in dataclasses.fields(cls):
+            if action.dest == prefix + f.name and f.name in docs:
+                action.help = docs[f.name]
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_of(hints[f.name])
+        if sub is not None:
+            _field_help(parser, sub, f"{prefix}{f.name}.")
+
+
+def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None):
+    """Stream the documents of `splits` (None: all) of any corpus `open_corpus` reads; `split` (a
+    SplitConfig) places the rows that carry no `split` field."""
+    from ramm.corpus import open_corpus
+    docs = open_corpus(corpus, image_size=image_size)
+    return iter(docs) if splits is None else split.select(docs, splits)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,12 +16,17 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
 
+from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
+from ramm.corpus.emojibench import EmojiBenchConfig
 from ramm.evaluation.evaluator import EvaluatorConfig
+from ramm.retrieval.dual_encoder import DualEncoderConfig
+from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -59,41 +64,64 @@ class EvalConfig:
 
 
 @dataclass
+class TokenizerStage:
+    """The image tokenizer stage: the model and its training budget."""
+
+    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)  # the VQ tokenizer's architecture
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # its training budget and optimizer
+
+
+@dataclass
+class TextTokenizerStage:
+    """The byte-level BPE stage (TextTokenizer.train)."""
+
+    vocab_size: int = 2048  # BPE vocabulary size incl. 256 bytes and <pad>
+
+    def __post_init__(self):
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size must exceed the 256 bytes, got {self.vocab_size}")
+
+
+@dataclass
+class RetrieverStage:
+    """The dual-encoder stage: the model, its training budget and how the recipe draws views."""
+
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # the dual encoder's architecture and losses
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # its training budget and optimizer
+    recipe: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # view sampling and augmentation
+
+
+DEMO_SETS = ("corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval")  # the demo's own generator fields
+
+
+@dataclass
 class DemoConfig:
-    """Every stage's settings; a stage's section is passed to its recipe as keyword overrides."""
+    """Every stage's settings: typed sections of the library's own configs (configs/*.json)."""
 
     name: str = "demo"  # run name, the report title
     threads: int = 0  # torch threads (0: torch's default)
-    emojibench: dict = field(default_factory=dict)  # EmojiBenchConfig fields (size, styles, seed, ...)
-    tokenizer: dict = field(default_factory=dict)  # {"model": ImageTokenizerConfig fields, "trainer": TrainerConfig fields}
-    text_tokenizer: dict = field(default_factory=lambda: {"vocab_size": 2048})  # TextTokenizer.train kwargs
-    retriever: dict = field(default_factory=dict)  # {"model": DualEncoderConfig, "trainer": TrainerConfig, "recipe": ...}
-    generator: dict = field(default_factory=dict)  # GeneratorConfig fields shared by RA and vanilla (same budget)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    emojibench: EmojiBenchConfig = field(default_factory=EmojiBenchConfig)  # the corpus build (size, styles, seed)
+    tokenizer: TokenizerStage = field(default_factory=TokenizerStage)  # the image tokenizer
+    text_tokenizer: TextTokenizerStage = field(default_factory=TextTokenizerStage)  # the text tokenizer
+    retriever: RetrieverStage = field(default_factory=RetrieverStage)  # the dual encoder
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # shared by RA and vanilla (same budget); paths are the demo's
+    evaluation: EvalConfig = field(default_factory=EvalConfig)  # how the systems are sampled and scored
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)  # the evaluation network (FID, recognition)
 
     def __post_init__(self):
-        if isinstance(self.evaluation, dict):
-            self.evaluation = EvalConfig(**self.evaluation)
-        if isinstance(self.evaluator, dict):
-            self.evaluator = EvaluatorConfig(**self.evaluator)
-        bad = set(self.generator) & {"corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval", "resume"}
-        if bad:
-            raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
+        if isinstance(self.generator, dict):
+            bad = set(self.generator) & set(DEMO_SETS) | ({"resume"} & set(self.generator.get("trainer", {})))
+            if bad:
+                raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), dict):
+                setattr(self, f.name, from_dict(_SECTIONS[f.name], getattr(self, f.name), f"demo config {f.name}"))
+        if any(getattr(self.generator, n) not in ("", True) for n in DEMO_SETS):
+            raise ValueError(f"demo config: generator section must not set {list(DEMO_SETS)} (the demo sets them)")
 
     @classmethod
     def load(cls, path: str | Path) -> "DemoConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"demo config {path} not found") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"demo config {path} is not valid JSON: {e}") from None
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"demo config {path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return load_config(cls, path)
 
 
 class Stage:
@@ -139,16 +167,16 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
         torch.set_num_threads(cfg.threads)
     data, run = Path(data_dir), Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", asdict(cfg))
+    atomic_write_json(run / "config.json", to_dict(cfg))
     t_start = time.time()
 
-    from ramm.corpus.emojibench import EmojiBenchConfig, build_emojibench, load_emojibench
+    from ramm.corpus.emojibench import build_emojibench, load_emojibench
 
     def corpus_stage(_):
-        meta = build_emojibench(data, EmojiBenchConfig(**cfg.emojibench))  # a no-op when complete and current
+        meta = build_emojibench(data, cfg.emojibench)  # a no-op when complete and current
         return {"documents": meta["n_documents"], "concepts": meta["n_concepts"]}
 
-    Stage(run, "corpus", [str(data), cfg.emojibench], report).run(corpus_stage)
+    Stage(run, "corpus", [str(data), to_dict(cfg.emojibench)], report).run(corpus_stage)
     docs = load_emojibench(data)
     by_split: dict[str, list] = {}
     for d in docs:
@@ -161,41 +189,36 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
         _, metrics = train_evaluator(docs, cfg.evaluator, out)
         return metrics
 
-    ev_res = Stage(run, "evaluator", [str(data), cfg.emojibench, asdict(cfg.evaluator)], report).run(evaluator_stage)
+    ev_res = Stage(run, "evaluator", [str(data), to_dict(cfg.emojibench), to_dict(cfg.evaluator)], report).run(evaluator_stage)
 
     # --- image tokenizer ---
     def tokenizer_stage(out):
-        from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
         from ramm.training.tokenizer_recipe import train_image_tokenizer
-        from ramm.training.trainer import TrainerConfig
-        tcfg = TrainerConfig(out_dir=str(out), **{"progress": True, **cfg.tokenizer.get("trainer", {})})
-        _, metrics = train_image_tokenizer(by_split["train"], ImageTokenizerConfig(**cfg.tokenizer.get("model", {})),
-                                           tcfg, eval_docs=by_split.get("test", []))
+        _, metrics = train_image_tokenizer(by_split["train"], cfg.tokenizer.model,
+                                           replace(cfg.tokenizer.trainer, out_dir=str(out)),
+                                           eval_docs=by_split.get("test", []))
         return metrics
 
-    tok = Stage(run, "tokenizer", cfg.tokenizer, report).run(tokenizer_stage)
+    tok = Stage(run, "tokenizer", to_dict(cfg.tokenizer), report).run(tokenizer_stage)
 
     def text_tokenizer_stage(out):
         from ramm.tokenizers.text_tokenizer import TextTokenizer
-        t = TextTokenizer.train([d.text for d in by_split["train"]], **cfg.text_tokenizer)
+        t = TextTokenizer.train([d.text for d in by_split["train"]], vocab_size=cfg.text_tokenizer.vocab_size)
         t.save_pretrained(out)
         return {"vocab_size": t.vocab_size}
 
-    Stage(run, "text_tokenizer", cfg.text_tokenizer, report).run(text_tokenizer_stage)
+    Stage(run, "text_tokenizer", to_dict(cfg.text_tokenizer), report).run(text_tokenizer_stage)
 
     # --- retriever + memory ---
     def retriever_stage(out):
-        from ramm.retrieval.dual_encoder import DualEncoderConfig
         from ramm.corpus.emojibench import name_query
-        from ramm.training.retriever_recipe import RetrieverRecipeConfig, train_retriever
-        from ramm.training.trainer import TrainerConfig
+        from ramm.training.retriever_recipe import train_retriever
         r = cfg.retriever
-        row = train_retriever(by_split["train"], out, TrainerConfig(out_dir=str(out), **r.get("trainer", {})),
-                              DualEncoderConfig(**r.get("model", {})), RetrieverRecipeConfig(**r.get("recipe", {})),
+        row = train_retriever(by_split["train"], out, replace(r.trainer, out_dir=str(out)), r.model, r.recipe,
                               alt_text=name_query)
         return {"steps": row.get("step"), "loss": row.get("loss")}
 
-    Stage(run, "retriever", cfg.retriever, report).run(retriever_stage)
+    Stage(run, "retriever", to_dict(cfg.retriever), report).run(retriever_stage)
 
     def memory_stage(out):
         from ramm.retrieval.memory import Memory
@@ -207,21 +230,18 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
                 rec[f"{direction} {split}"] = {f"R@{k}": v for k, v in r.items()}
         return {"documents": len(mem), "recall": rec}
 
-    mem_result = Stage(run, "memory", [cfg.retriever, cfg.emojibench, cfg.evaluation.splits], report).run(memory_stage)
+    mem_result = Stage(run, "memory", [to_dict(cfg.retriever), to_dict(cfg.emojibench), cfg.evaluation.splits], report).run(memory_stage)
 
     # --- generators: same data, steps and seed; only retrieval differs ---
     def generator_stage(retrieval: bool):
         def fn(out):
-            from ramm.training.generator_recipe import GeneratorConfig, train_generator
-            from ramm.training.ra_data import RAConfig
-            g = dict(cfg.generator)
-            ra = RAConfig(**g.pop("ra", {}))
-            return train_generator(GeneratorConfig(corpus=str(data), memory=str(run / "memory"),
-                                                   tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
-                                                   out=str(out), retrieval=retrieval, ra=ra, **g))
+            from ramm.training.generator_recipe import train_generator
+            return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
+                                           tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
+                                           out=str(out), retrieval=retrieval))
         return fn
 
-    upstream = [cfg.tokenizer, cfg.text_tokenizer, cfg.retriever, cfg.generator]
+    upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
 
@@ -231,6 +251,9 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
                                  {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res,
                                   "evaluator": ev_res}, report)
 
-    Stage(run, "evaluate", [upstream, asdict(cfg.evaluation), asdict(cfg.evaluator)], report).run(evaluate_stage)
+    Stage(run, "evaluate", [upstream, to_dict(cfg.evaluation), to_dict(cfg.evaluator)], report).run(evaluate_stage)
     report(f"[demo] finished in {(time.time() - t_start) / 60:.1f} min")
     return run / "report.md"
+
+
+_SECTIONS = typing.get_type_hints(DemoConfig)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -99,7 +99,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-    from ramm.training.ra_data import RAConfig, partner_ids, relative_ids
+    from ramm.training.ra_data import partner_ids, relative_ids
 
     ecfg = cfg.evaluation
     models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}
@@ -111,7 +111,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     lookup = {i: with_codes(d, codes) for i, d in pool.items()}
     partners = partner_ids(list(pool.values()), list(pool.values()))  # the other style: the usage probe's 'partner'
     relatives = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity rule, as in training
-    ra_cfg = RAConfig(**{**cfg.generator.get("ra", {}), "n_candidates": ecfg.k})
+    ra_cfg = replace(cfg.generator.ra, n_candidates=ecfg.k)
     evaluator = load_evaluator(run / "evaluator")
     fid = FID.from_encoder(evaluator, name=FID_NAME)
     recognizer = Recognizer(evaluator, docs, mode="exact")  # the nearest of ALL real images must be the document

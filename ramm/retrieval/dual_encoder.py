@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,57 +18,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from ramm.config import DualEncoderConfig
 from ramm.retrieval.encoder import Encoder, as_image_batch
 from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
 from ramm.tokenizers.text_tokenizer import train_bpe
 from ramm.utils import atomic_write_json, pick_device
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DualEncoderConfig:
-    image_size: int = 32  # input images are resized to image_size x image_size
-    channels: tuple[int, ...] = (32, 64, 128)  # CNN width per stage; each stage halves the resolution
-    text_vocab_size: int = 1024  # byte-level BPE vocabulary of the text tower
-    text_max_len: int = 32  # text tokens kept per caption (longer captions are truncated)
-    text_width: int = 128  # text transformer width
-    text_layers: int = 2  # text transformer layers
-    text_heads: int = 4  # attention heads of the text transformer
-    embed_dim: int = 256  # dimension of the shared (cross-modal) embedding space
-    private_dim: int = 0  # >0: each modality also gets its own subspace of this size (see DualEncoder)
-    shared_weight: float = 0.5  # with private_dim: share of a vector's squared norm in the shared subspace
-    embed_shared_weight: float | None = None  # shared_weight of retrieval vectors (embed_*); None: shared_weight
-    pool: str = "mean"  # image tower head: "mean" (global average) or "flatten" (keeps the final grid's layout)
-    memory_loss_weight: float = 1.0  # training only: weight of the leave-one-out memory loss (0: CLIP losses only)
-    image_loss_weight: float = 0.0  # training only: the same loss with images as the documents (same-style negatives)
-    model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
-
-    def __post_init__(self):
-        self.channels = tuple(self.channels)
-        if self.image_size < 8 or self.image_size % (2 ** len(self.channels)):
-            raise ValueError(f"image_size {self.image_size} must be >= 8 and divisible by 2**len(channels)")
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be positive, got {self.channels}")
-        if self.text_width % self.text_heads:
-            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
-        if self.pool not in ("mean", "flatten"):
-            raise ValueError(f"pool must be 'mean' or 'flatten', got {self.pool!r}")
-        if self.private_dim < 0 or not 0 < self.shared_weight <= 1:
-            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, "
-                             f"got {self.private_dim}, {self.shared_weight}")
-        if self.embed_shared_weight is not None and not 0 < self.embed_shared_weight <= 1:
-            raise ValueError(f"embed_shared_weight must be in (0, 1] or None, got {self.embed_shared_weight}")
-        for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("memory_loss_weight", "image_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DualEncoderConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def train_text_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:

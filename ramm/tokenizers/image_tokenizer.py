@@ -3,16 +3,13 @@ the GAN): images -> a grid of discrete codes the generator reads and writes as i
 use a VQGAN tokenizer, 256x256 -> 32x32 = 1,024 tokens; EmojiBench uses 32x32 -> 8x8 = 64).
 
 A pixel-unshuffle then a residual conv encoder reach the grid; the quantizer (from `vector-quantize-pytorch`)
-is an EMA codebook with k-means init, dead-code replacement and a low-dimensional (8-d) lookup, or FSQ
-(Mentzer et al. 2023: per-channel rounding). On EmojiBench at equal steps VQ matched or beat FSQ on PSNR and
-used every code (FSQ [8,8,8]: ~82%), so VQ is the default.
+is an EMA codebook with k-means init, dead-code replacement and a low-dimensional (8-d) lookup.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,56 +18,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ramm.config import ImageTokenizerConfig
 from ramm.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageTokenizerConfig:
-    image_size: int = 32  # input images are (3, image_size, image_size)
-    grid: int = 8  # codes per side: tokens_per_image = grid ** 2; image_size / grid must be a power of 2
-    patch: int = 2  # space-to-depth factor applied first (pixel unshuffle): convs start at image_size / patch
-    channels: int = 64  # width of the first conv stage; each downsampling doubles it (capped by max_mult)
-    max_mult: int = 2  # cap on the channel multiplier
-    res_blocks: int = 1  # residual blocks per resolution stage
-    quantizer: str = "vq"  # "vq" (EMA codebook; measured better on EmojiBench) or "fsq" (finite scalar quantization)
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # FSQ levels per channel; codebook = product
-    codebook_size: int = 512  # VQ only: number of codes (FSQ derives it from fsq_levels)
-    codebook_dim: int = 8  # VQ only: the lookup happens in this projected dimension
-    latent_dim: int = 64  # encoder output channels fed to the quantizer
-    commitment_weight: float = 0.25  # VQ only: weight of the commitment loss
-    ema_decay: float = 0.9  # VQ only: EMA decay of the codebook
-    l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
-
-    def __post_init__(self):
-        self.fsq_levels = [int(v) for v in self.fsq_levels]
-        if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:
-            raise ValueError(f"image_size={self.image_size} must be a positive multiple of grid={self.grid}")
-        ratio = self.image_size // self.grid
-        if ratio & (ratio - 1):
-            raise ValueError(f"image_size / grid = {ratio} must be a power of 2")
-        if self.patch <= 0 or ratio % self.patch:
-            raise ValueError(f"patch={self.patch} must divide image_size / grid = {ratio}")
-        if self.quantizer not in ("fsq", "vq"):
-            raise ValueError(f"quantizer must be 'fsq' or 'vq', got {self.quantizer!r}")
-        if self.quantizer == "fsq" and (not self.fsq_levels or min(self.fsq_levels) < 3):
-            raise ValueError(f"fsq_levels must be non-empty with every level >= 3, got {self.fsq_levels}")
-        if self.quantizer == "fsq":
-            self.codebook_size = math.prod(self.fsq_levels)
-        for name in ("patch", "channels", "max_mult", "res_blocks", "codebook_size", "codebook_dim", "latent_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0:
-            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0")
-
-    @property
-    def n_down(self) -> int:
-        return int(math.log2(self.image_size // self.grid // self.patch))
-
-    def stage_channels(self) -> list[int]:
-        """Channels of each resolution stage, from image_size / patch down to the grid."""
-        return [self.channels * min(2 ** i, self.max_mult) for i in range(self.n_down + 1)]
 
 
 class ResBlock(nn.Module):
@@ -124,9 +75,6 @@ class Decoder(nn.Module):
 
 
 def _make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
-    if cfg.quantizer == "fsq":
-        from vector_quantize_pytorch import FSQ
-        return FSQ(levels=cfg.fsq_levels, dim=cfg.latent_dim)
     from vector_quantize_pytorch import VectorQuantize
     return VectorQuantize(dim=cfg.latent_dim, codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim,
                           decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight, kmeans_init=True,
@@ -178,18 +126,11 @@ class ImageTokenizer(nn.Module):
         """(B, D, h, w) -> quantized (B, D, h, w), codes (B, h*w), aux loss."""
         h = z.shape[-2]
         seq = rearrange(z, "b d h w -> b (h w) d").float()
-        if self.cfg.quantizer == "fsq":
-            q, codes = self.quantizer(seq)
-            aux = seq.new_zeros(())
-        else:
-            q, codes, aux = self.quantizer(seq)
+        q, codes, aux = self.quantizer(seq)
         return rearrange(q, "b (h w) d -> b d h w", h=h), codes.long(), aux.sum()
 
     def _codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
-        if self.cfg.quantizer == "fsq":
-            q = self.quantizer.indices_to_codes(codes)
-        else:
-            q = self.quantizer.get_output_from_indices(codes)
+        q = self.quantizer.get_output_from_indices(codes)
         return rearrange(q, "b (h w) d -> b d h w", h=self.cfg.grid)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,6 +174,9 @@ class ImageTokenizer(nn.Module):
             raise FileNotFoundError(f"no config.json in image tokenizer dir {d}")
         raw = json.loads((d / "config.json").read_text())
         raw.pop("kind", None)
+        if raw.pop("quantizer", "vq") != "vq":
+            raise ValueError(f"{d / 'config.json'}: only the VQ quantizer is supported (FSQ was removed)")
+        raw.pop("fsq_levels", None)  # written by versions that also offered FSQ
         model = cls(ImageTokenizerConfig(**raw))
         model.load_state_dict(load_file(d / "model.safetensors"))
         return model.to(device or "cpu").eval()

@@ -10,70 +10,20 @@ Work done once per run, not per step:
   use) serves all queries, under `neighbour_strategy`: the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
-
-Joint augmentation (`RAConfig.augment`, off by default; our addition, not in the papers): with that
-probability an example that has retrieved documents shows the main image and every retrieved image
-under the same random view (a flip/rotation and a colour-channel rotation). The caption cannot tell
-which view it is, only the retrieved images can, so the model is paid for copying from retrieval on
-training concepts too, where it could otherwise predict the image from the memorised caption alone.
-Examples without retrieved documents (k = 0, and so the vanilla baseline) are never augmented.
-Measured on EmojiBench (demo budget, 1000 steps): augment 0.5 over 8 views gave heldout image-token loss
-2.959 with k = 2 against the vanilla model's 3.013, about what plain RA training gives; augment 1.0 over
-24 views with text queries only was worse (3.071 with k = 2 = 3.066 with k = 0). Hence off by default.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ramm.config import RAConfig
 from ramm.corpus.document import Document, TextSegment
 from ramm.model.batch import pad_batch
 from ramm.retrieval.strategies import Strategy, query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
-from ramm.tokenizers.code_cache import VIEWS, with_codes
-
-
-@dataclass
-class RAConfig:
-    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly (RA-CM3; per micro-batch: batch_k)
-    n_candidates: int = 2  # neighbours kept per query (k <= this)
-    diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
-    exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
-    query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
-    alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
-    max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
-    seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
-    query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
-    batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
-    augment: float = 0.0  # chance that an example with retrieved documents is shown in a joint view
-    views: int = 8  # number of joint views (flip/rotation x channel rotation; view 0 is the identity)
-    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
-    mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
-
-    def __post_init__(self):
-        if not self.k_choices or min(self.k_choices) < 0:
-            raise ValueError(f"k_choices must be non-negative and non-empty, got {self.k_choices}")
-        if max(self.k_choices) > self.n_candidates:
-            raise ValueError(f"k_choices {self.k_choices} exceed n_candidates={self.n_candidates}")
-        if self.diversity is not None and not -1 <= self.diversity <= 1:
-            raise ValueError(f"diversity threshold must be a cosine in [-1, 1], got {self.diversity}")
-        if not 0 <= self.query_dropout < 1 or self.alpha < 0 or self.max_len < 8:
-            raise ValueError("need 0 <= query_dropout < 1, alpha >= 0, max_len >= 8")
-        if self.query not in ("text", "image", "both"):
-            raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
-        if not 0 <= self.augment <= 1 or not 1 <= self.views <= len(VIEWS):
-            raise ValueError(f"need 0 <= augment <= 1 and 1 <= views <= {len(VIEWS)}, got {self.augment}, {self.views}")
-        if not 0 <= self.pseudo_names <= 1:
-            raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
-        if self.mmr < 0:
-            raise ValueError(f"mmr must be >= 0, got {self.mmr}")
-        if self.augment > 0 and self.views < 2:
-            raise ValueError("augment > 0 needs views >= 2 (view 0 is the identity)")
-        self.k_choices = tuple(self.k_choices)
 
 
 def name_words(docs: Sequence[Document]) -> list[str]:
@@ -184,12 +134,9 @@ class RADataset(torch.utils.data.Dataset):
     """Training examples: main documents (image codes attached) with their precomputed neighbours."""
 
     def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
-                 fmt: CM3Format, cfg: RAConfig, view_codes: dict[str, np.ndarray] | None = None):
+                 fmt: CM3Format, cfg: RAConfig):
         if not docs:
             raise ValueError("no training documents")
-        if cfg.augment > 0 and view_codes is None and neighbours:
-            raise ValueError("augment > 0 needs view_codes (encode_images_cached(..., views=cfg.views))")
-        self.view_codes = view_codes
         self.docs, self.neighbours, self.lookup, self.fmt, self.cfg = list(docs), neighbours, lookup, fmt, cfg
         self.words = name_words(self.docs) if cfg.pseudo_names > 0 else []
         self.epoch = 0
@@ -212,11 +159,7 @@ class RADataset(torch.utils.data.Dataset):
         k = own_k if k is None else k
         retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
         main = self.docs[i]
-        if self.cfg.augment > 0:  # drawn for every example, so runs with and without retrieval stay in step
-            u, view = rng.random(), int(rng.integers(1, self.cfg.views))
-            if retrieved and u < self.cfg.augment:
-                main, *retrieved = [with_codes(d, {d.id: self.view_codes[d.id][view]}) for d in (main, *retrieved)]
-        if self.cfg.pseudo_names > 0:  # drawn for every example, like augment, so the masks below stay in step
+        if self.cfg.pseudo_names > 0:  # drawn for every example, so runs with and without retrieval stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
             base = base_of(main)
             if u < self.cfg.pseudo_names and base is not None and any(base_of(r) == base for r in retrieved):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ramm.config import RetrieverRecipeConfig
 from ramm.corpus.document import Document
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.recall import concept_of, exact_leave_one_out, recall_at_k
@@ -25,20 +25,6 @@ from ramm.training.trainer import Trainer, TrainerConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RetrieverRecipeConfig:
-    name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` instead of the caption
-    max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
-    flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
-    seed: int = 0  # sampling and augmentation seed
-
-    def __post_init__(self):
-        if not 0 <= self.name_view_prob <= 1:
-            raise ValueError(f"name_view_prob must be in [0, 1], got {self.name_view_prob}")
-        if not 0 <= self.flip_prob <= 1:
-            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
-        if self.max_shift < 0:
-            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
 
 
 def shift_image(pixels: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:

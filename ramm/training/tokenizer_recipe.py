@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from ramm.corpus.document import Document
-from ramm.corpus.splits import SplitSpec
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, psnr
 from ramm.training.trainer import Trainer, TrainerConfig
 
@@ -33,11 +32,6 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i].float() / 255
-
-
-def split_docs(docs: Sequence[Document], split: str, splits: SplitSpec | None = None) -> list[Document]:
-    """The documents of `split` (a row's own split field, else `splits`' seeded hash: ramm.corpus.splits)."""
-    return list((splits or SplitSpec()).select(docs, split))
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 AdamW with warmup + cosine, gradient accumulation and clipping, bf16 autocast where supported, tqdm,
 JSONL metrics (+ TensorBoard when installed), atomic checkpoints with everything needed to resume
 bit-for-bit (weights, optimizer, step = data position, RNG states of every rank), and DDP when run
-under `torchrun` (gloo on CPU, nccl on GPU) or FSDP as an option.
+under `torchrun` (gloo on CPU, nccl on GPU).
 
 The data order is a pure function of (seed, step): sample n of the run is `perm_{n // N}[n % N]`, where
 perm_e is a seeded permutation for epoch e, so resuming only needs the step. Every optimizer step
@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,52 +30,17 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from ramm.config import TrainerConfig
 from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, pick_device
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainerConfig:
-    out_dir: str  # checkpoints and metrics.jsonl go here
-    steps: int = 1000  # optimizer steps; also the cosine schedule's length
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time, even before `steps`
-    batch_size: int = 16  # samples per optimizer step, over all ranks and accumulation micro-steps
-    grad_accum: int = 1  # micro-steps per optimizer step on each rank
-    lr: float = 3e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or biases)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    log_every: int = 10  # steps between metrics rows
-    ckpt_every: int = 200  # steps between checkpoints (one is always written at the end)
-    eval_every: int = 0  # steps between eval_fn calls (0: only at the end)
-    seed: int = 0  # data order and initial RNG
-    amp: bool = True  # bf16 autocast where the device supports it
-    strategy: str = "ddp"  # "ddp" or "fsdp" when launched with several ranks
-    device: str | None = None  # None: cuda if available, else cpu
-    resume: bool = False  # continue from out_dir/checkpoint if present
-    progress: bool = True  # tqdm bar on rank 0
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0 or self.eval_every < 0:
-            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, eval_every >= 0")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError("max_minutes must be positive")
-
-
 def lr_at(step: int, cfg: TrainerConfig) -> float:
     """Linear warmup to cfg.lr, then cosine to cfg.lr * min_lr_ratio at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -164,6 +129,8 @@ class Trainer:
             raise ValueError("the training dataset is empty")
         self.cfg, self.dataset, self.step_fn, self.eval_fn = cfg, dataset, step_fn, eval_fn
         self.collate_fn = collate_fn or torch.utils.data.default_collate
+        if not cfg.out_dir:
+            raise ValueError("TrainerConfig.out_dir is empty: set the directory for checkpoints and metrics.jsonl")
         self.out = Path(cfg.out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
@@ -194,9 +161,6 @@ class Trainer:
     def _wrap(self, model):
         if not self.distributed:
             return model
-        if self.cfg.strategy == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel
-            return FullyShardedDataParallel(model, use_orig_params=True)
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
 

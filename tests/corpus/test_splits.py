@@ -43,44 +43,44 @@ def _doc(i, **meta):
     return Document(id=f"d{i:04d}", segments=[TextSegment(f"text {i}")], metadata=meta)
 
 
-def test_split_spec_keeps_a_rows_own_split_field():
-    from ramm.corpus.splits import SplitSpec
+def test_split_config_keeps_a_rows_own_split_field():
+    from ramm.config import SplitConfig
     docs = [_doc(0, split="heldout"), _doc(1, split="train"), _doc(2, split="custom")]
-    assert [SplitSpec().of(d) for d in docs] == ["heldout", "train", "custom"]
-    assert [d.id for d in SplitSpec(seed=5).select(docs, "heldout")] == ["d0000"]
+    assert [SplitConfig().of(d) for d in docs] == ["heldout", "train", "custom"]
+    assert [d.id for d in SplitConfig(seed=5).select(docs, "heldout")] == ["d0000"]
 
 
-def test_split_spec_hashes_documents_by_seed_with_the_asked_fractions():
-    from ramm.corpus.splits import SplitSpec
+def test_split_config_hashes_documents_by_seed_with_the_asked_fractions():
+    from ramm.config import SplitConfig
     docs = [_doc(i) for i in range(4000)]
-    spec = SplitSpec(fractions={"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
+    spec = SplitConfig(fractions={"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
     groups = spec.group(docs)
     assert set(groups) == {"train", "val", "test"}
     for name, share in spec.fractions.items():
         assert abs(len(groups[name]) / len(docs) - share) < 0.03
     assert [spec.of(d) for d in docs] == [spec.of(d) for d in reversed(docs)][::-1]  # order-free
     assert spec.group(docs[::-1])["val"] == groups["val"][::-1]
-    other = SplitSpec(fractions=spec.fractions, seed=4)
+    other = SplitConfig(fractions=spec.fractions, seed=4)
     assert [other.of(d) for d in docs] != [spec.of(d) for d in docs]
     assert [d.id for d in spec.select(docs, ["val", "test"])] == [d.id for d in docs if spec.of(d) != "train"]
 
 
-def test_split_spec_group_by_keeps_related_documents_together():
-    from ramm.corpus.splits import SplitSpec
+def test_split_config_group_by_keeps_related_documents_together():
+    from ramm.config import SplitConfig
     docs = [_doc(i, photo=f"p{i // 5}") for i in range(500)]
-    spec = SplitSpec(group_by="photo")
+    spec = SplitConfig(group_by="photo")
     by_photo: dict[str, set[str]] = {}
     for d in docs:
         by_photo.setdefault(d.metadata["photo"], set()).add(spec.of(d))
     assert all(len(s) == 1 for s in by_photo.values())
     assert len({spec.of(d) for d in docs}) > 1
     with pytest.raises(ValueError, match="d0000.*'concept'"):
-        SplitSpec(group_by="concept").of(docs[0])
+        SplitConfig(group_by="concept").of(docs[0])
 
 
-def test_split_spec_rejects_bad_fractions():
-    from ramm.corpus.splits import SplitSpec
+def test_split_config_rejects_bad_fractions():
+    from ramm.config import SplitConfig
     for bad in ({"train": 0.5, "val": 0.4}, {"train": 1.2, "val": -0.2}, {}):
         with pytest.raises(ValueError, match="fractions"):
-            SplitSpec(fractions=bad)
-    assert SplitSpec(fractions={"train": 1.0}).of(_doc(7)) == "train"
+            SplitConfig(fractions=bad)
+    assert SplitConfig(fractions={"train": 1.0}).of(_doc(7)) == "train"

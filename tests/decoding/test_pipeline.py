@@ -40,8 +40,7 @@ def bundle(tmp_path_factory):
     docs = make_docs()
     text_tok = TextTokenizer.train([d.text for d in docs] * 3, vocab_size=300)
     text_tok.save_pretrained(root / "text-tok")
-    image_tok = ImageTokenizer(ImageTokenizerConfig(image_size=SIZE, grid=4, patch=2, channels=8, latent_dim=8,
-                                                    fsq_levels=[3, 3, 3]))
+    image_tok = ImageTokenizer(ImageTokenizerConfig(image_size=SIZE, grid=4, patch=2, channels=8, latent_dim=8))
     image_tok.save_pretrained(root / "image-tok")
     vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
     gen = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=160))
@@ -176,7 +175,7 @@ def cli(*argv):
 def test_cli_generate_image_writes_samples_grid_and_page(bundle, tmp_path, capsys):
     out = tmp_path / "img"
     rc = cli("generate", "image", "a emoji: red square", "--model", bundle / "gen", "--memory", bundle / "memory",
-             "--n", 3, "--out", out, "--device", "cpu", "--method", "cfg", "--exclude", "a-red")
+             "--n", 3, "--out", out, "--device", "cpu", "--method", "cfg", "--exclude", "[a-red]")
     assert rc == 0
     from PIL import Image
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png", "sample_01.png", "sample_02.png"]

@@ -12,23 +12,16 @@ CONFIGS = sorted((ROOT / "configs").glob("demo*.json"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
+    from ramm.config import GeneratorConfig, RAConfig, RetrieverRecipeConfig, TrainerConfig
     from ramm.evaluation.evaluator import EvaluatorConfig
     from ramm.retrieval.dual_encoder import DualEncoderConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
-    from ramm.training.generator_recipe import GeneratorConfig
-    from ramm.training.ra_data import RAConfig
-    from ramm.training.retriever_recipe import RetrieverRecipeConfig
-    from ramm.training.trainer import TrainerConfig
 
     cfg = DemoConfig.load(path)
-    ImageTokenizerConfig(**cfg.tokenizer.get("model", {}))
-    TrainerConfig(out_dir=str(tmp_path), **cfg.tokenizer.get("trainer", {}))
-    DualEncoderConfig(**cfg.retriever.get("model", {}))
-    TrainerConfig(out_dir=str(tmp_path), **cfg.retriever.get("trainer", {}))
-    RetrieverRecipeConfig(**cfg.retriever.get("recipe", {}))
-    g = dict(cfg.generator)
-    RAConfig(**g.pop("ra", {}))
-    GeneratorConfig(corpus="c", memory="m", tokenizer="t", text_tokenizer="x", out="o", **g)
+    assert isinstance(cfg.tokenizer.model, ImageTokenizerConfig) and isinstance(cfg.tokenizer.trainer, TrainerConfig)
+    assert isinstance(cfg.retriever.model, DualEncoderConfig) and isinstance(cfg.retriever.trainer, TrainerConfig)
+    assert isinstance(cfg.retriever.recipe, RetrieverRecipeConfig)
+    assert isinstance(cfg.generator, GeneratorConfig) and isinstance(cfg.generator.ra, RAConfig)
     assert set(cfg.evaluation.splits) <= {"val", "test", "heldout"}
     assert isinstance(cfg.evaluator, EvaluatorConfig) and cfg.evaluator.max_seconds <= 90
 
@@ -36,7 +29,10 @@ def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
 def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "generatr": {}}))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown field generatr"):
+        DemoConfig.load(bad)
+    bad.write_text(json.dumps({"generator": {"trainer": {"stepz": 3}}}))
+    with pytest.raises(ValueError, match=r"bad\.json: unknown field generator\.trainer\.stepz"):
         DemoConfig.load(bad)
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -1,8 +1,9 @@
 import pytest
 
 from ramm.corpus.document import Document, TextSegment
+from ramm.config import GraceConfig, from_dict
 from ramm.corpus.emojibench import pseudo_queries
-from ramm.training.grace_recipe import GraceConfig, eval_queries
+from ramm.training.grace_recipe import eval_queries
 
 
 def doc(style, concept="1f1ef-1f1f5", name="japan flag"):
@@ -26,7 +27,10 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="schedule"):
         GraceConfig(corpus="c", out="o", schedule="interleaved")
     with pytest.raises(ValueError, match="batch_size"):
-        GraceConfig(corpus="c", out="o", batch_size=0)
+        from_dict(GraceConfig, {"corpus": "c", "out": "o", "trainer": {"batch_size": 0}})
+    with pytest.raises(ValueError, match="warmup_steps"):
+        from_dict(GraceConfig, {"corpus": "c", "out": "o", "memorize_steps": 2, "retrieve_steps": 2})
+    assert GraceConfig(corpus="c", out="o").scheme == "semantic"  # measured best: R@1 0.482 vs structured 0.012
 
 
 def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir):
@@ -46,14 +50,15 @@ def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir
     docs = load_emojibench(emojibench_dir, splits=["test"])
     text_tok = TextTokenizer.train([d.text for d in docs], vocab_size=400)
     text_tok.save_pretrained(tmp_path / "text-tok")
-    image_tok = ImageTokenizer(ImageTokenizerConfig(channels=8, latent_dim=8, quantizer="fsq", fsq_levels=[3, 3]))
+    image_tok = ImageTokenizer(ImageTokenizerConfig(channels=8, latent_dim=8, codebook_size=9))
     image_tok.save_pretrained(tmp_path / "image-tok")
     vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
     save_generator(Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=160)), tmp_path / "gen",
                    text_tokenizer=tmp_path / "text-tok", image_tokenizer=tmp_path / "image-tok")
-    cfg = GraceConfig(corpus=str(emojibench_dir), out=str(tmp_path / "grace"), scheme="numeric", init=str(tmp_path / "gen"),
-                      memorize_splits=("test",), retrieve_splits=("test",), memorize_steps=2, retrieve_steps=2,
-                      batch_size=8, device="cpu")
+    cfg = from_dict(GraceConfig, {"corpus": str(emojibench_dir), "out": str(tmp_path / "grace"), "scheme": "numeric",
+                                  "init": str(tmp_path / "gen"), "memorize_splits": ["test"], "retrieve_splits": ["test"],
+                                  "memorize_steps": 2, "retrieve_steps": 2,
+                                  "trainer": {"batch_size": 8, "warmup_steps": 2, "device": "cpu"}})
     from ramm.training.grace_recipe import grace_documents
     memorized, retrieve_docs = grace_documents(cfg)
     assert [d.id for d in memorized] == [d.id for d in docs] == [d.id for d in retrieve_docs]

@@ -2,12 +2,7 @@ import json
 
 from PIL import Image
 
-from ramm.cli import build_parser
-
-
-def run(argv):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+from ramm.__main__ import main as run
 
 
 def test_memory_build_and_search_by_text_and_image(tmp_path, docs, encoder_dir, capsys):
@@ -35,10 +30,11 @@ def test_train_retriever_cli_passes_the_subspace_options_to_the_saved_config(tmp
         rows.append(json.dumps({"id": d.id, "image": f"{d.id}.png", "caption": d.text}))
     (tmp_path / "corpus.jsonl").write_text("\n".join(rows) + "\n")
     out = tmp_path / "enc"
-    assert run(["train", "retriever", "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(out), "--steps", "2",
-                "--batch-size", "4", "--warmup-steps", "0", "--weight-decay", "0.1", "--embed-dim", "16",
-                "--private-dim", "8", "--shared-weight", "0.2", "--pool", "flatten", "--image-loss-weight", "1",
-                "--embed-shared-weight", "0.01", "--memory-loss-weight", "0.5"]) == 0
+    assert run(["train", "retriever", "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(out), "--trainer.steps", "2",
+                "--trainer.batch-size", "4", "--trainer.warmup-steps", "0", "--trainer.weight-decay", "0.1",
+                "--model.embed-dim", "16", "--model.private-dim", "8", "--model.shared-weight", "0.2",
+                "--model.pool", "flatten", "--model.image-loss-weight", "1", "--model.embed-shared-weight", "0.01",
+                "--model.memory-loss-weight", "0.5", "--split.fractions", '{"train": 1.0}']) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["private_dim"], cfg["shared_weight"], cfg["pool"], cfg["image_loss_weight"], cfg["embed_shared_weight"],
             cfg["memory_loss_weight"]) == (8, 0.2, "flatten", 1.0, 0.01, 0.5)

@@ -35,19 +35,14 @@ def _tcfg(tmp_path, **kw):
                                                          weight_decay=0.0, progress=False, device="cpu"), **kw})
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
-def test_encode_decode_shapes_and_range(quantizer):
-    tok = ImageTokenizer(ImageTokenizerConfig(**{**TINY, "quantizer": quantizer}))
+def test_encode_decode_shapes_and_range():
+    tok = ImageTokenizer(ImageTokenizerConfig(**TINY))
     codes = tok.encode(_images(_docs(3)))
     assert codes.shape == (3, 16) and codes.dtype == torch.long
     assert 0 <= codes.min() and codes.max() < tok.codebook_size
     out = tok.decode(codes)
     assert out.shape == (3, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
     assert tok.tokens_per_image == 16 and tok.grid == 4
-
-
-def test_fsq_codebook_size_is_product_of_levels():
-    assert ImageTokenizerConfig(quantizer="fsq", fsq_levels=[8, 5, 5, 5]).codebook_size == 1000
 
 
 def test_paper_scale_256_images_give_32x32_grid():
@@ -66,10 +61,9 @@ def test_training_reduces_reconstruction_error(tmp_path):
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
-def test_save_load_gives_identical_codes(tmp_path, quantizer):
+def test_save_load_gives_identical_codes(tmp_path):
     torch.manual_seed(0)
-    tok = ImageTokenizer(ImageTokenizerConfig(**{**TINY, "quantizer": quantizer}))
+    tok = ImageTokenizer(ImageTokenizerConfig(**TINY))
     x = _images(_docs(6))
     tok.train()
     tok(x)  # VQ: k-means init + an EMA update, so the saved codebook is not the initial one
@@ -111,8 +105,8 @@ def test_bad_inputs_raise_value_error():
         tok.decode(torch.full((1, 16), tok.codebook_size))
     with pytest.raises(ValueError, match="multiple of grid"):
         ImageTokenizerConfig(image_size=30, grid=8)
-    with pytest.raises(ValueError, match="quantizer"):
-        ImageTokenizerConfig(quantizer="rvq")
+    with pytest.raises(TypeError, match="quantizer"):  # FSQ was removed: VQ is the only quantizer
+        ImageTokenizerConfig(quantizer="fsq")
     with pytest.raises(ValueError, match="must be 16x16"):
         ImageDataset(_docs(2, size=32), 16)
 
@@ -134,21 +128,30 @@ def _jsonl_corpus(tmp_path, docs):
 
 
 def test_cli_trains_saves_and_resumes(tmp_path, capsys):
-    from ramm.cli import build_parser
+    from ramm.__main__ import main
 
     corpus = _jsonl_corpus(tmp_path, _docs(8))
-    argv = ["train", "tokenizer", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--steps", "4",
-            "--batch-size", "4", "--image-size", "16", "--grid", "4", "--channels", "16", "--codebook-size", "32",
-            "--device", "cpu"]
-    args = build_parser().parse_args(argv)
-    assert args.func(args) == 0
+    argv = ["train", "tokenizer", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--trainer.steps", "4",
+            "--trainer.batch-size", "4", "--model.image-size", "16", "--model.grid", "4", "--model.channels", "16",
+            "--model.codebook-size", "32", "--trainer.device", "cpu", "--split.fractions", '{"train": 1.0}']
+    assert main(argv) == 0
     assert "training on 8 train documents" in capsys.readouterr().out
     tok = ImageTokenizer.from_pretrained(tmp_path / "tok")
     assert tok.tokens_per_image == 16
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
-    argv[argv.index("--steps") + 1] = "6"
-    args = build_parser().parse_args([*argv, "--resume"])
-    assert args.func(args) == 0
+    argv[argv.index("--trainer.steps") + 1] = "6"
+    assert main([*argv, "--trainer.resume", "true"]) == 0
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     rows = [json.loads(r) for r in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4, 6]  # continued from step 4, not restarted
+
+
+def test_a_tokenizer_saved_with_the_old_quantizer_fields_still_loads(tmp_path):
+    tok = ImageTokenizer(ImageTokenizerConfig(**TINY))
+    tok.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "quantizer": "vq", "fsq_levels": [8, 8, 8]}))
+    assert ImageTokenizer.from_pretrained(tmp_path).cfg == tok.cfg
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "quantizer": "fsq"}))
+    with pytest.raises(ValueError, match="FSQ was removed"):
+        ImageTokenizer.from_pretrained(tmp_path)

@@ -50,7 +50,7 @@ def test_bad_inputs_raise_value_error(tok, tmp_path):
 
 
 def test_cli_trains_on_corpus_text(tmp_path, capsys):
-    from ramm.cli import build_parser
+    from ramm.__main__ import main
     from ramm.corpus.document import encode_png
 
     rows = []
@@ -58,9 +58,8 @@ def test_cli_trains_on_corpus_text(tmp_path, capsys):
         (tmp_path / f"{i}.png").write_bytes(encode_png(np.full((8, 8, 3), 255, np.uint8)))
         rows.append(json.dumps({"id": str(i), "image": f"{i}.png", "caption": text}))
     (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
-    args = build_parser().parse_args(["train", "text-tokenizer", "--corpus", str(tmp_path / "c.jsonl"),
-                                      "--out", str(tmp_path / "bpe"), "--vocab-size", "300"])
-    assert args.func(args) == 0
+    assert main(["train", "text-tokenizer", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "bpe"),
+                 "--vocab-size", "300", "--split.fractions", '{"train": 1.0}']) == 0
     assert "tokens per text" in capsys.readouterr().out
     tok = TextTokenizer.from_pretrained(tmp_path / "bpe")
     assert tok.decode(tok.encode(TEXTS[0])) == TEXTS[0] and tok.vocab_size <= 300

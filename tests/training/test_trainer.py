@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ramm.config import from_dict
 from ramm.training.trainer import TrainerConfig, lr_at
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,4 +58,15 @@ def test_bad_config_raises_value_error():
     with pytest.raises(ValueError, match="batch_size"):
         TrainerConfig(out_dir="x", batch_size=0)
     with pytest.raises(ValueError, match="strategy"):
-        TrainerConfig(out_dir="x", strategy="zero")
+        from_dict(TrainerConfig, {"out_dir": "x", "strategy": "fsdp"})  # removed untested option: a named error
+
+
+def test_warmup_none_scales_with_the_budget():
+    assert TrainerConfig(steps=30, warmup_steps=None).warmup == 3
+    assert TrainerConfig(steps=3000, warmup_steps=None).warmup == 100
+
+
+def test_an_empty_out_dir_is_a_clear_error():
+    from ramm.training.trainer import Trainer
+    with pytest.raises(ValueError, match="out_dir"):
+        Trainer(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainerConfig(out_dir=""))

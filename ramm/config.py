@@ -1,0 +1,491 @@
+"""One typed config: the dataclasses every training job reads, their named presets, JSON in and out.
+
+A component's config *contains* the configs it hands on (the generator's holds a `TrainerConfig`, an
+`RAConfig` and a `SplitConfig`), so nothing is copied field by field and nothing is silently
+overridden. Every field has a comment (the CLI's help, through `field_docs`) and a check in
+`__post_init__`. Configs are saved as JSON beside the weights and read back with `load_config`, which
+names the field and the file when a key is unknown. No heavy imports here: the CLI builds its flags
+from these classes before torch loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import io
+import json
+import math
+import tokenize
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FRACTIONS = {"train": 0.80, "val": 0.05, "test": 0.05, "heldout": 0.10}  # ramm.corpus.splits uses these too
+
+
+@dataclass
+class SplitConfig:
+    """Which documents of a corpus are train / val / test / heldout (ramm.corpus.splits)."""
+
+    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))  # split -> share of groups, when rows carry no `split`
+    group_by: str | None = None  # metadata key whose documents share a split (None: the document id)
+    seed: int = 0  # seed of the hash that orders the groups
+
+    def __post_init__(self):
+        self.fractions = dict(self.fractions)
+        if not self.fractions or any(f < 0 for f in self.fractions.values()) \
+                or abs(sum(self.fractions.values()) - 1) > 1e-6:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+
+    def of(self, doc) -> str:
+        """The document's split: its own `split` metadata, else a seeded hash of its group key."""
+        own = doc.metadata.get("split")
+        if own is not None:
+            return str(own)
+        key = doc.id if self.group_by is None else doc.metadata.get(self.group_by)
+        if key is None:
+            raise ValueError(f"document {doc.id!r} has no metadata {self.group_by!r} to group its split by")
+        digest = hashlib.sha256(f"{self.seed}\x00{key}".encode("utf-8")).digest()
+        u, total = int.from_bytes(digest[:8], "big") / 2.0 ** 64, 0.0  # u: uniform in [0, 1)
+        for name, share in self.fractions.items():
+            total += share
+            if u < total:
+                return name
+        return [name for name, share in self.fractions.items() if share > 0][-1]  # rounding at the top end
+
+    def select(self, docs, splits):
+        """The documents of `splits` (a name or several), in corpus order, streamed."""
+        want = {splits} if isinstance(splits, str) else set(splits)
+        return (d for d in docs if self.of(d) in want)
+
+    def group(self, docs) -> dict[str, list]:
+        """split name -> its documents, in corpus order."""
+        out: dict[str, list] = {}
+        for d in docs:
+            out.setdefault(self.of(d), []).append(d)
+        return out
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop's settings (ramm.training.trainer): budget, optimizer, schedule, checkpoints."""
+
+    out_dir: str = ""  # checkpoints and metrics.jsonl go here ("": the recipe's output directory)
+    steps: int = 1000  # optimizer steps; also the cosine schedule's length
+    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time, even before `steps`
+    batch_size: int = 16  # samples per optimizer step, over all ranks and accumulation micro-steps
+    grad_accum: int = 1  # micro-steps per optimizer step on each rank
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int | None = 100  # linear warmup steps (None: min(100, steps // 10))
+    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or biases)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    log_every: int = 10  # steps between metrics rows
+    ckpt_every: int = 200  # steps between checkpoints (one is always written at the end)
+    eval_every: int = 0  # steps between eval_fn calls (0: only at the end)
+    seed: int = 0  # data order and initial RNG
+    amp: bool = True  # bf16 autocast where the device supports it
+    device: str | None = None  # None: cuda if available, else cpu
+    resume: bool = False  # continue from out_dir/checkpoint if present
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup < 0 or self.eval_every < 0:
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, eval_every >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError("max_minutes must be positive")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect (None scales with the budget, so a toy run still reaches its peak lr)."""
+        return min(100, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
+
+
+@dataclass
+class RAConfig:
+    """Retrieval-augmented training data (ramm.training.ra_data; RA-CM3 sec. 3.3)."""
+
+    k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly (RA-CM3; per micro-batch: batch_k)
+    n_candidates: int = 2  # neighbours kept per query (k <= this)
+    diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
+    exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
+    query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
+    alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
+    max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
+    seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
+    query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
+    batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
+    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
+    mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
+
+    def __post_init__(self):
+        self.k_choices = tuple(self.k_choices)
+        if not self.k_choices or min(self.k_choices) < 0:
+            raise ValueError(f"k_choices must be non-negative and non-empty, got {self.k_choices}")
+        if max(self.k_choices) > self.n_candidates:
+            raise ValueError(f"k_choices {self.k_choices} exceed n_candidates={self.n_candidates}")
+        if self.diversity is not None and not -1 <= self.diversity <= 1:
+            raise ValueError(f"diversity threshold must be a cosine in [-1, 1], got {self.diversity}")
+        if not 0 <= self.query_dropout < 1 or self.alpha < 0 or self.max_len < 8:
+            raise ValueError("need 0 <= query_dropout < 1, alpha >= 0, max_len >= 8")
+        if self.query not in ("text", "image", "both"):
+            raise ValueError(f"query must be 'text', 'image' or 'both', got {self.query!r}")
+        if not 0 <= self.pseudo_names <= 1:
+            raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
+        if self.mmr < 0:
+            raise ValueError(f"mmr must be >= 0, got {self.mmr}")
+
+
+def _generator_ra() -> RAConfig:
+    return RAConfig(pseudo_names=0.5, mmr=0.3)  # the demo's measured settings
+
+
+def _generator_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=2000, batch_size=16, lr=2e-3, warmup_steps=100, log_every=10, ckpt_every=200)
+
+
+@dataclass
+class GeneratorConfig:
+    """The RA-CM3 generator (retrieval on) or its vanilla baseline; saved as generator_config.json in `out`."""
+
+    corpus: str = ""  # any corpus `open_corpus` reads; its train split gives the main documents
+    memory: str = ""  # Memory directory (ramm memory build): retrieved documents come from here
+    tokenizer: str = ""  # image tokenizer directory (ramm train tokenizer --out)
+    text_tokenizer: str = ""  # text tokenizer directory (ramm train text-tokenizer --out)
+    out: str = ""  # output directory: generator + checkpoint/ + metrics.jsonl + eval.json
+    size: str = "small"  # model preset (tiny / small / medium / base / large)
+    dropout: float = 0.0  # residual/attention dropout of the model (regularises memorising the train images)
+    copy_dim: int = 64  # width of the copy (pointer) head over retrieved documents (ramm.model.copy_head); 0: none
+    retrieval: bool = True  # False: the vanilla baseline (k = 0 always, whatever ra.k_choices says)
+    eval_limit: int = 0  # documents per split in evaluations (0: all)
+    eval_k: int = 2  # retrieved documents at evaluation (RA-CM3's best at inference; <= ra.n_candidates)
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_generator_trainer)  # budget, optimizer, schedule
+    ra: RAConfig = field(default_factory=_generator_ra)  # retrieval-augmented data
+
+    def __post_init__(self):
+        if self.eval_limit < 0 or self.dropout < 0 or self.copy_dim < 0:
+            raise ValueError("eval_limit, dropout and copy_dim must be >= 0")
+        if self.eval_k <= 0 or self.eval_k > self.ra.n_candidates:
+            raise ValueError(f"eval_k must be in [1, ra.n_candidates={self.ra.n_candidates}], got {self.eval_k}")
+
+    def require_paths(self) -> None:
+        """The paths a run needs (empty by default so that the demo can fill them)."""
+        missing = [n for n in ("corpus", "memory", "tokenizer", "text_tokenizer", "out") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"generator config: set {', '.join(missing)}")
+
+
+def _grace_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=2000, batch_size=64, lr=1e-3, warmup_steps=50, weight_decay=0.0, ckpt_every=250)
+
+
+@dataclass
+class GraceConfig:
+    """GRACE: identifiers, memorize, retrieve; saved as grace_config.json (each stage: `trainer`, its own steps)."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    out: str  # output directory: the GRACE model plus per-stage trainer checkpoints
+    scheme: str = "semantic"  # identifier scheme: numeric | string | semantic | structured | atomic (semantic measured best)
+    init: str | None = None  # pretrained generator directory; None trains from scratch
+    preset: str = "tiny"  # model size when training from scratch
+    text_tokenizer: str = "runs/demo/text_tokenizer"  # TextTokenizer directory (without init)
+    image_tokenizer: str = "runs/demo/tokenizer"  # ImageTokenizer directory (without init)
+    retriever: str = "runs/demo/retriever"  # dual encoder whose image embeddings the structured scheme clusters
+    schedule: str = "mixed"  # "sequence" (memorize, then retrieve) or "mixed" (both tasks in every batch)
+    memorize_splits: tuple[str, ...] = ("train", "test")  # splits whose images are memorized
+    retrieve_splits: tuple[str, ...] = ("train",)  # splits whose queries train retrieval
+    pseudo_queries: bool = True  # add names and short names as extra retrieval queries
+    memorize_steps: int = 1000  # optimizer steps of learning to memorize (sequence schedule)
+    retrieve_steps: int = 1000  # optimizer steps of learning to retrieve (sequence); mixed runs the sum
+    k: int = 30  # structured: clusters per level (GRACE: 30)
+    leaf_size: int = 30  # structured: most images per leaf (GRACE: 30)
+    num_beams: int = 10  # beam width at retrieval time
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_grace_trainer)  # per stage; its `steps` is the stage's
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown identifier scheme {self.scheme!r}; choose one of {SCHEMES}")
+        if self.schedule not in ("sequence", "mixed"):
+            raise ValueError(f"schedule must be 'sequence' or 'mixed', got {self.schedule!r}")
+        for name in ("memorize_steps", "retrieve_steps", "k", "leaf_size", "num_beams"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.memorize_splits, self.retrieve_splits = tuple(self.memorize_splits), tuple(self.retrieve_splits)
+        if not self.memorize_splits or not self.retrieve_splits:
+            raise ValueError("memorize_splits and retrieve_splits must not be empty")
+        shortest = min(self.stage_steps().values())
+        if self.trainer.warmup > shortest:
+            raise ValueError(f"trainer.warmup_steps={self.trainer.warmup} exceeds the shortest stage "
+                             f"({shortest} steps)")
+
+    def stage_steps(self) -> dict[str, int]:
+        """Stage name -> optimizer steps."""
+        if self.schedule == "sequence":
+            return {"memorize": self.memorize_steps, "retrieve": self.retrieve_steps}
+        return {"mixed": self.memorize_steps + self.retrieve_steps}
+
+
+SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")  # ramm.grace.identifiers.SCHEMES
+
+
+@dataclass
+class RetrieverRecipeConfig:
+    """How `ramm train retriever` draws its training views (ramm.training.retriever_recipe)."""
+
+    name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
+    max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
+    flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
+    seed: int = 0  # sampling and augmentation seed
+
+    def __post_init__(self):
+        if not 0 <= self.name_view_prob <= 1:
+            raise ValueError(f"name_view_prob must be in [0, 1], got {self.name_view_prob}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        if self.max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
+
+
+@dataclass
+class ImageTokenizerConfig:
+    """The VQ image tokenizer's architecture (ramm.tokenizers.image_tokenizer); saved as its config.json."""
+
+    image_size: int = 32  # input images are (3, image_size, image_size)
+    grid: int = 8  # codes per side: tokens_per_image = grid ** 2; image_size / grid must be a power of 2
+    patch: int = 2  # space-to-depth factor applied first (pixel unshuffle): convs start at image_size / patch
+    channels: int = 64  # width of the first conv stage; each downsampling doubles it (capped by max_mult)
+    max_mult: int = 2  # cap on the channel multiplier
+    res_blocks: int = 1  # residual blocks per resolution stage
+    codebook_size: int = 512  # number of codes
+    codebook_dim: int = 8  # the codebook lookup happens in this projected dimension
+    latent_dim: int = 64  # encoder output channels fed to the quantizer
+    commitment_weight: float = 0.25  # weight of the commitment loss
+    ema_decay: float = 0.9  # EMA decay of the codebook
+    l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
+
+    def __post_init__(self):
+        if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:
+            raise ValueError(f"image_size={self.image_size} must be a positive multiple of grid={self.grid}")
+        ratio = self.image_size // self.grid
+        if ratio & (ratio - 1):
+            raise ValueError(f"image_size / grid = {ratio} must be a power of 2")
+        if self.patch <= 0 or ratio % self.patch:
+            raise ValueError(f"patch={self.patch} must divide image_size / grid = {ratio}")
+        for name in ("patch", "channels", "max_mult", "res_blocks", "codebook_size", "codebook_dim", "latent_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.ema_decay < 1 or self.commitment_weight < 0 or self.l1_weight < 0:
+            raise ValueError("need 0 < ema_decay < 1, commitment_weight >= 0, l1_weight >= 0")
+
+    @property
+    def n_down(self) -> int:
+        return int(math.log2(self.image_size // self.grid // self.patch))
+
+    def stage_channels(self) -> list[int]:
+        """Channels of each resolution stage, from image_size / patch down to the grid."""
+        return [self.channels * min(2 ** i, self.max_mult) for i in range(self.n_down + 1)]
+
+
+@dataclass
+class DualEncoderConfig:
+    """The CLIP-style dual encoder's architecture and losses (ramm.retrieval.dual_encoder); its config.json."""
+
+    image_size: int = 32  # input images are resized to image_size x image_size
+    channels: tuple[int, ...] = (32, 64, 128)  # CNN width per stage; each stage halves the resolution
+    text_vocab_size: int = 1024  # byte-level BPE vocabulary of the text tower
+    text_max_len: int = 32  # text tokens kept per caption (longer captions are truncated)
+    text_width: int = 128  # text transformer width
+    text_layers: int = 2  # text transformer layers
+    text_heads: int = 4  # attention heads of the text transformer
+    embed_dim: int = 256  # dimension of the shared (cross-modal) embedding space
+    private_dim: int = 0  # >0: each modality also gets its own subspace of this size (see DualEncoder)
+    shared_weight: float = 0.5  # with private_dim: share of a vector's squared norm in the shared subspace
+    embed_shared_weight: float | None = None  # shared_weight of retrieval vectors (embed_*); None: shared_weight
+    pool: str = "mean"  # image tower head: "mean" (global average) or "flatten" (keeps the final grid's layout)
+    memory_loss_weight: float = 1.0  # training only: weight of the leave-one-out memory loss (0: CLIP losses only)
+    image_loss_weight: float = 0.0  # training only: the same loss with images as the documents (same-style negatives)
+    model_type: str = "ramm-dual-encoder"  # tells load_encoder this is not a transformers CLIP
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        if self.image_size < 8 or self.image_size % (2 ** len(self.channels)):
+            raise ValueError(f"image_size {self.image_size} must be >= 8 and divisible by 2**len(channels)")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
+        if self.pool not in ("mean", "flatten"):
+            raise ValueError(f"pool must be 'mean' or 'flatten', got {self.pool!r}")
+        if self.private_dim < 0 or not 0 < self.shared_weight <= 1:
+            raise ValueError(f"need private_dim >= 0 and 0 < shared_weight <= 1, "
+                             f"got {self.private_dim}, {self.shared_weight}")
+        if self.embed_shared_weight is not None and not 0 < self.embed_shared_weight <= 1:
+            raise ValueError(f"embed_shared_weight must be in (0, 1] or None, got {self.embed_shared_weight}")
+        for name in ("text_vocab_size", "text_max_len", "text_layers", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("memory_loss_weight", "image_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DualEncoderConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# Named presets per component: field overrides on the class defaults, resolved by `preset()`.
+# "demo" is what configs/demo.json measured (the defaults above follow it where a default exists).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "trainer": {
+        "tokenizer": dict(steps=300, max_minutes=2.5, batch_size=32, lr=2e-3, warmup_steps=50, weight_decay=0.0,
+                          ckpt_every=150, log_every=20),
+        "retriever": dict(steps=400, max_minutes=2.5, batch_size=64, lr=2e-3, warmup_steps=25, ckpt_every=200,
+                          log_every=10, weight_decay=0.1),
+        "toy": dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, ckpt_every=100, log_every=10),
+    },
+    "generator": {
+        "demo": dict(size="small", eval_limit=128,
+                     trainer=dict(steps=450, batch_size=16, lr=2e-3, warmup_steps=45, log_every=10, ckpt_every=200)),
+        "tiny": dict(size="tiny", eval_limit=32,
+                     trainer=dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, log_every=10, ckpt_every=200)),
+    },
+    "grace": {
+        "semantic": dict(scheme="semantic"),
+        "toy": dict(preset="tiny", memorize_steps=10, retrieve_steps=10, trainer=dict(batch_size=8, warmup_steps=2)),
+    },
+}
+
+_CLASSES = {"trainer": TrainerConfig, "generator": GeneratorConfig, "grace": GraceConfig}
+
+
+def preset(component: str, name: str, **overrides):
+    """The named preset of a component (`preset("generator", "tiny", corpus=...)`), overrides on top."""
+    if component not in PRESETS or name not in PRESETS[component]:
+        known = {c: sorted(p) for c, p in PRESETS.items()}
+        raise ValueError(f"unknown preset {component}/{name}; known: {known}")
+    cls = _CLASSES[component]
+    return from_dict(cls, _merge(PRESETS[component][name], overrides), f"preset {component}/{name}")
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ JSON in/out
+def _dataclass_of(tp) -> type | None:
+    """The dataclass in an annotation (`X`, `X | None`), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+@cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, data: dict, where: str = "config", prefix: str = ""):
+    """Build `cls` from JSON data, nested dataclasses included. An unknown or misspelt key raises a
+    ValueError naming the field (dotted, `trainer.stepz`) and `where` (the file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: {prefix.rstrip('.') or cls.__name__} must be an object, got {type(data).__name__}")
+    check_keys(cls, data, where, prefix)
+    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, kwargs = _hints(cls), {}
+    for key, value in data.items():
+        sub = _dataclass_of(hints[key])
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, _with_default(names[key], value), where, f"{prefix}{key}.")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required field
+        raise ValueError(f"{where}: {prefix}{e}") from None
+
+
+def check_keys(cls, data: dict, where: str = "config", prefix: str = "") -> None:
+    """Raise a ValueError naming the first unknown key (dotted) and `where`, nested sections included."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {', '.join(prefix + k for k in unknown)} "
+                         f"({cls.__name__} has {', '.join(sorted(names))})")
+    hints = _hints(cls)
+    for key, value in data.items():
+        sub = _dataclass_of(hints[key])
+        if sub is not None and isinstance(value, dict):
+            check_keys(sub, value, where, f"{prefix}{key}.")
+
+
+def _with_default(f: dataclasses.Field, value: dict) -> dict:
+    """A nested section's keys on top of the field's own default (a generator's trainer keeps its defaults)."""
+    if f.default_factory is dataclasses.MISSING or not dataclasses.is_dataclass(default := f.default_factory()):
+        return value
+    return {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
+
+
+def load_config(cls, path: str | Path):
+    """Read a config saved with `save_config` (or written by hand)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config {path} is not valid JSON: {e}") from None
+    return from_dict(cls, data, str(path))
+
+
+def to_dict(cfg) -> dict:
+    """JSON-ready dict of a config (tuples as lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def save_config(cfg, path: str | Path) -> None:
+    """Write `cfg` as JSON (atomically); `load_config(type(cfg), path)` reads it back."""
+    from ramm.utils import atomic_write_json
+    atomic_write_json(path, to_dict(cfg))
+
+
+@cache
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> the `# comment` on its line in the class body (the CLI's help text); a subclass's
+    comment wins over its base's."""
+    docs = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    docs, names = {}, {f.name for f in dataclasses.fields(cls)}
+    line_field: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            line_field.setdefault(tok.start[0], tok.string)
+        elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
+            docs[line_field[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return docs

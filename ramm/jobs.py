@@ -1,0 +1,201 @@
+"""The CLI's jobs: one dataclass per `ramm` command, holding the component configs it hands on.
+
+`ramm train retriever` takes a `RetrieverJob`, which contains the encoder's `DualEncoderConfig`, the
+`TrainerConfig` and the `SplitConfig` that picks its documents; its flags (`--model.private_dim`,
+`--trainer.steps`, `--split.group_by`) and `--config FILE` come from these fields. No heavy imports here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ramm.config import (DualEncoderConfig, ImageTokenizerConfig, RetrieverRecipeConfig, SplitConfig,
+                         TrainerConfig)
+
+SPLITS = ("train", "val", "test", "heldout")
+
+
+def _require(cfg, *names: str) -> None:
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise ValueError(f"{type(cfg).__name__}: set {', '.join(missing)}")
+
+
+def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or not all(isinstance(s, str) and s for s in splits):
+        raise ValueError(f"{name} must be a non-empty list of split names, got {splits!r}")
+    return splits
+
+
+def _tokenizer_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=None, weight_decay=0.0, log_every=20,
+                         ckpt_every=200)
+
+
+@dataclass
+class ImageTokenizerJob:
+    """`ramm train tokenizer`: the VQ image tokenizer on a corpus' train split, PSNR on its test split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
+    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)  # the tokenizer's architecture
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
+@dataclass
+class TextTokenizerJob:
+    """`ramm train text-tokenizer`: byte-level BPE on the texts of a corpus' train split."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    out: str  # output directory for tokenizer.json
+    vocab_size: int = 2048  # BPE vocabulary size, the 256 bytes and <pad> included
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size must be >= 257 (256 bytes + <pad>), got {self.vocab_size}")
+
+
+def _retriever_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=None, weight_decay=0.05, log_every=20,
+                         ckpt_every=200, eval_every=200)
+
+
+@dataclass
+class RetrieverJob:
+    """`ramm train retriever`: the dual encoder on a corpus' train split, leave-one-out recall on its val split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # encoder directory: config.json, model.safetensors, tokenizer.json (+ checkpoint/)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # architecture and loss weights
+    views: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # how training views are drawn
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
+
+    def __post_init__(self):
+        _require(self, "corpus", "out")
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
+@dataclass
+class MemoryBuildJob:
+    """`ramm memory build`: embed a corpus' documents and add them to a Memory (resumable)."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    encoder: str  # encoder directory (a ramm dual encoder or a transformers CLIP)
+    out: str  # memory directory
+    splits: tuple[str, ...] = SPLITS  # splits whose documents go in
+    batch_size: int = 256  # documents embedded per store transaction
+    flat_below: int = 100_000  # exact (flat) index below this many documents, approximate above
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "corpus", "encoder", "out")
+        self.splits = _check_splits("splits", self.splits)
+        if self.batch_size <= 0 or self.flat_below < 0:
+            raise ValueError("need batch_size > 0 and flat_below >= 0")
+
+
+@dataclass
+class RetrievalEvalJob:
+    """`ramm eval retrieval`: Recall@1/5/10 text->image and image->text, leave-one-out, per query split."""
+
+    memory: str  # memory directory (should hold every split)
+    corpus: str  # corpus the queries come from
+    splits: tuple[str, ...] = ("test", "heldout")  # query splits
+    json: str | None = None  # also write the numbers to this JSON file
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        _require(self, "memory", "corpus")
+        self.splits = _check_splits("splits", self.splits)
+
+
+METHODS = ("sample", "greedy", "cfg", "cd", "mix")  # mix: images only (half sample, half cd)
+
+
+@dataclass
+class DecodeJob:
+    """What every `ramm generate` command shares: the bundle, retrieval and decoding settings."""
+
+    model: str = ""  # generator bundle directory (config.json, model.safetensors, generator.json)
+    out: str = ""  # output directory for samples, grid.png, result.json, index.html
+    memory: str | None = None  # memory directory to retrieve from (None: the bundle's, if any)
+    n: int = 8  # samples to draw
+    k: int = 2  # documents to retrieve (RA-CM3 uses 2)
+    retrieve: bool = True  # False (or --no-retrieve): generate without retrieved documents
+    exclude: tuple[str, ...] = ()  # memory ids never to retrieve (leave-one-out)
+    method: str = "sample"  # decoding method: sample | greedy | cfg | cd | mix (images only: half sample, half cd)
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # nucleus mass (1: all)
+    guidance_scale: float = 3.0  # CFG weight (method cfg)
+    cd_alpha: float = 0.1  # CD-K candidate threshold alpha (method cd)
+    cd_k: int = 8  # CD-K rank K setting the threshold (method cd)
+    seed: int = 0  # random seed (same seed, same samples)
+    batch_size: int = 8  # samples decoded together
+    device: str | None = None  # cpu / cuda (None: cuda when available)
+
+    def __post_init__(self):
+        _require(self, "model", "out")
+        self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        if self.n < 1 or self.k < 0 or self.batch_size < 1:
+            raise ValueError(f"need n >= 1, k >= 0, batch_size >= 1; got {self.n}, {self.k}, {self.batch_size}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need temperature > 0, top_k >= 0, 0 < top_p <= 1")
+
+
+@dataclass
+class ImageJob(DecodeJob):
+    """`ramm generate image CAPTION`: text -> image samples."""
+
+    caption: str = ""  # the caption to draw (positional)
+    rerank: bool = True  # best CLIP-style score first (False or --no-rerank: sample order)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.caption.strip():
+            raise ValueError("caption is empty")
+
+
+@dataclass
+class CaptionJob(DecodeJob):
+    """`ramm generate caption IMAGE`: image -> text samples."""
+
+    image: str = ""  # PNG/JPEG file to caption (positional)
+    max_tokens: int = 32  # longest caption in tokens
+    rerank: bool = True  # lowest perplexity first (False or --no-rerank: sample order)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self, "image")
+
+
+@dataclass
+class InfillJob(DecodeJob):
+    """`ramm generate infill`: regenerate the caption or the image of a (caption, image) document."""
+
+    n: int = 4  # samples to draw
+    mask: str = ""  # which segment to regenerate: image | caption
+    caption: str = ""  # the document's caption (required unless mask is caption)
+    image: str | None = None  # the document's image file (required unless mask is image)
+    max_tokens: int = 32  # longest text span in tokens
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask not in ("image", "caption"):
+            raise ValueError(f"mask must be 'image' or 'caption', got {self.mask!r}")
+        if self.method not in ("sample", "greedy"):
+            raise ValueError(f"infill decodes with method sample or greedy, not {self.method}")
+        if self.mask == "image" and not self.caption.strip():
+            raise ValueError("caption is needed to infill the image")
+        if self.mask == "caption" and not self.image:
+            raise ValueError("image is needed to infill the caption")

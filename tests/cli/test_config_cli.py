@@ -1,0 +1,78 @@
+"""Training commands take their flags and `--config FILE` from the config dataclasses (jsonargparse)."""
+import json
+
+import pytest
+
+from ramm.__main__ import main
+from ramm.cli import parse_config
+from ramm.config import GeneratorConfig, GraceConfig, load_config, save_config
+
+
+def test_flags_and_config_file_fill_the_nested_config(tmp_path):
+    f = tmp_path / "gen.json"
+    f.write_text(json.dumps({"corpus": "c", "trainer": {"steps": 7}, "ra": {"alpha": 0.2}}))
+    cfg, threads = parse_config(GeneratorConfig, ["--config", str(f), "--trainer.batch-size", "4", "--out", "o",
+                                                  "--threads", "2"], "ramm train generator", "")
+    assert (cfg.corpus, cfg.out, threads) == ("c", "o", 2)
+    assert (cfg.trainer.steps, cfg.trainer.batch_size, cfg.ra.alpha) == (7, 4, 0.2)
+    default = GeneratorConfig()
+    assert cfg.trainer.lr == default.trainer.lr and cfg.ra.mmr == default.ra.mmr  # the generator's own defaults
+
+
+def test_a_mistyped_field_in_a_config_file_names_the_field_and_the_file(tmp_path, capsys):
+    f = tmp_path / "typo.json"
+    f.write_text(json.dumps({"corpus": "c", "out": "o", "trainer": {"stepz": 3}}))
+    assert main(["train", "grace", "--config", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "trainer.stepz" in err and "typo.json" in err
+
+
+def test_bad_values_are_a_clear_error(capsys):
+    assert main(["train", "grace", "--corpus", "c", "--out", "o", "--scheme", "bogus"]) == 1
+    assert "scheme" in capsys.readouterr().err
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = GraceConfig(corpus="c", out="o", memorize_splits=("train",))
+    save_config(cfg, tmp_path / "grace_config.json")
+    assert load_config(GraceConfig, tmp_path / "grace_config.json") == cfg
+
+
+def test_help_comes_from_the_field_comments(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "generator", "--help"])
+    out = capsys.readouterr().out
+    assert "--trainer.warmup_steps" in out and "linear warmup steps" in out and "EmojiBench" not in out
+
+
+def test_a_mistyped_nested_field_of_the_retriever_job_names_the_field_and_the_file(tmp_path, capsys):
+    f = tmp_path / "retriever.json"
+    f.write_text(json.dumps({"corpus": "c", "out": "o", "model": {"embed_dimm": 16}}))
+    assert main(["train", "retriever", "--config", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "model.embed_dimm" in err and "retriever.json" in err
+
+
+def test_job_flags_keep_their_short_and_negated_spellings():
+    from ramm.jobs import ImageJob, MemoryBuildJob
+    cfg, _ = parse_config(ImageJob, ["a caption", "--model", "m", "--out", "o", "-k", "3", "--no-retrieve",
+                                     "--no-rerank", "--exclude", "[x, y]"], "ramm generate image", "", ("caption",))
+    assert (cfg.caption, cfg.k, cfg.retrieve, cfg.rerank, cfg.exclude) == ("a caption", 3, False, False, ("x", "y"))
+    cfg, _ = parse_config(MemoryBuildJob, ["--corpus", "c", "--encoder", "e", "--out", "o", "--splits", "[val,test]",
+                                           "--split.group-by", "source"], "ramm memory build", "")
+    assert cfg.splits == ("val", "test") and cfg.split.group_by == "source"
+
+
+def test_split_config_places_rows_without_a_split_by_a_seeded_hash_of_the_group():
+    from ramm.config import SplitConfig
+    from ramm.corpus.document import Document, TextSegment
+    docs = [Document(f"d{i}", [TextSegment(f"t{i}")], metadata={"photo": i // 2}) for i in range(200)]
+    docs.append(Document("own", [TextSegment("t")], metadata={"split": "test", "photo": 0}))
+    split = SplitConfig(group_by="photo")
+    placed = {d.id: split.of(d) for d in docs}
+    assert placed["own"] == "test"
+    assert all(placed[f"d{2 * i}"] == placed[f"d{2 * i + 1}"] for i in range(100))  # a group shares its split
+    assert 120 <= sum(s == "train" for s in placed.values()) <= 190  # about 80%
+    assert [d.id for d in split.select(docs, "test")] == [d for d in placed if placed[d] == "test"]
+    with pytest.raises(ValueError, match="fractions"):
+        SplitConfig(fractions={"train": 0.5})
