@@ -11,7 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # quality evaluations that need trained models: listed in results.md with the command, not run
 NEEDS_MODELS = {"grace_recall.py": "python bench/grace_recall.py runs/grace-<scheme> --retriever runs/demo/retriever "
-                                   "runs/retriever runs/retriever-clip (README: GRACE against the dense retriever)"}
+                                   "runs/retriever runs/retriever-clip (docs/results.md: GRACE against the dense retriever)"}
 
 
 def main() -> int:
