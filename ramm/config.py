@@ -247,6 +247,7 @@ class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
+    match: str = "concept"  # metadata key shared by documents of one answer: views pair them, val recall counts them (without it: each document alone)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):

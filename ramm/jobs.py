@@ -110,6 +110,7 @@ class RetrievalEvalJob:
     corpus: str  # corpus the queries come from
     splits: tuple[str, ...] = ("test", "heldout")  # query splits
     json: str | None = None  # also write the numbers to this JSON file
+    match: str = "concept"  # metadata key: a retrieved document with the query's value is a hit (EmojiBench: concept)
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):

@@ -91,14 +91,14 @@ def _eval(cfg, threads) -> int:
         torch.set_num_threads(threads)
     mem = Memory.load(cfg.memory)
     print("queries: each document's text (text->image) or image (image->text); memory: every document, "
-          "the query's own left out; hit: a document of the same concept")
+          f"the query's own left out; hit: a document of the same {cfg.match}")
     print(f"{'split':<8} {'direction':<12} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = {}
     for split in cfg.splits:
         docs = list(corpus_documents(cfg.corpus, cfg.split, [split]))
         if not docs:
             raise ValueError(f"split {split!r} of {cfg.corpus} has no documents")
-        results[split] = memory_recall(mem, docs)
+        results[split] = memory_recall(mem, docs, match=cfg.match)
         for direction, r in results[split].items():
             print(f"{split:<8} {direction:<12} {len(docs):>5} {r[1]:>6.3f} {r[5]:>6.3f} {r[10]:>6.3f}")
     if cfg.json:

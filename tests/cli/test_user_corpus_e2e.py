@@ -80,7 +80,7 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
 
     out = run(capsys, "train", "retriever", "--corpus", corpus, "--out", r / "enc", *SPLIT, *TOY,
               "--model.embed_dim", "16", "--model.channels", "[8, 16, 16]", "--model.text_width", "32",
-              "--model.text_layers", "1")
+              "--model.text_layers", "1", "--views.match", "kind")
     assert f"training the retriever on {n['train']} train documents; val recall on {n['val']} val documents" in out
     assert (r / "enc" / "config.json").is_file()
 
@@ -93,12 +93,16 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
     out = run(capsys, "memory", "search", r / "mem", "--image", corpus.parent / "images" / "blue-square-4.png", "-k", "2")
     assert [line.split("\t")[0] in ids for line in out.strip().splitlines()] == [True, True]
 
-    run(capsys, "eval", "retrieval", "--memory", r / "mem", "--corpus", corpus, "--json", r / "recall.json", *SPLIT)
+    eval_retrieval = ["eval", "retrieval", "--memory", r / "mem", "--corpus", corpus, "--json", r / "recall.json", *SPLIT]
+    assert ramm([str(a) for a in eval_retrieval]) == 1  # no `concept` here: every hit would be the left-out query
+    assert "no query document has metadata 'concept'" in capsys.readouterr().err
+    run(capsys, *eval_retrieval, "--match", "kind")
     recall = json.loads((r / "recall.json").read_text())
     assert set(recall) == {"test", "heldout"}
     for split_recall in recall.values():
         for by_k in split_recall.values():
             assert 0 <= by_k["1"] <= by_k["5"] <= by_k["10"] <= 1
+    assert max(by_k["10"] for split_recall in recall.values() for by_k in split_recall.values()) > 0
 
     out = run(capsys, "train", "generator", "--corpus", corpus, "--memory", r / "mem", "--tokenizer", r / "tok",
               "--text_tokenizer", r / "ttok", "--out", r / "gen", "--size", "tiny", "--eval_limit", "4", *SPLIT, *TOY)
