@@ -235,10 +235,11 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- generators: same data, steps and seed; only retrieval differs ---
     def generator_stage(retrieval: bool):
         def fn(out):
+            from ramm.corpus.emojibench import pseudo_namer, sibling_key
             from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
-                                           out=str(out), retrieval=retrieval))
+                                           out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
         return fn
 
     upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]

@@ -99,6 +99,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+    from ramm.corpus.emojibench import sibling_key
     from ramm.training.ra_data import partner_ids, relative_ids
 
     ecfg = cfg.evaluation
@@ -109,8 +110,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     pool = {d.id: d for d in docs}
     codes = encode_images_cached(fmt.image_tokenizer, run / "tokenizer", list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items()}
-    partners = partner_ids(list(pool.values()), list(pool.values()))  # the other style: the usage probe's 'partner'
-    relatives = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity rule, as in training
+    partners = partner_ids(list(pool.values()), list(pool.values()), cfg.generator.ra.group_by)  # the other style: the usage probe's 'partner'
+    relatives = relative_ids(list(pool.values()), list(pool.values()), cfg.generator.ra.group_by, sibling_key)  # kept, as in training
     ra_cfg = replace(cfg.generator.ra, n_candidates=ecfg.k)
     evaluator = load_evaluator(run / "evaluator")
     fid = FID.from_encoder(evaluator, name=FID_NAME)
