@@ -228,6 +228,9 @@ def pseudo_queries(doc: Document) -> list[str]:
     return list(dict.fromkeys(q for q in out if q.strip() and q != doc.text))
 
 
+RECOGNITION_KEYS = {"label_key": "concept", "group_key": "style"}  # ramm.evaluation.recognition.Recognizer's
+
+
 def is_flag(doc: Document) -> bool:
     """A flag concept (the rare entities the heldout split is built around)."""
     return doc.metadata.get("category") == "Flags"
