@@ -119,14 +119,14 @@ class RAConfig:
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partners (documents sharing `group_by`)
-    group_by: str = "concept"  # metadata key a document shares with its leave-one-out partners (EmojiBench: concept)
+    group_by: str = "concept"  # metadata key a document shares with its leave-one-out partners
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
     seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
     query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
     batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
-    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (EmojiBench only: `rename_concept`)
+    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (when the recipe's caller gives a renamer)
     mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
 
     def __post_init__(self):
