@@ -105,8 +105,9 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
     assert max(by_k["10"] for split_recall in recall.values() for by_k in split_recall.values()) > 0
 
     out = run(capsys, "train", "generator", "--corpus", corpus, "--memory", r / "mem", "--tokenizer", r / "tok",
-              "--text_tokenizer", r / "ttok", "--out", r / "gen", "--size", "tiny", "--eval_limit", "4", *SPLIT, *TOY)
+              "--text_tokenizer", r / "ttok", "--out", r / "gen", "--size", "tiny", "--eval_limit", "4", "--ra.group_by", "kind", *SPLIT, *TOY)
     assert "saved generator" in out and "test_image_loss_k2" in out
+    assert json.loads((r / "gen" / "generator_config.json").read_text())["ra"]["group_by"] == "kind"
     neighbours = json.loads((r / "gen" / "neighbours.json").read_text())
     assert set(neighbours) == {"text", "image"} and all(len(rows) == n["train"] for rows in neighbours.values())
     assert all(len(row) == 2 and set(row) <= ids for rows in neighbours.values() for row in rows)  # corpus documents
