@@ -55,7 +55,6 @@ def run(capsys, *argv) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAMM_CACHE", str(tmp_path / "cache"))  # the image-code cache stays in the test's folder
     corpus, rows = shapes
