@@ -118,14 +118,15 @@ class RAConfig:
     k_choices: tuple[int, ...] = (0, 1, 2)  # k retrieved documents, drawn uniformly (RA-CM3; per micro-batch: batch_k)
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
-    exempt_partner: bool = True  # never skip the leave-one-out partner (same concept, other style)
+    exempt_partner: bool = True  # never skip the leave-one-out partners (documents sharing `group_by`)
+    group_by: str = "concept"  # metadata key a document shares with its leave-one-out partners
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
     seed: int = 0  # query dropout, query-modality choice, k and CM3 masking
     query: str = "both"  # retrieval query per example: "text", "image" or "both" (drawn 50/50)
     batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
-    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (see `rename_concept`)
+    pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (when the recipe's caller gives a renamer)
     mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
 
     def __post_init__(self):
@@ -247,6 +248,7 @@ class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
+    match: str = "concept"  # metadata key shared by documents of one answer: views pair them, val recall counts them (without it: each document alone)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):

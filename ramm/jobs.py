@@ -110,6 +110,7 @@ class RetrievalEvalJob:
     corpus: str  # corpus the queries come from
     splits: tuple[str, ...] = ("test", "heldout")  # query splits
     json: str | None = None  # also write the numbers to this JSON file
+    match: str = "concept"  # metadata key: a retrieved document with the query's value is a hit (EmojiBench: concept)
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
@@ -199,3 +200,69 @@ class InfillJob(DecodeJob):
             raise ValueError("caption is needed to infill the image")
         if self.mask == "caption" and not self.image:
             raise ValueError("image is needed to infill the caption")
+
+
+@dataclass
+class MemorySearchJob:
+    """`ramm memory search MEMORY [TEXT]`: query a memory by a text or an image file."""
+
+    memory: str  # memory directory (positional)
+    text: str | None = None  # text query (positional; or give image)
+    image: str | None = None  # image file query (PNG/JPEG) instead of a text
+    k: int = 5  # results
+    strategy: str = "relevance"  # relevance | modality | diversity | ra-cm3
+
+    def __post_init__(self):
+        _require(self, "memory")
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give either a text query or --image PATH")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass
+class GraceSearchJob:
+    """`ramm grace search MODEL QUERY`: images for a text query, by trie-constrained beam search."""
+
+    model: str  # GRACE model directory (ramm train grace --out; positional)
+    query: str  # text query (positional)
+    k: int = 5  # results
+    corpus: str | None = None  # show each result's text from this corpus (any `open_corpus` reads)
+    device: str | None = None  # cpu / cuda (None: cuda when available)
+
+    def __post_init__(self):
+        _require(self, "model", "query")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass
+class EmojiBenchJob:
+    """`ramm data emojibench`: fetch the npm emoji packages and build EmojiBench."""
+
+    out: str  # output folder (tar shards + manifest.jsonl + meta.json)
+    size: int = 32  # image side in pixels
+    styles: str = "google,twitter"  # comma-separated art styles
+    seed: int = 0  # seed of the concept-level splits
+    skin_tones: bool = True  # one document per skin-tone variant (False or --no-skin-tones: default tones only)
+    cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
+
+    def __post_init__(self):
+        _require(self, "out")
+
+    @property
+    def style_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.styles.split(",") if s.strip())
+
+
+@dataclass
+class DataStatsJob:
+    """`ramm data stats PATH`: documents per split, style, track and category, or a stream check of any corpus."""
+
+    path: str  # EmojiBench folder, COCO captions JSON, JSONL/CSV, or webdataset tar shard(s) (positional)
+    verify: bool = False  # EmojiBench: check every image against its sha256
+    strict: bool = False  # other corpora: stop at the first bad item
+    images: str | None = None  # image folder for COCO/JSONL/CSV (None: beside the file)
+
+    def __post_init__(self):
+        _require(self, "path")

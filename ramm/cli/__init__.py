@@ -83,6 +83,9 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
 
     bools = {f.name for f in dataclasses.fields(cls) if _hints(cls)[f.name] is bool}
     argv = [_normalized(a, bools) for a in argv]
+    argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
+            (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a
+            for i, a in enumerate(argv)]  # a bare boolean flag (`--verify`) sets it
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path:
@@ -97,8 +100,10 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
     p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
     docs = field_docs(cls)
-    for name in positional:
-        p.add_argument(name, type=_hints(cls)[name], help=docs.get(name))
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
+    for name in positional:  # one whose default is None may be left out
+        extra = dict(nargs="?", default=None) if name in optional else {}
+        p.add_argument(name, type=_hints(cls)[name], help=docs.get(name), **extra)
     p.add_class_arguments(cls, None, skip=set(positional) or None)
     _field_help(p, cls)
     ns = p.parse_args(argv)

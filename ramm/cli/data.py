@@ -1,64 +1,49 @@
-"""`ramm data emojibench` and `ramm data stats`."""
+"""`ramm data emojibench` and `ramm data stats` (flags: the fields of `ramm.jobs.EmojiBenchJob`, `DataStatsJob`)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 
 
 def register(cli) -> None:
-    p = cli.command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)",
-                    group="data")
-    p.add_argument("--out", required=True, help="output folder (tar shards + manifest.jsonl + meta.json)")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    p.add_argument("--styles", default="google,twitter", help="comma-separated styles (default google,twitter)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the concept-level splits (default 0)")
-    p.add_argument("--skin-tones", action=argparse.BooleanOptionalAction, default=True,
-                   help="one document per skin-tone variant (default on; --no-skin-tones for default tones only)")
-    p.add_argument("--cache", default=None, help="download cache (default $RAMM_CACHE or ~/.cache/ramm)")
-    p.set_defaults(func=_emojibench)
-
-    p = cli.command("stats", "count documents per split, style, track and category (or stream-check any corpus)",
-                    group="data")
-    p.add_argument("path", help="EmojiBench folder, COCO captions JSON, JSONL/CSV, or webdataset tar shard(s)")
-    p.add_argument("--verify", action="store_true", help="EmojiBench: check every image against its sha256")
-    p.add_argument("--strict", action="store_true", help="other corpora: stop at the first bad item")
-    p.add_argument("--images", default=None, help="image folder for COCO/JSONL/CSV (default: beside the file)")
-    p.set_defaults(func=_stats)
+    from ramm.jobs import DataStatsJob, EmojiBenchJob
+    cli.config_command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)",
+                       EmojiBenchJob, _emojibench, group="data")
+    cli.config_command("stats", "count documents per split, style, track and category (or stream-check any corpus)",
+                       DataStatsJob, _stats, group="data", positional=("path",))
 
 
-def _emojibench(args) -> int:
+def _emojibench(cfg, threads=None) -> int:
     from tqdm import tqdm
 
     from ramm.corpus.emojibench import EmojiBenchConfig, FetchError, build_emojibench, read_manifest
     from ramm.corpus.skips import SkipCounter
 
-    cfg = EmojiBenchConfig(size=args.size, styles=tuple(s.strip() for s in args.styles.split(",") if s.strip()),
-                           seed=args.seed, skin_tones=args.skin_tones)
+    build = EmojiBenchConfig(size=cfg.size, styles=cfg.style_list, seed=cfg.seed, skin_tones=cfg.skin_tones)
     skips = SkipCounter()
     try:
-        meta = build_emojibench(args.out, cfg, cache_dir=args.cache, skips=skips,
+        meta = build_emojibench(cfg.out, build, cache_dir=cfg.cache, skips=skips,
                                 progress=lambda it: tqdm(it, desc="render", unit="img", leave=False))
     except FetchError as e:
         print(f"ramm: error: {e}", file=sys.stderr)
         return 1
-    print(f"EmojiBench in {args.out}: {meta['n_documents']} documents, {meta['n_concepts']} concepts "
+    print(f"EmojiBench in {cfg.out}: {meta['n_documents']} documents, {meta['n_concepts']} concepts "
           f"({meta['n_base_concepts']} base, the rest skin-tone variants) "
           f"({skips.summary() if skips.read or skips.skipped else 'already complete'})")
-    _print_emojibench_table(read_manifest(args.out))
+    _print_emojibench_table(read_manifest(cfg.out))
     return 0
 
 
-def _stats(args) -> int:
+def _stats(cfg, threads=None) -> int:
     from pathlib import Path
 
     from ramm.corpus.emojibench import is_emojibench_dir, read_manifest, verify_emojibench
 
-    if is_emojibench_dir(args.path):
-        rows = read_manifest(args.path)
+    if is_emojibench_dir(cfg.path):
+        rows = read_manifest(cfg.path)
         _print_emojibench_table(rows)
-        if args.verify:
-            problems = verify_emojibench(args.path)
+        if cfg.verify:
+            problems = verify_emojibench(cfg.path)
             for p in problems[:20]:
                 print(f"  {p}")
             print(f"verify: {len(rows) - len(problems)} of {len(rows)} images match the manifest")
@@ -69,13 +54,13 @@ def _stats(args) -> int:
 
     from ramm.corpus.loaders import open_corpus
 
-    corpus = open_corpus(Path(args.path), strict=args.strict, images=args.images)
+    corpus = open_corpus(Path(cfg.path), strict=cfg.strict, images=cfg.images)
     sizes, n_img = Counter(), 0
     for doc in tqdm(corpus, desc="read", unit="doc"):
         for img in doc.images:
             n_img += 1
             sizes[f"{img.pixels.shape[1]}x{img.pixels.shape[0]}"] += 1
-    print(f"{args.path} ({corpus.kind}): {corpus.skips.summary()}; {n_img} images")
+    print(f"{cfg.path} ({corpus.kind}): {corpus.skips.summary()}; {n_img} images")
     for size, n in sizes.most_common(5):
         print(f"  {size}: {n}")
     return 0

@@ -49,7 +49,8 @@ def _image(cfg, threads) -> int:
     out = Path(cfg.out)
     names = [_save_png(out / f"sample_{i:02d}.png", im) for i, im in enumerate(res.outputs)]
     _save_png(out / "grid.png", grid(res.outputs))
-    samples = [(name, f"score {s:.3f}" if res.scores else "") for name, s in zip(names, res.scores or [0] * len(names))]
+    samples = [(name, f"score {s:.3f}" if res.scores else "", None)
+               for name, s in zip(names, res.scores or [0] * len(names))]
     _write_report(out, cfg, "text → image", html.escape(cfg.caption), res.retrieved, samples, ramm)
     _print_retrieved(res.retrieved)
     print(f"wrote {len(names)} samples, grid.png and index.html to {out}")
@@ -69,7 +70,7 @@ def _caption(cfg, threads) -> int:
     out = Path(cfg.out)
     _save_png(out / "query.png", pixels)
     scores = res.scores or [None] * len(res.outputs)
-    samples = [(None, f"{html.escape(t)}" + (f" <small>(log p/token {s:.3f})</small>" if s is not None else ""))
+    samples = [(None, f"{html.escape(t)}" + (f" <small>(log p/token {s:.3f})</small>" if s is not None else ""), t)
                for t, s in zip(res.outputs, scores)]
     _write_report(out, cfg, "image → text", _img_tag("query.png"), res.retrieved, samples, ramm)
     _print_retrieved(res.retrieved)
@@ -95,7 +96,7 @@ def _infill(cfg, threads) -> int:
     samples = []
     for i, d in enumerate(res.outputs):
         name = _save_png(out / f"sample_{i:02d}.png", d.image) if d.image is not None else None
-        samples.append((name, html.escape(d.text)))
+        samples.append((name, html.escape(d.text), d.text))
         print(f"{i}: {d.text}" + (f"  [{name}]" if name else ""))
     if cfg.mask == "caption":
         _save_png(out / "query.png", image.pixels)
@@ -139,7 +140,7 @@ def _img_tag(src: str) -> str:
 
 
 def _write_report(out: Path, cfg, task: str, query_html: str, retrieved, samples, ramm) -> None:
-    """index.html (query | retrieved | samples) and result.json."""
+    """index.html (query | retrieved | samples) and result.json; samples: (PNG name, HTML label, plain text)."""
     from ramm.utils import atomic_write_json, atomic_write_text
     ret_cells = []
     for i, d in enumerate(retrieved):
@@ -148,7 +149,7 @@ def _write_report(out: Path, cfg, task: str, query_html: str, retrieved, samples
             img = _img_tag(_save_png(out / f"retrieved_{i}.png", d.image))
         ret_cells.append(f'<div class="card">{img}<div>{html.escape(d.text)}</div><small>{html.escape(d.id)}</small></div>')
     sample_cells = [f'<div class="card">{_img_tag(name) if name else ""}<div>{label}</div></div>'
-                    for name, label in samples]
+                    for name, label, _ in samples]
     settings = asdict(cfg)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ramm: {html.escape(task)}</title>
@@ -173,4 +174,5 @@ pre {{ font-size: .75em; color: #555; }}
     atomic_write_text(out / "index.html", page)
     atomic_write_json(out / "result.json", {"task": task, "settings": settings,
                                             "retrieved": [d.id for d in retrieved],
-                                            "samples": [{"file": n, "label": lbl} for n, lbl in samples]})
+                                            "samples": [{"file": n, "label": lbl, **({"text": t} if t is not None else {})}
+                                                        for n, lbl, t in samples]})

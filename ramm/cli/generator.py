@@ -14,11 +14,14 @@ def register(cli) -> None:
 def _run(cfg, threads) -> int:
     import torch
 
+    from ramm.corpus import emojibench
     from ramm.training.generator_recipe import train_generator
 
     if threads:
         torch.set_num_threads(threads)
-    result = train_generator(cfg)
+    lab = emojibench.is_emojibench_dir(cfg.corpus)
+    result = train_generator(cfg, pseudo_namer=emojibench.pseudo_namer if lab else None,
+                             sibling_key=emojibench.sibling_key if lab else None)
     print(f"saved generator to {cfg.out} after {result['steps']} steps ({result['minutes']:.1f} min, "
           f"{result['tokens_per_s'] or 0:.0f} tokens/s at the end)")
     for key, value in result.items():

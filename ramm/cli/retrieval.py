@@ -9,19 +9,14 @@ from ramm.cli import corpus_documents
 
 
 def register(cli) -> None:
-    from ramm.jobs import MemoryBuildJob, RetrievalEvalJob, RetrieverJob
+    from ramm.jobs import MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
     cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split", RetrieverJob,
                        _train, group="train")
     cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,
                        group="memory")
 
-    p = cli.command("search", "query a memory by text or image", group="memory")
-    p.add_argument("memory", help="memory dir")
-    p.add_argument("text", nargs="?", help="text query")
-    p.add_argument("--image", help="image file query (PNG/JPEG)")
-    p.add_argument("-k", type=int, default=5, help="results")
-    p.add_argument("--strategy", default="relevance", help="relevance | modality | diversity | ra-cm3")
-    p.set_defaults(func=_search)
+    cli.config_command("search", "query a memory by text or image", MemorySearchJob, _search, group="memory",
+                       positional=("memory", "text"))
 
     cli.config_command("retrieval", "Recall@1/5/10 text->image and image->text on test and heldout",
                        RetrievalEvalJob, _eval, group="eval")
@@ -67,16 +62,18 @@ def _build(cfg, threads) -> int:
     return 0
 
 
-def _search(args) -> int:
+def _search(cfg, threads) -> int:
     from pathlib import Path
+
+    import torch
 
     from ramm.corpus.document import decode_image_bytes
     from ramm.retrieval.memory import Memory
-    if (args.text is None) == (args.image is None):
-        raise ValueError("give either a text query or --image PATH")
-    mem = Memory.load(args.memory)
-    query = args.text if args.image is None else decode_image_bytes(Path(args.image).read_bytes(), args.image)
-    for doc, score in mem.search(query, k=args.k, strategy=args.strategy):
+    if threads:
+        torch.set_num_threads(threads)
+    mem = Memory.load(cfg.memory)
+    query = cfg.text if cfg.image is None else decode_image_bytes(Path(cfg.image).read_bytes(), cfg.image)
+    for doc, score in mem.search(query, k=cfg.k, strategy=cfg.strategy):
         print(f"{doc.id}\t{score:.4f}\t{doc.text}")
     return 0
 
@@ -91,14 +88,14 @@ def _eval(cfg, threads) -> int:
         torch.set_num_threads(threads)
     mem = Memory.load(cfg.memory)
     print("queries: each document's text (text->image) or image (image->text); memory: every document, "
-          "the query's own left out; hit: a document of the same concept")
+          f"the query's own left out; hit: a document of the same {cfg.match}")
     print(f"{'split':<8} {'direction':<12} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = {}
     for split in cfg.splits:
         docs = list(corpus_documents(cfg.corpus, cfg.split, [split]))
         if not docs:
             raise ValueError(f"split {split!r} of {cfg.corpus} has no documents")
-        results[split] = memory_recall(mem, docs)
+        results[split] = memory_recall(mem, docs, match=cfg.match)
         for direction, r in results[split].items():
             print(f"{split:<8} {direction:<12} {len(docs):>5} {r[1]:>6.3f} {r[5]:>6.3f} {r[10]:>6.3f}")
     if cfg.json:

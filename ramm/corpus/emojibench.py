@@ -228,10 +228,80 @@ def pseudo_queries(doc: Document) -> list[str]:
     return list(dict.fromkeys(q for q in out if q.strip() and q != doc.text))
 
 
+RECOGNITION_KEYS = {"label_key": "concept", "group_key": "style"}  # ramm.evaluation.recognition.Recognizer's
+
+
 def is_flag(doc: Document) -> bool:
     """A flag concept (the rare entities the heldout split is built around)."""
     return doc.metadata.get("category") == "Flags"
 
+
+
+# ---------------------------------------------------------------------------------------------- RA training
+# What the generator recipe is given when its corpus is EmojiBench (ramm.training.ra_data takes them as
+# callables): the same-style siblings the diversity rule must keep, and the pseudo-names.
+_TONE_SUFFIX = re.compile(r"(, [a-z-]+ skin tone)+$")
+
+
+def sibling_key(doc: Document):
+    """(base concept, style): a document's other skin tones in its own art style share it (None: no base)."""
+    base = doc.metadata.get("base")
+    return None if base is None else (base, doc.metadata.get("style"))
+
+
+def base_of(doc: Document):
+    """The document's base concept (its default skin tone), else its concept (None if neither)."""
+    return doc.metadata.get("base", doc.metadata.get("concept"))
+
+
+def base_name(name: str) -> str:
+    """"waving hand sign, dark skin tone" -> "waving hand sign": the part of a name its skin-tone
+    variants share (a name without a tone suffix is returned as is)."""
+    return _TONE_SUFFIX.sub("", name)
+
+
+def name_words(docs: Iterable[Document]) -> list[str]:
+    """Every word of the documents' concept names (`metadata['name']`), once per concept, sorted: the
+    pseudo-name pool, where a word is as frequent as among real names ("face", "flag", "with" often)."""
+    names = {(d.metadata.get("base", d.metadata.get("concept", d.id)), base_name(str(d.metadata.get("name", ""))))
+             for d in docs}
+    return sorted(w for _, name in names for w in name.split())
+
+
+def rename_concept(main: Document, retrieved: list[Document], words: list[str],
+                   rng: np.random.Generator) -> tuple[Document, list[Document]]:
+    """Give the main document's concept a made-up name of as many words, drawn from `words`, in the main
+    document and in every retrieved document of the same concept or base concept (its leave-one-out
+    partner, its other skin tones); tone words are kept, only the shared base name changes.
+
+    Why: on training concepts the memorised name predicts the image, so plain RA training never pays the
+    model for reading its retrieved documents; a heldout concept is a name never trained on whose image
+    is only in the retrieved documents. A renamed concept is exactly that: new words (each a known word,
+    in a new combination, as a heldout name is), shared by main and relatives, and only their images
+    tell what to draw (and only their text can give the name to a caption). Our addition, not in the
+    papers. Made-up spellings ("vanoteli", rare BPE pieces like a heldout name's) instead of train-name
+    words for half the words did not help (val exact cross-style captions 16% vs 20%), so names stay
+    train-name words. Returned unchanged: a document without its name in its text, or one that retrieved
+    no relative."""
+    name, base = main.metadata.get("name"), base_of(main)
+    if not name or not words or name not in main.text or base is None or not any(base_of(r) == base for r in retrieved):
+        return main, list(retrieved)
+    old = base_name(name)
+    pseudo = " ".join(words[int(rng.integers(len(words)))] for _ in old.split())
+
+    def rename(d: Document) -> Document:
+        segs = [TextSegment(s.text.replace(old, pseudo)) if isinstance(s, TextSegment) else s for s in d.segments]
+        new_name = str(d.metadata.get("name", "")).replace(old, pseudo)
+        return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": new_name})
+
+    return rename(main), [rename(r) if base_of(r) == base else r for r in retrieved]
+
+
+def pseudo_namer(docs: Iterable[Document]) -> Callable[[Document, list[Document], np.random.Generator],
+                                                       tuple[Document, list[Document]]]:
+    """`rename_concept` with the names of `docs` (the training documents) as its word pool."""
+    words = name_words(docs)
+    return lambda main, retrieved, rng: rename_concept(main, retrieved, words, rng)
 
 def _read_art(tgz: Path, style: str, images: set[str]) -> dict[str, bytes]:
     """image file name -> 64x64 PNG bytes, in one sequential pass (random access into a .tgz re-inflates)."""

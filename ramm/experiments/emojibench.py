@@ -7,7 +7,7 @@ Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when 
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
 JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is docs/emojibench.md:
 leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
-features of an evaluation network trained on every document (ramm.evaluation.evaluator), which no
+features of an evaluation network trained on every document (ramm.experiments.evaluator), which no
 system reads.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Callable
 
 from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
 from ramm.corpus.emojibench import EmojiBenchConfig
-from ramm.evaluation.evaluator import EvaluatorConfig
+from ramm.experiments.evaluator import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
 from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 from ramm.utils import atomic_write_json
@@ -185,7 +185,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- evaluation network: a measuring instrument (FID, recognition), trained on every document of every
     # split; nothing downstream of it in the system reads it, only the evaluate stage ---
     def evaluator_stage(out):
-        from ramm.evaluation.evaluator import train_evaluator
+        from ramm.experiments.evaluator import train_evaluator
         _, metrics = train_evaluator(docs, cfg.evaluator, out)
         return metrics
 
@@ -235,10 +235,11 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- generators: same data, steps and seed; only retrieval differs ---
     def generator_stage(retrieval: bool):
         def fn(out):
+            from ramm.corpus.emojibench import pseudo_namer, sibling_key
             from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
-                                           out=str(out), retrieval=retrieval))
+                                           out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
         return fn
 
     upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]

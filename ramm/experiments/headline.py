@@ -4,7 +4,7 @@ For each document (concept c, style s) of a reported split (docs/emojibench.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
   returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network
-  (ramm.evaluation.evaluator: trained on every document to tell (concept, style) apart, never used by
+  (ramm.experiments.evaluator: trained on every document to tell (concept, style) apart, never used by
   the system) and CLIPScore; FID and style-restricted recognition on the retriever's image tower (the
   measures before the evaluation network, which the other style's image passes) are kept as extra columns.
 - image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
@@ -90,7 +90,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm.corpus.emojibench import emoji_references, is_flag, strip_style_prefix, track
     from ramm.evaluation.captioning import bleu4, cider, exact_match
     from ramm.evaluation.clipscore import clip_score
-    from ramm.evaluation.evaluator import FID_NAME, load_evaluator
+    from ramm.experiments.evaluator import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
     from ramm.evaluation.retrieval_usage import retrieval_usage
@@ -99,6 +99,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+    from ramm.corpus.emojibench import RECOGNITION_KEYS, sibling_key
     from ramm.training.ra_data import partner_ids, relative_ids
 
     ecfg = cfg.evaluation
@@ -109,14 +110,17 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     pool = {d.id: d for d in docs}
     codes = encode_images_cached(fmt.image_tokenizer, run / "tokenizer", list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items()}
-    partners = partner_ids(list(pool.values()), list(pool.values()))  # the other style: the usage probe's 'partner'
-    relatives = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity rule, as in training
+    everyone, group = list(pool.values()), cfg.generator.ra.group_by
+    partners = partner_ids(everyone, everyone, group)  # the other style: the usage probe's 'partner'
+    relatives = relative_ids(everyone, everyone, group, sibling_key)  # exempt from the diversity rule, as in training
     ra_cfg = replace(cfg.generator.ra, n_candidates=ecfg.k)
     evaluator = load_evaluator(run / "evaluator")
     fid = FID.from_encoder(evaluator, name=FID_NAME)
-    recognizer = Recognizer(evaluator, docs, mode="exact")  # the nearest of ALL real images must be the document
+    # exact: the nearest of ALL real images must be the document itself
+    recognizer = Recognizer(evaluator, docs, mode="exact", **RECOGNITION_KEYS)
     # the measures before the evaluator (the retriever's image tower, which maps both styles together)
-    fid_retriever, recognizer_retriever = FID.from_encoder(encoder), Recognizer(encoder, docs, mode="style")
+    fid_retriever = FID.from_encoder(encoder)
+    recognizer_retriever = Recognizer(encoder, docs, mode="group", **RECOGNITION_KEYS)
 
     scores: dict[str, dict[str, SystemScores]] = {}
     usage: dict[str, dict[str, float]] = {}

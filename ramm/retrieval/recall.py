@@ -2,8 +2,8 @@
 
 text->image: the query is a document's text (text tower), the memory holds every document's
 mixed-modal embedding, the query document itself is left out; a hit is any retrieved document of
-the same concept (on EmojiBench: the other style). image->text: the same with the document's
-image (image tower) as the query.
+the same answer: the same value of a metadata key (`match`; EmojiBench: the concept, so the other
+style). image->text: the same with the document's image (image tower) as the query.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 from ramm.corpus.document import Document
 
 
-def concept_of(doc: Document) -> str:
-    return str(doc.metadata.get("concept", doc.id))
+def concept_of(doc: Document, key: str = "concept") -> str:
+    """The answer a document stands for: its metadata `key` (EmojiBench: the concept), else its own id."""
+    return str(doc.metadata.get(key, doc.id))
 
 
 def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[Iterable[str] | str],
@@ -54,19 +55,23 @@ def exact_leave_one_out(queries: np.ndarray, memory: np.ndarray, self_rows: Sequ
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10)) -> dict[str, dict[int, float]]:
+def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10), match: str = "concept") -> dict[str, dict[int, float]]:
     """{'text->image': {K: recall}, 'image->text': {...}} for `queries` against a built Memory,
-    each query's own document left out (by id, and its exact duplicates)."""
+    each query's own document left out (by id, and its exact duplicates); a hit shares the query's
+    metadata `match`."""
     if not queries:
         raise ValueError("no query documents")
+    if not any(match in d.metadata for d in queries):
+        raise ValueError(f"no query document has metadata {match!r}: its only hit would be itself, which is left "
+                         f"out; name the metadata key that documents of one answer share (match)")
     enc, k = memory.encoder, max(ks)
     exclude = [[d.id] for d in queries]
-    targets = [concept_of(d) for d in queries]
-    known = {d.id: concept_of(d) for d in queries}
+    targets = [concept_of(d, match) for d in queries]
+    known = {d.id: concept_of(d, match) for d in queries}
     out = {}
     for name, q in (("text->image", enc.embed_text([d.text for d in queries])),
                     ("image->text", enc.embed_image(np.stack([d.image for d in queries])))):
         hits = memory.neighbours(q, k, exclude_ids=exclude)
-        ranked = [[known[i] if i in known else concept_of(memory.get(i)) for i, _ in row] for row in hits]
+        ranked = [[known[i] if i in known else concept_of(memory.get(i), match) for i, _ in row] for row in hits]
         out[name] = recall_at_k(ranked, targets, ks)
     return out

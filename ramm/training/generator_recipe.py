@@ -47,9 +47,14 @@ def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: d
     return out
 
 
-def train_generator(cfg: GeneratorConfig) -> dict:
-    """Train, save the generator to cfg.out, return the final evaluation; cfg.split places the documents
-    that carry no split field."""
+def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -> dict:
+    """Train, save the generator to cfg.out, return the final evaluation (also in eval.json there);
+    cfg.split places the documents that carry no split field.
+
+    What only the caller knows of its corpus (EmojiBench: `ramm.corpus.emojibench`'s functions of these
+    names): `pseudo_namer(train_docs)` makes the `rename` that cfg.ra.pseudo_names applies
+    (None: no renaming), and `sibling_key(doc)` the related documents the diversity rule keeps besides
+    the leave-one-out partners (documents sharing cfg.ra.group_by)."""
     import torch
 
     from ramm.model.generator import save_generator
@@ -86,7 +91,7 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     pool.update({i: memory.get(i) for i in memory.ids if i not in pool})
     codes = encode_images_cached(image_tok, cfg.tokenizer, list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}
-    partners = relative_ids(list(pool.values()), list(pool.values()))  # exempt from the diversity threshold
+    partners = relative_ids(list(pool.values()), list(pool.values()), cfg.ra.group_by, sibling_key)  # kept by the diversity rule
 
     nb_file = out / "neighbours.json"
     if not cfg.retrieval:
@@ -96,7 +101,8 @@ def train_generator(cfg: GeneratorConfig) -> dict:
     else:
         neighbours = precompute_neighbours(memory, train, cfg.ra, partners, allowed={d.id for d in train})
         atomic_write_json(nb_file, neighbours)
-    data = RADataset([lookup[d.id] for d in train], neighbours, lookup, fmt, ra)
+    main = [lookup[d.id] for d in train]
+    data = RADataset(main, neighbours, lookup, fmt, ra, rename=pseudo_namer(main) if pseudo_namer and ra.pseudo_names else None)
     log.info("%d training documents, %d in the pool, prepared in %.0fs", len(data), len(lookup), time.time() - t0)
 
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len

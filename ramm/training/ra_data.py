@@ -5,99 +5,50 @@ Work done once per run, not per step:
 - for every training document two neighbour lists are precomputed with the Memory: one for its
   text as the query (20% query-word dropout) and one for its image; the document itself and exact
   duplicates are excluded by the Memory; candidates whose relevance to the query exceeds the diversity
-  threshold are skipped, except (optionally) the leave-one-out partner (same concept, other style:
-  docs/emojibench.md). The Memory's batched search (`Memory.neighbours`, the one the facade and evaluation
+  threshold are skipped, except (optionally) the leave-one-out partners (documents sharing a metadata
+  key, `RAConfig.group_by`; EmojiBench: the concept, so the other style, docs/emojibench.md). The Memory's batched search (`Memory.neighbours`, the one the facade and evaluation
   use) serves all queries, under `neighbour_strategy`: the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
 """
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ramm.config import RAConfig
-from ramm.corpus.document import Document, TextSegment
+from ramm.corpus.document import Document
 from ramm.model.batch import pad_batch
 from ramm.retrieval.strategies import Strategy, query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 
 
-def name_words(docs: Sequence[Document]) -> list[str]:
-    """Every word of the documents' concept names (`metadata['name']`), once per concept, sorted: the
-    pseudo-name pool, where a word is as frequent as among real names ("face", "flag", "with" often)."""
-    names = {(d.metadata.get("base", d.metadata.get("concept", d.id)), base_name(str(d.metadata.get("name", ""))))
-             for d in docs}
-    return sorted(w for _, name in names for w in name.split())
-
-
-_TONE_SUFFIX = re.compile(r"(, [a-z-]+ skin tone)+$")
-
-
-def base_of(doc: Document):
-    """The document's base concept (EmojiBench: its default skin tone), else its concept (None if neither)."""
-    return doc.metadata.get("base", doc.metadata.get("concept"))
-
-
-def base_name(name: str) -> str:
-    """"waving hand sign, dark skin tone" -> "waving hand sign": the part of a name its skin-tone
-    variants share (a name without a tone suffix is returned as is)."""
-    return _TONE_SUFFIX.sub("", name)
-
-
-def rename_concept(main: Document, retrieved: Sequence[Document], words: Sequence[str],
-                   rng: np.random.Generator) -> tuple[Document, list[Document]]:
-    """Give the main document's concept a made-up name of as many words, drawn from `words`, in the main
-    document and in every retrieved document of the same concept or base concept (its leave-one-out
-    partner, its other skin tones); tone words are kept, only the shared base name changes.
-
-    Why: on training concepts the memorised name predicts the image, so plain RA training never pays the
-    model for reading its retrieved documents; a heldout concept is a name never trained on whose image
-    is only in the retrieved documents. A renamed concept is exactly that: new words (each a known word,
-    in a new combination, as a heldout name is), shared by main and relatives, and only their images
-    tell what to draw (and only their text can give the name to a caption). Our addition, not in the
-    papers. Made-up spellings ("vanoteli", rare BPE pieces like a heldout name's) instead of train-name
-    words for half the words did not help (val exact cross-style captions 16% vs 20%), so names stay
-    train-name words. Documents without their name in their text are returned unchanged."""
-    name, base = main.metadata.get("name"), base_of(main)
-    if not name or not words or name not in main.text:
-        return main, list(retrieved)
-    old = base_name(name)
-    pseudo = " ".join(words[int(rng.integers(len(words)))] for _ in old.split())
-
-    def rename(d: Document) -> Document:
-        segs = [TextSegment(s.text.replace(old, pseudo)) if isinstance(s, TextSegment) else s for s in d.segments]
-        new_name = str(d.metadata.get("name", "")).replace(old, pseudo)
-        return Document(id=d.id, segments=segs, source=d.source, metadata={**d.metadata, "name": new_name})
-
-    return rename(main), [rename(r) if base is not None and base_of(r) == base else r for r in retrieved]
-
-
-def partner_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str, set[str]]:
-    """Leave-one-out partners: documents of `pool` sharing `metadata['concept']` (other styles)."""
-    by_concept: dict[str, set[str]] = {}
+def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept") -> dict[str, set[str]]:
+    """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style)."""
+    by_group: dict[str, set[str]] = {}
     for d in pool:
-        if "concept" in d.metadata:
-            by_concept.setdefault(d.metadata["concept"], set()).add(d.id)
-    return {d.id: by_concept.get(d.metadata.get("concept"), set()) - {d.id} for d in docs}
+        if group_by in d.metadata:
+            by_group.setdefault(d.metadata[group_by], set()).add(d.id)
+    return {d.id: by_group.get(d.metadata.get(group_by), set()) - {d.id} for d in docs}
 
 
-def relative_ids(docs: Sequence[Document], pool: Sequence[Document]) -> dict[str, set[str]]:
-    """Leave-one-out partners plus same-style siblings: documents of `pool` sharing `metadata['base']` and
-    'style' (EmojiBench's other skin tones of a concept in the same art style). Both are the knowledge
-    retrieval exists for, so the diversity threshold must not drop them as near-duplicates."""
-    out = partner_ids(docs, pool)
-    by_base: dict[tuple, set[str]] = {}
+def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept",
+                 sibling_key: Callable[[Document], object] | None = None) -> dict[str, set[str]]:
+    """Leave-one-out partners plus siblings: documents of `pool` with the same `sibling_key(doc)` (not None;
+    EmojiBench: `ramm.corpus.emojibench.sibling_key`, the other skin tones in the same art style). Both are
+    the knowledge retrieval exists for, so the diversity threshold must not drop them as near-duplicates."""
+    out = partner_ids(docs, pool, group_by)
+    if sibling_key is None:
+        return out
+    by_key: dict[object, set[str]] = {}
     for d in pool:
-        if d.metadata.get("base") is not None:
-            by_base.setdefault((d.metadata["base"], d.metadata.get("style")), set()).add(d.id)
+        if (key := sibling_key(d)) is not None:
+            by_key.setdefault(key, set()).add(d.id)
     for d in docs:
-        key = (d.metadata.get("base"), d.metadata.get("style"))
-        if key[0] is not None:
-            out[d.id] = out[d.id] | (by_base.get(key, set()) - {d.id})
+        if (key := sibling_key(d)) is not None:
+            out[d.id] = out[d.id] | (by_key.get(key, set()) - {d.id})
     return out
 
 
@@ -130,15 +81,21 @@ def neighbour_strategy(cfg: RAConfig, kind: str) -> Strategy:
     return Strategy(diversity=cfg.diversity, diversity_to_picks=False, mmr=cfg.mmr if kind == "text" else 0.0)
 
 
+Rename = Callable[[Document, list[Document], np.random.Generator], tuple[Document, list[Document]]]
+
+
 class RADataset(torch.utils.data.Dataset):
-    """Training examples: main documents (image codes attached) with their precomputed neighbours."""
+    """Training examples: main documents (image codes attached) with their precomputed neighbours.
+
+    `rename(main, retrieved, rng)`: with chance cfg.pseudo_names, gives the example's concept a made-up
+    name (EmojiBench: `ramm.corpus.emojibench.pseudo_namer`); None: names stay as they are."""
 
     def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
-                 fmt: CM3Format, cfg: RAConfig):
+                 fmt: CM3Format, cfg: RAConfig, rename: Rename | None = None):
         if not docs:
             raise ValueError("no training documents")
         self.docs, self.neighbours, self.lookup, self.fmt, self.cfg = list(docs), neighbours, lookup, fmt, cfg
-        self.words = name_words(self.docs) if cfg.pseudo_names > 0 else []
+        self.rename = rename
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -161,9 +118,8 @@ class RADataset(torch.utils.data.Dataset):
         main = self.docs[i]
         if self.cfg.pseudo_names > 0:  # drawn for every example, so runs with and without retrieval stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
-            base = base_of(main)
-            if u < self.cfg.pseudo_names and base is not None and any(base_of(r) == base for r in retrieved):
-                main, retrieved = rename_concept(main, retrieved, self.words, np.random.default_rng(name_seed))
+            if u < self.cfg.pseudo_names and self.rename is not None:
+                main, retrieved = self.rename(main, retrieved, np.random.default_rng(name_seed))
         while True:
             seq = self.fmt.encode_ra(main, retrieved, rng=rng, mask=True)
             if len(seq) <= self.cfg.max_len + 1 or not retrieved:

@@ -46,7 +46,7 @@ class ConceptViews(torch.utils.data.Dataset):
         for d in docs:
             if d.image is None or not d.texts:
                 raise ValueError(f"retriever training needs image+text documents; {d.id} is not one")
-            groups[concept_of(d)].append(d)
+            groups[concept_of(d, cfg.match)].append(d)
         self.groups, self.model, self.cfg, self.alt_text, self.epoch = list(groups.values()), model, cfg, alt_text, 0
         self.size = model.cfg.image_size
 
@@ -80,12 +80,14 @@ def collate(items: list[dict]) -> dict:
             "text": pad([it["text"] for it in items], batch_first=True), "text_b": pad([it["text_b"] for it in items], batch_first=True)}
 
 
-def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], ks=(1, 5, 10)) -> dict:
-    """Exact Recall@K (recall.py's definition) over a small in-RAM memory; queries must be in `memory`."""
+def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], ks=(1, 5, 10),
+                         match: str = "concept") -> dict:
+    """Exact Recall@K (recall.py's definition, a hit shares metadata `match`) over a small in-RAM memory;
+    queries must be in `memory`."""
     row = {d.id: i for i, d in enumerate(memory)}
     mem = model.embed_documents(memory)
-    concepts = [concept_of(d) for d in memory]
-    targets = [concept_of(d) for d in queries]
+    concepts = [concept_of(d, match) for d in memory]
+    targets = [concept_of(d, match) for d in queries]
     self_rows = [row[d.id] for d in queries]
     out = {}
     for name, q in (("t2i", model.embed_text([d.text for d in queries])),
@@ -123,7 +125,7 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
     eval_fn = None
     if val_docs:
         memory_docs = memory_docs or train_docs + val_docs
-        eval_fn = lambda m: leave_one_out_recall(m, val_docs, memory_docs)  # noqa: E731
+        eval_fn = lambda m: leave_one_out_recall(m, val_docs, memory_docs, match=recipe.match)  # noqa: E731
     trainer = Trainer(model, ConceptViews(train_docs, model, recipe, alt_text), trainer_cfg, collate_fn=collate, eval_fn=eval_fn)
     row = trainer.fit()
     model.save_pretrained(out)

@@ -76,3 +76,17 @@ def test_split_config_places_rows_without_a_split_by_a_seeded_hash_of_the_group(
     assert [d.id for d in split.select(docs, "test")] == [d for d in placed if placed[d] == "test"]
     with pytest.raises(ValueError, match="fractions"):
         SplitConfig(fractions={"train": 0.5})
+
+
+def test_a_bare_boolean_flag_sets_it_and_an_optional_positional_may_be_left_out():
+    from ramm.cli import parse_config
+    from ramm.jobs import DataStatsJob, MemorySearchJob
+    for argv, verify in ((["c.jsonl", "--verify"], True), (["--verify", "c.jsonl"], True),
+                         (["c.jsonl", "--verify", "false"], False), (["c.jsonl"], False)):
+        cfg, _ = parse_config(DataStatsJob, argv, "ramm data stats", "", positional=("path",))
+        assert (cfg.path, cfg.verify) == ("c.jsonl", verify), argv
+    cfg, _ = parse_config(MemorySearchJob, ["mem", "--image", "q.png", "-k", "3"], "ramm memory search", "",
+                          positional=("memory", "text"))
+    assert (cfg.memory, cfg.text, cfg.image, cfg.k) == ("mem", None, "q.png", 3)
+    with pytest.raises(ValueError, match="either a text query or --image"):
+        parse_config(MemorySearchJob, ["mem"], "ramm memory search", "", positional=("memory", "text"))

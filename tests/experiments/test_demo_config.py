@@ -2,7 +2,8 @@
 
 demo_settings_before.json is every effective field of each demo stage as the pre-typed code built it
 (dict sections, the generator recipe's own trainer with warmup min(warmup, steps // 10)). Fields removed
-since (the `fsdp` strategy, joint augmentation, the FSQ quantizer) must have been at their no-op values there.
+since (the `fsdp` strategy, joint augmentation, the FSQ quantizer) must have been at their no-op values there;
+fields added since must be at the value that does what the code did before they existed.
 """
 import json
 from dataclasses import asdict, replace
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BEFORE = json.loads((Path(__file__).parent / "demo_settings_before.json").read_text())
 REMOVED = {"strategy": "ddp", "augment": 0.0, "views": 8,  # knobs removed as no gain / untested, at their no-op values
            "quantizer": "vq", "fsq_levels": [8, 8, 8]}
+ADDED = {"retriever.recipe": {"match": "concept"},  # the keys the code grouped by before they were fields
+         "generator.ra": {"group_by": "concept"}}
 
 
 def effective(cfg: DemoConfig) -> dict:
@@ -52,5 +55,8 @@ def test_typed_demo_config_keeps_every_effective_setting(name):
     before = {k: without_removed(dict(v) if isinstance(v, dict) else v) for k, v in BEFORE[name].items()}
     after = effective(DemoConfig.load(ROOT / "configs" / f"{name}.json"))
     assert after.keys() == before.keys()
+    for key, added in ADDED.items():
+        for field, value in added.items():
+            assert after[key].pop(field) == value, (key, field)
     for key in before:
         assert after[key] == before[key], key

@@ -12,8 +12,8 @@ from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.evaluation.token_loss import image_token_loss
 from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-from ramm.training.ra_data import (RAConfig, RADataset, base_name, name_words, partner_ids, precompute_neighbours,
-                                   rename_concept)
+from ramm.corpus.emojibench import base_name, name_words, pseudo_namer, rename_concept
+from ramm.training.ra_data import RAConfig, RADataset, partner_ids, precompute_neighbours, relative_ids
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
 
@@ -210,7 +210,7 @@ def test_pseudo_names_rename_only_examples_that_retrieved_their_partner(setup):
     train = [named[d.id] for d in docs]
     cfg = RAConfig(k_choices=(1,), n_candidates=1, diversity=None, query_dropout=0.0, pseudo_names=1.0)
     nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
-    data = RADataset(train, nb, named, fmt, cfg)
+    data = RADataset(train, nb, named, fmt, cfg, rename=pseudo_namer(train))
     renamed = kept = 0
     for i, d in enumerate(train):
         first = (ids := data[i][0])[:ids.index(fmt.vocab.sep)]
@@ -235,8 +235,9 @@ def test_vanilla_examples_keep_the_ra_runs_masks_with_pseudo_names(setup):
     named = {i: _named(d) for i, d in lookup.items()}
     train = [named[d.id] for d in docs]
     cfg = RAConfig(k_choices=(0, 1, 2), pseudo_names=1.0)
-    ra = RADataset(train, precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs)), named, fmt, cfg)
-    vanilla = RADataset(train, {}, named, fmt, RAConfig(k_choices=(0,), pseudo_names=1.0))
+    ra = RADataset(train, precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs)), named, fmt, cfg,
+                   rename=pseudo_namer(train))
+    vanilla = RADataset(train, {}, named, fmt, RAConfig(k_choices=(0,), pseudo_names=1.0), rename=pseudo_namer(train))
     same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
     assert same and all(same)
 
@@ -260,3 +261,13 @@ def test_rename_concept_renames_the_base_name_across_skin_tones_and_keeps_the_to
 def test_mmr_weight_must_be_non_negative():
     with pytest.raises(ValueError, match="mmr"):
         RAConfig(mmr=-1)
+
+
+def test_partners_share_the_group_key_and_relatives_add_the_callers_siblings():
+    meta = [{"kind": "a", "style": "x", "base": "b"}, {"kind": "a", "style": "y", "base": "b"},
+            {"kind": "c", "style": "x", "base": "b"}, {"style": "x"}]
+    docs = [Document.from_pair(f"d{i}", "t", np.zeros((4, 4, 3), np.uint8), metadata=m) for i, m in enumerate(meta)]
+    assert partner_ids(docs, docs, "kind") == {"d0": {"d1"}, "d1": {"d0"}, "d2": set(), "d3": set()}
+    assert relative_ids(docs, docs, "kind") == partner_ids(docs, docs, "kind")
+    from ramm.corpus.emojibench import sibling_key
+    assert relative_ids(docs, docs, "kind", sibling_key) == {"d0": {"d1", "d2"}, "d1": {"d0"}, "d2": {"d0"}, "d3": set()}

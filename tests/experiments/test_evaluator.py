@@ -1,4 +1,4 @@
-"""The evaluation network (FID and exact recognition features) and exact recognition.
+"""The lab's evaluation network (FID and exact recognition features) and exact recognition with it.
 
 Fast tests train on a tiny synthetic corpus: 8 shapes x 3 colourings ("tones") x 2 drawing styles,
 every (shape-colouring, style) its own document. The slow test trains on the real EmojiBench in
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ramm.corpus.document import Document
-from ramm.evaluation.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
-                                       load_evaluator, train_evaluator)
+from ramm.corpus.emojibench import RECOGNITION_KEYS
+from ramm.experiments.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
+                                        load_evaluator, train_evaluator)
 from ramm.evaluation.fid import FID
 from ramm.evaluation.recognition import Recognizer
 
@@ -138,7 +139,7 @@ def test_views_it_never_saw_are_recognised_exactly(trained, views):
     model, metrics = trained
     assert metrics["classes"] == len(DOCS) and metrics["accuracy_clean"] == 1.0 and metrics["steps"] == SMALL["steps"]
     images, docs = views
-    rate = Recognizer(model, DOCS, mode="exact")(images, *_asked(docs)).rate
+    rate = Recognizer(model, DOCS, mode="exact", **RECOGNITION_KEYS)(images, *_asked(docs)).rate
     assert rate > 0.9  # chance: 1 / 48
 
 
@@ -156,8 +157,8 @@ def test_it_separates_the_two_styles_and_two_tones_of_one_concept(trained, views
 def test_training_is_what_makes_views_recognisable(trained, views):
     images, docs = views
     untrained, _ = train_evaluator(DOCS, EvaluatorConfig(**{**SMALL, "steps": 1, "warmup_steps": 0}), progress=False)
-    before = Recognizer(untrained, DOCS, mode="exact")(images, *_asked(docs)).rate
-    after = Recognizer(trained[0], DOCS, mode="exact")(images, *_asked(docs)).rate
+    before = Recognizer(untrained, DOCS, mode="exact", **RECOGNITION_KEYS)(images, *_asked(docs)).rate
+    after = Recognizer(trained[0], DOCS, mode="exact", **RECOGNITION_KEYS)(images, *_asked(docs)).rate
     assert after > before + 0.15
 
 
@@ -166,20 +167,20 @@ def test_a_reconstruction_is_recognised_far_more_often_than_a_blob(trained):
     x = _tensor(np.stack([d.image for d in DOCS]))
     recon = F.interpolate(F.interpolate(x, size=S // 2, mode="bilinear", antialias=True), size=S, mode="bilinear")
     blob = F.interpolate(F.avg_pool2d(x, 8), size=S, mode="bilinear")  # colour without the shape
-    rec = Recognizer(model, DOCS, mode="exact")
+    rec = Recognizer(model, DOCS, mode="exact", **RECOGNITION_KEYS)
     assert rec(_uint8(recon), *_asked(DOCS)).rate > 0.9
     assert rec(_uint8(blob), *_asked(DOCS)).rate < 0.6
 
 
 def test_the_other_style_or_tone_is_a_miss(trained):
     model, _ = trained
-    exact = Recognizer(model, DOCS, mode="exact")
+    exact = Recognizer(model, DOCS, mode="exact", **RECOGNITION_KEYS)
     for kind in ("style", "tone"):
         wrong = np.stack([DOCS[_siblings(i)[kind]].image for i in range(len(DOCS))])
         out = exact(wrong, *_asked(DOCS))
         assert out.rate == 0.0, kind
         assert all((c, s) == (d.metadata["concept"], d.metadata["style"]) for c, s, d in
-                   zip(out.predicted, out.predicted_styles, (DOCS[_siblings(i)[kind]] for i in range(len(DOCS)))))
+                   zip(out.predicted, out.predicted_groups, (DOCS[_siblings(i)[kind]] for i in range(len(DOCS)))))
 
 
 def test_embed_image_interface_and_fid(trained):
@@ -234,35 +235,9 @@ def test_pixel_identical_documents_share_a_class_and_either_counts():
     docs = DOCS[:12] + [twin]
     model, metrics = train_evaluator(docs, EvaluatorConfig(**{**SMALL, "steps": 20}), progress=False)
     assert metrics["identical_images"] == 1 and metrics["accuracy_clean"] == 1.0
-    out = Recognizer(model, docs, mode="exact")(np.stack([twin.image, twin.image]), ["disc-light", "disc-twin"],
+    out = Recognizer(model, docs, mode="exact", **RECOGNITION_KEYS)(np.stack([twin.image, twin.image]), ["disc-light", "disc-twin"],
                                                 ["flat", "flat"])
     assert out.hits == [True, True]
-
-
-# ------------------------------------------------------------------------ exact recognition, no training
-def _colour_doc(concept, style, rgb):
-    return Document.from_pair(f"{style}-{concept}", f"{style} emoji: {concept}", np.full((8, 8, 3), rgb, np.uint8),
-                              metadata={"concept": concept, "style": style})
-
-
-def test_exact_recognition_needs_the_document_itself(colour_encoder, solid):
-    # style "b" draws red in blue and blue in red: only the exact rule tells the styles apart
-    gallery = [_colour_doc("red", "a", (250, 0, 0)), _colour_doc("blue", "a", (0, 0, 250)),
-               _colour_doc("red", "b", (0, 0, 250)), _colour_doc("green", "b", (0, 250, 0))]
-    images = np.concatenate([solid((240, 10, 10)), solid((10, 10, 240)), solid((10, 240, 10))])
-    old = Recognizer(colour_encoder, gallery)  # the default stays the style-restricted rule
-    assert old.mode == "style" and old(images, ["red", "red", "green"], ["a", "b", "b"]).hits == [True, True, True]
-    exact = Recognizer(colour_encoder, gallery, mode="exact")
-    # the blue image is nearest to both blue "a" and red "b" (same pixels): a tie counts for either
-    assert exact(images, ["red", "red", "green"], ["a", "b", "b"]).hits == [True, True, True]
-    # red "b" is drawn in blue: the red image (red "a"'s drawing) is a miss for it
-    out = exact(images, ["red", "blue", "green"], ["b", "a", "b"])
-    assert out.hits == [False, True, True] and (out.predicted[0], out.predicted_styles[0]) == ("red", "a")
-    assert out.rate == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="concept 'green' in style 'a'"):
-        exact(solid((1, 2, 3)), ["green"], ["a"])
-    with pytest.raises(ValueError, match="mode"):
-        Recognizer(colour_encoder, gallery, mode="fuzzy")
 
 
 # -------------------------------------------------------------------------------- real EmojiBench
