@@ -90,7 +90,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                  report: Callable[[str], None] = print) -> dict:
     """Heldout metrics per task for the SFT model, the pretrained one and the trivial baselines, plus
     the picture grids (out/<task>.png)."""
-    from ramm.corpus.emojibench import load_emojibench, load_masks, sft_pairings
+    from ramm.corpus.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
+    from ramm.evaluation.captioning import cider
     from ramm.evaluation.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
@@ -212,8 +213,6 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         res[task] = stats
         pictures[task] = shown[:cfg.shown]
     report(f"[evaluate] questions done ({time.time() - t0:.0f}s)")
-    from ramm.corpus.emojibench import emoji_references
-    from ramm.evaluation.captioning import cider
     cap_ids = _pick(sorted(docs), cfg.cases)
     refs_c = {i: emoji_references(docs[i].metadata) for i in cap_ids}
     sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24).outputs[0]) for i in cap_ids}
@@ -228,6 +227,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
 
 def _strip(caption: str) -> str:
+    """Captions are scored as names (the references carry no "<style> emoji:" prefix)."""
     from ramm.corpus.emojibench import strip_style_prefix
     return strip_style_prefix(caption)
 

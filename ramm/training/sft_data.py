@@ -87,8 +87,7 @@ class Item:
     slots: dict = field(default_factory=dict)  # template fields ({caption}, {tone}, {style})
     images: tuple = ()  # input ImageSegments, after the instruction text
     response: object = None  # TextSegment or ImageSegment
-    source: str = ""  # the document id the example is about (evaluation groups by it)
-    target: str = ""  # the id of the document the response comes from
+    source: str = ""  # the id of the document the example is about (named in errors)
 
     def render(self, template: int) -> tuple[list, object]:
         """(prompt segments, response segment) under the task's template number `template`."""
@@ -103,35 +102,35 @@ def _image(doc: Document) -> ImageSegment:
 
 
 def text_to_image(doc: Document) -> Item:
-    return Item("text_to_image", {"caption": doc.text}, (), _image(doc), doc.id, doc.id)
+    return Item("text_to_image", {"caption": doc.text}, (), _image(doc), doc.id)
 
 
 def captioning(doc: Document) -> Item:
-    return Item("caption", {}, (_image(doc),), TextSegment(doc.text), doc.id, doc.id)
+    return Item("caption", {}, (_image(doc),), TextSegment(doc.text), doc.id)
 
 
 def paired(task: str, source: Document, target: Document, slots: dict) -> Item:
     """Image -> image (editing, style transfer): the source's image and an instruction -> the target's."""
-    return Item(task, dict(slots), (_image(source),), _image(target), source.id, target.id)
+    return Item(task, dict(slots), (_image(source),), _image(target), source.id)
 
 
 def controlled(doc: Document, silhouette: ImageSegment) -> Item:
-    return Item("controlled", {"caption": doc.text}, (silhouette,), _image(doc), doc.id, doc.id)
+    return Item("controlled", {"caption": doc.text}, (silhouette,), _image(doc), doc.id)
 
 
 def segmentation(doc: Document, silhouette: ImageSegment) -> Item:
-    return Item("segment", {}, (_image(doc),), silhouette, doc.id, doc.id)
+    return Item("segment", {}, (_image(doc),), silhouette, doc.id)
 
 
 def question(task: str, doc: Document, answer: str) -> Item:
     if task not in TEMPLATES or not task.startswith("vqa_"):
         raise ValueError(f"unknown question task {task!r}; known: {[t for t in TEMPLATES if t.startswith('vqa_')]}")
-    return Item(task, {}, (_image(doc),), TextSegment(answer), doc.id, doc.id)
+    return Item(task, {}, (_image(doc),), TextSegment(answer), doc.id)
 
 
 def infilling(doc: Document) -> Item:
     """CM3 infilling of a (text, image) document's image: the masked image is the response."""
-    return Item("infill", {"caption": doc.text}, (), _image(doc), doc.id, doc.id)
+    return Item("infill", {"caption": doc.text}, (), _image(doc), doc.id)
 
 
 def build_items(docs: dict[str, Document], pairings: dict[str, list], silhouettes: dict[str, ImageSegment],

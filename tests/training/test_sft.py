@@ -130,6 +130,10 @@ def test_heldout_templates_never_reach_training(setup):
             text = fmt.parse(ids, decode_images=False).texts[0] if item.task != "infill" else ""
             assert all(text != h.format(**item.slots) for h in held[item.task])
     assert split_templates("edit", 2) == ([0, 1, 2], [3, 4]) and split_templates("infill", 1) == ([0], [])
+    again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
+    again.set_epoch(1)
+    assert [again.draw(i) for i in range(8)] == [data.draw(i) for i in range(8)]  # resume: (seed, epoch, index)
+    assert [data.draw(i, epoch=0) for i in range(8)] != [data.draw(i) for i in range(8)]
 
 
 def test_bad_mixture_and_masks_are_clear_errors(setup):
