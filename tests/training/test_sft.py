@@ -157,6 +157,9 @@ def test_sft_learns_a_toy_edit_far_above_chance_and_the_facade_serves_it(bundle,
                                                            log_every=20, progress=False, device="cpu"))
     result = train_sft(cfg, pairings=PAIRS, masks={})
     assert result["steps"] == 60 and result["items"]["edit"] == 12
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]  # logged at steps 20, 40, 60
     ramm = RAMM.load(tmp_path / "sft", device="cpu")
     hits, same_as_input = 0, 0
     for src, tgt, slots in PAIRS["edit"]:
