@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/emojibench
 RUN ?= runs/demo
 
-.PHONY: demo demo-full demo-tiny test bench install clean
+.PHONY: demo demo-full demo-tiny demo-sft test bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo-full: $(STAMP)
 
 demo-tiny: $(STAMP)
 	$(RAMM) demo --config configs/demo-tiny.json --data $(DATA) --run runs/demo-tiny
+
+demo-sft: $(STAMP)
+	$(RAMM) demo-sft --config configs/demo-sft.json --data $(DATA) --base $(RUN) --run runs/demo-sft
 
 test: $(STAMP)
 	$(PY) -m pytest -q

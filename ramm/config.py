@@ -238,6 +238,54 @@ class GraceConfig:
         return {"mixed": self.memorize_steps + self.retrieve_steps}
 
 
+@dataclass
+class SFTMixture:
+    """Relative weight of each instruction task in the SFT batches (0 leaves a task out); ramm.training.sft_data."""
+
+    text_to_image: float = 1.0  # caption -> image, as an instruction
+    caption: float = 1.0  # image -> caption
+    edit: float = 2.0  # source image + edit instruction -> target image (EmojiBench: skin tones)
+    style: float = 1.0  # image + "draw it in the <style> style" -> the other style's image
+    controlled: float = 1.0  # silhouette (the foreground mask) + caption -> image
+    segment: float = 1.0  # image -> its foreground mask
+    vqa_category: float = 1.0  # image + question -> its category
+    vqa_tone: float = 1.0  # image + question -> its skin tone
+    vqa_country: float = 0.5  # flag image + question -> its country
+    infill: float = 0.5  # CM3 infilling of the masked image
+
+    def __post_init__(self):
+        weights = asdict(self)
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"mixture weights must be >= 0 with one > 0, got {weights}")
+
+
+def _sft_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=400, batch_size=16, lr=5e-4, warmup_steps=20, log_every=10, ckpt_every=100)
+
+
+@dataclass
+class SFTConfig:
+    """`ramm train sft`: multi-task instruction tuning of a pretrained generator (CM3Leon's second stage)."""
+
+    pretrained: str = ""  # pretrained generator directory (`ramm train generator --out`); also `--from`
+    corpus: str = ""  # corpus the instruction data comes from (its train split)
+    out: str = ""  # output directory: the tuned generator + checkpoint/ + metrics.jsonl + eval.json
+    heldout_templates: int = 1  # per task, the last templates never used in training (evaluation only)
+    eval_limit: int = 32  # validation examples per task and template group in eval.json
+    mixture: SFTMixture = field(default_factory=SFTMixture)  # task weights
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_sft_trainer)  # budget, optimizer, schedule (out_dir: out)
+
+    def __post_init__(self):
+        if self.heldout_templates < 0 or self.eval_limit < 0:
+            raise ValueError("heldout_templates and eval_limit must be >= 0")
+
+    def require_paths(self) -> None:
+        missing = [n for n in ("pretrained", "corpus", "out") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"sft config: set {', '.join('--from' if m == 'pretrained' else '--' + m for m in missing)}")
+
+
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")  # ramm.grace.identifiers.SCHEMES
 
 

@@ -168,6 +168,22 @@ class ImageJob(DecodeJob):
 
 
 @dataclass
+class EditJob(DecodeJob):
+    """`ramm generate edit IMAGE INSTRUCTION`: image + instruction -> image, from an SFT generator (`ramm train sft`)."""
+
+    image: str = ""  # PNG/JPEG file to edit (positional)
+    instruction: str = ""  # what to do, e.g. "make the skin tone dark" (positional)
+    retrieve: bool = False  # condition on retrieved documents (SFT trains without them)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.image or not self.instruction.strip():
+            raise ValueError("edit needs an image and a non-empty instruction")
+        if self.method not in ("sample", "greedy"):
+            raise ValueError(f"edit decodes with 'sample' or 'greedy', not {self.method!r}")
+
+
+@dataclass
 class CaptionJob(DecodeJob):
     """`ramm generate caption IMAGE`: image -> text samples."""
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ramm.corpus.document import Document, ImageSegment, decode_image_bytes
+from ramm.corpus.document import Document, ImageSegment, TextSegment, decode_image_bytes
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,42 @@ class RAMM:
         outputs = [self.format.parse(ids + r + ([] if r[-1:] == [self.vocab.doc_end] else [self.vocab.doc_end]),
                                      doc_id=f"{prompt.id}-continued-{i}") for i, r in enumerate(rows)]
         return Result(outputs, docs, [], rows)
+
+    def edit_image(self, image, instruction: str, n: int = 1, *, retrieve: bool = False,
+                   retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+                   method: str = "sample", seed: int = 0, batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None, **decoding) -> Result:
+        """Image + instruction -> image ("make the skin tone dark", "draw it in the google style"): the
+        instruction format of `ramm train sft`, which trains without retrieval (so none by default)."""
+        pixels, prompt, docs = self._instruction(image, instruction, "image", retrieve, retrieved, k, exclude_ids)
+        tpi = self.format.tokens_per_image
+        rows = self._sample([prompt] * n, None, method, decoding, seed, batch_size, progress,
+                            max_new_tokens=tpi + 1, stop_after_image=True)
+        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
+        return Result(list(decode_pixels(self.format.image_tokenizer, codes)), docs, [], rows)
+
+    def answer(self, image, question: str, *, retrieve: bool = False, retrieved: Sequence[Document] | None = None,
+               k: int = 2, exclude_ids: Sequence[str] = (), max_new_tokens: int = 16) -> Result:
+        """A question about an image, answered greedily in the SFT instruction format (one output)."""
+        pixels, prompt, docs = self._instruction(image, question, "text", retrieve, retrieved, k, exclude_ids)
+        rows = self._sample([prompt], None, "greedy", {}, 0, 1, None, max_new_tokens=max_new_tokens,
+                            stop_tokens=(self.vocab.doc_end,), allow_images=False)
+        return Result([self.format.caption_text(rows[0])], docs, [], rows)
+
+    def _instruction(self, image, instruction, response, retrieve, retrieved, k, exclude_ids):
+        """(pixels, prompt ids, retrieved documents) of an instruction about an image; bad input raises."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("instruction is empty")
+        pixels = read_image(image, self.format.image_tokenizer.cfg.image_size)
+        docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
+        codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
+        prompt = self.format.instruction_prompt([TextSegment(instruction), ImageSegment(pixels=pixels, tokens=codes)],
+                                                response, docs)
+        room = self.model.cfg.max_seq_len - (self.format.tokens_per_image + 2 if response == "image" else 1)
+        if len(prompt) > room:
+            raise ValueError(f"instruction {instruction[:40]!r}... is too long: the prompt has {len(prompt)} tokens, "
+                             f"the model's context leaves room for {room}")
+        return pixels, prompt, docs
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, seed: int):

@@ -58,9 +58,12 @@ class CLI:
 
 def _normalized(arg: str, bools: set[str]) -> str:
     """`--batch-size=3` -> `--batch_size=3` (flags take either spelling of a field's name); `-k` -> `--k`;
+    `--from` -> `--pretrained` (`ramm train sft --from DIR`);
     `--no-rerank` -> `--rerank=false` for a boolean field."""
     if arg == "-k":
         return "--k"
+    if arg == "--from" or arg.startswith("--from="):  # `from` is a Python keyword: the field is `pretrained`
+        return "--pretrained" + arg[6:]
     if not arg.startswith("--"):
         return arg
     flag, eq, value = arg.partition("=")

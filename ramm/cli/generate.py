@@ -1,8 +1,8 @@
-"""`ramm generate image|caption|infill`: run the generator and write what people look at.
+"""`ramm generate image|caption|infill|edit`: run the generator and write what people look at.
 
 Each command writes its samples (PNG), a grid PNG for images, `result.json`, and an `index.html`
 showing the query, the retrieved documents (image + text) and the samples side by side. Flags and
-`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob`.
+`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob` / `EditJob`.
 """
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ GRID_SCALE = 4  # emoji are 32x32: the grid and the page show them 4x larger, pi
 
 
 def register(cli) -> None:
-    from ramm.jobs import CaptionJob, ImageJob, InfillJob
+    from ramm.jobs import CaptionJob, EditJob, ImageJob, InfillJob
     cli.config_command("image", "text -> image: sample images for a caption", ImageJob, _image, group="generate",
                        positional=("caption",))
     cli.config_command("caption", "image -> text: caption an image file", CaptionJob, _caption, group="generate",
                        positional=("image",))
     cli.config_command("infill", "regenerate the caption or the image of a (caption, image) document", InfillJob,
                        _infill, group="generate")
+    cli.config_command("edit", "image + instruction -> image with an instruction-tuned generator (ramm train sft)",
+                       EditJob, _edit, group="generate", positional=("image", "instruction"))
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -104,6 +106,27 @@ def _infill(cfg, threads) -> int:
     else:
         query = f"{html.escape(cfg.caption)}<br>image: <i>masked</i>"
     _write_report(out, cfg, f"infill the {cfg.mask}", query, res.retrieved, samples, ramm)
+    return 0
+
+
+def _edit(cfg, threads) -> int:
+    from tqdm import tqdm
+
+    from ramm.pipeline import read_image
+    ramm = _load(cfg, threads)
+    pixels = read_image(cfg.image, ramm.format.image_tokenizer.cfg.image_size)
+    kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
+    with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:
+        res = ramm.edit_image(pixels, cfg.instruction, n=cfg.n, batch_size=cfg.batch_size,
+                              progress=lambda done: bar.update(done - bar.n), **kw)
+    out = Path(cfg.out)
+    _save_png(out / "query.png", pixels)
+    names = [_save_png(out / f"sample_{i:02d}.png", im) for i, im in enumerate(res.outputs)]
+    _save_png(out / "grid.png", grid(res.outputs))
+    query = _img_tag("query.png") + f"<br>{html.escape(cfg.instruction)}"
+    _write_report(out, cfg, "edit", query, res.retrieved, [(n, "", None) for n in names], ramm)
+    _print_retrieved(res.retrieved)
+    print(f"wrote {len(names)} edits, grid.png and index.html to {out}")
     return 0
 
 

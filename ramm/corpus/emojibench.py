@@ -303,6 +303,34 @@ def pseudo_namer(docs: Iterable[Document]) -> Callable[[Document, list[Document]
     words = name_words(docs)
     return lambda main, retrieved, rng: rename_concept(main, retrieved, words, rng)
 
+
+def sft_pairings(docs: Iterable[Document]) -> dict[str, list[tuple]]:
+    """EmojiBench's instruction-tuning pairs (ramm.training.sft_data.build_items): "edit" -> every ordered
+    pair of skin-tone variants of one base concept in one style, (source, target, {"tone": target's tone
+    or "default"}); "style" -> (one style's document, the other style's of the same concept,
+    {"style": target style}); "vqa_category" / "vqa_tone" / "vqa_country" -> (id, answer): the category,
+    the tone ("default" for the default of a concept with tones), a country flag's country."""
+    docs = list(docs)
+    groups: dict[tuple, list[Document]] = {}
+    concepts: dict[str, list[Document]] = {}
+    for d in docs:
+        m = d.metadata
+        if m.get("has_tones"):
+            groups.setdefault((m["base"], m["style"]), []).append(d)
+        concepts.setdefault(m.get("concept", d.id), []).append(d)
+    tone = lambda d: d.metadata.get("tone") or "default"  # noqa: E731
+    out: dict[str, list[tuple]] = {
+        "edit": [(a.id, b.id, {"tone": tone(b)}) for g in groups.values() for a in g for b in g if tone(a) != tone(b)],
+        "style": [(a.id, b.id, {"style": b.metadata["style"]}) for g in concepts.values() for a in g for b in g
+                  if a.metadata.get("style") != b.metadata.get("style")],
+        "vqa_category": [(d.id, d.metadata["category"].lower()) for d in docs if d.metadata.get("category")],
+        "vqa_tone": [(d.id, tone(d)) for d in docs if d.metadata.get("has_tones")],
+        "vqa_country": [(d.id, name_of(d).removesuffix(" flag")) for d in docs
+                        if d.metadata.get("subcategory") == "country-flag"],
+    }
+    return out
+
+
 def _read_art(tgz: Path, style: str, images: set[str]) -> dict[str, bytes]:
     """image file name -> 64x64 PNG bytes, in one sequential pass (random access into a .tgz re-inflates)."""
     prefix, out = f"package/img/{style}/64/", {}

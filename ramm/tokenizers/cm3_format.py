@@ -247,6 +247,28 @@ class CM3Format:
         ids = [*self._prefix(retrieved), self.vocab.doc, *body, self.vocab.doc_end, self.vocab.infill, self.vocab.sentinel(0)]
         return ids, kinds
 
+    def instruction_prompt(self, prompt: Seq, response: str, retrieved: Seq[Document] = ()) -> list[int]:
+        """Instruction tuning (CM3Leon sec. 4): `<doc>` the prompt's segments (instruction text, input
+        images), then the opener of the response: `<img>` for an image, `<break>` for text. The model
+        continues with the response and `</doc>`; training puts the loss on that continuation only."""
+        if response not in ("image", "text"):
+            raise ValueError(f"response must be 'image' or 'text', not {response!r}")
+        ids = [*self._prefix(retrieved), self.vocab.doc]
+        ids += [t for _, c in self.segment_chunks(Document("prompt", list(prompt))) for t in c]
+        return ids + [self.vocab.img if response == "image" else self.vocab.brk]
+
+    def encode_instruction(self, prompt: Seq, response) -> Sequence:
+        """(prompt segments, response segment) -> ids with weight 0 on the prompt (`instruction_prompt`)
+        and 1 on the response and the closing `</doc>`."""
+        if isinstance(response, TextSegment):
+            if not response.text:
+                raise ValueError("instruction response text is empty")
+            head, rest = self.instruction_prompt(prompt, "text"), self.text.encode(response.text)
+        else:
+            head, rest = self.instruction_prompt(prompt, "image"), self.encode_image_codes(self.image_codes(response))[1:]
+        rest = [*rest, self.vocab.doc_end]
+        return Sequence(head + rest, [0.0] * len(head) + [1.0] * len(rest))
+
     # ------------------------------------------------------------------ parsing
     def main_part(self, ids: Seq[int]) -> list[int]:
         """The main document's tokens: what follows the last <sep> (retrieved documents come before it)."""

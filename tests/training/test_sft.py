@@ -1,0 +1,212 @@
+"""Instruction tuning (ramm.training.sft_data / sft_recipe) and its facade calls on a tiny coloured-square corpus."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ramm.corpus.document import Document, ImageSegment, TextSegment, encode_png
+from ramm.training import sft_data
+from ramm.training.sft_data import TEMPLATES, SFTDataset, build_items, encode_item, split_templates
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 20)}
+SIZE = 16
+
+
+def square(rgb):
+    img = np.full((SIZE, SIZE, 3), 255, np.uint8)
+    img[3:-3, 3:-3] = rgb
+    return img
+
+
+def silhouette():
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[3:-3, 3:-3] = 255
+    return m
+
+
+PAIRS = {"edit": [(f"sq-{a}", f"sq-{b}", {"tone": b}) for a in COLOURS for b in COLOURS if a != b],
+         "vqa_tone": [(f"sq-{a}", a) for a in COLOURS]}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A corpus (JSONL + PNGs), tokenizers and a random tiny generator, written as `ramm` would."""
+    from ramm.model.generator import save_generator
+    from ramm.model.transformer import Transformer, TransformerConfig
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+    from ramm.tokenizers.text_tokenizer import TextTokenizer
+    from ramm.tokenizers.vocab import Vocabulary
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("sft")
+    rows = []
+    for name, rgb in COLOURS.items():
+        (root / f"{name}.png").write_bytes(encode_png(square(rgb)))
+        rows.append({"id": f"sq-{name}", "caption": f"a {name} square", "image": f"{name}.png", "split": "train"})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = [t.format(caption="a red square", tone=c, style="x") for ts in TEMPLATES.values() for t in ts for c in COLOURS]
+    text_tok = TextTokenizer.train(texts * 3, vocab_size=300)
+    text_tok.save_pretrained(root / "text-tok")
+    image_tok = ImageTokenizer(ImageTokenizerConfig(image_size=SIZE, grid=4, patch=2, channels=8, latent_dim=8))
+    with torch.no_grad():  # the codebook's k-means init happens on the first encode: do it before saving
+        image_tok.encode(torch.stack([ImageSegment(pixels=square(c)).to_tensor() for c in COLOURS.values()]))
+    image_tok.eval().save_pretrained(root / "image-tok")
+    vocab = Vocabulary(text_tok.vocab_size, image_tok.codebook_size)
+    gen = Transformer(TransformerConfig.preset("tiny", vocab_size=vocab.size, max_seq_len=96))
+    save_generator(gen, root / "gen", text_tokenizer=root / "text-tok", image_tokenizer=root / "image-tok")
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(bundle):
+    from ramm.corpus import open_corpus
+    from ramm.model.generator import bundle_info, load_generator
+    from ramm.training.sft_recipe import prepare
+
+    model, fmt, _ = load_generator(bundle / "gen", device="cpu")
+    docs = list(open_corpus(bundle / "corpus.jsonl"))
+    masks = {d.id: silhouette() for d in docs}
+    lookup, silhouettes = prepare(fmt, bundle_info(bundle / "gen")["image_tokenizer"], docs, masks)
+    return model, fmt, build_items(lookup, PAIRS, silhouettes), lookup
+
+
+def test_loss_is_on_the_response_only(setup):
+    model, fmt, items, _ = setup
+    ids, weights = encode_item(fmt, items["edit"][0], 0)
+    start = weights.index(1.0)
+    data = SFTDataset(items, {"edit": 1.0}, fmt)
+    batch = data.collate([(ids, weights)])
+    assert int(batch["targets"].ne(-100).sum()) == len(ids) - start  # exactly the response and </doc>
+
+    def loss(labels):
+        targets = data.collate([(labels, weights)])["targets"]
+        with torch.no_grad():
+            return float(model(batch["idx"], targets=targets)[1])
+
+    base = loss(ids)
+    prompt_changed = list(ids)
+    prompt_changed[start - 3] = (ids[start - 3] + 1) % fmt.vocab.size
+    assert loss(prompt_changed) == base  # a prompt token's label never counts
+    response_changed = list(ids)
+    response_changed[start + 2] = (ids[start + 2] + 1) % fmt.vocab.size
+    assert loss(response_changed) != base
+
+
+def test_every_task_parses_back_to_its_prompt_and_response(setup):
+    _, fmt, items, _ = setup
+    assert {t for t, v in items.items() if v} == {"text_to_image", "caption", "edit", "controlled", "segment",
+                                                  "vqa_tone", "infill"}
+    for task, task_items in items.items():
+        for item in task_items[:2]:
+            ids, weights = encode_item(fmt, item, 0)
+            start = weights.index(1.0)
+            doc = fmt.parse(ids, decode_images=False)
+            if task == "infill":  # the masked image is moved back into its place
+                assert doc.text == item.slots["caption"] and len(doc.images) == 1
+                continue
+            prompt, response = item.render(0)
+            n_prompt_images = sum(isinstance(s, ImageSegment) for s in prompt)
+            assert ids[:start].count(fmt.vocab.img) == n_prompt_images + (task in sft_data.IMAGE_TASKS)
+            if isinstance(response, TextSegment):
+                assert doc.texts[-1] == response.text and ids[start - 1] == fmt.vocab.brk
+            else:
+                assert len(doc.images) == n_prompt_images + 1
+                np.testing.assert_array_equal(doc.images[-1].tokens, response.tokens)
+            assert ids[-1] == fmt.vocab.doc_end and doc.texts[0] == TEMPLATES[task][0].format(**item.slots)
+
+
+def test_heldout_templates_never_reach_training(setup):
+    _, fmt, items, _ = setup
+    data = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
+    held = {t: [TEMPLATES[t][i] for i in split_templates(t, 2)[1]] for t in items}
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        for i in range(len(data)):
+            item, template = data.draw(i)
+            assert template in split_templates(item.task, 2)[0]
+            ids, weights = data[i]
+            text = fmt.parse(ids, decode_images=False).texts[0] if item.task != "infill" else ""
+            assert all(text != h.format(**item.slots) for h in held[item.task])
+    assert split_templates("edit", 2) == ([0, 1, 2], [3, 4]) and split_templates("infill", 1) == ([0], [])
+    again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
+    again.set_epoch(1)
+    assert [again.draw(i) for i in range(8)] == [data.draw(i) for i in range(8)]  # resume: (seed, epoch, index)
+    assert [data.draw(i, epoch=0) for i in range(8)] != [data.draw(i) for i in range(8)]
+
+
+def test_bad_mixture_and_masks_are_clear_errors(setup):
+    _, fmt, items, _ = setup
+    with pytest.raises(ValueError, match="no task"):
+        SFTDataset(items, {"style": 1.0}, fmt)
+    with pytest.raises(ValueError, match="mask"):
+        sft_data.mask_image(np.zeros((4, 4, 3)))
+    assert sft_data.mask_iou(sft_data.image_to_mask(sft_data.mask_image(silhouette())), silhouette()) == 1.0
+
+
+def test_sft_learns_a_toy_edit_far_above_chance_and_the_facade_serves_it(bundle, setup, tmp_path):
+    from ramm.config import SFTConfig, SFTMixture, TrainerConfig
+    from ramm.pipeline import RAMM
+    from ramm.training.sft_recipe import train_sft
+
+    _, _, _, lookup = setup
+    mixture = SFTMixture(**{t: 0.0 for t in sft_data.TASKS if t != "edit"}, edit=1.0)
+    cfg = SFTConfig(pretrained=str(bundle / "gen"), corpus=str(bundle / "corpus.jsonl"), out=str(tmp_path / "sft"),
+                    mixture=mixture, trainer=TrainerConfig(steps=60, batch_size=8, lr=3e-3, warmup_steps=5,
+                                                           log_every=20, progress=False, device="cpu"))
+    result = train_sft(cfg, pairings=PAIRS, masks={})
+    assert result["steps"] == 60 and result["items"]["edit"] == 12
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]  # logged at steps 20, 40, 60
+    ramm = RAMM.load(tmp_path / "sft", device="cpu")
+    hits, same_as_input = 0, 0
+    for src, tgt, slots in PAIRS["edit"]:
+        out = ramm.edit_image(lookup[src].image, TEMPLATES["edit"][0].format(**slots), method="greedy")
+        got = [ramm.vocab.code(t) for t in out.tokens[0][:ramm.format.tokens_per_image]]
+        hits += got == lookup[tgt].images[0].tokens.tolist()
+        same_as_input += lookup[src].images[0].tokens.tolist() == lookup[tgt].images[0].tokens.tolist()
+        assert out.outputs[0].shape == (SIZE, SIZE, 3) and out.retrieved == []
+    assert same_as_input == 0 and hits >= 9, hits  # chance: one code sequence of many; "return the input": 0
+    answer = ramm.answer(lookup["sq-red"].image, "what skin tone is this?")
+    assert isinstance(answer.outputs[0], str)
+    with pytest.raises(ValueError, match="instruction is empty"):
+        ramm.edit_image(lookup["sq-red"].image, "  ")
+    with pytest.raises(ValueError, match="too long"):
+        ramm.answer(lookup["sq-red"].image, "red " * 200)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png"):
+        ramm.edit_image(tmp_path / "bad.png", "make it red")
+
+
+def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundle, tmp_path, capsys):
+    from ramm.__main__ import main
+
+    assert main(["train", "sft", "--from", str(bundle / "gen"), "--corpus", str(bundle / "corpus.jsonl"),
+                 "--out", str(tmp_path / "sft"), "--trainer.steps", "2", "--trainer.batch_size", "2",
+                 "--trainer.warmup_steps", "1", "--trainer.progress", "false", "--trainer.device", "cpu"]) == 0
+    assert json.loads((tmp_path / "sft" / "generator.json").read_text())["sft"] is True
+    assert main(["generate", "edit", str(bundle / "red.png"), "make the skin tone blue", "--model",
+                 str(tmp_path / "sft"), "--out", str(tmp_path / "page"), "--n", "2", "--device", "cpu"]) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "make the skin tone blue" in page and (tmp_path / "page" / "sample_01.png").is_file()
+
+
+def test_emojibench_pairings_pair_tones_styles_and_questions():
+    from ramm.corpus.emojibench import sft_pairings
+
+    def doc(style, concept, tone, **meta):
+        return Document(f"{style}-{concept}", [TextSegment(f"{style} emoji: x")],
+                        metadata=dict(concept=concept, base="b", tone=tone, style=style, has_tones=True,
+                                      category="People & Body", **meta))
+    docs = [doc(s, c, t) for s in ("google", "twitter") for c, t in (("b", ""), ("b-1", "dark"))]
+    docs.append(Document("google-jp", [TextSegment("google emoji: japan flag")],
+                         metadata=dict(concept="jp", base="jp", tone="", style="google", has_tones=False,
+                                       category="Flags", subcategory="country-flag", name="japan flag")))
+    p = sft_pairings(docs)
+    assert ("google-b", "google-b-1", {"tone": "dark"}) in p["edit"] and \
+        ("twitter-b-1", "twitter-b", {"tone": "default"}) in p["edit"] and len(p["edit"]) == 4
+    assert ("google-b", "twitter-b", {"style": "twitter"}) in p["style"] and len(p["style"]) == 4
+    assert ("google-jp", "japan") in p["vqa_country"] and ("google-b-1", "dark") in p["vqa_tone"]
+    assert ("google-jp", "flags") in p["vqa_category"]
