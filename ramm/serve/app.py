@@ -189,10 +189,8 @@ class _Metrics:
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413, announced or streamed."""
-
-    class TooLarge(Exception):
-        pass
+    """ASGI middleware: a request body over `limit` bytes gets 413, whether announced or streamed. The body
+    is read up front (at most `limit` bytes held), so no handler ever starts on a request it would refuse."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -202,31 +200,30 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._refuse(send)
-        seen, started = 0, False
-
-        async def limited_receive():
-            nonlocal seen
+            return await self._refuse(scope, send)
+        body, more = [], True
+        while more:
             msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.limit:
-                raise self.TooLarge
-            return msg
+            if msg["type"] != "http.request":  # the client went away
+                return
+            body.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+            if sum(map(len, body)) > self.limit:
+                return await self._refuse(scope, send)
+        replayed = False
 
-        async def tracked_send(msg):
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(body), "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except self.TooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, replay, send)
 
-    async def _refuse(self, send):
-        await JSONResponse({"detail": f"request body over the limit of {self.limit} bytes"}, 413)(
-            {"type": "http"}, None, send)
+    async def _refuse(self, scope, send):
+        response = JSONResponse({"detail": f"request body over the limit of {self.limit} bytes"}, 413)
+        await response(scope, None, send)
 
 
 def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
