@@ -142,13 +142,16 @@ class RAMM:
             done += len(owner)
         codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for rs in rows for r in rs], dtype=torch.long)
         pixels = decode_pixels(self.format.image_tokenizer, codes)
+        ranked = rerank and self.memory is not None and any(len(rs) > 1 for rs in rows)
+        if ranked:
+            from ramm.decoding.rerank import image_text_scores, rank
+            every = image_text_scores(self.memory.encoder, pixels, [c for c, rs in zip(captions, rows) for _ in rs])
         results, start = [], 0
-        for caption, rs, d in zip(captions, rows, docs):
+        for rs, d in zip(rows, docs):
             images, start = pixels[start:start + len(rs)], start + len(rs)
             scores: list[float] = []
-            if rerank and len(rs) > 1 and self.memory is not None:
-                from ramm.decoding.rerank import image_text_scores, rank
-                s = image_text_scores(self.memory.encoder, images, caption)
+            if ranked and len(rs) > 1:
+                s = every[start - len(rs):start]
                 order = rank(s)
                 images, rs, scores = images[order], [rs[i] for i in order], s[order].tolist()
             results.append(Result(list(images), d, scores, rs))

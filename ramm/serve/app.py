@@ -64,6 +64,7 @@ class Engine:
         self.cfg, self.ramm = cfg, ramm
         self.image_size = ramm.format.image_tokenizer.cfg.image_size
         self.last_batch_s = 0.0
+        self._codes: dict[str, list] = {}  # document id -> VQ codes per segment (None for text)
         self.memory_size = len(ramm.memory) if ramm.memory is not None else 0  # read by the event loop
 
     def decode_image(self, data: bytes, item: str):
@@ -91,9 +92,34 @@ class Engine:
         return self.decode_image(raw, item)
 
     def evidence(self, query, k: int) -> list[tuple]:
+        """(document, similarity) for one query, the documents carrying their VQ codes."""
         if k == 0 or self.ramm.memory is None:
             return []
-        return self.ramm.memory.search(query, k)
+        return [(self._with_codes(d), s) for d, s in self.ramm.memory.search(query, k)]
+
+    def text_evidence(self, captions: list[str], ks: list[int]) -> list[list[tuple]]:
+        """`evidence` for many captions with one text-encoder call (Memory.search's rule, batched)."""
+        memory, want = self.ramm.memory, [i for i, k in enumerate(ks) if k]
+        out: list[list[tuple]] = [[] for _ in captions]
+        if memory is None or not want:
+            return out
+        hits = memory.neighbours(memory.encoder.embed_text([captions[i] for i in want]), max(ks[i] for i in want))
+        for i, row in zip(want, hits):
+            out[i] = [(self._with_codes(memory.get(doc_id)), s) for doc_id, s in row[:ks[i]]]
+        return out
+
+    def _with_codes(self, doc):
+        """The document with its images' VQ codes, computed once per document id: every prompt that
+        retrieves it would otherwise re-encode its pixels (memory documents never change under an id)."""
+        from ramm.corpus.document import Document, ImageSegment
+        if doc.id not in self._codes:
+            if len(self._codes) > 100_000:
+                self._codes.clear()
+            self._codes[doc.id] = [self.ramm.format.image_codes(s) if isinstance(s, ImageSegment) else None
+                                   for s in doc.segments]
+        segments = [ImageSegment(pixels=s.pixels, tokens=c) if c is not None else s
+                    for s, c in zip(doc.segments, self._codes[doc.id])]
+        return Document(doc.id, segments, source=doc.source, metadata=doc.metadata)
 
     def run(self, key, payloads: list, check) -> list:
         start = time.monotonic()
@@ -104,7 +130,7 @@ class Engine:
             self.last_batch_s = time.monotonic() - start
 
     def _images(self, key, reqs: list[ImageRequest], check) -> list:
-        hits = [self.evidence(r.caption, r.k) for r in reqs]
+        hits = self.text_evidence([r.caption for r in reqs], [r.k for r in reqs])
         try:
             results = self.ramm.generate_images(
                 [r.caption for r in reqs], [r.n for r in reqs], retrieved=[[d for d, _ in h] for h in hits],

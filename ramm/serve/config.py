@@ -28,7 +28,7 @@ class ServeConfig:
     port: int = 8000  # TCP port (0: any free port)
     api_key: str | None = None  # key every request but /healthz must send (X-API-Key or Authorization: Bearer); default: $RAMM_API_KEY
     batching: bool = True  # decode concurrent image requests together (False: one request per decode)
-    max_batch_rows: int = 64  # most samples one batched decode holds
+    max_batch_rows: int = 128  # most samples one batched decode holds
     max_wait_ms: float = 5.0  # how long the oldest queued request waits for batch mates
     max_queue: int = 256  # queued requests beyond which the server answers 503 with Retry-After
     timeout_s: float = 60.0  # a request's deadline: past it the server answers 504 and drops its work
