@@ -1,8 +1,8 @@
 """The HTTP API and web page over one `RAMM` facade (FastAPI; OpenAPI page at /docs).
 
 Every model or memory call goes through the `DynamicBatcher`: one worker thread, a bounded queue,
-deadlines; image requests with the same method and guidance share one decode. Errors map to status
-codes here: bad input 400 / 413 / 422, a full queue 503 with Retry-After, a missed deadline 504.
+deadlines; image requests with the same method and guidance share one decode. Uploads are decoded on
+other threads, so nothing heavy runs on the event loop. Errors map to status codes here: bad input 400 / 413 / 422, a full queue 503 with Retry-After, a missed deadline 504.
 """
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
     async def captions(file: UploadFile = File(description="PNG or JPEG"), n: int = Form(4, ge=1, le=16),
                        method: Literal["sample", "cfg", "cd"] = Form("sample"), seed: int = Form(0, ge=0, le=2**31 - 1),
                        k: int = Form(2, ge=0, le=16), max_tokens: int = Form(32, ge=1, le=128)):
-        pixels = state["engine"].decode_image(await file.read(), file.filename or "upload")
+        pixels = await asyncio.to_thread(state["engine"].decode_image, await file.read(), file.filename or "upload")
         payload = dict(pixels=pixels, n=n, method=method, seed=seed, k=k, max_tokens=max_tokens)
         return await submit(("captions",), payload, rows=n)
 
@@ -344,7 +344,7 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
 
     @app.post("/v1/memory/search", response_model=SearchResponse)
     async def search_image(file: UploadFile = File(description="PNG or JPEG"), k: int = Form(5, ge=1, le=50)):
-        pixels = state["engine"].decode_image(await file.read(), file.filename or "upload")
+        pixels = await asyncio.to_thread(state["engine"].decode_image, await file.read(), file.filename or "upload")
         return await submit(("search",), dict(query=pixels, k=k))
 
     @app.post("/v1/memory/documents", response_model=DocumentsAdded)
@@ -356,7 +356,8 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
         for i, d in enumerate(body.documents):
             segments = [TextSegment(d.text)] if d.text else []
             if d.image:
-                segments.append(ImageSegment(pixels=state["engine"].decode_b64_image(d.image, f"documents[{i}].image")))
+                pixels = await asyncio.to_thread(state["engine"].decode_b64_image, d.image, f"documents[{i}].image")
+                segments.append(ImageSegment(pixels=pixels))
             content_id = f"user-{Document('new', segments).content_hash()[:16]}"
             docs.append(Document(d.id or content_id, segments, source="api"))
         return await submit(("add",), docs)
@@ -364,13 +365,15 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
     @app.post("/v1/edits")
     async def edits(req: EditRequest):
         _require(state["engine"].ramm, "edit")
-        pixels = state["engine"].decode_b64_image(req.image, "image")
+        pixels = await asyncio.to_thread(state["engine"].decode_b64_image, req.image, "image")
         return await submit(("edit",), dict(pixels=pixels, instruction=req.instruction, seed=req.seed))
 
     @app.post("/v1/answers")
     async def answers(req: AnswerRequest):
         _require(state["engine"].ramm, "answer")
-        pixels = state["engine"].decode_b64_image(req.image, "image") if req.image else None
+        pixels = None
+        if req.image:
+            pixels = await asyncio.to_thread(state["engine"].decode_b64_image, req.image, "image")
         return await submit(("answer",), dict(pixels=pixels, question=req.question, seed=req.seed))
 
     return app
