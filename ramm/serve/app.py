@@ -2,7 +2,8 @@
 
 Every model or memory call goes through the `DynamicBatcher`: one worker thread, a bounded queue,
 deadlines; image requests with the same method and guidance share one decode. Uploads are decoded on
-other threads, so nothing heavy runs on the event loop. Errors map to status codes here: bad input 400 / 413 / 422, a full queue 503 with Retry-After, a missed deadline 504.
+other threads, so nothing heavy runs on the event loop. Errors map to status codes here: bad input
+400 / 413 / 422, a full queue 503 with Retry-After, a missed deadline 504.
 """
 from __future__ import annotations
 
