@@ -178,19 +178,28 @@ class Engine:
         return out
 
     def _edit(self, key, payloads: list[dict], check) -> list:
-        return [self.ramm.edit_image(p["pixels"], p["instruction"], seed=p["seed"]) for p in payloads]
+        return [_result_response(self.ramm.edit_image(p["pixels"], p["instruction"], seed=p["seed"]))
+                for p in payloads]
 
     def _answer(self, key, payloads: list[dict], check) -> list:
-        return [self.ramm.answer(p["question"], image=p["pixels"], seed=p["seed"]) for p in payloads]
+        return [_result_response(self.ramm.answer(p["question"], image=p["pixels"], seed=p["seed"]))
+                for p in payloads]
 
 
 def _scored(res):
     return zip(res.outputs, res.scores or [None] * len(res.outputs))
 
 
-def _evidence(doc, similarity: float) -> Evidence:
+def _result_response(res) -> TaskResponse:
+    """A facade `Result` of images or texts (the SFT tasks') as the API's answer."""
+    samples = [Sample(image=png_b64(o), score=s) if hasattr(o, "shape") else Sample(text=str(o), score=s)
+               for o, s in _scored(res)]
+    return _task_response(samples, [(d, None) for d in res.retrieved], 1)
+
+
+def _evidence(doc, similarity: float | None) -> Evidence:
     thumb = png_b64(doc.image) if doc.image is not None else None
-    return Evidence(id=doc.id, text=doc.text, thumbnail=thumb, similarity=float(similarity))
+    return Evidence(id=doc.id, text=doc.text, thumbnail=thumb, similarity=None if similarity is None else float(similarity))
 
 
 def _task_response(samples, hits, batch_requests: int) -> TaskResponse:
@@ -363,13 +372,13 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
             docs.append(Document(d.id or content_id, segments, source="api"))
         return await submit(("add",), docs)
 
-    @app.post("/v1/edits")
+    @app.post("/v1/edits", response_model=TaskResponse)
     async def edits(req: EditRequest):
         _require(state["engine"].ramm, "edit")
         pixels = await asyncio.to_thread(state["engine"].decode_b64_image, req.image, "image")
         return await submit(("edit",), dict(pixels=pixels, instruction=req.instruction, seed=req.seed))
 
-    @app.post("/v1/answers")
+    @app.post("/v1/answers", response_model=TaskResponse)
     async def answers(req: AnswerRequest):
         _require(state["engine"].ramm, "answer")
         pixels = None

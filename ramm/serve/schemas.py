@@ -41,7 +41,7 @@ class Evidence(BaseModel):
     id: str
     text: str
     thumbnail: Optional[str] = Field(None, description="base64 PNG of the document's image")
-    similarity: float
+    similarity: Optional[float] = Field(None, description="the retriever's score (None: given, not retrieved)")
 
 
 class Sample(BaseModel):

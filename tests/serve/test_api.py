@@ -93,3 +93,24 @@ def test_health_metrics_page_and_openapi(client):
     for element in ('id="image-form"', 'id="caption-form"', 'id="search-form"', 'id="add-form"', 'id="error"'):
         assert element in page
     assert "/v1/images" in client.get("/openapi.json").json()["paths"]
+
+
+def test_sft_endpoints_serve_a_model_that_has_the_capability(facade):
+    import copy
+
+    from fastapi.testclient import TestClient
+    from serve_helpers import make_app
+
+    from ramm.pipeline import Result
+    tuned = copy.copy(facade)
+    tuned.instruction_tuned = True
+    tuned.edit_image = lambda pixels, instruction, seed=0: Result([255 - pixels], [], [0.5], [])
+    tuned.answer = lambda question, image=None, seed=0: Result([f"{question} -> red"], [], [], [])
+    img = base64.b64encode(encode_png(RED)).decode()
+    with TestClient(make_app(tuned)) as client:
+        edit = client.post("/v1/edits", json={"instruction": "invert", "image": img})
+        assert edit.status_code == 200, edit.text
+        assert np.array_equal(decode(edit.json()["samples"][0]["image"]), 255 - RED)
+        answer = client.post("/v1/answers", json={"question": "what colour?", "image": img}).json()
+        assert answer["samples"][0]["text"] == "what colour? -> red"
+        assert client.get("/v1/capabilities").json()["edit"] is True
