@@ -26,9 +26,9 @@ def test_concurrent_requests_are_batched_and_none_is_lost(facade):
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(facade):
-    bodies = [{"caption": "b emoji: green square", "n": 16, "method": "cfg"}] * 12
+    bodies = [{"caption": "b emoji: green square", "n": 16, "method": "cfg"}] * 16
     with LiveServer(make_app(facade, batching=False, max_queue=1)) as server:
-        responses = burst(server.url, bodies, workers=12)
+        responses = burst(server.url, bodies, workers=16)
         busy = [r for r in responses if r.status_code == 503]
         assert busy and all(int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["detail"] for r in busy)
         assert {r.status_code for r in responses} == {200, 503}
