@@ -105,29 +105,57 @@ class RAMM:
         """Text -> image: n samples, best first by the retriever's image-text similarity (when a memory
         is loaded and rerank=True). Sampling is the default: greedy image decoding collapses to blanks.
         `method`: sample | greedy | cfg | cd | mix (half sample, half cd)."""
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError("caption is empty")
-        docs = self.retrieve(caption, k, retrieve, retrieved, exclude_ids)
-        prompt = self.format.image_prompt(caption, docs)
+        return self.generate_images([caption], [n], retrieve=retrieve, retrieved=[retrieved], k=k,
+                                    exclude_ids=exclude_ids, method=method, seed=seed, rerank=rerank,
+                                    batch_size=batch_size, progress=progress, **decoding)[0]
+
+    def generate_images(self, captions: Sequence[str], n: Sequence[int], *, retrieve: bool = True,
+                        retrieved: Sequence[Sequence[Document] | None] | None = None, k: int = 2,
+                        exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0, rerank: bool = True,
+                        batch_size: int = 8, progress: Callable[[int], None] | None = None,
+                        **decoding) -> list[Result]:
+        """`generate_image` for several captions (n[i] samples each) decoded together, so a server can
+        batch concurrent requests into one KV-cached decode; one seed draws the whole batch, so a
+        caption's samples depend on its batch mates. A Result per caption, as `generate_image` gives."""
+        if len(n) != len(captions):
+            raise ValueError(f"{len(captions)} captions but {len(n)} sample counts")
+        for caption, count in zip(captions, n):
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError("caption is empty")
+            if count < 1:
+                raise ValueError(f"n must be >= 1, got {count}")
+        docs = [self.retrieve(c, k, retrieve, r, exclude_ids) for c, r in zip(captions, retrieved or [None] * len(n))]
+        prompts = [self.format.image_prompt(c, d) for c, d in zip(captions, docs)]
         tpi = self.format.tokens_per_image
         uncond = self.format.unconditional_image_prompt()
         # CM3Leon's "mix": half the samples by top-p sampling, half by CD-K (it lowered their FID)
-        parts = [(method, n)] if method != "mix" else [("sample", n - n // 2), ("cd", n // 2)]
-        rows: list[list[int]] = []
-        for i, (m, count) in enumerate(p for p in parts if p[1]):
-            done = len(rows)
-            rows += self._sample([prompt] * count, [uncond] * count, m, decoding, seed + i, batch_size,
-                                 progress and (lambda k, done=done: progress(done + k)),
-                                 max_new_tokens=tpi + 1, stop_after_image=True)
-        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-        images = decode_pixels(self.format.image_tokenizer, codes)
-        scores: list[float] = []
-        if rerank and n > 1 and self.memory is not None:
+        parts = [(method, n)] if method != "mix" else [("sample", [c - c // 2 for c in n]), ("cd", [c // 2 for c in n])]
+        rows: list[list[list[int]]] = [[] for _ in captions]
+        done = 0
+        for i, (m, counts) in enumerate(p for p in parts if sum(p[1])):
+            owner = [j for j, c in enumerate(counts) for _ in range(c)]
+            new = self._sample([prompts[j] for j in owner], [uncond] * len(owner), m, decoding, seed + i, batch_size,
+                               progress and (lambda r, done=done: progress(done + r)),
+                               max_new_tokens=tpi + 1, stop_after_image=True)
+            for j, row in zip(owner, new):
+                rows[j].append(row)
+            done += len(owner)
+        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for rs in rows for r in rs], dtype=torch.long)
+        pixels = decode_pixels(self.format.image_tokenizer, codes)
+        ranked = rerank and self.memory is not None and any(len(rs) > 1 for rs in rows)
+        if ranked:
             from ramm.decoding.rerank import image_text_scores, rank
-            s = image_text_scores(self.memory.encoder, images, caption)
-            order = rank(s)
-            images, rows, scores = images[order], [rows[i] for i in order], s[order].tolist()
-        return Result(list(images), docs, scores, rows)
+            every = image_text_scores(self.memory.encoder, pixels, [c for c, rs in zip(captions, rows) for _ in rs])
+        results, start = [], 0
+        for rs, d in zip(rows, docs):
+            images, start = pixels[start:start + len(rs)], start + len(rs)
+            scores: list[float] = []
+            if ranked and len(rs) > 1:
+                s = every[start - len(rs):start]
+                order = rank(s)
+                images, rs, scores = images[order], [rs[i] for i in order], s[order].tolist()
+            results.append(Result(list(images), d, scores, rs))
+        return results
 
     def caption_image(self, image, n: int = 8, *, retrieve: bool = True,
                       retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),

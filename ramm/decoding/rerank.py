@@ -13,13 +13,18 @@ import torch
 from ramm.decoding.generate import left_pad
 
 
-def image_text_scores(encoder, images: np.ndarray, caption: str) -> np.ndarray:
-    """Cosine similarity of each image (N, H, W, 3) uint8 with the caption, by the dual encoder."""
+def image_text_scores(encoder, images: np.ndarray, caption: str | Sequence[str]) -> np.ndarray:
+    """Cosine similarity of each image (N, H, W, 3) uint8 with the caption (one for all, or one per image:
+    a batch of several prompts' samples is scored in one encoder call), by the dual encoder."""
     if len(images) == 0:
         return np.zeros(0, dtype=np.float32)
+    captions = [caption] * len(images) if isinstance(caption, str) else list(caption)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    unique = list(dict.fromkeys(captions))
     img = encoder.embed_image(np.asarray(images))
-    txt = encoder.embed_text([caption])
-    return (img @ txt[0]).astype(np.float32)
+    txt = encoder.embed_text(unique)[[unique.index(c) for c in captions]]
+    return (img * txt).sum(-1).astype(np.float32)
 
 
 @torch.inference_mode()

@@ -1,0 +1,96 @@
+"""The API's request and response bodies (pydantic): ranges checked here answer 422 before any model work.
+
+No field names a path on the server's disk: images travel as base64 PNG/JPEG or multipart uploads.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CAPTION_CHARS = 500
+MAX_SEED = 2**31 - 1
+
+Caption = Field(min_length=1, max_length=MAX_CAPTION_CHARS, description="what to draw")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _non_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("caption is empty")
+    return v
+
+
+class ImageRequest(_Strict):
+    caption: str = Caption
+    n: int = Field(4, ge=1, le=16, description="samples to draw")
+    method: Literal["sample", "cfg", "cd", "mix"] = Field("sample", description="decoding (CM3Leon): mix = half sample, half cd")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes the draw when the request is decoded alone")
+    k: int = Field(2, ge=0, le=16, description="documents to retrieve from the memory (0: none)")
+    guidance: float = Field(3.0, ge=0.0, le=20.0, description="CFG scale (method cfg)")
+
+    _caption = field_validator("caption")(_non_blank)
+
+
+class Evidence(BaseModel):
+    """A retrieved document: what the model was conditioned on."""
+
+    id: str
+    text: str
+    thumbnail: Optional[str] = Field(None, description="base64 PNG of the document's image")
+    similarity: Optional[float] = Field(None, description="the retriever's score (None: given, not retrieved)")
+
+
+class Sample(BaseModel):
+    image: Optional[str] = Field(None, description="base64 PNG")
+    text: Optional[str] = None
+    score: Optional[float] = Field(None, description="re-ranking score, higher is better")
+
+
+class TaskResponse(BaseModel):
+    samples: list[Sample]
+    retrieved: list[Evidence]
+    batch_requests: int = Field(description="requests decoded together with this one")
+
+
+class SearchResponse(BaseModel):
+    results: list[Evidence]
+
+
+class DocumentIn(_Strict):
+    id: Optional[str] = Field(None, min_length=1, max_length=200, pattern=r"^[\w.:-]+$",
+                              description="default: derived from the content, so a retried add is a no-op")
+    text: Optional[str] = Field(None, min_length=1, max_length=2000)
+    image: Optional[str] = Field(None, min_length=1, description="base64 PNG/JPEG")
+
+    @model_validator(mode="after")
+    def _has_content(self):
+        if not self.text and not self.image:
+            raise ValueError("a document needs a text, an image or both")
+        return self
+
+
+class DocumentsIn(_Strict):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class DocumentsAdded(BaseModel):
+    ids: list[str]
+    added: int
+    already_present: int
+    memory_size: int
+
+
+class EditRequest(_Strict):
+    instruction: str = Field(min_length=1, max_length=MAX_CAPTION_CHARS)
+    image: str = Field(min_length=1, description="base64 PNG/JPEG")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
+class AnswerRequest(_Strict):
+    question: str = Field(min_length=1, max_length=MAX_CAPTION_CHARS)
+    image: Optional[str] = Field(None, description="base64 PNG/JPEG")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
