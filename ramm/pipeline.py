@@ -54,8 +54,9 @@ def read_image(image, size: int) -> np.ndarray:
 class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
-    def __init__(self, model, fmt, memory=None, pack: bool = True):
+    def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False):
         self.model, self.format, self.memory = model, fmt, memory
+        self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
         self.vocab = fmt.vocab
         self.device = next(model.parameters()).device
         if pack:
@@ -82,7 +83,7 @@ class RAMM:
         if memory_dir:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
-        return cls(model, fmt, memory, pack=pack)
+        return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,

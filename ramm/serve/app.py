@@ -182,7 +182,7 @@ class Engine:
                 for p in payloads]
 
     def _answer(self, key, payloads: list[dict], check) -> list:
-        return [_result_response(self.ramm.answer(p["question"], image=p["pixels"], seed=p["seed"]))
+        return [_result_response(self.ramm.answer(p["pixels"], p["question"]))
                 for p in payloads]
 
 

@@ -105,7 +105,7 @@ def test_sft_endpoints_serve_a_model_that_has_the_capability(facade):
     tuned = copy.copy(facade)
     tuned.instruction_tuned = True
     tuned.edit_image = lambda pixels, instruction, seed=0: Result([255 - pixels], [], [0.5], [])
-    tuned.answer = lambda question, image=None, seed=0: Result([f"{question} -> red"], [], [], [])
+    tuned.answer = lambda image, question: Result([f"{question} -> red"], [], [], [])  # RAMM.answer's signature
     img = base64.b64encode(encode_png(RED)).decode()
     with TestClient(make_app(tuned)) as client:
         edit = client.post("/v1/edits", json={"instruction": "invert", "image": img})

@@ -187,6 +187,9 @@ def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundl
                  "--out", str(tmp_path / "sft"), "--trainer.steps", "2", "--trainer.batch_size", "2",
                  "--trainer.warmup_steps", "1", "--trainer.progress", "false", "--trainer.device", "cpu"]) == 0
     assert json.loads((tmp_path / "sft" / "generator.json").read_text())["sft"] is True
+    from ramm.pipeline import RAMM
+    assert RAMM.load(tmp_path / "sft", device="cpu").instruction_tuned  # what `ramm serve` offers edits on
+    assert not RAMM.load(bundle / "gen", device="cpu").instruction_tuned
     assert main(["generate", "edit", str(bundle / "red.png"), "make the skin tone blue", "--model",
                  str(tmp_path / "sft"), "--out", str(tmp_path / "page"), "--n", "2", "--device", "cpu"]) == 0
     page = (tmp_path / "page" / "index.html").read_text()
