@@ -140,6 +140,8 @@ class ChameleonGenerator(nn.Module):
     def __init__(self, hf_model, cv: ChameleonVocab):
         super().__init__()
         self.hf, self.cv = hf_model, cv
+        # the VQ-VAE only tokenizes images: the LM loss never reaches it (and DDP wants no unused trainables)
+        hf_model.model.vqmodel.requires_grad_(False)
         self.register_buffer("to_hf", torch.as_tensor(cv.to_hf), persistent=False)
         self.cfg = BackendConfig(cv.vocab.size, hf_model.config.max_position_embeddings)
         self._peft = None
@@ -227,7 +229,7 @@ def check_checkpoint(directory: str | Path) -> Path:
 
 
 def _image_tokenizer(model, d: Path, cv: ChameleonVocab):
-    """(ChameleonImageTokenizer over the model's own VQ-VAE, None) or (None, why images are unavailable)."""
+    """(ChameleonImageTokenizer over the model's own VQ-VAE or None, why image tasks are unavailable or None)."""
     from safetensors import safe_open
 
     from ramm.tokenizers.chameleon import ChameleonImageTokenizer, read_decoder
@@ -243,12 +245,12 @@ def _image_tokenizer(model, d: Path, cv: ChameleonVocab):
         return None, f"{d}: no VQGAN weights (model.vqmodel.encoder.* tensors) in its safetensors files"
     prefix = next((p for p in DECODER_PREFIXES if any(k.startswith(p) for k in keys)), None)
     decoder = read_decoder(model.model.vqmodel.config, files, prefix) if prefix else None
-    if decoder is None:
-        return None, (f"{d}: no VQGAN decoder weights (decoder.* tensors in {DECODER_FILE}, or "
-                      f"model.vqmodel.decoder.*): transformers keeps only the encoder; see docs/chameleon.md")
-    tok = ChameleonImageTokenizer(model.model.vqmodel, decoder.to(next(model.parameters()).device))
+    tok = ChameleonImageTokenizer(model.model.vqmodel, decoder and decoder.to(next(model.parameters()).device))
     if tok.codebook_size != cv.vocab.image_size:
         return None, f"{d}: VQGAN has {tok.codebook_size} codes, the vocabulary {cv.vocab.image_size} image tokens"
+    if decoder is None:  # encoding (RA fine-tuning, image queries) still works
+        return tok, (f"{d}: no VQGAN decoder weights (decoder.* tensors in {DECODER_FILE}, or "
+                     f"model.vqmodel.decoder.*): transformers keeps only the encoder; see docs/chameleon.md")
     return tok, None
 
 
