@@ -75,3 +75,28 @@ def test_ra_finetuning_lowers_the_loss_and_saves_a_directory_transformers_loads(
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model.hf(input_ids=ids).logits)
     again, fmt2, _ = load_chameleon(tmp_path / "out", device="cpu")
     assert abs(_loss(again, fmt2, docs) - after) < 1e-4
+
+
+def test_cli_fine_tunes_a_jsonl_corpus_and_the_facade_loads_the_result_with_its_memory(setup, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from ramm.__main__ import main
+    from ramm.pipeline import RAMM
+
+    ckpt, docs, _, tmp = setup
+    rows = []
+    for d in docs:  # 32x32 files: the loader resizes them to the VQGAN's 16x16
+        Image.fromarray(np.kron(d.image, np.ones((2, 2, 1), np.uint8))).save(tmp_path / f"{d.id}.png")
+        rows.append({"id": d.id, "image": f"{d.id}.png", "caption": d.text, "split": "train"})
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "ft"
+    assert main(["train", "chameleon", "--model", str(ckpt), "--corpus", str(tmp_path / "c.jsonl"),
+                 "--memory", str(tmp / "mem"), "--out", str(out), "--lora_rank", "2", "--trainer.steps", "2",
+                 "--trainer.batch_size", "2", "--trainer.device", "cpu", "--trainer.progress", "false",
+                 "--ra.k_choices", "[0, 1]", "--ra.n_candidates", "1", "--ra.max_len", "128"]) == 0
+    ramm = RAMM.load(out, device="cpu")
+    assert ramm.memory is not None and len(ramm.memory) == len(docs)
+    res = ramm.generate_image("a red cat", n=1, k=1, method="greedy")
+    assert len(res.retrieved) == 1 and res.outputs[0].shape == (16, 16, 3)
