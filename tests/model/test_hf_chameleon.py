@@ -104,6 +104,8 @@ def test_facade_loads_the_checkpoint_and_generates_one_image_between_the_markers
     assert [im.shape for im in res.outputs] == [(16, 16, 3)] * 2
     for row in res.tokens:
         assert len(row) == tpi + 1 and row[-1] == v.img_end and v.is_image(row[:tpi]).all()
+    caps = ramm.caption_image(res.outputs[0], n=2, retrieve=False, max_new_tokens=6)
+    assert all(isinstance(c, str) and c for c in caps.outputs) and len(caps.scores) == 2
     with pytest.raises(ValueError, match="context"):
         ramm.generate_image("a red cat " * 200, n=1, retrieve=False)
 
