@@ -130,3 +130,20 @@ def test_vocabulary_without_image_tokens_is_refused_for_image_tasks(tmp_path):
                  lambda: ramm.caption_image(torch.zeros(16, 16, 3, dtype=torch.uint8).numpy(), retrieve=False)):
         with pytest.raises(ValueError, match="no image tokens"):
             call()
+
+
+def test_vocab_maps_every_ramm_id_to_a_distinct_checkpoint_id_and_needs_reserved_tokens():
+    from chameleon_fixture import N_CODES, build_tokenizer
+
+    from ramm.model.hf_chameleon import ChameleonVocab
+
+    tok = build_tokenizer()
+    vmap = tok.get_vocab()
+    cv = ChameleonVocab.from_checkpoint(vmap, tok)
+    assert len(set(cv.to_hf.tolist())) == cv.vocab.size and cv.vocab.image_size == N_CODES
+    name = {i: n for n, i in vmap.items()}
+    assert [name[int(cv.to_hf[cv.vocab.image_id(c)])] for c in (0, 12)] == ["IMGIMGAZ", "IMGIMGBCZ"]
+    assert (name[int(cv.to_hf[cv.vocab.img])], name[int(cv.to_hf[cv.vocab.img_end])]) == ("<racm3:break>", "<eoss>")
+    few = {n: i for n, i in vmap.items() if not n.startswith("<reserved") or n < "<reserved08710>"}
+    with pytest.raises(ValueError, match="too few <reserved#####> tokens"):
+        ChameleonVocab.from_checkpoint(few, tok)
