@@ -187,6 +187,43 @@ class GeneratorConfig:
             raise ValueError(f"generator config: set {', '.join(missing)}")
 
 
+def _chameleon_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=500, batch_size=8, lr=2e-5, warmup_steps=20, weight_decay=0.0, ckpt_every=100)
+
+
+def _chameleon_ra() -> RAConfig:
+    return RAConfig(max_len=3200)  # two retrieved 512x512 images (1,026 tokens each) plus the main document
+
+
+@dataclass
+class ChameleonFinetuneConfig:
+    """RA fine-tuning of a transformers Chameleon / Anole checkpoint (ramm.training.chameleon_recipe)."""
+
+    model: str = ""  # directory of a ChameleonForConditionalGeneration checkpoint (config.json + safetensors)
+    corpus: str = ""  # any corpus `open_corpus` reads; its train split gives the main documents
+    memory: str = ""  # Memory directory (ramm memory build): retrieved documents come from here
+    out: str = ""  # output directory: a checkpoint transformers loads (+ generator.json, checkpoint/, metrics.jsonl)
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters of this rank (peft), merged in when saved
+    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by lora_alpha / lora_rank)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # modules that get adapters
+    dtype: str = "float32"  # weights' dtype while training: float32 | bfloat16
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_chameleon_trainer)  # budget, optimizer, schedule
+    ra: RAConfig = field(default_factory=_chameleon_ra)  # retrieval-augmented data
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ValueError("lora_rank must be >= 0 and lora_alpha > 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    def require_paths(self) -> None:
+        missing = [n for n in ("model", "corpus", "memory", "out") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"chameleon fine-tuning config: set {', '.join(missing)}")
+
+
 def _grace_trainer() -> TrainerConfig:
     return TrainerConfig(steps=2000, batch_size=64, lr=1e-3, warmup_steps=50, weight_decay=0.0, ckpt_every=250)
 

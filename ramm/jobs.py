@@ -125,7 +125,7 @@ METHODS = ("sample", "greedy", "cfg", "cd", "mix")  # mix: images only (half sam
 class DecodeJob:
     """What every `ramm generate` command shares: the bundle, retrieval and decoding settings."""
 
-    model: str = ""  # generator bundle directory (config.json, model.safetensors, generator.json)
+    model: str = ""  # generator directory: a ramm bundle (generator.json) or a transformers Chameleon / Anole checkpoint
     out: str = ""  # output directory for samples, grid.png, result.json, index.html
     memory: str | None = None  # memory directory to retrieve from (None: the bundle's, if any)
     n: int = 8  # samples to draw

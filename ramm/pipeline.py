@@ -51,12 +51,22 @@ def read_image(image, size: int) -> np.ndarray:
     return pixels
 
 
+def image_size(image_tokenizer) -> int:
+    """Pixels per side the image tokenizer takes (ramm's keeps it in its config, Chameleon's as an attribute)."""
+    if image_tokenizer is None:
+        raise ValueError("this generator has no image tokenizer, so it takes no images")
+    size = getattr(image_tokenizer, "image_size", None)
+    return size if size is not None else image_tokenizer.cfg.image_size
+
+
 class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
-    def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False):
+    def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False,
+                 images_unavailable: str | None = None):
         self.model, self.format, self.memory = model, fmt, memory
         self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
+        self.images_unavailable = images_unavailable  # why image tasks are refused (a checkpoint without them)
         self.vocab = fmt.vocab
         self.device = next(model.parameters()).device
         if pack:
@@ -83,7 +93,8 @@ class RAMM:
         if memory_dir:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
-        return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)))
+        return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
+                   images_unavailable=info.get("images_unavailable"))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,
@@ -125,6 +136,7 @@ class RAMM:
                 raise ValueError("caption is empty")
             if count < 1:
                 raise ValueError(f"n must be >= 1, got {count}")
+        self._require_images("generate_image")
         docs = [self.retrieve(c, k, retrieve, r, exclude_ids) for c, r in zip(captions, retrieved or [None] * len(n))]
         prompts = [self.format.image_prompt(c, d) for c, d in zip(captions, docs)]
         tpi = self.format.tokens_per_image
@@ -164,7 +176,8 @@ class RAMM:
                       batch_size: int = 8, progress: Callable[[int], None] | None = None, **decoding) -> Result:
         """Image -> text by CM3 infilling of a masked caption; n samples, best first by the model's
         own perplexity (RA-CM3). `image`: a path, PIL image or uint8 (H, W, 3) array."""
-        pixels = read_image(image, self.format.image_tokenizer.cfg.image_size)
+        self._require_images("caption_image")
+        pixels = read_image(image, image_size(self.format.image_tokenizer))
         docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
         codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
         prompt = self.format.caption_prompt(codes, docs)
@@ -187,6 +200,8 @@ class RAMM:
         rest of the document; image spans get exactly one image's codes, text spans end at a sentinel."""
         if method not in ("sample", "greedy"):
             raise ValueError(f"infill decodes with 'sample' or 'greedy', not {method!r}")
+        if any(isinstance(document.segments[i], ImageSegment) for i in masked if 0 <= i < len(document.segments)):
+            self._require_images("infill of an image")
         kept = [s for i, s in enumerate(document.segments) if i not in set(masked)]
         query = Document(document.id, kept) if kept else None  # the masked content must not leak in
         docs = self.retrieve(query, k, retrieve and query is not None, retrieved, exclude_ids)
@@ -255,7 +270,8 @@ class RAMM:
         """(pixels, prompt ids, retrieved documents) of an instruction about an image; bad input raises."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction is empty")
-        pixels = read_image(image, self.format.image_tokenizer.cfg.image_size)
+        self._require_images("an instruction about an image")
+        pixels = read_image(image, image_size(self.format.image_tokenizer))
         docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
         codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
         prompt = self.format.instruction_prompt([TextSegment(instruction), ImageSegment(pixels=pixels, tokens=codes)],
@@ -267,6 +283,10 @@ class RAMM:
         return pixels, prompt, docs
 
     # ------------------------------------------------------------------ helpers
+    def _require_images(self, task: str) -> None:
+        if self.images_unavailable:
+            raise ValueError(f"{task} needs image tokens and a VQGAN: {self.images_unavailable}")
+
     def _generator(self, seed: int):
         return torch.Generator(device=self.device).manual_seed(seed)
 

@@ -62,9 +62,9 @@ def _image(cfg, threads) -> int:
 def _caption(cfg, threads) -> int:
     from tqdm import tqdm
 
-    from ramm.pipeline import read_image
+    from ramm.pipeline import image_size, read_image
     ramm = _load(cfg, threads)
-    pixels = read_image(cfg.image, ramm.format.image_tokenizer.cfg.image_size)
+    pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     with tqdm(total=cfg.n, desc="captions", unit="sample") as bar:
         res = ramm.caption_image(pixels, n=cfg.n, rerank=cfg.rerank, max_new_tokens=cfg.max_tokens,
                                  batch_size=cfg.batch_size, progress=lambda done: bar.update(done - bar.n),
@@ -85,9 +85,9 @@ def _infill(cfg, threads) -> int:
     import numpy as np
 
     from ramm.corpus.document import Document, ImageSegment, TextSegment
-    from ramm.pipeline import read_image
+    from ramm.pipeline import image_size, read_image
     ramm = _load(cfg, threads)
-    size = ramm.format.image_tokenizer.cfg.image_size
+    size = image_size(ramm.format.image_tokenizer)
     image = ImageSegment(pixels=read_image(cfg.image, size)) if cfg.image else \
         ImageSegment(pixels=np.full((size, size, 3), 255, np.uint8))  # placeholder: masked, never read
     doc = Document("query", [TextSegment(cfg.caption or "<mask>"), image])
@@ -112,9 +112,9 @@ def _infill(cfg, threads) -> int:
 def _edit(cfg, threads) -> int:
     from tqdm import tqdm
 
-    from ramm.pipeline import read_image
+    from ramm.pipeline import image_size, read_image
     ramm = _load(cfg, threads)
-    pixels = read_image(cfg.image, ramm.format.image_tokenizer.cfg.image_size)
+    pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
     with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:
         res = ramm.edit_image(pixels, cfg.instruction, n=cfg.n, batch_size=cfg.batch_size,

@@ -48,11 +48,21 @@ def _train(cfg, threads) -> int:
 def _build(cfg, threads) -> int:
     import torch
 
+    from ramm.retrieval.distributed_build import build_distributed, embedding_report, world_size
     from ramm.retrieval.memory import Memory
     if threads:
         torch.set_num_threads(threads)
-    mem = Memory.build(corpus_documents(cfg.corpus, cfg.split, cfg.splits), cfg.encoder, cfg.out,
-                       batch_size=cfg.batch_size, flat_below=cfg.flat_below)
+    docs = corpus_documents(cfg.corpus, cfg.split, cfg.splits)
+    if world_size() > 1:  # under torchrun: each rank embeds its shard, rank 0 merges
+        mem = build_distributed(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, flat_below=cfg.flat_below)
+        if mem is None:
+            return 0
+        for rep in embedding_report(cfg.out):
+            print(f"  rank {rep['rank']}: {rep['documents']} documents embedded at {rep['docs_per_s']:.1f} docs/s")
+        print(f"memory {cfg.out}: {len(mem)} documents from {rep['world']} shards; "
+              f"index {mem.spec.factory} {mem.spec.params}".rstrip())
+        return 0
+    mem = Memory.build(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, flat_below=cfg.flat_below)
     s = mem.stats
     print(f"memory {cfg.out}: {len(mem)} documents ({s['added']} added, {s['already_present']} already present, "
           f"{s['skipped']} skipped); index {mem.spec.factory} {mem.spec.params}".rstrip())

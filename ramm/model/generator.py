@@ -38,12 +38,19 @@ def bundle_info(directory: str | Path) -> dict:
 
 
 def load_generator(directory: str | Path, device: str | None = None):
-    """(model, CM3Format with both tokenizers, info dict) from a directory written by save_generator."""
+    """(model, CM3Format with both tokenizers, info dict) from a directory written by save_generator, or
+    from a transformers Chameleon / Anole checkpoint (`ramm.model.hf_chameleon`)."""
+    from ramm.model.hf_chameleon import check_checkpoint, is_chameleon_checkpoint, load_chameleon
     from ramm.tokenizers.cm3_format import CM3Format
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     from ramm.tokenizers.vocab import Vocabulary
 
+    if is_chameleon_checkpoint(directory):
+        return load_chameleon(directory, device)
+    config = Path(directory) / "config.json"
+    if not (Path(directory) / INFO).is_file() and config.is_file() and "model_type" in json.loads(config.read_text()):
+        check_checkpoint(directory)  # a transformers checkpoint of another kind: says which
     info = bundle_info(directory)
     device = pick_device(device)
     model = Transformer.from_pretrained(directory, device=device).eval()

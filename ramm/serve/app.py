@@ -24,6 +24,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ramm.pipeline import image_size
 from ramm.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, QueueFull
 from ramm.serve.config import ServeConfig
 from ramm.serve.schemas import (AnswerRequest, DocumentsAdded, DocumentsIn, EditRequest, Evidence, ImageRequest,
@@ -63,7 +64,7 @@ class Engine:
             ramm = copy.copy(ramm)
             ramm.memory = Memory.load(ramm.memory.root, encoder=ramm.memory.encoder)
         self.cfg, self.ramm = cfg, ramm
-        self.image_size = ramm.format.image_tokenizer.cfg.image_size
+        self.image_size = image_size(ramm.format.image_tokenizer)
         self.last_batch_s = 0.0
         self._codes: dict[str, list] = {}  # document id -> VQ codes per segment (None for text)
         self.memory_size = len(ramm.memory) if ramm.memory is not None else 0  # read by the event loop

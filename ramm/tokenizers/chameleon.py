@@ -71,6 +71,21 @@ class VQGANDecoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
+def read_decoder(vq_config, files, prefix: str) -> VQGANDecoder | None:
+    """The VQGAN decoder from the `prefix`* tensors of these safetensors files; None when none has them."""
+    from safetensors import safe_open
+
+    weights = {}
+    for f in files:
+        with safe_open(f, "pt") as st:
+            weights.update({k[len(prefix):]: st.get_tensor(k) for k in st.keys() if k.startswith(prefix)})
+    if not weights:
+        return None
+    decoder = VQGANDecoder(vq_config)
+    decoder.load_state_dict(weights)
+    return decoder
+
+
 class ChameleonImageTokenizer(nn.Module):
     """`encode(images (B, 3, S, S) in [0, 1]) -> (B, grid**2)` codes; `decode(codes) -> images in [0, 1]`."""
 
@@ -93,22 +108,14 @@ class ChameleonImageTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir, device: str | None = None) -> "ChameleonImageTokenizer":
         """A dir saved by `ChameleonVQVAE.save_pretrained` (config.json with model_type chameleon_vqgan)."""
-        from safetensors import safe_open
         from transformers import ChameleonVQVAE
 
         d = Path(model_dir)
         if not (d / "config.json").exists():
             raise FileNotFoundError(f"no config.json in Chameleon VQGAN dir {d}")
         vqvae = ChameleonVQVAE.from_pretrained(d)
-        weights = {}
-        for f in sorted(d.glob("*.safetensors")):
-            with safe_open(f, "pt") as st:
-                weights.update({k[len("decoder."):]: st.get_tensor(k) for k in st.keys() if k.startswith("decoder.")})
-        decoder = None
-        if weights:
-            decoder = VQGANDecoder(vqvae.config)
-            decoder.load_state_dict(weights)
-        else:
+        decoder = read_decoder(vqvae.config, sorted(d.glob("*.safetensors")), "decoder.")
+        if decoder is None:
             log.warning("no decoder.* weights in %s: this tokenizer can encode but not decode", d)
         return cls(vqvae, decoder).to(device or "cpu").eval()
 

@@ -1,0 +1,26 @@
+"""`ramm train chameleon`: RA fine-tuning of a transformers Chameleon / Anole checkpoint (full or LoRA).
+
+Flags and `--config FILE` are the fields of `ramm.config.ChameleonFinetuneConfig` (`--lora_rank 16`,
+`--trainer.steps`, `--ra.alpha`, ...). Runs under `torchrun --nproc_per_node N` as DDP.
+"""
+from __future__ import annotations
+
+
+def register(cli) -> None:
+    from ramm.config import ChameleonFinetuneConfig
+    cli.config_command("chameleon", "RA fine-tune a Chameleon / Anole checkpoint (transformers directory) on a "
+                       "corpus with a memory; saves a directory transformers loads", ChameleonFinetuneConfig, _run,
+                       group="train")
+
+
+def _run(cfg, threads) -> int:
+    import torch
+
+    from ramm.training.chameleon_recipe import finetune_chameleon
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = finetune_chameleon(cfg)
+    print(f"saved the fine-tuned checkpoint to {cfg.out} ({result['minutes']:.1f} min, "
+          f"final loss {result['train_loss'] or float('nan'):.4f})")
+    return 0

@@ -1,0 +1,13 @@
+"""Run by torchrun in the distributed-build test: every rank builds its shard, rank 0 merges."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import make_docs  # noqa: E402
+
+from ramm.retrieval.distributed_build import build_distributed  # noqa: E402
+
+torch.set_num_threads(1)
+build_distributed(iter(make_docs()), sys.argv[1], sys.argv[2], batch_size=8)
