@@ -43,8 +43,11 @@ class Encoder:
             raise ValueError(f"document {docs[missing[0]].id} has neither text nor image pixels to embed")
         if with_text:
             out[with_text] += self.embed_text([docs[i].text for i in with_text])
-        if with_image:
-            out[with_image] += self.embed_image(np.stack([docs[i].image for i in with_image]))
+        by_shape: dict[tuple, list[int]] = {}  # a user's corpus mixes image sizes; embed each size together
+        for i in with_image:
+            by_shape.setdefault(docs[i].image.shape, []).append(i)
+        for rows in by_shape.values():
+            out[rows] += self.embed_image(np.stack([docs[i].image for i in rows]))
         return l2_normalize(out)
 
 

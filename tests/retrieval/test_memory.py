@@ -248,3 +248,21 @@ def test_nan_embeddings_are_refused_before_they_are_stored(tmp_path, docs, encod
     with pytest.raises(ValueError, match="non-finite embeddings"):
         Memory.build(docs[:3], enc, tmp_path / "m", progress=False)
     assert len(Memory.load(tmp_path / "m")) == 0
+
+
+def test_documents_with_images_of_mixed_sizes_build_a_memory(tmp_path, docs, encoder_dir):
+    from tests.retrieval.conftest import draw
+    big = Document.from_pair("big-red-circle", "filled emoji: red circle", draw("circle", (220, 30, 30), "filled", 40))
+    mem = Memory.build(docs[:5] + [big], encoder_dir, tmp_path / "m", batch_size=8, progress=False)
+    assert len(mem) == mem.index.ntotal == 6
+    q = mem.encoder.embed_documents([big])
+    assert mem.search_vectors(q, 1)[1][0, 0] == 5
+
+
+def test_batch_pixels_resizes_mixed_sizes_or_says_why_it_cannot():
+    from ramm.corpus.document import batch_pixels
+    a = Document.from_pair("a", "x", np.zeros((8, 8, 3), np.uint8))
+    b = Document.from_pair("b", "y", np.zeros((12, 10, 3), np.uint8))
+    assert tuple(batch_pixels([a, b], size=16).shape) == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="different sizes"):
+        batch_pixels([a, b])
