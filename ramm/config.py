@@ -169,6 +169,7 @@ class GeneratorConfig:
     retrieval: bool = True  # False: the vanilla baseline (k = 0 always, whatever ra.k_choices says)
     eval_limit: int = 0  # documents per split in evaluations (0: all)
     eval_k: int = 2  # retrieved documents at evaluation (RA-CM3's best at inference; <= ra.n_candidates)
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_generator_trainer)  # budget, optimizer, schedule
     ra: RAConfig = field(default_factory=_generator_ra)  # retrieval-augmented data
@@ -211,6 +212,7 @@ class GraceConfig:
     k: int = 30  # structured: clusters per level (GRACE: 30)
     leaf_size: int = 30  # structured: most images per leaf (GRACE: 30)
     num_beams: int = 10  # beam width at retrieval time
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_grace_trainer)  # per stage; its `steps` is the stage's
 
