@@ -21,6 +21,7 @@ from ramm.corpus.document import Document
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.recall import concept_of, exact_leave_one_out, recall_at_k
 from ramm.training.trainer import Trainer, TrainerConfig
+from ramm.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
     else:
         texts = [d.text for d in train_docs] + ([alt_text(d) for d in train_docs] if alt_text else [])
         tokenizer = train_text_tokenizer(texts, model_cfg.text_vocab_size)
-    torch.manual_seed(trainer_cfg.seed)
+    seed_everything(trainer_cfg.seed)
     model = DualEncoder(model_cfg, tokenizer)
     model.save_pretrained(out)  # tokenizer + config on disk before the first checkpoint
     eval_fn = None
