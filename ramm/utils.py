@@ -65,6 +65,15 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def output_dir(path: str | os.PathLike, what: str = "output") -> Path:
+    """`path` as a folder to write into (created), or ValueError naming it when a file is in the way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the {what} directory {path} is a file: give a folder path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RAMM_CACHE", Path.home() / ".cache" / "ramm"))
 

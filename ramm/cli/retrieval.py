@@ -83,6 +83,8 @@ def _search(args) -> int:
     if (args.text is None) == (args.image is None):
         raise ValueError("give either a text query or --image PATH")
     mem = Memory.load(args.memory)
+    if args.image is not None and not Path(args.image).is_file():
+        raise ValueError(f"--image {args.image} is not an image file")
     query = args.text if args.image is None else decode_image_bytes(Path(args.image).read_bytes(), args.image)
     for doc, score in mem.search(query, k=args.k, strategy=args.strategy):
         print(f"{doc.id}\t{score:.4f}\t{doc.text}")

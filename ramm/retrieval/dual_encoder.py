@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from ramm.config import DualEncoderConfig
+from ramm.config import from_dict as config_from_dict
 from ramm.retrieval.encoder import Encoder, as_image_batch
 from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
 from ramm.tokenizers.text_tokenizer import train_bpe
@@ -202,7 +203,22 @@ class DualEncoder(nn.Module, Encoder):
         for f in ("config.json", "model.safetensors", "tokenizer.json"):
             if not (path / f).exists():
                 raise FileNotFoundError(f"no dual encoder at {path} (missing {f})")
-        cfg = DualEncoderConfig.from_dict(json.loads((path / "config.json").read_text()))
-        model = cls(cfg, Tokenizer.from_file(str(path / "tokenizer.json")))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        cfg_file, weights = path / "config.json", path / "model.safetensors"
+        try:
+            cfg = config_from_dict(DualEncoderConfig, json.loads(cfg_file.read_text(encoding="utf-8")), str(cfg_file))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{cfg_file}: not a readable encoder config ({e})") from None
+        try:
+            model = cls(cfg, Tokenizer.from_file(str(path / "tokenizer.json")))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise ValueError(f"{path / 'tokenizer.json'}: not a readable tokenizer ({e})") from None
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own type on truncated / foreign files
+            raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing / unexpected keys, wrong shapes
+            detail = " ".join(str(e).split())[:300]
+            raise ValueError(f"{weights} does not fit {cfg_file} ({detail})") from None
         return model.to(pick_device(device)).eval()

@@ -34,7 +34,7 @@ from ramm.retrieval.encoder import Encoder, encoder_fingerprint, load_encoder, s
 from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
 from ramm.retrieval.store import DocStore
 from ramm.retrieval.strategies import Strategy, choose, eligible, get_strategy, pool_size
-from ramm.utils import atomic_write_json
+from ramm.utils import atomic_write_json, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Memory:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(encoder, (str, Path)):
             encoder_path, encoder = encoder, load_encoder(encoder)
-        out_dir = Path(out_dir)
+        out_dir = output_dir(out_dir, "memory")
         cfg_file = out_dir / "config.json"
         with writer_lock(out_dir):
             if cfg_file.exists():

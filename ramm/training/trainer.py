@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ramm.config import TrainerConfig
-from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, pick_device
+from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, output_dir, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Trainer:
         self.collate_fn = collate_fn or torch.utils.data.default_collate
         if not cfg.out_dir:
             raise ValueError("TrainerConfig.out_dir is empty: set the directory for checkpoints and metrics.jsonl")
-        self.out = Path(cfg.out_dir)
+        self.out = output_dir(cfg.out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
