@@ -262,3 +262,11 @@ def test_logits_equal_hf_llama_with_the_same_weights():
         pos = (am.long().cumsum(-1) - 1).clamp_min(0)
         ref = hf(idx, attention_mask=am.long(), position_ids=pos).logits
         torch.testing.assert_close(m(idx, attention_mask=am)[0][am], ref[am], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"text_tokenizer": 3, "image_tokenizer": "x"}'])
+def test_a_generator_json_of_the_wrong_type_names_the_file(tmp_path, content):
+    from ramm.model.generator import bundle_info
+    (tmp_path / "generator.json").write_text(content)
+    with pytest.raises(ValueError, match="generator.json: "):
+        bundle_info(tmp_path)
