@@ -342,10 +342,6 @@ class DualEncoderConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DualEncoderConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
 
 # Named presets per component: field overrides on the class defaults, resolved by `preset()`.
 # "demo" is what configs/demo.json measured (the defaults above follow it where a default exists).
@@ -448,10 +444,10 @@ def load_config(cls, path: str | Path):
     """Read a config saved with `save_config` (or written by hand)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config {path} not found") from None
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"config {path} is not valid JSON: {e}") from None
     return from_dict(cls, data, str(path))
 

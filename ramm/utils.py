@@ -74,6 +74,23 @@ def output_dir(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def load_weights(model, path: str | os.PathLike, allowed_missing: set[str] = frozenset()) -> None:
+    """Load a safetensors file into `model`; ValueError naming the file when it is unreadable
+    (truncated, not safetensors) or does not fit the model (missing / unexpected names, wrong shapes)."""
+    from safetensors.torch import load_file
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own type on truncated / foreign files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # wrong shapes
+        raise ValueError(f"{path} does not fit its config ({' '.join(str(e).split())[:300]})") from None
+    if set(missing) - set(allowed_missing) or unexpected:
+        raise ValueError(f"{path} does not fit its config (missing {sorted(set(missing) - set(allowed_missing))[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]})")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RAMM_CACHE", Path.home() / ".cache" / "ramm"))
 

@@ -192,7 +192,7 @@ def _tampered(src, dst, change):
     (lambda d: (d / "model.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors"),
      r"model.safetensors: not a readable safetensors file"),
     (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"embed_dim": 32', '"embed_dim": 48')),
-     r"model.safetensors does not fit .*config.json \(.*size mismatch"),
+     r"model.safetensors does not fit its config \(.*size mismatch"),
 ])
 def test_tampered_encoder_folder_names_the_file(tmp_path, encoder_dir, change, message):
     from ramm.retrieval.encoder import load_encoder
