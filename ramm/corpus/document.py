@@ -126,6 +126,8 @@ def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None) ->
         raise
     except Image.DecompressionBombError as e:
         raise BadItem("image_too_large", item, str(e)) from None
+    except Image.UnidentifiedImageError:  # its message shows the BytesIO object, not the file
+        raise BadItem("corrupt_image", item, "not an image format Pillow reads") from None
     except Exception as e:  # PIL raises many types for corrupt/truncated data
         raise BadItem("corrupt_image", item, f"{type(e).__name__}: {e}") from None
 

@@ -289,3 +289,10 @@ def test_a_small_file_of_huge_dimensions_decodes_in_bounded_memory(tmp_path):
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n")
     grew_mib = int(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout)
     assert grew_mib < 200  # 532 MiB when decoded whole, then converted, then resized
+
+
+def test_an_unreadable_image_is_named_never_shown_as_a_bytes_object():
+    from ramm.corpus.document import decode_image_bytes
+    with pytest.raises(BadItem, match=r"corrupt_image: photo.jpg \(not an image format") as e:
+        decode_image_bytes(b"not an image", "photo.jpg")
+    assert "BytesIO" not in str(e.value)
