@@ -170,6 +170,7 @@ class GeneratorConfig:
     retrieval: bool = True  # False: the vanilla baseline (k = 0 always, whatever ra.k_choices says)
     eval_limit: int = 0  # documents per split in evaluations (0: all)
     eval_k: int = 2  # retrieved documents at evaluation (RA-CM3's best at inference; <= ra.n_candidates)
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_generator_trainer)  # budget, optimizer, schedule
     ra: RAConfig = field(default_factory=_generator_ra)  # retrieval-augmented data
@@ -249,6 +250,7 @@ class GraceConfig:
     k: int = 30  # structured: clusters per level (GRACE: 30)
     leaf_size: int = 30  # structured: most images per leaf (GRACE: 30)
     num_beams: int = 10  # beam width at retrieval time
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_grace_trainer)  # per stage; its `steps` is the stage's
 
@@ -427,10 +429,6 @@ class DualEncoderConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DualEncoderConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
 
 # Named presets per component: field overrides on the class defaults, resolved by `preset()`.
 # "demo" is what configs/demo.json measured (the defaults above follow it where a default exists).
@@ -533,10 +531,10 @@ def load_config(cls, path: str | Path):
     """Read a config saved with `save_config` (or written by hand)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config {path} not found") from None
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"config {path} is not valid JSON: {e}") from None
     return from_dict(cls, data, str(path))
 

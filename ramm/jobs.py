@@ -39,6 +39,7 @@ class ImageTokenizerJob:
     corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
     out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
     model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)  # the tokenizer's architecture
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
 
@@ -54,6 +55,7 @@ class TextTokenizerJob:
     corpus: str  # any corpus `open_corpus` reads
     out: str  # output directory for tokenizer.json
     vocab_size: int = 2048  # BPE vocabulary size, the 256 bytes and <pad> included
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
@@ -75,6 +77,7 @@ class RetrieverJob:
     out: str  # encoder directory: config.json, model.safetensors, tokenizer.json (+ checkpoint/)
     model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # architecture and loss weights
     views: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # how training views are drawn
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
 
@@ -93,6 +96,7 @@ class MemoryBuildJob:
     splits: tuple[str, ...] = SPLITS  # splits whose documents go in
     batch_size: int = 256  # documents embedded per store transaction
     flat_below: int = 100_000  # exact (flat) index below this many documents, approximate above
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
@@ -111,6 +115,7 @@ class RetrievalEvalJob:
     splits: tuple[str, ...] = ("test", "heldout")  # query splits
     json: str | None = None  # also write the numbers to this JSON file
     match: str = "concept"  # metadata key: a retrieved document with the query's value is a hit (EmojiBench: concept)
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):

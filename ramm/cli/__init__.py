@@ -132,11 +132,11 @@ def _field_help(parser, cls, prefix: str = "") -> None:
             _field_help(parser, sub, f"{prefix}{f.name}.")
 
 
-def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None):
+def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
     """Stream the documents of `splits` (None: all) of any corpus `open_corpus` reads; `split` (a
     SplitConfig) places the rows that carry no `split` field."""
     from ramm.corpus import open_corpus
-    docs = open_corpus(corpus, image_size=image_size)
+    docs = open_corpus(corpus, image_size=image_size, strict=strict)
     return iter(docs) if splits is None else split.select(docs, splits)
 
 

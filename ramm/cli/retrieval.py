@@ -5,6 +5,8 @@ Flags and `--config FILE` of train / build / eval are the fields of `ramm.jobs.R
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from ramm.cli import corpus_documents
 
 
@@ -32,7 +34,7 @@ def _train(cfg, threads) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if threads:
         torch.set_num_threads(threads)
-    docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "val"]))
+    docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "val"], strict=cfg.strict))
     train, val = list(cfg.split.select(docs, "train")), list(cfg.split.select(docs, "val"))
     if not train:
         raise ValueError(f"{cfg.corpus} has no train documents")
@@ -48,11 +50,16 @@ def _train(cfg, threads) -> int:
 def _build(cfg, threads) -> int:
     import torch
 
+    from ramm.corpus import open_corpus
     from ramm.retrieval.distributed_build import build_distributed, embedding_report, world_size
+    from ramm.retrieval.encoder import load_encoder
     from ramm.retrieval.memory import Memory
     if threads:
         torch.set_num_threads(threads)
-    docs = corpus_documents(cfg.corpus, cfg.split, cfg.splits)
+    encoder = load_encoder(cfg.encoder)
+    image_size = getattr(getattr(encoder, "cfg", None), "image_size", None)  # decode large images reduced
+    corpus = open_corpus(cfg.corpus, strict=cfg.strict, image_size=image_size)
+    docs = cfg.split.select(corpus, cfg.splits)
     if world_size() > 1:  # under torchrun: each rank embeds its shard, rank 0 merges
         mem = build_distributed(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, flat_below=cfg.flat_below)
         if mem is None:
@@ -62,13 +69,15 @@ def _build(cfg, threads) -> int:
         print(f"memory {cfg.out}: {len(mem)} documents from {rep['world']} shards; "
               f"index {mem.spec.factory} {mem.spec.params}".rstrip())
         return 0
-    mem = Memory.build(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, flat_below=cfg.flat_below)
+    mem = Memory.build(docs, encoder, cfg.out, encoder_path=cfg.encoder, batch_size=cfg.batch_size,
+                       flat_below=cfg.flat_below)
     s = mem.stats
+    reasons = Counter({k[len("skipped_"):]: v for k, v in s.items() if k.startswith("skipped_")})
+    reasons.update(corpus.skips.skipped)  # the loader's skips (unreadable rows never reach the memory)
     print(f"memory {cfg.out}: {len(mem)} documents ({s['added']} added, {s['already_present']} already present, "
-          f"{s['skipped']} skipped); index {mem.spec.factory} {mem.spec.params}".rstrip())
-    for k, v in sorted(s.items()):
-        if k.startswith("skipped_"):
-            print(f"  {k}: {v}")
+          f"{sum(reasons.values())} skipped); index {mem.spec.factory} {mem.spec.params}".rstrip())
+    for reason, n in reasons.most_common():
+        print(f"  skipped {reason}: {n}")
     return 0
 
 
@@ -81,6 +90,8 @@ def _search(cfg, threads) -> int:
     from ramm.retrieval.memory import Memory
     if threads:
         torch.set_num_threads(threads)
+    if cfg.image is not None and not Path(cfg.image).is_file():
+        raise ValueError(f"--image {cfg.image} is not an image file")
     mem = Memory.load(cfg.memory)
     query = cfg.text if cfg.image is None else decode_image_bytes(Path(cfg.image).read_bytes(), cfg.image)
     for doc, score in mem.search(query, k=cfg.k, strategy=cfg.strategy):
@@ -102,7 +113,7 @@ def _eval(cfg, threads) -> int:
     print(f"{'split':<8} {'direction':<12} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = {}
     for split in cfg.splits:
-        docs = list(corpus_documents(cfg.corpus, cfg.split, [split]))
+        docs = list(corpus_documents(cfg.corpus, cfg.split, [split], strict=cfg.strict))
         if not docs:
             raise ValueError(f"split {split!r} of {cfg.corpus} has no documents")
         results[split] = memory_recall(mem, docs, match=cfg.match)

@@ -23,7 +23,8 @@ def _run_image(cfg, threads) -> int:
 
     if threads:
         torch.set_num_threads(threads)
-    docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "test"], image_size=cfg.model.image_size))
+    docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "test"], image_size=cfg.model.image_size,
+                                 strict=cfg.strict))
     train, test = list(cfg.split.select(docs, "train")), list(cfg.split.select(docs, "test"))
     print(f"training on {len(train)} train documents; evaluating on {len(test)} test documents")
     model, metrics = train_image_tokenizer(train, cfg.model, cfg.trainer, eval_docs=test)
@@ -37,7 +38,7 @@ def _run_image(cfg, threads) -> int:
 def _run_text(cfg, threads) -> int:
     from ramm.tokenizers.text_tokenizer import TextTokenizer
 
-    texts = [t for d in corpus_documents(cfg.corpus, cfg.split, ["train"]) for t in d.texts]
+    texts = [t for d in corpus_documents(cfg.corpus, cfg.split, ["train"], strict=cfg.strict) for t in d.texts]
     if not texts:
         raise ValueError(f"corpus {cfg.corpus} has no train text to learn BPE merges from")
     tok = TextTokenizer.train(texts, vocab_size=cfg.vocab_size)

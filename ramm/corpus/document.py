@@ -16,7 +16,8 @@ from typing import Any, Iterable, Union
 import numpy as np
 from PIL import Image
 
-# Pillow's default bomb guard warns at ~89 Mpx; we treat anything past this as bad input.
+# Pillow's default bomb guard warns at ~89 Mpx; we treat anything past this as bad input. Decoding
+# reduces a large image towards the size asked for (JPEG draft, box reduce) before converting it to RGB.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
@@ -98,7 +99,10 @@ def pil_to_rgb(img: Image.Image, background=(255, 255, 255)) -> np.ndarray:
 
 
 def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None) -> np.ndarray:
-    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input."""
+    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input.
+
+    With `size`, a large image is decoded reduced (JPEG DCT scaling, then an integer box reduce) so
+    its full-resolution RGB copy never exists, then resized to size x size."""
     if not data:
         raise BadItem("empty_image", item)
     try:
@@ -106,16 +110,33 @@ def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None) ->
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise BadItem("image_too_large", item, f"{w}x{h} > {MAX_IMAGE_PIXELS} px")
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size, size))  # decodes at 1/2, 1/4 or 1/8 scale, never below size
             img.load()
-            if size is not None and img.size != (size, size):
-                img = img.convert("RGBA").resize((size, size), Image.LANCZOS)
+            if size is not None:
+                factor = min(img.size) // (2 * size)
+                if factor >= 2:
+                    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+                        img = img.convert("L" if img.mode in ("1", "I", "I;16", "F") else "RGBA")
+                    img = img.reduce(factor)
+                if img.size != (size, size):
+                    img = img.convert("RGBA").resize((size, size), Image.LANCZOS)
             return pil_to_rgb(img)
     except BadItem:
         raise
     except Image.DecompressionBombError as e:
         raise BadItem("image_too_large", item, str(e)) from None
+    except Image.UnidentifiedImageError:  # its message shows the BytesIO object, not the file
+        raise BadItem("corrupt_image", item, "not an image format Pillow reads") from None
     except Exception as e:  # PIL raises many types for corrupt/truncated data
         raise BadItem("corrupt_image", item, f"{type(e).__name__}: {e}") from None
+
+
+def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (size, size, 3), the loaders' resize (LANCZOS)."""
+    if pixels.shape[:2] == (size, size):
+        return pixels
+    return np.array(Image.fromarray(pixels, "RGB").resize((size, size), Image.LANCZOS), dtype=np.uint8)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -227,7 +248,12 @@ class Document:
         return cls.from_dict(json.loads(s))
 
 
-def batch_pixels(docs: Iterable[Document]):
-    """Stack each document's first image into a float tensor (B, 3, H, W) in [0, 1]."""
+def batch_pixels(docs: Iterable[Document], size: int | None = None):
+    """Stack each document's first image into a float tensor (B, 3, H, W) in [0, 1]; `size` resizes
+    each to size x size first (a user's corpus mixes sizes)."""
     import torch
-    return torch.stack([ImageSegment(pixels=d.image).to_tensor() for d in docs])
+    pixels = [d.image if size is None else resize_pixels(d.image, size) for d in docs]
+    shapes = sorted({p.shape for p in pixels})
+    if len(shapes) > 1:
+        raise ValueError(f"images of different sizes {shapes[:3]} cannot form one batch: give a size to resize to")
+    return torch.stack([ImageSegment(pixels=p).to_tensor() for p in pixels])

@@ -56,7 +56,9 @@ TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": 
 TRACKS = ("variants", "cross-style")  # documents of concepts with skin tones (default tone included) / all others
 _SHARD_RE = re.compile(r"^\d{5}\.tar$")
 _DOC_JSON_RE = re.compile(rb"^[a-z]+-[0-9a-f]+(-[0-9a-f]+)*\.json$")
-NPM_HINT = "install Node.js + npm (e.g. apt-get install nodejs npm)"
+NPM_REGISTRY = "https://registry.npmjs.org"  # where npm itself fetches the pinned tarballs from
+NPM_HINT = "it needs network access to registry.npmjs.org (or Node.js + npm as a fallback)"
+FETCH_TRIES = 3
 
 
 class FetchError(RuntimeError):
@@ -91,7 +93,8 @@ class EmojiBenchConfig:
 
 # ---------------------------------------------------------------------------------------------- fetch
 def fetch_package(style: str, cache_dir: str | Path | None = None) -> Path:
-    """Path of the verified emoji-datasource-<style> tarball, fetched with `npm pack` into the cache."""
+    """Path of the verified emoji-datasource-<style> tarball in the cache: downloaded over HTTPS from
+    the npm registry (Python only), else with `npm pack`; either way checked against the pinned sha256."""
     if style not in TARBALL_SHA256:
         raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
     dest_dir = Path(cache_dir or default_cache_dir()) / "npm"
@@ -99,26 +102,50 @@ def fetch_package(style: str, cache_dir: str | Path | None = None) -> Path:
     dest = dest_dir / name
     if dest.exists() and _sha256_file(dest) == TARBALL_SHA256[style]:
         return dest
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FetchError(f"npm not found: {NPM_HINT}")
     dest_dir.mkdir(parents=True, exist_ok=True)
+    url = f"{NPM_REGISTRY}/emoji-datasource-{style}/-/{name}"
     with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-        spec = f"emoji-datasource-{style}@{VERSION}"
-        log.info("fetching %s with npm pack", spec)
-        r = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True)
         got = Path(tmp) / name
-        if r.returncode != 0 or not got.exists():
-            log.debug("npm pack stderr:\n%s", r.stderr)
-            codes = re.findall(r"code:? '?([A-Z][A-Z0-9_]+)", r.stderr)
-            reason = codes[0] if codes else (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise FetchError(f"`npm pack {spec}` failed ({reason}); it needs network access to "
-                             f"registry.npmjs.org and npm: {NPM_HINT}")
+        try:
+            _download(url, got)
+        except OSError as e:  # URLError, timeouts, resets: offline or blocked
+            log.warning("downloading %s failed (%s); trying npm pack", url, e)
+            _npm_pack(f"emoji-datasource-{style}@{VERSION}", Path(tmp), got, http_error=f"{url}: {e}")
         digest = _sha256_file(got)
         if digest != TARBALL_SHA256[style]:
-            raise FetchError(f"{spec}: sha256 {digest} does not match the pinned {TARBALL_SHA256[style]}")
+            raise FetchError(f"{name}: sha256 {digest} does not match the pinned {TARBALL_SHA256[style]}")
         got.replace(dest)
     return dest
+
+
+def _download(url: str, out: Path) -> None:
+    """Stream `url` to `out`, FETCH_TRIES times with a growing pause before giving up."""
+    import time
+    import urllib.request
+
+    for attempt in range(FETCH_TRIES):
+        try:
+            log.info("fetching %s", url)
+            with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as f:
+                shutil.copyfileobj(r, f, 1 << 20)
+            return
+        except OSError:
+            if attempt == FETCH_TRIES - 1:
+                raise
+            time.sleep(2 ** attempt)
+
+
+def _npm_pack(spec: str, cwd: Path, got: Path, http_error: str) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError(f"could not download {http_error}; npm (the fallback) is not installed: {NPM_HINT}")
+    log.info("fetching %s with npm pack", spec)
+    r = subprocess.run([npm, "pack", spec], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0 or not got.exists():
+        log.debug("npm pack stderr:\n%s", r.stderr)
+        codes = re.findall(r"code:? '?([A-Z][A-Z0-9_]+)", r.stderr)
+        reason = codes[0] if codes else (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FetchError(f"could not download {http_error}, and `npm pack {spec}` failed ({reason}): {NPM_HINT}")
 
 
 def _sha256_file(path: Path) -> str:

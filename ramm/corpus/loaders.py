@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import tarfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +26,10 @@ CAPTION_KEYS = ("caption", "text")
 ID_KEYS = ("id", "key")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+MAX_CAPTION_CHARS = 10_000  # a longer caption is a skip: a 1 MB one stalls BPE training for minutes
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a larger tar member is a skip, decided before a byte of it is read
+MAX_RECORD_LINES = 64  # a CSV record (a quoted caption may hold newlines) spans at most this many lines
+_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: folder kept, basename split at its first dot
 
 Reader = Callable[[SkipCounter], Iterator[Document]]
 
@@ -88,6 +94,8 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
 def _caption(text, item: str, where: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise BadItem("empty_caption", item, where)
+    if len(text) > MAX_CAPTION_CHARS:
+        raise BadItem("caption_too_long", item, f"{where}: {len(text)} characters > {MAX_CAPTION_CHARS}")
     return text.strip()
 
 
@@ -139,35 +147,76 @@ def read_jsonl(path: Path, root: Path, skips: SkipCounter, size: int | None = No
                 skips.skip(e)
 
 
+class _Lines:
+    """The physical lines csv.reader pulls, numbered and kept per record, so that a malformed record
+    (an unterminated quote) costs one line: its first line is skipped and the rest read again."""
+
+    def __init__(self, f):
+        self.f, self.lineno, self.again, self.record = f, 0, deque(), []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if len(self.record) >= MAX_RECORD_LINES:
+            raise csv.Error(f"a record runs past {MAX_RECORD_LINES} lines (an unterminated quote?)")
+        if self.again:
+            n, line = self.again.popleft()
+        else:
+            line = next(self.f)
+            self.lineno += 1
+            n = self.lineno
+        self.record.append((n, line))
+        return line
+
+    def start(self) -> None:
+        self.record = []
+
+    def retry_after_first(self) -> None:
+        """Drop the current record's first line and read its other lines again."""
+        self.again.extendleft(reversed(self.record[1:]))
+        self.record = []
+
+
 def read_csv(path: Path, root: Path, skips: SkipCounter, size: int | None = None) -> Iterator[Document]:
-    """A header row naming at least an image column and a caption column (.tsv: tab-separated)."""
+    """A header row naming at least an image column and a caption column (.tsv: tab-separated).
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     # surrogateescape keeps reading past non-UTF-8 bytes so that only the bad row is skipped
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        lines = _Lines(f)
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
         header = next(reader, None)
         if header is None or not set(header) & set(IMAGE_KEYS) or not set(header) & set(CAPTION_KEYS):
             raise ValueError(f"{path}: header {header} needs an image column (one of {', '.join(IMAGE_KEYS)}) "
                              f"and a caption column (one of {', '.join(CAPTION_KEYS)})")
         while True:
-            where = f"{path}:{reader.line_num + 1}"
+            lines.start()
             try:
                 try:
                     fields = next(reader)
                 except StopIteration:
-                    return
+                    if not lines.record:
+                        return
+                    raise csv.Error("unexpected end of data") from None
                 except csv.Error as e:
+                    where = f"{path}:{lines.record[0][0] if lines.record else lines.lineno}"
+                    if len(lines.record) > 1:
+                        lines.retry_after_first()
                     raise BadItem("malformed_row", where, str(e)) from None
+                where = f"{path}:{lines.record[0][0]}"
                 if not any(fields):
                     continue
                 if len(fields) != len(header):
+                    if len(lines.record) > 1:
+                        lines.retry_after_first()
                     raise BadItem("malformed_row", where, f"{len(fields)} fields, header has {len(header)}")
                 try:
                     "".join(fields).encode("utf-8")
                 except UnicodeEncodeError:
                     raise BadItem("bad_encoding", where, "not UTF-8") from None
                 row = dict(zip(header, fields))
-                item = str(_pick(row, ID_KEYS) or f"{path.stem}-{reader.line_num}")
+                item = str(_pick(row, ID_KEYS) or f"{path.stem}-{lines.record[0][0]}")
                 yield _pair(row, root, item, where, str(path), size)
             except BadItem as e:
                 skips.skip(e)
@@ -193,6 +242,7 @@ def read_coco(path: Path, root: Path, skips: SkipCounter, size: int | None = Non
         try:
             if not isinstance(ann, dict) or "image_id" not in ann:
                 raise BadItem("malformed_row", f"{path}:annotations[{i}]", f"no image_id in {ann!r:.80}")
+            _coco_id(ann["image_id"], "image_id", f"{path}:annotations[{i}]")
             captions.setdefault(ann["image_id"], []).append(
                 _caption(ann.get("caption"), f"coco-{ann['image_id']}", f"{path}:annotations[{i}]"))
         except BadItem as e:
@@ -202,6 +252,7 @@ def read_coco(path: Path, root: Path, skips: SkipCounter, size: int | None = Non
         try:
             if not isinstance(im, dict) or "id" not in im:
                 raise BadItem("malformed_row", where, f"no id in {im!r:.80}")
+            _coco_id(im["id"], "id", where)
             item = f"coco-{im['id']}"
             caps = captions.get(im["id"])
             if not caps:
@@ -213,9 +264,17 @@ def read_coco(path: Path, root: Path, skips: SkipCounter, size: int | None = Non
             skips.skip(e)
 
 
+def _coco_id(value, key: str, where: str) -> None:
+    """COCO ids are numbers (some exports use strings); a list or object is a malformed row."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadItem("malformed_row", where, f"{key} {value!r:.60} is not a number or string")
+
+
 # ---------------------------------------------------------------------------------------------- webdataset
 def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = None) -> Iterator[Document]:
-    """img2dataset layout: KEY.jpg|png (+ KEY.txt caption and/or KEY.json with "caption"), files of a key adjacent."""
+    """img2dataset layout: KEY.jpg|png (+ KEY.txt caption and/or KEY.json with "caption"), files of a key
+    adjacent. A member's key is its path with the basename cut at its first dot, as webdataset does
+    (`./000.png` -> `./000`, `laion.v2/000.jpg` -> `laion.v2/000`)."""
     for shard in shards:
         try:
             with tarfile.open(shard, mode="r|*") as tf:
@@ -223,11 +282,17 @@ def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = N
                 for m in tf:
                     if not m.isfile():
                         continue
-                    k, _, ext = m.name.partition(".")
+                    match = _WDS_KEY.match(m.name)
+                    if match is None:  # no extension (or a dot-file): not part of a sample
+                        continue
+                    k, ext = match.groups()
                     if k != key and files:
                         yield from _wds_sample(shard, key, files, skips, size)
                         files = {}
                     key = k
+                    if m.size > MAX_MEMBER_BYTES or m.issparse():
+                        files[ext.lower()] = _TooLarge(m.size)  # tarfile skips its bytes unread
+                        continue
                     data = tf.extractfile(m).read()
                     if len(data) != m.size:  # stream mode returns short reads at a truncated end
                         raise tarfile.ReadError(f"{m.name} truncated ({len(data)} of {m.size} bytes)")
@@ -239,6 +304,10 @@ def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = N
                     yield from _wds_sample(shard, key, files, skips, size)
         except (tarfile.TarError, EOFError, OSError) as e:
             skips.skip(BadItem("corrupt_shard", str(shard), f"{type(e).__name__}: {e}"))
+
+
+class _TooLarge(int):
+    """Stands for a member over MAX_MEMBER_BYTES (or sparse): its size, never its bytes."""
 
 
 def _truncated(shard: Path) -> bool:
@@ -256,7 +325,13 @@ def _truncated(shard: Path) -> bool:
 def _wds_sample(shard: Path, key: str, files: dict[str, bytes], skips: SkipCounter,
                 size: int | None) -> Iterator[Document]:
     where = f"{shard}:{key}"
+    key = key[2:] if key.startswith("./") else key
     try:
+        big = {e: n for e, n in files.items() if isinstance(n, _TooLarge)}
+        if big:
+            raise BadItem("member_too_large", key, f"{where}: " + ", ".join(
+                f".{e} {'sparse' if n <= MAX_MEMBER_BYTES else f'{n} bytes'}" for e, n in big.items())
+                + f" (limit {MAX_MEMBER_BYTES} bytes)")
         meta = {}
         if "json" in files:
             try:

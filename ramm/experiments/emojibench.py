@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -125,7 +126,8 @@ class DemoConfig:
 
 
 class Stage:
-    """A cached step: runs `fn` unless RUN/<name>/done.json records the same config."""
+    """A cached step: runs `fn` unless RUN/<name>/done.json records the same config. A run of the same
+    config that was cut off resumes in its folder; another config starts from an empty one."""
 
     def __init__(self, run: Path, name: str, config, report: Callable[[str], None]):
         self.dir, self.name, self.report = run / name, name, report
@@ -144,8 +146,13 @@ class Stage:
         if cached is not None:
             self.report(f"[{self.name}] cached ({self.dir})")
             return cached
+        started = self.dir / "started.json"
+        if self.dir.exists() and (not started.exists() or json.loads(started.read_text()).get("key") != self.key):
+            self.report(f"[{self.name}] its config changed: starting over ({self.dir})")
+            shutil.rmtree(self.dir)  # a memory or checkpoint of another config must not be resumed
         self.report(f"[{self.name}] running ...")
         self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(started, {"key": self.key})  # a killed run with the same config resumes
         t0 = time.time()
         result = fn(self.dir)
         result = {**result, "seconds": round(time.time() - t0, 1)}

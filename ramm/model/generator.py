@@ -33,7 +33,13 @@ def bundle_info(directory: str | Path) -> dict:
     directory = Path(directory)
     if not (directory / INFO).is_file():
         raise FileNotFoundError(f"{directory / INFO} not found (train one with `ramm train generator`)")
-    info = json.loads((directory / INFO).read_text())
+    try:
+        info = json.loads((directory / INFO).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{directory / INFO}: not readable JSON ({e})") from None
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("text_tokenizer", "image_tokenizer")):
+        raise ValueError(f"{directory / INFO}: expected an object naming text_tokenizer and image_tokenizer folders, "
+                         f"got {json.dumps(info)[:80]}")
     return {**info, "text_tokenizer": directory / info["text_tokenizer"], "image_tokenizer": directory / info["image_tokenizer"]}
 
 

@@ -7,10 +7,9 @@ RA-CM3's `-log p(x | m) - alpha log p(m)` is one weighted cross-entropy.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,9 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ramm.config import load_config
 from ramm.model.copy_head import CopyHead
 from ramm.model.packing import Linear
-from ramm.utils import atomic_write_bytes, atomic_write_json
+from ramm.utils import atomic_write_bytes, atomic_write_json, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,6 @@ class TransformerConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown model size {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 class KVCache:
@@ -417,16 +409,11 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device=None) -> "Transformer":
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found (not a saved generator?)")
-        cfg = TransformerConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        cfg = load_config(TransformerConfig, directory / "config.json")
         model = cls(cfg)
-        missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
-        allowed = {"lm_head.weight"} if cfg.tie_weights else set()
-        if set(missing) - allowed or unexpected:
-            raise ValueError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        load_weights(model, directory / "model.safetensors", {"lm_head.weight"} if cfg.tie_weights else set())
         return model.to(device) if device else model

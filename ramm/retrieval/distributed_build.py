@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class StoredVectors(Encoder):
-    """An Encoder that answers `embed_documents` with the vectors the shards already computed."""
+    """An Encoder that answers `embed_documents` with the vectors the shards already computed; it `replays`
+    the shards' encoder, so the merged memory records (and copies) that encoder, not this one."""
 
     def __init__(self, shards: list[Memory]):
         self.shards = shards
+        self.replays = shards[0].encoder
         self.dim = shards[0].config.dim
         self.where: dict[str, int] = {}  # document id -> shard holding it (the first, as the merge order)
 

@@ -6,7 +6,6 @@ shared, L2-normalised space. Trained with `ramm.training.retriever_recipe`.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -15,14 +14,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from ramm.config import DualEncoderConfig
+from ramm.config import DualEncoderConfig, load_config
 from ramm.retrieval.encoder import Encoder, as_image_batch
 from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
 from ramm.tokenizers.text_tokenizer import train_bpe
-from ramm.utils import atomic_write_json, pick_device
+from ramm.utils import atomic_write_json, load_weights, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +201,10 @@ class DualEncoder(nn.Module, Encoder):
         for f in ("config.json", "model.safetensors", "tokenizer.json"):
             if not (path / f).exists():
                 raise FileNotFoundError(f"no dual encoder at {path} (missing {f})")
-        cfg = DualEncoderConfig.from_dict(json.loads((path / "config.json").read_text()))
-        model = cls(cfg, Tokenizer.from_file(str(path / "tokenizer.json")))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        cfg = load_config(DualEncoderConfig, path / "config.json")
+        try:
+            model = cls(cfg, Tokenizer.from_file(str(path / "tokenizer.json")))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise ValueError(f"{path / 'tokenizer.json'}: not a readable tokenizer ({e})") from None
+        load_weights(model, path / "model.safetensors")
         return model.to(pick_device(device)).eval()

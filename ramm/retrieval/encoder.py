@@ -5,7 +5,10 @@ them and normalises again; a text-only or image-only document keeps its one vect
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +43,11 @@ class Encoder:
             raise ValueError(f"document {docs[missing[0]].id} has neither text nor image pixels to embed")
         if with_text:
             out[with_text] += self.embed_text([docs[i].text for i in with_text])
-        if with_image:
-            out[with_image] += self.embed_image(np.stack([docs[i].image for i in with_image]))
+        by_shape: dict[tuple, list[int]] = {}  # a user's corpus mixes image sizes; embed each size together
+        for i in with_image:
+            by_shape.setdefault(docs[i].image.shape, []).append(i)
+        for rows in by_shape.values():
+            out[rows] += self.embed_image(np.stack([docs[i].image for i in rows]))
         return l2_normalize(out)
 
 
@@ -51,11 +57,63 @@ def load_encoder(path: str | Path) -> Encoder:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"no encoder at {path} (missing config.json)")
-    if json.loads(cfg_file.read_text()).get("model_type") == "clip":
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_file}: not a readable encoder config ({e})") from None
+    if isinstance(cfg, dict) and cfg.get("model_type") == "clip":
         from ramm.retrieval.hf_clip import HFClipEncoder
-        return HFClipEncoder.from_pretrained(path)
-    from ramm.retrieval.dual_encoder import DualEncoder
-    return DualEncoder.from_pretrained(path)
+        encoder = HFClipEncoder.from_pretrained(path)
+    else:
+        from ramm.retrieval.dual_encoder import DualEncoder
+        encoder = DualEncoder.from_pretrained(path)
+    encoder.source = path  # the files it came from, which a memory copies to stay self-contained
+    return encoder
+
+
+def encoder_fingerprint(encoder: Encoder) -> str:
+    """sha256 of what decides an encoder's vectors: its class, config, tokenizer and every weight.
+
+    Two encoders with the same fingerprint embed alike, so a memory records it and refuses any other
+    encoder (a retrained folder, or another model of the same width), whose vectors would not compare."""
+    import torch
+    encoder = getattr(encoder, "replays", None) or encoder  # vectors replayed from another encoder are its
+    h = hashlib.sha256(type(encoder).__name__.encode())
+    model = encoder if isinstance(encoder, torch.nn.Module) else getattr(encoder, "model", None)
+    cfg = getattr(encoder, "cfg", None)
+    if is_dataclass(cfg):
+        h.update(json.dumps(asdict(cfg), sort_keys=True, default=str).encode())
+    elif model is not None and hasattr(model, "config"):
+        h.update(model.config.to_json_string(use_diff=False).encode())
+    tok = getattr(encoder, "tokenizer", None)
+    if hasattr(tok, "to_str"):
+        h.update(tok.to_str().encode())
+    if model is None:
+        raise ValueError(f"cannot fingerprint a {type(encoder).__name__}: it is not a torch module and has no .model")
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_encoder_copy(encoder: Encoder, out_dir: Path) -> None:
+    """Save the encoder (or copy the files of its folder) to `out_dir`, whole or not at all."""
+    encoder = getattr(encoder, "replays", None) or encoder
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    source = getattr(encoder, "source", None)
+    if hasattr(encoder, "save_pretrained"):  # exactly the weights that were fingerprinted
+        encoder.save_pretrained(tmp)
+    elif source is not None:  # a transformers folder: its top-level files (no checkpoints, logs)
+        tmp.mkdir(parents=True)
+        for f in Path(source).iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+    else:
+        raise ValueError(f"cannot copy a {type(encoder).__name__} into the memory: load it with load_encoder(path)")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
 
 
 def as_image_batch(images, size: int | None = None):

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from ramm.utils import current_umask, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +80,28 @@ def check_vectors(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:
-    """Atomic: write a temp file beside `path`, then rename over it."""
+    """Atomic and durable: a temp file of its own beside `path` (two savers never share one), fsync,
+    rename over `path`, fsync the folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.close(fd)
+        faiss.write_index(index, tmp)
+        fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def load_index(path: str | Path, spec: IndexSpec) -> faiss.Index:
-    index = faiss.read_index(str(path))
+    """The saved index; ValueError naming the file when it is unreadable (truncated, not FAISS)."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: unreadable FAISS index ({str(e).strip().splitlines()[-1][:200]})") from None
     apply_params(index, spec)
     return index

@@ -2,47 +2,93 @@
 embeddings plus an on-disk document store, kept in agreement across crashes.
 
 Layout of a memory directory:
-  config.json    MemoryConfig: encoder path, dim, index factory + search params, vector count
-  store.sqlite   DocStore: documents and their embeddings in row order (row = FAISS id)
-  index.faiss    the index, saved atomically; on load or resume, rows the store has and the index
-                 lacks are re-added from the stored embeddings (no re-encoding)
+  config.json    MemoryConfig: encoder fingerprint, dim, index factory + search params, vector count
+  encoder/       the memory's own copy of the encoder that embedded the documents (queries use it)
+  store.sqlite   DocStore: documents and their embeddings in row order (row = FAISS id); the source of
+                 truth: the index is rebuilt from its embeddings when missing, short or unreadable
+  index.faiss    the index, saved atomically by the writer
+  .lock          held by the one writer (build / add); readers take no lock and never write
 The store commits each batch in one transaction, so a build killed at any point resumes where it
-stopped and ends with every document exactly once.
+stopped and ends with every document exactly once. Any other encoder (a retrained folder, another
+model of the same width) is refused by its fingerprint: its vectors would not compare with the stored ones.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import itertools
 import json
 import logging
+import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import BadItem, Document
-from ramm.retrieval.encoder import Encoder, load_encoder
+from ramm.retrieval.encoder import Encoder, encoder_fingerprint, load_encoder, save_encoder_copy
 from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
 from ramm.retrieval.store import DocStore
 from ramm.retrieval.strategies import Strategy, choose, eligible, get_strategy, pool_size
-from ramm.utils import atomic_write_json
+from ramm.utils import atomic_write_json, output_dir
 
 log = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"
+LOCK_FILE = ".lock"
 
 
 @dataclass
 class MemoryConfig:
-    encoder: str  # directory of the encoder that embedded the documents (queries must use it too)
+    encoder: str  # directory the encoder was taken from (a record; the memory uses its own copy in encoder/)
     dim: int  # embedding dimension
     index: dict = field(default_factory=lambda: IndexSpec("Flat").to_dict())  # IndexSpec in use
     count: int = 0  # vectors in the saved index
     flat_below: int = 100_000  # exact search below this many documents, IVF (SQ8, PQ past 20M) beyond
+    encoder_sha256: str = ""  # encoder_fingerprint of the encoder that made the embeddings ("" in old memories)
 
     def __post_init__(self):
         if self.dim < 1 or self.count < 0 or self.flat_below < 0:
             raise ValueError(f"bad memory config: dim={self.dim} count={self.count} flat_below={self.flat_below}")
+
+    @classmethod
+    def read(cls, path: Path) -> "MemoryConfig":
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable memory config ({e})") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict) or set(raw) - known or {"encoder", "dim"} - set(raw):
+            raise ValueError(f"{path}: a memory config has the keys {sorted(known)}, got "
+                             f"{sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")
+        return cls(**raw)
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """One writer per memory at a time: an exclusive lock on root/.lock, which the OS drops when the
+    holder dies (kill -9 included), so a crashed build never blocks its resume."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise RuntimeError(f"memory {root} is being written by pid {pid}; wait for it to finish") from None
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def _as_document(item: Any) -> Document:
@@ -58,47 +104,87 @@ def _as_document(item: Any) -> Document:
 
 
 class Memory:
-    def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None):
+    def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None,
+                 create: bool = False):
+        """Open a memory; create=True (a writer) may create its store. The index is read, or rebuilt in
+        memory from the store's embeddings when missing, unreadable or out of step (never written here)."""
         self.root, self.config = Path(root), config
-        self.store = DocStore(self.root / "store.sqlite", config.dim)
+        self.store = DocStore(self.root / "store.sqlite", config.dim, create=create)
         self.spec = IndexSpec(**config.index)
         index_file = self.root / "index.faiss"
-        self.index = load_index(index_file, self.spec) if index_file.exists() else None
-        self._encoder = encoder
+        self.index, self._index_saved = None, False
+        if index_file.exists():
+            try:
+                self.index, self._index_saved = load_index(index_file, self.spec), True
+            except ValueError as e:
+                log.warning("%s; rebuilding the index from the store's embeddings", e)
+        self._encoder = None
+        if encoder is not None:
+            self._check_encoder(encoder, "the given encoder")
+            self._encoder = encoder
         self.stats: Counter = Counter()  # what the last build/add did: added, skipped, reasons
+        self._sync_index()
+
+    def _check_encoder(self, encoder: Encoder, what: str) -> None:
+        if not self.config.encoder_sha256:
+            return
+        fp = encoder_fingerprint(encoder)
+        if fp != self.config.encoder_sha256:
+            raise ValueError(
+                f"memory {self.root} was built with encoder {self.config.encoder_sha256[:12]}, but {what} is "
+                f"{fp[:12]} (retrained, or another model): its vectors do not compare with the stored ones. "
+                f"Query with the memory's own copy ({self.root / ENCODER_DIR}) or build a new memory.")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def build(cls, corpus: Iterable, encoder: Encoder | str | Path, out_dir: str | Path, *,
               encoder_path: str | Path | None = None, batch_size: int = 256, flat_below: int = 100_000,
               progress: bool = True) -> "Memory":
-        """Stream `corpus` into a new memory, or resume an interrupted build of the same directory."""
+        """Stream `corpus` into a new memory, or resume an interrupted build of the same directory
+        (with the same encoder: another one is refused)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(encoder, (str, Path)):
             encoder_path, encoder = encoder, load_encoder(encoder)
-        out_dir = Path(out_dir)
+        out_dir = output_dir(out_dir, "memory")
         cfg_file = out_dir / "config.json"
-        if cfg_file.exists():
-            mem = cls.load(out_dir, encoder=encoder)
-            if mem.config.dim != encoder.dim:
-                raise ValueError(f"{out_dir} holds dim-{mem.config.dim} embeddings, the encoder gives {encoder.dim}")
-        else:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            cfg = MemoryConfig(encoder=str(Path(encoder_path).resolve()) if encoder_path else "",
-                               dim=encoder.dim, flat_below=flat_below)
-            atomic_write_json(cfg_file, asdict(cfg))
-            mem = cls(out_dir, cfg, encoder)
-        mem._ingest(corpus, batch_size, progress)
-        mem._sync_index(rechoose=True)
+        with writer_lock(out_dir):
+            if cfg_file.exists():
+                mem = cls(out_dir, MemoryConfig.read(cfg_file), encoder, create=True)
+                if mem.config.dim != encoder.dim:
+                    raise ValueError(f"{out_dir} holds dim-{mem.config.dim} embeddings, the encoder gives {encoder.dim}")
+                if not mem.config.encoder_sha256:
+                    log.warning("memory %s predates encoder fingerprints: cannot check the encoder", out_dir)
+                elif not (out_dir / ENCODER_DIR).is_dir():
+                    save_encoder_copy(encoder, out_dir / ENCODER_DIR)
+            else:
+                source = encoder_path or getattr(encoder, "source", None)
+                cfg = MemoryConfig(encoder=str(Path(source).resolve()) if source else "", dim=encoder.dim,
+                                   flat_below=flat_below, encoder_sha256=encoder_fingerprint(encoder))
+                save_encoder_copy(encoder, out_dir / ENCODER_DIR)  # before the config that marks a build
+                atomic_write_json(cfg_file, asdict(cfg))
+                mem = cls(out_dir, cfg, encoder, create=True)
+            mem._ingest(corpus, batch_size, progress)
+            mem._sync_index(rechoose=True)
+            mem.save()
         return mem
 
     def add(self, docs: Iterable, batch_size: int = 256, progress: bool = False) -> Counter:
         """Append documents (new ids only) to the store and the index, without a rebuild."""
-        self._ingest(docs, batch_size, progress)
-        self._sync_index()
+        with writer_lock(self.root):
+            self._ingest(docs, batch_size, progress)
+            self._sync_index()
+            self.save()
         return self.stats
 
+    def _skip(self, reason: str) -> None:
+        self.stats["skipped"] += 1
+        self.stats[f"skipped_{reason}"] += 1
+
     def _ingest(self, corpus: Iterable, batch_size: int, progress: bool) -> None:
+        """Duplicate ids: the first copy wins, at any batch size; later copies are skips."""
         self.stats = Counter()
+        first_new_row = len(self.store)  # rows from here on were added by this run
         items = iter(tqdm(corpus, desc="memory", unit="doc", disable=not progress))
         while batch := list(itertools.islice(items, batch_size)):
             docs: dict[str, Document] = {}
@@ -106,66 +192,85 @@ class Memory:
                 try:
                     doc = _as_document(item)
                 except ValueError as e:
-                    reason = getattr(e, "reason", "bad_document")
-                    self.stats["skipped"] += 1
-                    self.stats[f"skipped_{reason}"] += 1
+                    self._skip(getattr(e, "reason", "bad_document"))
                     log.warning("skipping corpus item: %s", e)
                     continue
                 if doc.id in docs:
-                    self.stats["duplicate_id"] += 1
+                    self._skip("duplicate_id")
+                    continue
                 docs[doc.id] = doc
-            present = self.store.existing(docs)
+            present = self.store.rows_of(list(docs))
+            for row in present.values():
+                if row >= first_new_row:
+                    self._skip("duplicate_id")
+                else:
+                    self.stats["already_present"] += 1
             new = [d for i, d in docs.items() if i not in present]
-            self.stats["already_present"] += len(present)
             if new:
-                self.store.add(new, self.encoder.embed_documents(new))  # one transaction per batch
+                emb = self.encoder.embed_documents(new)
+                bad = ~np.isfinite(emb).all(axis=1)
+                if bad.any():
+                    raise ValueError(f"the encoder gave non-finite embeddings for {int(bad.sum())} document(s), "
+                                     f"e.g. {new[int(np.argmax(bad))].id!r}: refusing to store them")
+                self.store.add(new, emb)  # one transaction per batch
                 self.stats["added"] += len(new)
         log.info("memory %s: %s", self.root, dict(self.stats))
 
     def _sync_index(self, rechoose: bool = False) -> None:
-        """Bring the index to the store's rows (re-adding what a crash lost) and save it atomically."""
+        """Bring the in-memory index to the store's rows (re-adding what a crash lost, rebuilding a
+        missing or unreadable one); only writers save it."""
         n = len(self.store)
         if rechoose:
             spec = choose_index(n, self.config.dim, self.config.flat_below)
             if self.index is None or spec.factory != self.spec.factory:
                 self.spec, self.index = spec, None
-        if self.index is not None and self.index.ntotal > n:
-            log.warning("index has %d rows but the store %d; rebuilding it", self.index.ntotal, n)
+        if self.index is not None and (self.index.ntotal > n or self.index.d != self.config.dim):
+            log.warning("index has %d rows of dim %d, the store %d of dim %d; rebuilding it",
+                        self.index.ntotal, self.index.d, n, self.config.dim)
             self.index = None
         if self.index is None:
+            if self.spec.train_size and n == 0:
+                self.spec = IndexSpec("Flat")
             train = self.store.sample_embeddings(self.spec.train_size) if self.spec.train_size else None
-            self.index = new_index(self.spec, self.config.dim, train)
+            self.index, self._index_saved = new_index(self.spec, self.config.dim, train), False
         if self.index.ntotal < n:
+            self._index_saved = False
             for chunk in self.store.iter_embeddings(self.index.ntotal):
                 self.index.add(check_vectors(chunk, self.config.dim))
-            self.save()
-        elif self.config.count != n or not (self.root / "index.faiss").exists():
-            self.save()
 
     # ---- persistence --------------------------------------------------------------------------
     def save(self, out_dir: str | Path | None = None) -> None:
-        """Index first, then config: a crash between them leaves a config the load reconciles."""
+        """Index first, then config: a crash between them leaves a config the load reconciles.
+        Call it holding the writer lock (build and add do)."""
         if out_dir is not None and Path(out_dir) != self.root:
             raise ValueError("a memory lives in its directory; copy the directory to move it")
+        if self._index_saved and self.config.count == self.index.ntotal and self.config.index == self.spec.to_dict():
+            return
         save_index(self.index, self.root / "index.faiss")
+        self._index_saved = True
         self.config.index, self.config.count = self.spec.to_dict(), self.index.ntotal
         atomic_write_json(self.root / "config.json", asdict(self.config))
 
     @classmethod
     def load(cls, root: str | Path, encoder: Encoder | None = None) -> "Memory":
+        """Open a memory for search (and `add`); reading never writes a file of it."""
         root = Path(root)
         if not (root / "config.json").exists():
             raise FileNotFoundError(f"no memory at {root} (missing config.json)")
-        mem = cls(root, MemoryConfig(**json.loads((root / "config.json").read_text())), encoder)
-        mem._sync_index()
-        return mem
+        return cls(root, MemoryConfig.read(root / "config.json"), encoder)
 
     @property
     def encoder(self) -> Encoder:
+        """The memory's own copy of its encoder (older memories: the folder they name), fingerprint-checked."""
         if self._encoder is None:
-            if not self.config.encoder:
-                raise ValueError(f"memory {self.root} records no encoder path; pass encoder= to Memory.load")
-            self._encoder = load_encoder(self.config.encoder)
+            own = self.root / ENCODER_DIR
+            path = own if (own / "config.json").is_file() else self.config.encoder
+            if not path:
+                raise ValueError(f"memory {self.root} has no encoder/ copy and records no encoder path; "
+                                 f"pass encoder= to Memory.load")
+            encoder = load_encoder(path)
+            self._check_encoder(encoder, f"the encoder at {path}")
+            self._encoder = encoder
         return self._encoder
 
     def __len__(self) -> int:
@@ -182,6 +287,8 @@ class Memory:
     def embed_query(self, query: str | np.ndarray | Document) -> np.ndarray:
         """(1, dim): text -> text tower, uint8 (H, W, 3) image -> image tower, Document -> mixed."""
         if isinstance(query, str):
+            if not query.strip():
+                raise ValueError("the search query is empty")
             return self.encoder.embed_text([query])
         if isinstance(query, np.ndarray):
             return self.encoder.embed_image(query[None] if query.ndim == 3 else query)
@@ -193,7 +300,10 @@ class Memory:
         """Raw index search: (scores (N, k), rows (N, k)); rows are store rows, -1 where fewer exist."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return self.index.search(check_vectors(q, self.config.dim), k)
+        q = check_vectors(q, self.config.dim)
+        if not np.isfinite(q).all():
+            raise ValueError("the query embedding is not finite (NaN or inf): nothing to search with")
+        return self.index.search(q, k)
 
     def search(self, query: str | np.ndarray | Document, k: int = 5, exclude_ids: Sequence[str] = (),
                strategy: Strategy | str | None = None) -> list[tuple[Document, float]]:
@@ -232,6 +342,9 @@ class Memory:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n, want = len(self.store), pool_size(strategy, k)
+        if n == 0:
+            log.warning("memory %s is empty: no neighbours", self.root)
+            return [[] for _ in range(len(q))]
         excl_rows = self.store.rows_of(sorted({i for ex in exclude_ids for i in ex}))
         banned = [{excl_rows[i] for i in ex if i in excl_rows} for ex in exclude_ids]
         if strategy.exclude_duplicates:

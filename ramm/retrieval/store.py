@@ -29,11 +29,20 @@ CREATE INDEX IF NOT EXISTS docs_hash ON docs(hash);
 
 
 class DocStore:
-    def __init__(self, path: str | Path, dim: int):
+    def __init__(self, path: str | Path, dim: int, create: bool = True):
+        """create=False (readers): the store must exist; opening it never creates or changes a file."""
         self.path, self.dim = Path(path), dim
-        self.db = sqlite3.connect(str(self.path))
-        self.db.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts committed rows
-        self.db.executescript(SCHEMA)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} not found: the memory's document store is missing")
+        self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True)
+        try:
+            if create:
+                self.db.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts committed rows
+                self.db.executescript(SCHEMA)
+            len(self)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise ValueError(f"{self.path}: not a readable memory store ({e})") from None
 
     def close(self) -> None:
         self.db.close()

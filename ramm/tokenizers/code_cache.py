@@ -40,7 +40,7 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
     else:
         image_tokenizer.eval()  # deterministic codes (no dropout / codebook updates while encoding)
         with torch.no_grad():  # batch_pixels: (B, C, H, W) float
-            codes = np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch])).cpu().numpy()
+            codes = np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch], image_tokenizer.cfg.image_size)).cpu().numpy()
                                     for i in range(0, len(docs), batch)]).astype(np.int64)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")

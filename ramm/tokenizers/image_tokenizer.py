@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ramm.config import ImageTokenizerConfig
-from ramm.utils import atomic_write_bytes, atomic_write_json
+from ramm.config import ImageTokenizerConfig, from_dict
+from ramm.utils import atomic_write_bytes, atomic_write_json, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +168,21 @@ class ImageTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir, device: str | None = None) -> "ImageTokenizer":
-        from safetensors.torch import load_file
         d = Path(model_dir)
         if not (d / "config.json").exists():
             raise FileNotFoundError(f"no config.json in image tokenizer dir {d}")
-        raw = json.loads((d / "config.json").read_text())
+        try:
+            raw = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{d / 'config.json'}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{d / 'config.json'}: expected an object, got {type(raw).__name__}")
         raw.pop("kind", None)
         if raw.pop("quantizer", "vq") != "vq":
             raise ValueError(f"{d / 'config.json'}: only the VQ quantizer is supported (FSQ was removed)")
         raw.pop("fsq_levels", None)  # written by versions that also offered FSQ
-        model = cls(ImageTokenizerConfig(**raw))
-        model.load_state_dict(load_file(d / "model.safetensors"))
+        model = cls(from_dict(ImageTokenizerConfig, raw, str(d / "config.json")))
+        load_weights(model, d / "model.safetensors")
         return model.to(device or "cpu").eval()
 
 

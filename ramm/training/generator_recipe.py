@@ -22,9 +22,9 @@ from ramm.utils import atomic_write_json, seed_everything
 log = logging.getLogger(__name__)
 
 
-def _load_corpus(path: str):
+def _load_corpus(path: str, strict: bool = False):
     from ramm.corpus import open_corpus
-    docs = list(open_corpus(path))
+    docs = list(open_corpus(path, strict=strict))
     if not docs:
         raise ValueError(f"corpus {path} has no documents")
     return docs
@@ -75,7 +75,7 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     save_config(cfg, out / "generator_config.json")
     ra = cfg.ra if cfg.retrieval else replace(cfg.ra, k_choices=(0,))  # the baseline: k = 0 always
     t0 = time.time()
-    docs = _load_corpus(cfg.corpus)
+    docs = _load_corpus(cfg.corpus, cfg.strict)
     by_split = cfg.split.group(docs)
     train = [d for d in by_split.get("train", []) if d.image is not None]
     if not train:

@@ -52,7 +52,7 @@ def grace_documents(cfg: GraceConfig) -> tuple[list[Document], list[Document]]:
     from ramm.corpus import open_corpus
 
     splits = cfg.split
-    memorized = [d for d in splits.select(open_corpus(cfg.corpus), cfg.memorize_splits) if d.image is not None]
+    memorized = [d for d in splits.select(open_corpus(cfg.corpus, strict=cfg.strict), cfg.memorize_splits) if d.image is not None]
     return memorized, [d for d in memorized if splits.of(d) in cfg.retrieve_splits]
 
 

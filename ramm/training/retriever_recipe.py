@@ -21,6 +21,7 @@ from ramm.corpus.document import Document
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.recall import concept_of, exact_leave_one_out, recall_at_k
 from ramm.training.trainer import Trainer, TrainerConfig
+from ramm.utils import output_dir, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,11 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
     train + val) at each evaluation. Returns the trainer's last metrics row."""
     if not train_docs:
         raise ValueError("no training documents")
+    if trainer_cfg.batch_size // trainer_cfg.grad_accum < 2:
+        raise ValueError(f"batch_size {trainer_cfg.batch_size} (grad_accum {trainer_cfg.grad_accum}) gives "
+                         f"micro-batches of one pair: InfoNCE needs >= 2 pairs per batch to contrast")
     model_cfg, recipe = model_cfg or DualEncoderConfig(), recipe or RetrieverRecipeConfig()
-    out = Path(out_dir)
+    out = output_dir(out_dir, "encoder")
     tok_file = out / "tokenizer.json"
     if trainer_cfg.resume and tok_file.exists():  # resuming: the tokenizer must not change under the weights
         from tokenizers import Tokenizer
@@ -119,7 +123,7 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
     else:
         texts = [d.text for d in train_docs] + ([alt_text(d) for d in train_docs] if alt_text else [])
         tokenizer = train_text_tokenizer(texts, model_cfg.text_vocab_size)
-    torch.manual_seed(trainer_cfg.seed)
+    seed_everything(trainer_cfg.seed)
     model = DualEncoder(model_cfg, tokenizer)
     model.save_pretrained(out)  # tokenizer + config on disk before the first checkpoint
     eval_fn = None

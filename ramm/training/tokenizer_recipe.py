@@ -12,6 +12,7 @@ import torch
 from ramm.corpus.document import Document
 from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, psnr
 from ramm.training.trainer import Trainer, TrainerConfig
+from ramm.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def train_image_tokenizer(docs: Sequence[Document], cfg: ImageTokenizerConfig, t
     if len(data) == 0:
         raise ValueError("no images to train the tokenizer on (is the corpus' train split empty?)")
     eval_images = ImageDataset(eval_docs, cfg.image_size).images.float() / 255 if eval_docs else None
+    seed_everything(trainer_cfg.seed)  # the initial weights too: same seed, same tokenizer
     model = ImageTokenizer(cfg)
     eval_fn = (lambda m: evaluate(m, eval_images)) if eval_images is not None and len(eval_images) else None
     trainer = Trainer(model, data, trainer_cfg, step_fn=tokenizer_step, eval_fn=eval_fn)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ramm.config import TrainerConfig
-from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, pick_device
+from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, output_dir, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,31 @@ def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[
     return out, aliases
 
 
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer_state.json")
+
+
+def _complete_step(ckpt: Path) -> int | None:
+    """The step of a complete checkpoint folder (each file is written atomically, trainer_state.json
+    after the rest), else None."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and \
+            all((ckpt / f"rng-{r}.json").is_file() for r in range(int(state["world"])))
+        return int(state["step"]) if complete else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _discard(path: Path) -> None:
+    """Remove a folder by first renaming it away, so a kill mid-delete never leaves a part under its name."""
+    if not path.exists():
+        return
+    trash = path.with_name(path.name + ".trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 class Trainer:
     """Trains `model` on `dataset` (map-style) with `collate_fn` batches and `step_fn(model, batch) -> (loss, tokens)`.
 
@@ -131,7 +156,7 @@ class Trainer:
         self.collate_fn = collate_fn or torch.utils.data.default_collate
         if not cfg.out_dir:
             raise ValueError("TrainerConfig.out_dir is empty: set the directory for checkpoints and metrics.jsonl")
-        self.out = Path(cfg.out_dir)
+        self.out = output_dir(cfg.out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
@@ -191,14 +216,16 @@ class Trainer:
         return self.out / "checkpoint"
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.tmp/ completely, then swap it for checkpoint/ (a crash leaves the old one)."""
+        """Write checkpoint.tmp/ completely (trainer_state.json last, marking it complete), then swap it
+        for checkpoint/. A kill at any point leaves a complete checkpoint under one of the names
+        checkpoint, checkpoint.tmp or checkpoint.old, which `_recover_checkpoint` finds."""
         from safetensors.torch import save
 
-        tmp = self.out / "checkpoint.tmp"
+        tmp, old = self.out / "checkpoint.tmp", self.out / "checkpoint.old"
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd, osd = get_state_dict(self.model, self.optimizer, options=opts)
         if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
             tmp.mkdir(parents=True)
         self._barrier()
         atomic_write_json(tmp / f"rng-{self.rank}.json", _rng_state())
@@ -207,18 +234,38 @@ class Trainer:
             atomic_write_bytes(tmp / "model.safetensors", save(weights))
             otensors, ometa = _flatten_optimizer(osd)
             atomic_write_bytes(tmp / "optimizer.safetensors", save(otensors))
+        self._barrier()
+        if self.rank == 0:
             atomic_write_json(tmp / "trainer_state.json", {
                 "step": self.step, "world": self.world, "aliases": aliases, "optimizer": ometa,
                 "config": asdict(self.cfg)})
-        self._barrier()
-        if self.rank == 0:
-            old = self.out / "checkpoint.old"
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)  # never the newest: tmp is complete now
             if self.ckpt_dir.exists():
                 self.ckpt_dir.rename(old)
             tmp.rename(self.ckpt_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
         self._barrier()
+
+    def _recover_checkpoint(self) -> bool:
+        """Make checkpoint/ the newest complete checkpoint a kill left (under checkpoint, .tmp or .old),
+        discarding the rest only once it is in place; True when there is one to resume from."""
+        names = [self.ckpt_dir, self.out / "checkpoint.tmp", self.out / "checkpoint.old"]
+        if self.rank == 0:
+            found = [(step, i) for i, d in enumerate(names) if (step := _complete_step(d)) is not None]
+            if found:
+                best = names[max(found, key=lambda c: (c[0], -c[1]))[1]]
+                if best != self.ckpt_dir:
+                    log.warning("the last checkpoint save was interrupted: resuming from %s", best)
+                    _discard(self.ckpt_dir)
+                    best.rename(self.ckpt_dir)
+                for d in names[1:]:
+                    _discard(d)
+            elif any(d.exists() for d in names):
+                log.warning("no complete checkpoint in %s (only partial ones): starting from step 0", self.out)
+            for d in names:  # what a kill mid-delete left
+                shutil.rmtree(d.with_name(d.name + ".trash"), ignore_errors=True)
+        self._barrier()
+        return _complete_step(self.ckpt_dir) is not None
 
     def load_checkpoint(self) -> None:
         from safetensors.torch import load_file
@@ -290,7 +337,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        if cfg.resume and (self.ckpt_dir / "trainer_state.json").exists():
+        if cfg.resume and self._recover_checkpoint():
             self.load_checkpoint()
         end = min(cfg.steps, until_step or cfg.steps)
         f = self._metrics_writer()

@@ -246,12 +246,6 @@ def test_half_built_folder_is_reported_incomplete(fake_npm, tmp_path, capsys):
     assert not isinstance(e.value, eb.IncompleteEmojiBench)
 
 
-def test_missing_npm_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(eb.shutil, "which", lambda name: None)
-    with pytest.raises(eb.FetchError, match="apt-get install nodejs npm"):
-        eb.fetch_package("google", tmp_path)
-
-
 def fake_npm_binary(tmp_path, script: str) -> str:
     path = tmp_path / "npm"
     path.write_text("#!/bin/sh\n" + script)
@@ -259,7 +253,14 @@ def fake_npm_binary(tmp_path, script: str) -> str:
     return str(path)
 
 
-def test_failed_fetch_and_bad_checksum_raise_fetch_error(tmp_path, monkeypatch):
+def test_npm_pack_fallback_failures_and_bad_checksum_raise_fetch_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def no_https(url, timeout):
+        raise urllib.error.URLError("blocked")
+    monkeypatch.setattr(urllib.request, "urlopen", no_https)
+    monkeypatch.setattr(eb, "FETCH_TRIES", 1)
     offline = fake_npm_binary(tmp_path, "echo 'npm error code ECONNREFUSED' >&2; exit 1\n")
     monkeypatch.setattr(eb.shutil, "which", lambda name: offline)
     with pytest.raises(eb.FetchError, match="ECONNREFUSED.*registry.npmjs.org"):
@@ -329,3 +330,44 @@ def test_real_emojibench_end_to_end(tmp_path):
     masks = eb.load_masks(out, ["twitter-1f44b-1f3ff", "google-1f44b", "google-1f600"])
     for m in masks.values():  # a typical emoji: transparent corners, opaque centre
         assert m.shape == (32, 32) and m.dtype == np.uint8 and m[0, 0] == 0 and m[16, 16] > 0
+
+
+# ---- fetching the pinned tarballs: Python over HTTPS, npm pack as the fallback ----
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def test_fetch_downloads_over_https_without_npm_and_checks_the_pin(tmp_path, monkeypatch):
+    import urllib.request
+    data = fake_package("google")
+    monkeypatch.setattr(eb, "TARBALL_SHA256", {"google": hashlib.sha256(data).hexdigest(), "twitter": "0" * 64})
+    monkeypatch.setattr(eb.shutil, "which", lambda name: None)  # no npm on this machine
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: urls.append(url) or _Response(data))
+    path = eb.fetch_package("google", tmp_path)
+    assert path.read_bytes() == data
+    assert urls == [f"https://registry.npmjs.org/emoji-datasource-google/-/emoji-datasource-google-{eb.VERSION}.tgz"]
+    with pytest.raises(eb.FetchError, match="does not match the pinned"):
+        eb.fetch_package("twitter", tmp_path)
+    assert not (tmp_path / "npm" / f"emoji-datasource-twitter-{eb.VERSION}.tgz").exists()
+
+
+def test_fetch_offline_without_npm_is_a_clear_error_after_retries(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+    monkeypatch.setattr(eb.shutil, "which", lambda name: None)
+    monkeypatch.setattr(eb, "FETCH_TRIES", 2)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    calls = []
+
+    def offline(url, timeout):
+        calls.append(url)
+        raise urllib.error.URLError("Temporary failure in name resolution")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(eb.FetchError, match="could not download .*name resolution.*npm .* not installed"):
+        eb.fetch_package("google", tmp_path)
+    assert len(calls) == 2

@@ -206,3 +206,93 @@ def test_corpus_modules_do_not_import_torch():
     code = ("import sys, ramm.corpus.loaders, ramm.corpus.emojibench, ramm.cli.data; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---- a user's corpus: layouts and exports that used to lose or garble rows ----
+def test_webdataset_keys_follow_webdataset_rule_for_dotted_folders_and_dot_slash(images, tmp_path):
+    read = lambda f: (images / f).read_bytes()
+    write_tar(tmp_path / "a.tar", [("./000.png", read("good.png")), ("./000.txt", b"first"),
+                                   ("./001.png", read("good.png")), ("./001.txt", b"second")])
+    write_tar(tmp_path / "b.tar", [("laion.v2/000.jpg", read("blue.jpg")), ("laion.v2/000.txt", b"third"),
+                                   ("laion.v2/001.jpg", read("blue.jpg")), ("laion.v2/001.cls.txt", b"7"),
+                                   ("laion.v2/001.txt", b"fourth")])
+    docs, skipped = read_all(open_corpus(tmp_path))
+    assert [(d.id, d.text) for d in docs] == [("000", "first"), ("001", "second"),
+                                               ("laion.v2/000", "third"), ("laion.v2/001", "fourth")]
+    assert skipped == {}
+
+
+def test_webdataset_member_over_the_size_cap_is_skipped_unread(images, tmp_path, monkeypatch):
+    import ramm.corpus.loaders as loaders
+    monkeypatch.setattr(loaders, "MAX_MEMBER_BYTES", 1000)
+    write_tar(tmp_path / "s.tar", [("0.png", read_png := (images / "good.png").read_bytes()), ("0.txt", b"ok"),
+                                   ("1.png", read_png), ("1.txt", b"x" * 5000)])
+    docs, skipped = read_all(open_corpus(tmp_path / "s.tar"))
+    assert [d.id for d in docs] == ["0"] and skipped == {"member_too_large": 1}
+
+
+def test_csv_with_bom_and_unterminated_quote_loses_only_the_bad_line(images):
+    text = ("id,image,caption\n" "a,good.png,first\n" 'b,good.png,"unterminated quote\n'
+            "c,good.png,third\n" 'd,good.png,"a quoted\ncaption over two lines"\n' "e,good.png,fifth\n")
+    (images / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    docs, skipped = read_all(open_corpus(images / "bom.csv"))
+    assert [d.id for d in docs] == ["a", "c", "d", "e"]
+    assert docs[2].text == "a quoted\ncaption over two lines"
+    assert skipped == {"malformed_row": 1}
+    (images / "eof.csv").write_text('id,image,caption\na,good.png,ok\nb,good.png,"never closed\n')
+    docs, skipped = read_all(open_corpus(images / "eof.csv"))
+    assert [d.id for d in docs] == ["a"] and skipped == {"malformed_row": 1}
+
+
+def test_coco_ids_of_the_wrong_type_are_malformed_rows_not_tracebacks(images):
+    ims = [{"id": 1, "file_name": "good.png"}, {"id": [2], "file_name": "good.png"}, {"id": {"x": 3}, "file_name": "good.png"}]
+    anns = [{"image_id": 1, "caption": "fine"}, {"image_id": [2], "caption": "list"}, {"image_id": {"x": 3}, "caption": "obj"}]
+    (images / "ids.json").write_text(json.dumps({"images": ims, "annotations": anns}))
+    docs, skipped = read_all(open_corpus(images / "ids.json"))
+    assert [d.id for d in docs] == ["coco-1"] and skipped == {"malformed_row": 4}
+
+
+def test_overlong_caption_is_a_counted_skip(images):
+    import ramm.corpus.loaders as loaders
+    rows = [{"id": "ok", "image": "good.png", "caption": "short"},
+            {"id": "long", "image": "good.png", "caption": "w " * loaders.MAX_CAPTION_CHARS}]
+    (images / "long.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    docs, skipped = read_all(open_corpus(images / "long.jsonl"))
+    assert [d.id for d in docs] == ["ok"] and skipped == {"caption_too_long": 1}
+
+
+def test_large_images_decode_reduced_to_the_size_asked(tmp_path):
+    from ramm.corpus.document import decode_image_bytes
+    buf = io.BytesIO()
+    img = Image.new("RGB", (1024, 768), (250, 20, 20))
+    img.save(buf, format="PNG")
+    small = decode_image_bytes(buf.getvalue(), "big", size=16)
+    assert small.shape == (16, 16, 3) and abs(int(small[8, 8, 0]) - 250) <= 2
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    assert decode_image_bytes(buf.getvalue(), "big.jpg", size=16).shape == (16, 16, 3)
+    buf = io.BytesIO()
+    Image.new("1", (4096, 4096), 1).save(buf, format="PNG")
+    assert decode_image_bytes(buf.getvalue(), "bw", size=16)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_a_small_file_of_huge_dimensions_decodes_in_bounded_memory(tmp_path):
+    """An 8192x8192 1-bit PNG (25 KB) asked at 64 px: reduced while decoding, never a full RGB copy."""
+    import subprocess
+    import sys
+    script = tmp_path / "bomb.py"
+    script.write_text(
+        "import io, resource\nfrom PIL import Image\nfrom ramm.corpus.document import decode_image_bytes\n"
+        "buf = io.BytesIO(); Image.new('1', (8192, 8192), 1).save(buf, format='PNG')\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert decode_image_bytes(buf.getvalue(), 'bw', size=64).shape == (64, 64, 3)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n")
+    grew_mib = int(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout)
+    assert grew_mib < 200  # 532 MiB when decoded whole, then converted, then resized
+
+
+def test_an_unreadable_image_is_named_never_shown_as_a_bytes_object():
+    from ramm.corpus.document import decode_image_bytes
+    with pytest.raises(BadItem, match=r"corrupt_image: photo.jpg \(not an image format") as e:
+        decode_image_bytes(b"not an image", "photo.jpg")
+    assert "BytesIO" not in str(e.value)

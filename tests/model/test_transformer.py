@@ -1,4 +1,5 @@
 import contextlib
+import json
 
 import pytest
 import torch
@@ -262,3 +263,35 @@ def test_logits_equal_hf_llama_with_the_same_weights():
         pos = (am.long().cumsum(-1) - 1).clamp_min(0)
         ref = hf(idx, attention_mask=am.long(), position_ids=pos).logits
         torch.testing.assert_close(m(idx, attention_mask=am)[0][am], ref[am], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"text_tokenizer": 3, "image_tokenizer": "x"}'])
+def test_a_generator_json_of_the_wrong_type_names_the_file(tmp_path, content):
+    from ramm.model.generator import bundle_info
+    (tmp_path / "generator.json").write_text(content)
+    with pytest.raises(ValueError, match="generator.json: "):
+        bundle_info(tmp_path)
+
+
+def test_tampered_model_folders_name_the_file(tmp_path):
+    from ramm.model.transformer import Transformer, TransformerConfig
+    from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+    gen = tmp_path / "gen"
+    Transformer(TransformerConfig.preset("tiny", vocab_size=31, max_seq_len=16)).save_pretrained(gen)
+    weights = (gen / "model.safetensors").read_bytes()
+    (gen / "model.safetensors").write_bytes(weights[:500])
+    with pytest.raises(ValueError, match="gen/model.safetensors: not a readable safetensors file"):
+        Transformer.from_pretrained(gen)
+    Transformer(TransformerConfig.preset("tiny", vocab_size=40, max_seq_len=16)).save_pretrained(tmp_path / "other")
+    (gen / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="gen/model.safetensors does not fit its config .*size mismatch"):
+        Transformer.from_pretrained(gen)
+    cfg = json.loads((gen / "config.json").read_text())
+    (gen / "config.json").write_text(json.dumps({**cfg, "n_layerz": 2}))
+    with pytest.raises(ValueError, match="gen/config.json: unknown field n_layerz"):
+        Transformer.from_pretrained(gen)
+    tok = tmp_path / "tok"
+    ImageTokenizer(ImageTokenizerConfig(image_size=16, grid=4, channels=16, latent_dim=16, codebook_size=32)).save_pretrained(tok)
+    (tok / "config.json").write_text((tok / "config.json").read_text().replace('"grid"', '"gird"'))
+    with pytest.raises(ValueError, match="tok/config.json: unknown field gird"):
+        ImageTokenizer.from_pretrained(tok)

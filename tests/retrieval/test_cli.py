@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from PIL import Image
 
 from ramm.__main__ import main as run
@@ -15,7 +17,12 @@ def test_memory_build_and_search_by_text_and_image(tmp_path, docs, encoder_dir, 
     mem = tmp_path / "mem"
     assert run(["memory", "build", "--corpus", str(tmp_path / "corpus.jsonl"), "--encoder", str(encoder_dir),
                 "--out", str(mem), "--batch-size", "4"]) == 0
-    assert "12 documents" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "12 documents (12 added, 0 already present, 1 skipped)" in out  # the loader's skip is counted
+    assert "skipped missing_file: 1" in out
+    assert run(["memory", "build", "--corpus", str(tmp_path / "corpus.jsonl"), "--encoder", str(encoder_dir),
+                "--out", str(tmp_path / "strict"), "--strict", "true"]) == 1
+    assert "missing_file: broken" in capsys.readouterr().err
     assert run(["memory", "search", str(mem), docs[0].text, "-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(len(l.split("\t")) == 3 for l in lines)
@@ -40,3 +47,23 @@ def test_train_retriever_cli_passes_the_subspace_options_to_the_saved_config(tmp
             cfg["memory_loss_weight"]) == (8, 0.2, "flatten", 1.0, 0.01, 0.5)
     from ramm.retrieval.encoder import load_encoder
     assert load_encoder(out).dim == 16 + 2 * 8
+
+
+def test_bad_paths_and_sizes_are_clear_errors_not_tracebacks(tmp_path, docs, encoder_dir, capsys):
+    (tmp_path / "afile").write_text("x")
+    mem = tmp_path / "mem"
+    from ramm.retrieval.memory import Memory
+    Memory.build(docs[:3], encoder_dir, mem, progress=False)
+    assert run(["memory", "search", str(mem), "--image", str(tmp_path)]) == 1
+    assert f"--image {tmp_path} is not an image file" in capsys.readouterr().err
+    assert run(["memory", "build", "--corpus", str(tmp_path / "afile.jsonl"), "--encoder", str(encoder_dir),
+                "--out", str(tmp_path / "afile")]) == 1
+    with pytest.raises(ValueError, match="memory directory .*afile is a file"):
+        Memory.build(docs[:3], encoder_dir, tmp_path / "afile", progress=False)
+    from ramm.training.retriever_recipe import train_retriever
+    from ramm.training.trainer import TrainerConfig
+    with pytest.raises(ValueError, match="InfoNCE needs >= 2 pairs"):
+        train_retriever(docs[:4], tmp_path / "enc", TrainerConfig(out_dir=str(tmp_path / "enc"), batch_size=1))
+    with pytest.raises(ValueError, match="encoder directory .*afile is a file"):
+        train_retriever(docs[:4], tmp_path / "afile", TrainerConfig(out_dir=str(tmp_path / "afile"), batch_size=4,
+                                                                    steps=1, progress=False))

@@ -7,7 +7,7 @@ from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_te
 from ramm.retrieval.encoder import load_encoder
 from ramm.retrieval.loss import clip_loss, memory_loss
 
-from conftest import TINY
+from tiny_encoder import TINY
 
 
 def test_clip_loss_low_for_matched_pairs_high_for_shuffled():
@@ -173,3 +173,29 @@ def test_embed_shared_weight_reweights_retrieval_vectors_and_clip_score_reads_th
     assert np.allclose(clip_scores(enc, images, texts), 100 * np.clip(shared_cos, 0, 1), atol=1e-3)
     with pytest.raises(ValueError, match="embed_shared_weight"):
         DualEncoderConfig(**{**TINY, "embed_shared_weight": 0.0})
+
+
+# ---- a tampered or mismatched encoder folder is a clear error naming the file ----
+def _tampered(src, dst, change):
+    import shutil
+    shutil.copytree(src, dst)
+    change(dst)
+    return dst
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"pool"', '"pol"')),
+     r"config.json: unknown field pol"),
+    (lambda d: (d / "config.json").write_text("{not json"), r"config.json: not a readable encoder config"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+     r"model.safetensors: not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors"),
+     r"model.safetensors: not a readable safetensors file"),
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"embed_dim": 32', '"embed_dim": 48')),
+     r"model.safetensors does not fit its config \(.*size mismatch"),
+])
+def test_tampered_encoder_folder_names_the_file(tmp_path, encoder_dir, change, message):
+    from ramm.retrieval.encoder import load_encoder
+    bad = _tampered(encoder_dir, tmp_path / "enc", change)
+    with pytest.raises(ValueError, match=message):
+        load_encoder(bad)

@@ -122,3 +122,147 @@ def test_kill_9_during_build_then_resume_gives_every_document_once(tmp_path, doc
     emb = mem.encoder.embed_documents(docs)
     _, rows = mem.search_vectors(emb, 1)
     assert [mem.ids[r] for r in rows[:, 0]] == [d.id for d in docs]  # index rows agree with store rows
+
+
+# ---- data safety: encoder identity, one writer, readers never write, the store as source of truth ----
+def _retrained(src: Path, dst: Path) -> Path:
+    """A copy of the encoder folder whose weights then changed (a retrain in place)."""
+    import shutil
+
+    import torch
+    shutil.copytree(src, dst)
+    enc = DualEncoder.from_pretrained(dst)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    enc.save_pretrained(dst)
+    return dst
+
+
+def test_memory_keeps_its_encoder_when_the_source_folder_is_retrained(tmp_path, docs, encoder_dir):
+    src = _retrained(encoder_dir, tmp_path / "enc")  # any weights: we only need a folder we may change
+    mem = Memory.build(docs[:20], src, tmp_path / "m", batch_size=8, progress=False)
+    before = [(d.id, round(s, 5)) for d, s in mem.search("red circle", k=5)]
+    _retrained(src, tmp_path / "enc2")
+    import shutil
+    shutil.rmtree(src)
+    shutil.copytree(tmp_path / "enc2", src)  # the folder the memory was built from now holds other weights
+    again = Memory.load(tmp_path / "m")
+    assert (tmp_path / "m" / "encoder" / "model.safetensors").is_file()
+    assert [(d.id, round(s, 5)) for d, s in again.search("red circle", k=5)] == before
+    with pytest.raises(ValueError, match="was built with encoder .* vectors do not compare"):
+        Memory.load(tmp_path / "m", encoder=DualEncoder.from_pretrained(src))
+    with pytest.raises(ValueError, match="was built with encoder"):
+        Memory.build(docs[20:], src, tmp_path / "m", batch_size=8, progress=False)
+    assert len(Memory.load(tmp_path / "m")) == 20
+
+
+def _files(root: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def test_reading_a_memory_never_writes_even_when_index_or_store_is_missing(memory, docs):
+    os.remove(memory.root / "index.faiss")
+    before = _files(memory.root)
+    again = Memory.load(memory.root)  # the index is rebuilt in memory from the store's embeddings
+    assert again.index.ntotal == len(docs) and again.search("red circle", k=3)
+    assert _files(memory.root) == before
+    os.rename(memory.root / "store.sqlite", memory.root / "moved.sqlite")
+    with pytest.raises(FileNotFoundError, match="store.sqlite not found"):
+        Memory.load(memory.root)
+    assert not (memory.root / "store.sqlite").exists()
+
+
+def test_corrupt_index_is_rebuilt_from_the_store_not_fatal(memory, docs):
+    expected = [d.id for d, _ in memory.search("blue ring", k=5)]
+    index_file = memory.root / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:45])
+    again = Memory.load(memory.root)
+    assert [d.id for d, _ in again.search("blue ring", k=5)] == expected
+    again.add([])  # a writer saves the rebuilt index
+    import faiss
+    assert faiss.read_index(str(index_file)).ntotal == len(docs)
+
+
+def test_second_writer_is_refused_naming_the_pid(tmp_path, docs, encoder_dir):
+    from ramm.retrieval.memory import writer_lock
+    with writer_lock(tmp_path / "m"):
+        with pytest.raises(RuntimeError, match=f"being written by pid {os.getpid()}"):
+            Memory.build(docs[:4], encoder_dir, tmp_path / "m", progress=False)
+    Memory.build(docs[:4], encoder_dir, tmp_path / "m", progress=False)  # the lock went with its holder
+
+
+def test_concurrent_index_saves_never_mix_files(tmp_path):
+    import threading
+
+    import faiss
+
+    from ramm.retrieval.index import save_index
+    path = tmp_path / "index.faiss"
+    sizes = (100, 2000)
+    errors = []
+
+    def saver(n):
+        index = faiss.IndexFlatIP(8)
+        index.add(np.random.default_rng(n).normal(size=(n, 8)).astype(np.float32))
+        try:
+            for _ in range(15):
+                save_index(index, path)
+        except Exception as e:  # noqa: BLE001 - the test reports any failure of either saver
+            errors.append(e)
+
+    threads = [threading.Thread(target=saver, args=(n,)) for n in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert faiss.read_index(str(path)).ntotal in sizes
+    assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_duplicate_ids_first_copy_wins_and_is_counted_at_any_batch_size(tmp_path, docs, encoder_dir, batch_size):
+    dup = Document.from_pair(docs[1].id, "a later copy with other text", docs[1].image)
+    mem = Memory.build([docs[0], docs[1], docs[2], dup, docs[3]], encoder_dir, tmp_path / "m",
+                       batch_size=batch_size, progress=False)
+    assert mem.ids == [d.id for d in docs[:4]]
+    assert mem.get(docs[1].id).text == docs[1].text
+    assert mem.stats["skipped"] == mem.stats["skipped_duplicate_id"] == 1 and mem.stats["added"] == 4
+    again = Memory.build(docs[:4], encoder_dir, tmp_path / "m", batch_size=batch_size, progress=False)
+    assert again.stats["already_present"] == 4 and again.stats["skipped"] == 0  # a resume is no duplicate
+
+
+def test_empty_memory_and_empty_query_give_clear_answers(tmp_path, memory, encoder_dir):
+    empty = Memory.build([], encoder_dir, tmp_path / "empty", progress=False)
+    assert empty.search("red circle", k=3) == []
+    with pytest.raises(ValueError, match="query is empty"):
+        memory.search("  ", k=3)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        Memory.build([], encoder_dir, tmp_path / "b0", batch_size=0, progress=False)
+
+
+def test_nan_embeddings_are_refused_before_they_are_stored(tmp_path, docs, encoder_dir):
+    enc = DualEncoder.from_pretrained(encoder_dir)
+    enc.embed_documents = lambda ds: np.full((len(ds), enc.dim), np.nan, np.float32)
+    with pytest.raises(ValueError, match="non-finite embeddings"):
+        Memory.build(docs[:3], enc, tmp_path / "m", progress=False)
+    assert len(Memory.load(tmp_path / "m")) == 0
+
+
+def test_documents_with_images_of_mixed_sizes_build_a_memory(tmp_path, docs, encoder_dir):
+    from tests.retrieval.conftest import draw
+    big = Document.from_pair("big-red-circle", "filled emoji: red circle", draw("circle", (220, 30, 30), "filled", 40))
+    mem = Memory.build(docs[:5] + [big], encoder_dir, tmp_path / "m", batch_size=8, progress=False)
+    assert len(mem) == mem.index.ntotal == 6
+    q = mem.encoder.embed_documents([big])
+    assert mem.search_vectors(q, 1)[1][0, 0] == 5
+
+
+def test_batch_pixels_resizes_mixed_sizes_or_says_why_it_cannot():
+    from ramm.corpus.document import batch_pixels
+    a = Document.from_pair("a", "x", np.zeros((8, 8, 3), np.uint8))
+    b = Document.from_pair("b", "y", np.zeros((12, 10, 3), np.uint8))
+    assert tuple(batch_pixels([a, b], size=16).shape) == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="different sizes"):
+        batch_pixels([a, b])

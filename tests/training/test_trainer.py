@@ -70,3 +70,61 @@ def test_an_empty_out_dir_is_a_clear_error():
     from ramm.training.trainer import Trainer
     with pytest.raises(ValueError, match="out_dir"):
         Trainer(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainerConfig(out_dir=""))
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing catches it."""
+
+
+def _crash_save_at_op(monkeypatch, at_step: int, k: int) -> list:
+    """Make the k-th file-system step (mkdir, rename, replace, delete) of the checkpoint save at
+    `at_step` die; returns the ops seen, to know when k ran past the last one."""
+    import shutil
+
+    from ramm.training import trainer as trainer_mod
+    seen, active = [], [False]
+
+    def wrap(fn, name):
+        def inner(*a, **kw):
+            if active[0]:
+                seen.append(name)
+                if len(seen) == k:
+                    raise _Killed(name)
+            return fn(*a, **kw)
+        return inner
+
+    for owner, attr in ((Path, "rename"), (Path, "mkdir"), (os, "replace"), (shutil, "rmtree")):
+        monkeypatch.setattr(owner, attr, wrap(getattr(owner, attr), attr))
+    save = trainer_mod.Trainer.save_checkpoint
+
+    def save_checkpoint(self):
+        active[0] = self.step == at_step
+        try:
+            save(self)
+        finally:
+            active[0] = False
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", save_checkpoint)
+    return seen
+
+
+def test_resume_after_a_kill_at_every_step_of_a_checkpoint_save_equals_uninterrupted(tmp_path, monkeypatch):
+    run(tmp_path / "a", steps=7, dropout=0.0)  # checkpoints at 5 and 7
+    want_w = load_file(tmp_path / "a/checkpoint/model.safetensors")
+    k = 0
+    while True:
+        k += 1
+        out = tmp_path / f"k{k}"
+        with monkeypatch.context() as m:
+            seen = _crash_save_at_op(m, at_step=7, k=k)
+            try:
+                run(out, steps=7, dropout=0.0)
+            except _Killed:
+                pass
+        if len(seen) < k:  # the save finished: every op has had its kill
+            break
+        run(out, steps=7, resume=True, dropout=0.0)
+        assert losses(out) == losses(tmp_path / "a"), f"kill at op {k} ({seen[-1]})"
+        got = load_file(out / "checkpoint/model.safetensors")
+        assert all(torch.equal(got[n], want_w[n]) for n in want_w), f"kill at op {k} ({seen[-1]})"
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert k > 8  # the save has that many steps; each was killed once
