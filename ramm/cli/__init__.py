@@ -49,11 +49,16 @@ class CLI:
                        positional: tuple[str, ...] = ()) -> None:
         """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
         as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
-        instead; `run(cfg, threads)` does the work."""
+        instead; `run(cfg)` does the work, after `--threads` has set torch's CPU threads."""
         p = self.command(name, help, group=group, add_help=False)
         prog = f"ramm {group} {name}" if group else f"ramm {name}"
-        p.set_defaults(func=lambda args: run(*parse_config(cls, args.extra, prog, help, positional)),
-                       takes_extra=True)
+        def call(args):
+            cfg, threads = parse_config(cls, args.extra, prog, help, positional)
+            if threads:
+                import torch
+                torch.set_num_threads(threads)
+            return run(cfg)
+        p.set_defaults(func=call, takes_extra=True)
 
 
 def _normalized(arg: str, bools: set[str]) -> str:

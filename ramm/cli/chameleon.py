@@ -13,13 +13,9 @@ def register(cli) -> None:
                        group="train")
 
 
-def _run(cfg, threads) -> int:
-    import torch
-
+def _run(cfg) -> int:
     from ramm.training.chameleon_recipe import finetune_chameleon
 
-    if threads:
-        torch.set_num_threads(threads)
     result = finetune_chameleon(cfg)
     print(f"saved the fine-tuned checkpoint to {cfg.out} ({result['minutes']:.1f} min, "
           f"final loss {result['train_loss'] or float('nan'):.4f})")

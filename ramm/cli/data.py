@@ -13,7 +13,7 @@ def register(cli) -> None:
                        DataStatsJob, _stats, group="data", positional=("path",))
 
 
-def _emojibench(cfg, threads=None) -> int:
+def _emojibench(cfg) -> int:
     from tqdm import tqdm
 
     from ramm.corpus.emojibench import EmojiBenchConfig, FetchError, build_emojibench, read_manifest
@@ -34,7 +34,7 @@ def _emojibench(cfg, threads=None) -> int:
     return 0
 
 
-def _stats(cfg, threads=None) -> int:
+def _stats(cfg) -> int:
     from pathlib import Path
 
     from ramm.corpus.emojibench import is_emojibench_dir, read_manifest, verify_emojibench

@@ -27,12 +27,8 @@ def register(cli) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def _load(cfg, threads):
-    import torch
-
+def _load(cfg):
     from ramm.pipeline import RAMM
-    if threads:
-        torch.set_num_threads(threads)
     return RAMM.load(cfg.model, memory_dir=cfg.memory, device=cfg.device)
 
 
@@ -42,9 +38,9 @@ def _kwargs(cfg) -> dict:
                 guidance_scale=cfg.guidance_scale, cd_alpha=cfg.cd_alpha, cd_k=cfg.cd_k)
 
 
-def _image(cfg, threads) -> int:
+def _image(cfg) -> int:
     from tqdm import tqdm
-    ramm = _load(cfg, threads)
+    ramm = _load(cfg)
     with tqdm(total=cfg.n, desc="images", unit="sample") as bar:
         res = ramm.generate_image(cfg.caption, n=cfg.n, rerank=cfg.rerank, batch_size=cfg.batch_size,
                                   progress=lambda done: bar.update(done - bar.n), **_kwargs(cfg))
@@ -59,11 +55,11 @@ def _image(cfg, threads) -> int:
     return 0
 
 
-def _caption(cfg, threads) -> int:
+def _caption(cfg) -> int:
     from tqdm import tqdm
 
     from ramm.pipeline import image_size, read_image
-    ramm = _load(cfg, threads)
+    ramm = _load(cfg)
     pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     with tqdm(total=cfg.n, desc="captions", unit="sample") as bar:
         res = ramm.caption_image(pixels, n=cfg.n, rerank=cfg.rerank, max_new_tokens=cfg.max_tokens,
@@ -81,12 +77,12 @@ def _caption(cfg, threads) -> int:
     return 0
 
 
-def _infill(cfg, threads) -> int:
+def _infill(cfg) -> int:
     import numpy as np
 
     from ramm.corpus.document import Document, ImageSegment, TextSegment
     from ramm.pipeline import image_size, read_image
-    ramm = _load(cfg, threads)
+    ramm = _load(cfg)
     size = image_size(ramm.format.image_tokenizer)
     image = ImageSegment(pixels=read_image(cfg.image, size)) if cfg.image else \
         ImageSegment(pixels=np.full((size, size, 3), 255, np.uint8))  # placeholder: masked, never read
@@ -109,11 +105,11 @@ def _infill(cfg, threads) -> int:
     return 0
 
 
-def _edit(cfg, threads) -> int:
+def _edit(cfg) -> int:
     from tqdm import tqdm
 
     from ramm.pipeline import image_size, read_image
-    ramm = _load(cfg, threads)
+    ramm = _load(cfg)
     pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
     with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:

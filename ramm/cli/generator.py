@@ -11,14 +11,10 @@ def register(cli) -> None:
                        "on any corpus `open_corpus` reads", GeneratorConfig, _run, group="train")
 
 
-def _run(cfg, threads) -> int:
-    import torch
-
+def _run(cfg) -> int:
     from ramm.corpus import emojibench
     from ramm.training.generator_recipe import train_generator
 
-    if threads:
-        torch.set_num_threads(threads)
     lab = emojibench.is_emojibench_dir(cfg.corpus)
     result = train_generator(cfg, pseudo_namer=emojibench.pseudo_namer if lab else None,
                              sibling_key=emojibench.sibling_key if lab else None)

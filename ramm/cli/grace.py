@@ -12,26 +12,18 @@ def register(cli) -> None:
                        group="grace", positional=("model", "query"))
 
 
-def _train(cfg, threads) -> int:
-    import torch
-
+def _train(cfg) -> int:
     from ramm.corpus.emojibench import is_emojibench_dir, pseudo_queries
     from ramm.training.grace_recipe import grace_documents, train_grace
 
-    if threads:
-        torch.set_num_threads(threads)
     retriever = train_grace(cfg, *grace_documents(cfg), pseudo_queries if is_emojibench_dir(cfg.corpus) else None)
     print(f"saved GRACE model ({len(retriever.identifiers)} {cfg.scheme} identifiers) to {cfg.out}")
     return 0
 
 
-def _search(cfg, threads) -> int:
-    import torch
-
+def _search(cfg) -> int:
     from ramm.grace.retriever import GraceRetriever
 
-    if threads:
-        torch.set_num_threads(threads)
     retriever = GraceRetriever.from_pretrained(cfg.model, device=cfg.device)
     captions = {}
     if cfg.corpus:

@@ -24,22 +24,18 @@ def register(cli) -> None:
                        RetrievalEvalJob, _eval, group="eval")
 
 
-def _train(cfg, threads) -> int:
+def _train(cfg) -> int:
     import logging
 
-    import torch
-
+    from ramm.corpus.emojibench import is_emojibench_dir, name_query
     from ramm.training.retriever_recipe import train_retriever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if threads:
-        torch.set_num_threads(threads)
     docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "val"], strict=cfg.strict))
     train, val = list(cfg.split.select(docs, "train")), list(cfg.split.select(docs, "val"))
     if not train:
         raise ValueError(f"{cfg.corpus} has no train documents")
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
-    from ramm.corpus.emojibench import is_emojibench_dir, name_query
     row = train_retriever(train, cfg.out, cfg.trainer, cfg.model, cfg.views, val_docs=val or None,
                           alt_text=name_query if is_emojibench_dir(cfg.corpus) else None)
     print(f"saved the retriever to {cfg.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
@@ -47,15 +43,11 @@ def _train(cfg, threads) -> int:
     return 0
 
 
-def _build(cfg, threads) -> int:
-    import torch
-
+def _build(cfg) -> int:
     from ramm.corpus import open_corpus
     from ramm.retrieval.distributed_build import build_distributed, embedding_report, world_size
     from ramm.retrieval.encoder import load_encoder
     from ramm.retrieval.memory import Memory
-    if threads:
-        torch.set_num_threads(threads)
     encoder = load_encoder(cfg.encoder)
     image_size = getattr(getattr(encoder, "cfg", None), "image_size", None)  # decode large images reduced
     corpus = open_corpus(cfg.corpus, strict=cfg.strict, image_size=image_size)
@@ -81,15 +73,11 @@ def _build(cfg, threads) -> int:
     return 0
 
 
-def _search(cfg, threads) -> int:
+def _search(cfg) -> int:
     from pathlib import Path
-
-    import torch
 
     from ramm.corpus.document import decode_image_bytes
     from ramm.retrieval.memory import Memory
-    if threads:
-        torch.set_num_threads(threads)
     if cfg.image is not None and not Path(cfg.image).is_file():
         raise ValueError(f"--image {cfg.image} is not an image file")
     mem = Memory.load(cfg.memory)
@@ -99,14 +87,10 @@ def _search(cfg, threads) -> int:
     return 0
 
 
-def _eval(cfg, threads) -> int:
-    import torch
-
+def _eval(cfg) -> int:
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.recall import memory_recall
     from ramm.utils import atomic_write_json
-    if threads:
-        torch.set_num_threads(threads)
     mem = Memory.load(cfg.memory)
     print("queries: each document's text (text->image) or image (image->text); memory: every document, "
           f"the query's own left out; hit: a document of the same {cfg.match}")

@@ -10,14 +10,11 @@ def register(cli) -> None:
     cli.config_command("serve", "serve the generator and its memory over HTTP, with a web page at /", ServeConfig, _run)
 
 
-def _run(cfg, threads) -> int:
-    import torch
+def _run(cfg) -> int:
     import uvicorn
 
     from ramm.serve import create_app
 
-    if threads:
-        torch.set_num_threads(threads)
     print(f"ramm serve: http://{cfg.host}:{cfg.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
     return 0

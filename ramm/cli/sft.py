@@ -11,13 +11,9 @@ def register(cli) -> None:
                        "segmentation, questions, captioning and infilling", SFTConfig, _run, group="train")
 
 
-def _run(cfg, threads) -> int:
-    import torch
-
+def _run(cfg) -> int:
     from ramm.training.sft_recipe import train_sft
 
-    if threads:
-        torch.set_num_threads(threads)
     result = train_sft(cfg)
     print(f"saved the instruction-tuned generator to {cfg.out} after {result['steps']} steps "
           f"({result['minutes']:.1f} min)")

@@ -16,13 +16,9 @@ def register(cli) -> None:
                        TextTokenizerJob, _run_text, group="train")
 
 
-def _run_image(cfg, threads) -> int:
-    import torch
-
+def _run_image(cfg) -> int:
     from ramm.training.tokenizer_recipe import train_image_tokenizer
 
-    if threads:
-        torch.set_num_threads(threads)
     docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "test"], image_size=cfg.model.image_size,
                                  strict=cfg.strict))
     train, test = list(cfg.split.select(docs, "train")), list(cfg.split.select(docs, "test"))
@@ -35,7 +31,7 @@ def _run_image(cfg, threads) -> int:
     return 0
 
 
-def _run_text(cfg, threads) -> int:
+def _run_text(cfg) -> int:
     from ramm.tokenizers.text_tokenizer import TextTokenizer
 
     texts = [t for d in corpus_documents(cfg.corpus, cfg.split, ["train"], strict=cfg.strict) for t in d.texts]
