@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def current_umask() -> int:
@@ -36,18 +37,18 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file of its own in the same directory, fsync, then rename over `path`.
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp)` fills a temp file of its own in the same directory (two writers never share one); it is
+    fsynced, renamed over `path`, and the directory fsynced, so `path` is the old file or the new, whole.
 
     mkstemp creates files 0600; the file gets the mode a plain open() would give (0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        write(tmp)
+        fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -55,6 +56,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path, text: str) -> None:

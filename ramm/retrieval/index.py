@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from ramm.utils import current_umask, fsync_dir, fsync_file
+from ramm.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +78,8 @@ def check_vectors(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:
-    """Atomic and durable: a temp file of its own beside `path` (two savers never share one), fsync,
-    rename over `path`, fsync the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.close(fd)
-        faiss.write_index(index, tmp)
-        fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    """Atomic and durable (`atomic_write`): concurrent savers never mix files, a kill leaves old or new."""
+    atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
 
 
 def load_index(path: str | Path, spec: IndexSpec) -> faiss.Index:
