@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ramm.config import ChameleonFinetuneConfig, save_config
-from ramm.utils import atomic_write_json, seed_everything
+from ramm.config import ChameleonFinetuneConfig
+from ramm.training.recipe import start_run
+from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,7 @@ def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
     from ramm.pipeline import image_size
     from ramm.retrieval.memory import Memory
 
-    cfg.require_paths()
-    seed_everything(cfg.trainer.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "chameleon_finetune_config.json")
+    out = start_run(cfg, "chameleon_finetune_config.json")
     t0 = time.time()
     model, fmt, info = load_chameleon(cfg.model, device="cpu", dtype=getattr(torch, cfg.dtype))
     fmt.alpha = cfg.ra.alpha

@@ -13,11 +13,10 @@ import json
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
 
-
-from ramm.config import GeneratorConfig, save_config
-from ramm.utils import atomic_write_json, seed_everything
+from ramm.config import GeneratorConfig
+from ramm.training.recipe import start_run
+from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +67,7 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
     from ramm.training.trainer import Trainer
 
-    cfg.require_paths()
-    seed_everything(cfg.trainer.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "generator_config.json")
+    out = start_run(cfg, "generator_config.json")
     ra = cfg.ra if cfg.retrieval else replace(cfg.ra, k_choices=(0,))  # the baseline: k = 0 always
     t0 = time.time()
     docs = _load_corpus(cfg.corpus, cfg.strict)

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ramm.config import GraceConfig, save_config
+from ramm.config import GraceConfig
 from ramm.corpus.document import Document
-from ramm.utils import seed_everything
+from ramm.training.recipe import start_run
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,7 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
     from ramm.tokenizers.vocab import Vocabulary
     from ramm.training.trainer import Trainer
 
-    seed_everything(cfg.trainer.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "grace_config.json")
+    out = start_run(cfg, "grace_config.json")
     memorized, retrieve_docs = list(memorized), list(retrieve_docs)
     if not memorized:
         raise ValueError(f"no documents to memorize in {cfg.corpus} (memorize_splits {cfg.memorize_splits})")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-from ramm.config import SFTConfig, save_config
-from ramm.utils import atomic_write_json, seed_everything
+from ramm.config import SFTConfig
+from ramm.training.recipe import start_run
+from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     from ramm.training.sft_data import SFTDataset, build_items
     from ramm.training.trainer import Trainer
 
-    cfg.require_paths()
-    seed_everything(cfg.trainer.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "sft_config.json")
+    out = start_run(cfg, "sft_config.json")
     t0 = time.time()
     info = bundle_info(cfg.pretrained)
     model, fmt, _ = load_generator(cfg.pretrained, cfg.trainer.device)

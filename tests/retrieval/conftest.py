@@ -7,11 +7,12 @@ import torch
 
 from ramm.corpus.document import Document
 from ramm.retrieval.dual_encoder import DualEncoderConfig
-from tiny_encoder import TINY  # noqa: F401 - its own module: `conftest` names collide across test folders
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20),
           "purple": (140, 30, 170), "black": (10, 10, 10)}
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
+TINY = dict(image_size=16, channels=(8, 16), text_vocab_size=300, text_max_len=16, text_width=32,
+            text_layers=1, text_heads=2, embed_dim=32)
 
 
 def draw(shape: str, color, style: str, size: int = 16) -> np.ndarray:

@@ -7,7 +7,7 @@ from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_te
 from ramm.retrieval.encoder import load_encoder
 from ramm.retrieval.loss import clip_loss, memory_loss
 
-from tiny_encoder import TINY
+from tests.retrieval.conftest import TINY  # by package: a bare `conftest` is another folder's too
 
 
 def test_clip_loss_low_for_matched_pairs_high_for_shuffled():
