@@ -93,6 +93,7 @@ class TrainerConfig:
     device: str | None = None  # None: cuda if available, else cpu
     resume: bool = False  # continue from out_dir/checkpoint if present
     progress: bool = True  # tqdm bar on rank 0
+    strategy: str = "ddp"  # under torchrun: ddp (whole model per rank) | fsdp (weights, grads, optimizer sharded per block)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
@@ -104,6 +105,8 @@ class TrainerConfig:
             raise ValueError("max_minutes must be positive")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
 
     @property
     def warmup(self) -> int:

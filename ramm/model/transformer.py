@@ -196,6 +196,8 @@ def weighted_mean(per_token: torch.Tensor, targets: torch.Tensor, weights: torch
 
 
 class Transformer(nn.Module):
+    _no_split_modules = ["Block"]  # FSDP's units (transformers' spelling, which the Trainer reads)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg

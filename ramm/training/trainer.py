@@ -2,8 +2,9 @@
 
 AdamW with warmup + cosine, gradient accumulation and clipping, bf16 autocast where supported, tqdm,
 JSONL metrics (+ TensorBoard when installed), atomic checkpoints with everything needed to resume
-bit-for-bit (weights, optimizer, step = data position, RNG states of every rank), and DDP when run
-under `torchrun` (gloo on CPU, nccl on GPU).
+bit-for-bit (weights, optimizer, step = data position, RNG states of every rank), and DDP or FSDP2
+(`strategy`) when run under `torchrun` (gloo on CPU, nccl on GPU). Checkpoints hold the full (unsharded)
+state on rank 0 either way, so a run resumes under either strategy and any number of ranks.
 
 The data order is a pure function of (seed, step): sample n of the run is `perm_{n // N}[n % N]`, where
 perm_e is a seeded permutation for epoch e, so resuming only needs the step. Every optimizer step
@@ -114,6 +115,30 @@ def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[
     return out, aliases
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2's global grad norm) as a plain tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def fully_shard_blocks(model: torch.nn.Module, device: str, world: int) -> torch.nn.Module:
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) on every transformer block, then on the root, in place.
+
+    The blocks are the classes a module lists in `_no_split_modules` (transformers' convention, which
+    ramm's Transformer follows too): each is all-gathered only around its own forward and backward, so a
+    rank holds one block's full weights at a time plus its 1/world share of the rest."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    blocks = [m for m in model.modules() if type(m).__name__ in names and m is not model]
+    if not blocks:
+        log.warning("%s names no blocks (_no_split_modules): FSDP shards it as one unit", type(model).__name__)
+    mesh = init_device_mesh(device.split(":")[0], (world,))
+    for m in blocks:
+        fully_shard(m, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer_state.json")
 
 
@@ -186,8 +211,25 @@ class Trainer:
     def _wrap(self, model):
         if not self.distributed:
             return model
+        if self.cfg.strategy == "fsdp":
+            return fully_shard_blocks(model, self.device, self.world)
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
+
+    def _grad_sync(self, sync: bool):
+        """DDP skips the all-reduce under no_sync(); FSDP2 is told to skip its reduce-scatter."""
+        if not self.distributed:
+            return contextlib.nullcontext()
+        if self.cfg.strategy == "fsdp":
+            self.model.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if sync else self.model.no_sync()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's unsharded weights on CPU: on rank 0 (every rank must call it), {} elsewhere."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.rank == 0 else {}
 
     # ------------------------------------------------------------------ data order
     def _index(self, n: int) -> int:
@@ -354,16 +396,14 @@ class Trainer:
             loss_sum = 0.0
             for a in range(cfg.grad_accum):
                 batch = self._micro_batch(self.step, a)
-                sync = a == cfg.grad_accum - 1 or not self.distributed
-                ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-                with ctx, self._autocast():
+                with self._grad_sync(a == cfg.grad_accum - 1), self._autocast():
                     loss, n = self.step_fn(self.model, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
                 tokens += n
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)) \
+            grad_norm = float(_local(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))) \
                 if cfg.grad_clip > 0 else float("nan")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

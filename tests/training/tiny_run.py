@@ -1,5 +1,7 @@
 """Trains a tiny transformer with the Trainer; run as a script (also under torchrun) by the trainer tests."""
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,14 +25,21 @@ class Pattern(torch.utils.data.Dataset):
         return {"idx": self.rows[i, :-1], "targets": self.rows[i, 1:]}
 
 
-def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1):
+def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1, strategy="ddp"):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=T, dropout=dropout))
     cfg = TrainerConfig(out_dir=str(out_dir), steps=steps, batch_size=4, grad_accum=grad_accum, lr=3e-3,
-                        warmup_steps=2, log_every=1, ckpt_every=5, resume=resume, progress=False, device="cpu")
-    return Trainer(model, Pattern(), cfg).fit(until_step=until)
+                        warmup_steps=2, log_every=1, ckpt_every=5, resume=resume, progress=False, device="cpu",
+                        strategy=strategy)
+    trainer = Trainer(model, Pattern(), cfg)
+    trainer.fit(until_step=until)
+    return trainer
 
 
-if __name__ == "__main__":
-    run(sys.argv[1], grad_accum=int(sys.argv[2]), dropout=0.0)
+if __name__ == "__main__":  # out_dir grad_accum [strategy [until_step [resume]]]
+    args = sys.argv[1:] + [None] * (5 - len(sys.argv[1:]))
+    t = run(args[0], grad_accum=int(args[1]), dropout=0.0, strategy=args[2] or "ddp",
+            until=int(args[3]) if args[3] else None, resume=args[4] == "resume")
+    local = sum(getattr(p, "_local_tensor", p).numel() for p in t.model.parameters())  # this rank's share
+    (Path(args[0]) / f"params-{t.rank}.json").write_text(json.dumps({"local": local}))
