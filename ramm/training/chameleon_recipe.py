@@ -2,7 +2,7 @@
 
 The same RA data as ramm's own generator (`RADataset`: train-split main documents, up to k retrieved
 documents drawn per micro-batch, their tokens weighted alpha, CM3 masking) through the same `Trainer`
-(DDP under torchrun), over `ChameleonGenerator`: full fine-tuning or LoRA adapters (peft). The result is
+(DDP or FSDP2 under torchrun), over `ChameleonGenerator`: full fine-tuning or LoRA adapters (peft). The result is
 saved back as a directory transformers loads (`ChameleonForConditionalGeneration.from_pretrained`),
 adapters merged in, with generator.json naming the memory so `RAMM.load(out)` retrieves from it.
 """
@@ -35,9 +35,10 @@ def encode_codes(image_tokenizer, docs, batch: int = 8) -> dict[str, np.ndarray]
     return out
 
 
-def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> dict:
+def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tuple[dict, dict | None]:
     """Fine-tune `model` (a ChameleonGenerator) in place on `train` documents with neighbours from `memory`;
-    returns the trainer's last metrics."""
+    returns the trainer's last metrics and, under FSDP (which leaves `model` sharded), the full trained
+    weights on rank 0 ({} on the others; None without FSDP) for `unsharded`."""
     from ramm.tokenizers.code_cache import with_codes
     from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
     from ramm.training.trainer import Trainer
@@ -60,9 +61,22 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> dict
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("RA fine-tuning %d documents, %.2fM trainable parameters", len(data), trainable / 1e6)
     model.train()
-    last = Trainer(model, data, cfg.trainer, collate_fn=data.collate).fit()
+    trainer = Trainer(model, data, cfg.trainer, collate_fn=data.collate)
+    last = trainer.fit()
     model.eval()
-    return last
+    fsdp = trainer.distributed and cfg.trainer.strategy == "fsdp"
+    return last, trainer.full_state_dict() if fsdp else None
+
+
+def unsharded(cfg: ChameleonFinetuneConfig, weights: dict[str, torch.Tensor]):
+    """A plain ChameleonGenerator (adapters included) from cfg.model with FSDP's gathered `weights`."""
+    from ramm.model.hf_chameleon import load_chameleon
+
+    model, _, _ = load_chameleon(cfg.model, device="cpu", dtype=getattr(torch, cfg.dtype))
+    if cfg.lora_rank:
+        model.add_lora(cfg.lora_rank, cfg.lora_alpha, targets=cfg.lora_targets)
+    model.load_state_dict(weights)
+    return model
 
 
 def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
@@ -83,9 +97,11 @@ def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
         raise ValueError(info["images_unavailable"])
     docs = list(open_corpus(cfg.corpus, image_size=image_size(fmt.image_tokenizer)))
     train = cfg.split.group(docs).get("train", [])
-    last = ra_finetune(model, fmt, train, Memory.load(cfg.memory),
-                       replace(cfg, trainer=replace(cfg.trainer, out_dir=cfg.trainer.out_dir or str(out))))
+    last, weights = ra_finetune(model, fmt, train, Memory.load(cfg.memory),
+                                replace(cfg, trainer=replace(cfg.trainer, out_dir=cfg.trainer.out_dir or str(out))))
     if not dist.is_initialized() or dist.get_rank() == 0:
+        if weights is not None:
+            model = unsharded(cfg, weights)
         model.save_pretrained(out, tokenizer=info["tokenizer"], source=cfg.model)
         atomic_write_json(out / INFO, {"backend": "chameleon", "memory": str(Path(cfg.memory).resolve()),
                                        "alpha": cfg.ra.alpha, "base": str(Path(cfg.model).resolve()),

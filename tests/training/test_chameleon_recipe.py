@@ -100,3 +100,47 @@ def test_cli_fine_tunes_a_jsonl_corpus_and_the_facade_loads_the_result_with_its_
     assert ramm.memory is not None and len(ramm.memory) == len(docs)
     res = ramm.generate_image("a red cat", n=1, k=1, method="greedy")
     assert len(res.retrieved) == 1 and res.outputs[0].shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_one_fsdp_step_on_two_ranks_saves_a_directory_transformers_loads(setup, lora_rank, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import ChameleonForConditionalGeneration
+
+    ckpt, docs, _, tmp = setup
+    rows = []
+    for d in docs:
+        Image.fromarray(d.image).save(tmp_path / f"{d.id}.png")
+        rows.append({"id": d.id, "image": f"{d.id}.png", "caption": d.text, "split": "train"})
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "ft"
+    cfg = {"model": str(ckpt), "corpus": str(tmp_path / "c.jsonl"), "memory": str(tmp / "mem"), "out": str(out),
+           "lora_rank": lora_rank,
+           "trainer": {"steps": 1, "batch_size": 2, "lr": 1e-2, "warmup_steps": 0, "log_every": 1, "device": "cpu",
+                       "progress": False, "strategy": "fsdp", "weight_decay": 0.0},
+           "ra": {"k_choices": [0, 1], "n_candidates": 1, "max_len": 128}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{here.parents[1]}{os.pathsep}{here.parent}"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(here / "chameleon_fsdp_run.py"), str(tmp_path / "cfg.json")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((out / "checkpoint/trainer_state.json").read_text())
+    assert state["world"] == 2 and state["config"]["strategy"] == "fsdp" and state["step"] == 1
+    assert np.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    base = load_file(ckpt / "model.safetensors")
+    saved = ChameleonForConditionalGeneration.from_pretrained(out).state_dict()
+    changed = {k for k, v in base.items() if not torch.equal(v, saved[k])}
+    if lora_rank:  # merged adapters: only the attention projections moved
+        assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed), changed
+    else:
+        assert any("embed_tokens" in k for k in changed) and any(".mlp." in k for k in changed), changed
+    assert not any("vqmodel" in k for k in changed)
