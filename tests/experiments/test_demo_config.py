@@ -15,7 +15,7 @@ from ramm.experiments.emojibench import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE = json.loads((Path(__file__).parent / "demo_settings_before.json").read_text())
-REMOVED = {"strategy": "ddp", "augment": 0.0, "views": 8,  # knobs removed as no gain / untested, at their no-op values
+REMOVED = {"augment": 0.0, "views": 8,  # knobs removed as no gain / untested, at their no-op values
            "quantizer": "vq", "fsq_levels": [8, 8, 8]}
 ADDED = {"retriever.recipe": {"match": "concept"},  # the keys the code grouped by before they were fields
          "generator.ra": {"group_by": "concept"}}
