@@ -92,7 +92,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     the picture grids (out/<task>.png)."""
     from ramm.corpus.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
     from ramm.evaluation.captioning import cider
-    from ramm.evaluation.evaluator import identity, load_evaluator
+    from ramm.experiments.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
     from ramm.training.sft_data import TEMPLATES, image_to_mask, mask_image, mask_iou, split_templates
