@@ -26,6 +26,16 @@ from typing import Any
 DEFAULT_FRACTIONS = {"train": 0.80, "val": 0.05, "test": 0.05, "heldout": 0.10}  # ramm.corpus.splits uses these too
 
 
+def split_rank_key(seed: int, key) -> bytes:
+    """The seeded hash that places a group in a split (SplitConfig) or orders groups (assign_splits)."""
+    return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+
+
+def check_fractions(fractions) -> None:
+    if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {dict(fractions)}")
+
+
 @dataclass
 class SplitConfig:
     """Which documents of a corpus are train / val / test / heldout (ramm.corpus.splits)."""
@@ -36,9 +46,7 @@ class SplitConfig:
 
     def __post_init__(self):
         self.fractions = dict(self.fractions)
-        if not self.fractions or any(f < 0 for f in self.fractions.values()) \
-                or abs(sum(self.fractions.values()) - 1) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        check_fractions(self.fractions)
 
     def of(self, doc) -> str:
         """The document's split: its own `split` metadata, else a seeded hash of its group key."""
@@ -48,7 +56,7 @@ class SplitConfig:
         key = doc.id if self.group_by is None else doc.metadata.get(self.group_by)
         if key is None:
             raise ValueError(f"document {doc.id!r} has no metadata {self.group_by!r} to group its split by")
-        digest = hashlib.sha256(f"{self.seed}\x00{key}".encode("utf-8")).digest()
+        digest = split_rank_key(self.seed, key)
         u, total = int.from_bytes(digest[:8], "big") / 2.0 ** 64, 0.0  # u: uniform in [0, 1)
         for name, share in self.fractions.items():
             total += share

@@ -12,21 +12,11 @@ gets its share of every stratum (EmojiBench draws its splits per concept this wa
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 
-from ramm.config import DEFAULT_FRACTIONS
+from ramm.config import DEFAULT_FRACTIONS, check_fractions, split_rank_key
 
 SPLITS = ("train", "val", "test", "heldout")
-
-
-def _rank_key(seed: int, concept: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{concept}".encode("utf-8")).digest()
-
-
-def _check_fractions(fractions: Mapping[str, float]) -> None:
-    if not fractions or abs(sum(fractions.values()) - 1.0) > 1e-6 or any(f < 0 for f in fractions.values()):
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {dict(fractions)}")
 
 
 def assign_splits(concepts: Iterable[str], seed: int = 0, fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
@@ -38,7 +28,7 @@ def assign_splits(concepts: Iterable[str], seed: int = 0, fractions: Mapping[str
     strata: concept -> stratum name (default: one stratum); each stratum is cut by `fractions` on its own.
     min_per_stratum: (stratum, split) -> minimum count, e.g. {("flag", "heldout"): 25}.
     """
-    _check_fractions(fractions)
+    check_fractions(fractions)
     concepts = sorted(set(concepts))
     strata = strata or {}
     groups: dict[str, list[str]] = {}
@@ -47,7 +37,7 @@ def assign_splits(concepts: Iterable[str], seed: int = 0, fractions: Mapping[str
     names = list(fractions)
     out: dict[str, str] = {}
     for stratum, members in sorted(groups.items()):
-        members.sort(key=lambda c: _rank_key(seed, c))
+        members.sort(key=lambda c: split_rank_key(seed, c))
         n = len(members)
         counts = {s: round(fractions[s] * n) for s in names[1:]}
         for (st, split), m in (min_per_stratum or {}).items():
