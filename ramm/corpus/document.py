@@ -98,8 +98,10 @@ def pil_to_rgb(img: Image.Image, background=(255, 255, 255)) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None) -> np.ndarray:
-    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input.
+def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None,
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input; an image
+    over `max_pixels` (width x height, read from its header) is refused before it is decoded.
 
     With `size`, a large image is decoded reduced (JPEG DCT scaling, then an integer box reduce) so
     its full-resolution RGB copy never exists, then resized to size x size."""
@@ -108,8 +110,8 @@ def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None) ->
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise BadItem("image_too_large", item, f"{w}x{h} > {MAX_IMAGE_PIXELS} px")
+            if w * h > max_pixels:
+                raise BadItem("image_too_large", item, f"{w}x{h} > {max_pixels} px")
             if size is not None and img.format == "JPEG":
                 img.draft("RGB", (size, size))  # decodes at 1/2, 1/4 or 1/8 scale, never below size
             img.load()

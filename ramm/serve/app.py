@@ -12,7 +12,6 @@ import base64
 import binascii
 import copy
 import hmac
-import io
 import logging
 import math
 import time
@@ -71,19 +70,14 @@ class Engine:
 
     def decode_image(self, data: bytes, item: str):
         """Uploaded bytes -> uint8 (size, size, 3); the pixel count is checked from the header first."""
-        from PIL import Image
-
-        from ramm.corpus.document import decode_image_bytes
+        from ramm.corpus.document import MAX_IMAGE_PIXELS, BadItem, decode_image_bytes
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"{item}: image_too_large ({e})") from None
-        except Exception as e:
-            raise ValueError(f"{item}: not a readable image ({type(e).__name__})") from None
-        if w * h > self.cfg.max_image_pixels:
-            raise ValueError(f"{item}: image_too_large ({w}x{h} > {self.cfg.max_image_pixels} px)")
-        return decode_image_bytes(data, item, self.image_size)
+            return decode_image_bytes(data, item, self.image_size,
+                                      max_pixels=min(self.cfg.max_image_pixels, MAX_IMAGE_PIXELS))
+        except BadItem as e:
+            if e.reason == "image_too_large":
+                raise ValueError(f"{item}: image_too_large ({e.detail})") from None
+            raise ValueError(f"{item}: not a readable image ({e.detail or e.reason})") from None
 
     def decode_b64_image(self, text: str, item: str):
         data = text.split(",", 1)[1] if text.startswith("data:") else text
