@@ -153,8 +153,7 @@ class RAMM:
             for j, row in zip(owner, new):
                 rows[j].append(row)
             done += len(owner)
-        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for rs in rows for r in rs], dtype=torch.long)
-        pixels = decode_pixels(self.format.image_tokenizer, codes)
+        pixels = self._pixels([r for rs in rows for r in rs])
         ranked = rerank and self.memory is not None and any(len(rs) > 1 for rs in rows)
         if ranked:
             from ramm.decoding.rerank import image_text_scores, rank
@@ -176,10 +175,7 @@ class RAMM:
                       batch_size: int = 8, progress: Callable[[int], None] | None = None, **decoding) -> Result:
         """Image -> text by CM3 infilling of a masked caption; n samples, best first by the model's
         own perplexity (RA-CM3). `image`: a path, PIL image or uint8 (H, W, 3) array."""
-        self._require_images("caption_image")
-        pixels = read_image(image, image_size(self.format.image_tokenizer))
-        docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
-        codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
+        pixels, codes, docs = self._read_query_image("caption_image", image, k, retrieve, retrieved, exclude_ids)
         prompt = self.format.caption_prompt(codes, docs)
         rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, method, decoding, seed,
                             batch_size, progress, max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.eos,),
@@ -255,8 +251,7 @@ class RAMM:
         tpi = self.format.tokens_per_image
         rows = self._sample([prompt] * n, None, method, decoding, seed, batch_size, progress,
                             max_new_tokens=tpi + 1, stop_after_image=True)
-        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
-        return Result(list(decode_pixels(self.format.image_tokenizer, codes)), docs, [], rows)
+        return Result(list(self._pixels(rows)), docs, [], rows)
 
     def answer(self, image, question: str, *, retrieve: bool = False, retrieved: Sequence[Document] | None = None,
                k: int = 2, exclude_ids: Sequence[str] = (), max_new_tokens: int = 16) -> Result:
@@ -270,10 +265,8 @@ class RAMM:
         """(pixels, prompt ids, retrieved documents) of an instruction about an image; bad input raises."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction is empty")
-        self._require_images("an instruction about an image")
-        pixels = read_image(image, image_size(self.format.image_tokenizer))
-        docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
-        codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
+        pixels, codes, docs = self._read_query_image("an instruction about an image", image, k, retrieve, retrieved,
+                                                     exclude_ids)
         prompt = self.format.instruction_prompt([TextSegment(instruction), ImageSegment(pixels=pixels, tokens=codes)],
                                                 response, docs)
         room = self.model.cfg.max_seq_len - (self.format.tokens_per_image + 2 if response == "image" else 1)
@@ -283,6 +276,20 @@ class RAMM:
         return pixels, prompt, docs
 
     # ------------------------------------------------------------------ helpers
+    def _read_query_image(self, task, image, k, retrieve, retrieved, exclude_ids):
+        """(pixels, VQ codes, retrieved documents) of an image given to a task: read at the tokenizer's size."""
+        self._require_images(task)
+        pixels = read_image(image, image_size(self.format.image_tokenizer))
+        docs = self.retrieve(pixels, k, retrieve, retrieved, exclude_ids)
+        codes = self.format.image_tokenizer.encode(ImageSegment(pixels=pixels).to_tensor()[None])[0].cpu().numpy()
+        return pixels, codes, docs
+
+    def _pixels(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Generated rows that start with an image's codes -> uint8 images (N, H, W, 3)."""
+        tpi = self.format.tokens_per_image
+        codes = torch.tensor([[self.vocab.code(t) for t in r[:tpi]] for r in rows], dtype=torch.long)
+        return decode_pixels(self.format.image_tokenizer, codes)
+
     def _require_images(self, task: str) -> None:
         if self.images_unavailable:
             raise ValueError(f"{task} needs image tokens and a VQGAN: {self.images_unavailable}")
