@@ -26,6 +26,14 @@ from typing import Any
 DEFAULT_FRACTIONS = {"train": 0.80, "val": 0.05, "test": 0.05, "heldout": 0.10}  # ramm.corpus.splits uses these too
 
 
+def require(cfg, names, label: str | None = None, spell=str) -> None:
+    """ValueError listing the fields of `names` that are empty (paths a run needs but that default to "", so
+    that a demo or a config file can fill them); `spell` turns a field name into what the user types."""
+    missing = [spell(n) for n in names if not getattr(cfg, n)]
+    if missing:
+        raise ValueError(f"{label or type(cfg).__name__}: set {', '.join(missing)}")
+
+
 def split_rank_key(seed: int, key) -> bytes:
     """The seeded hash that places a group in a split (SplitConfig) or orders groups (assign_splits)."""
     return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
@@ -194,9 +202,7 @@ class GeneratorConfig:
 
     def require_paths(self) -> None:
         """The paths a run needs (empty by default so that the demo can fill them)."""
-        missing = [n for n in ("corpus", "memory", "tokenizer", "text_tokenizer", "out") if not getattr(self, n)]
-        if missing:
-            raise ValueError(f"generator config: set {', '.join(missing)}")
+        require(self, ("corpus", "memory", "tokenizer", "text_tokenizer", "out"), "generator config")
 
 
 def _chameleon_trainer() -> TrainerConfig:
@@ -231,9 +237,7 @@ class ChameleonFinetuneConfig:
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 
     def require_paths(self) -> None:
-        missing = [n for n in ("model", "corpus", "memory", "out") if not getattr(self, n)]
-        if missing:
-            raise ValueError(f"chameleon fine-tuning config: set {', '.join(missing)}")
+        require(self, ("model", "corpus", "memory", "out"), "chameleon fine-tuning config")
 
 
 def _grace_trainer() -> TrainerConfig:
@@ -331,9 +335,8 @@ class SFTConfig:
             raise ValueError("heldout_templates and eval_limit must be >= 0")
 
     def require_paths(self) -> None:
-        missing = [n for n in ("pretrained", "corpus", "out") if not getattr(self, n)]
-        if missing:
-            raise ValueError(f"sft config: set {', '.join('--from' if m == 'pretrained' else '--' + m for m in missing)}")
+        require(self, ("pretrained", "corpus", "out"), "sft config",
+                spell=lambda n: "--from" if n == "pretrained" else "--" + n)
 
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")  # ramm.grace.identifiers.SCHEMES

@@ -9,15 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ramm.config import (DualEncoderConfig, ImageTokenizerConfig, RetrieverRecipeConfig, SplitConfig,
-                         TrainerConfig)
+                         TrainerConfig, require)
 
 SPLITS = ("train", "val", "test", "heldout")
-
-
-def _require(cfg, *names: str) -> None:
-    missing = [n for n in names if not getattr(cfg, n)]
-    if missing:
-        raise ValueError(f"{type(cfg).__name__}: set {', '.join(missing)}")
 
 
 def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,7 +38,7 @@ class ImageTokenizerJob:
     trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
 
     def __post_init__(self):
-        _require(self, "corpus", "out")
+        require(self, ("corpus", "out"))
         self.trainer.out_dir = self.trainer.out_dir or self.out
 
 
@@ -59,7 +53,7 @@ class TextTokenizerJob:
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
-        _require(self, "corpus", "out")
+        require(self, ("corpus", "out"))
         if self.vocab_size < 257:
             raise ValueError(f"vocab_size must be >= 257 (256 bytes + <pad>), got {self.vocab_size}")
 
@@ -82,7 +76,7 @@ class RetrieverJob:
     trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
 
     def __post_init__(self):
-        _require(self, "corpus", "out")
+        require(self, ("corpus", "out"))
         self.trainer.out_dir = self.trainer.out_dir or self.out
 
 
@@ -100,7 +94,7 @@ class MemoryBuildJob:
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
-        _require(self, "corpus", "encoder", "out")
+        require(self, ("corpus", "encoder", "out"))
         self.splits = _check_splits("splits", self.splits)
         if self.batch_size <= 0 or self.flat_below < 0:
             raise ValueError("need batch_size > 0 and flat_below >= 0")
@@ -119,7 +113,7 @@ class RetrievalEvalJob:
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
     def __post_init__(self):
-        _require(self, "memory", "corpus")
+        require(self, ("memory", "corpus"))
         self.splits = _check_splits("splits", self.splits)
 
 
@@ -149,7 +143,7 @@ class DecodeJob:
     device: str | None = None  # cpu / cuda (None: cuda when available)
 
     def __post_init__(self):
-        _require(self, "model", "out")
+        require(self, ("model", "out"))
         self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
         if self.n < 1 or self.k < 0 or self.batch_size < 1:
             raise ValueError(f"need n >= 1, k >= 0, batch_size >= 1; got {self.n}, {self.k}, {self.batch_size}")
@@ -198,7 +192,7 @@ class CaptionJob(DecodeJob):
 
     def __post_init__(self):
         super().__post_init__()
-        _require(self, "image")
+        require(self, ("image",))
 
 
 @dataclass
@@ -234,7 +228,7 @@ class MemorySearchJob:
     strategy: str = "relevance"  # relevance | modality | diversity | ra-cm3
 
     def __post_init__(self):
-        _require(self, "memory")
+        require(self, ("memory",))
         if (self.text is None) == (self.image is None):
             raise ValueError("give either a text query or --image PATH")
         if self.k < 1:
@@ -252,7 +246,7 @@ class GraceSearchJob:
     device: str | None = None  # cpu / cuda (None: cuda when available)
 
     def __post_init__(self):
-        _require(self, "model", "query")
+        require(self, ("model", "query"))
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
 
@@ -269,7 +263,7 @@ class EmojiBenchJob:
     cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
 
     def __post_init__(self):
-        _require(self, "out")
+        require(self, ("out",))
 
     @property
     def style_list(self) -> tuple[str, ...]:
@@ -286,4 +280,4 @@ class DataStatsJob:
     images: str | None = None  # image folder for COCO/JSONL/CSV (None: beside the file)
 
     def __post_init__(self):
-        _require(self, "path")
+        require(self, ("path",))
