@@ -25,6 +25,14 @@ def _tokenizer_key(tokenizer_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def encode_images(image_tokenizer, docs: Sequence[Document], batch: int = 256, size: int | None = None) -> np.ndarray:
+    """(N, tokens_per_image) int64 codes of the documents' first images (each must have one), in order."""
+    image_tokenizer.eval()  # deterministic codes (no dropout / codebook updates while encoding)
+    with torch.no_grad():  # batch_pixels: (B, C, H, W) float, each image resized to `size`
+        return np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch], size)).cpu().numpy()
+                               for i in range(0, len(docs), batch)]).astype(np.int64)
+
+
 def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Sequence[Document],
                          cache_dir: str | Path | None = None, batch: int = 256) -> dict[str, np.ndarray]:
     """{doc id: codes (tokens_per_image,)} for each document's first image; computed once, then read from
@@ -38,10 +46,7 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
         codes = np.load(path, allow_pickle=False)
         log.info("image codes of %d documents read from %s", len(docs), path)
     else:
-        image_tokenizer.eval()  # deterministic codes (no dropout / codebook updates while encoding)
-        with torch.no_grad():  # batch_pixels: (B, C, H, W) float
-            codes = np.concatenate([image_tokenizer.encode(batch_pixels(docs[i:i + batch], image_tokenizer.cfg.image_size)).cpu().numpy()
-                                    for i in range(0, len(docs), batch)]).astype(np.int64)
+        codes = encode_images(image_tokenizer, docs, batch, image_tokenizer.cfg.image_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, codes)

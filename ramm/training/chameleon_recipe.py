@@ -13,7 +13,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ramm.config import ChameleonFinetuneConfig
@@ -23,23 +22,11 @@ from ramm.utils import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def encode_codes(image_tokenizer, docs, batch: int = 8) -> dict[str, np.ndarray]:
-    """{doc id: codes} for each document's first image, by the checkpoint's VQGAN encoder."""
-    from ramm.corpus.document import batch_pixels
-
-    docs = [d for d in docs if d.image is not None]
-    out: dict[str, np.ndarray] = {}
-    for i in range(0, len(docs), batch):
-        part = docs[i:i + batch]
-        out.update(zip([d.id for d in part], image_tokenizer.encode(batch_pixels(part)).cpu().numpy()))
-    return out
-
-
 def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tuple[dict, dict | None]:
     """Fine-tune `model` (a ChameleonGenerator) in place on `train` documents with neighbours from `memory`;
     returns the trainer's last metrics and, under FSDP (which leaves `model` sharded), the full trained
     weights on rank 0 ({} on the others; None without FSDP) for `unsharded`."""
-    from ramm.tokenizers.code_cache import with_codes
+    from ramm.tokenizers.code_cache import encode_images, with_codes
     from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
     from ramm.training.trainer import Trainer
 
@@ -50,7 +37,8 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tupl
         raise ValueError("no train documents with an image")
     pool = {d.id: d for d in train}
     pool.update({i: memory.get(i) for i in memory.ids if i not in pool})
-    codes = encode_codes(fmt.image_tokenizer, list(pool.values()))
+    with_image = [d for d in pool.values() if d.image is not None]
+    codes = dict(zip([d.id for d in with_image], encode_images(fmt.image_tokenizer, with_image, batch=8)))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}
     partners = relative_ids(list(pool.values()), list(pool.values()))
     neighbours = precompute_neighbours(memory, train, cfg.ra, partners, allowed={d.id for d in train}) \
