@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document, ImageSegment, batch_pixels
-from ramm.utils import default_cache_dir
+from ramm.utils import atomic_write, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
         log.info("image codes of %d documents read from %s", len(docs), path)
     else:
         codes = encode_images(image_tokenizer, docs, batch, image_tokenizer.cfg.image_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, codes)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: _save_npy(tmp, codes))
         log.info("encoded %d images to %s", len(docs), path)
     return {d.id: c for d, c in zip(docs, codes)}
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a temp name
+        np.save(f, array)
 
 
 def with_codes(doc: Document, codes: dict[str, np.ndarray]) -> Document:
