@@ -325,14 +325,16 @@ class SFTConfig:
     corpus: str = ""  # corpus the instruction data comes from (its train split)
     out: str = ""  # output directory: the tuned generator + checkpoint/ + metrics.jsonl + eval.json
     heldout_templates: int = 1  # per task, the last templates never used in training (evaluation only)
+    retrieve_k: int = 0  # documents retrieved into every prompt (0: off; off measured better on val at equal time, docs/sft.md)
+    memory: str = ""  # memory to retrieve from when retrieve_k > 0 (default: the pretrained generator's)
     eval_limit: int = 32  # validation examples per task and template group in eval.json
     mixture: SFTMixture = field(default_factory=SFTMixture)  # task weights
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_sft_trainer)  # budget, optimizer, schedule (out_dir: out)
 
     def __post_init__(self):
-        if self.heldout_templates < 0 or self.eval_limit < 0:
-            raise ValueError("heldout_templates and eval_limit must be >= 0")
+        if self.heldout_templates < 0 or self.eval_limit < 0 or self.retrieve_k < 0:
+            raise ValueError("heldout_templates, retrieve_k and eval_limit must be >= 0")
 
     def require_paths(self) -> None:
         require(self, ("pretrained", "corpus", "out"), "sft config",

@@ -172,7 +172,7 @@ class EditJob(DecodeJob):
 
     image: str = ""  # PNG/JPEG file to edit (positional)
     instruction: str = ""  # what to do, e.g. "make the skin tone dark" (positional)
-    retrieve: bool = False  # condition on retrieved documents (SFT trains without them)
+    retrieve: bool | None = None  # condition on retrieved documents (default: as the SFT run trained, its retrieve_k)
 
     def __post_init__(self):
         super().__post_init__()

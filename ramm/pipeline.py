@@ -63,9 +63,10 @@ class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
     def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False,
-                 images_unavailable: str | None = None):
+                 images_unavailable: str | None = None, instruction_k: int = 0):
         self.model, self.format, self.memory = model, fmt, memory
         self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
+        self.instruction_k = instruction_k  # documents retrieved into instruction prompts in SFT (their default)
         self.images_unavailable = images_unavailable  # why image tasks are refused (a checkpoint without them)
         self.vocab = fmt.vocab
         self.device = next(model.parameters()).device
@@ -94,7 +95,7 @@ class RAMM:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
-                   images_unavailable=info.get("images_unavailable"))
+                   images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,
@@ -241,21 +242,23 @@ class RAMM:
                                      doc_id=f"{prompt.id}-continued-{i}") for i, r in enumerate(rows)]
         return Result(outputs, docs, [], rows)
 
-    def edit_image(self, image, instruction: str, n: int = 1, *, retrieve: bool = False,
-                   retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+    def edit_image(self, image, instruction: str, n: int = 1, *, retrieve: bool | None = None,
+                   retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
                    method: str = "sample", seed: int = 0, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None, **decoding) -> Result:
         """Image + instruction -> image ("make the skin tone dark", "draw it in the google style"): the
-        instruction format of `ramm train sft`, which trains without retrieval (so none by default)."""
+        instruction format of `ramm train sft`. `retrieve` / `k` default to how SFT trained (its
+        `retrieve_k`: 0 = no retrieval)."""
         pixels, prompt, docs = self._instruction(image, instruction, "image", retrieve, retrieved, k, exclude_ids)
         tpi = self.format.tokens_per_image
         rows = self._sample([prompt] * n, None, method, decoding, seed, batch_size, progress,
                             max_new_tokens=tpi + 1, stop_after_image=True)
         return Result(list(self._pixels(rows)), docs, [], rows)
 
-    def answer(self, image, question: str, *, retrieve: bool = False, retrieved: Sequence[Document] | None = None,
-               k: int = 2, exclude_ids: Sequence[str] = (), max_new_tokens: int = 16) -> Result:
-        """A question about an image, answered greedily in the SFT instruction format (one output)."""
+    def answer(self, image, question: str, *, retrieve: bool | None = None, retrieved: Sequence[Document] | None = None,
+               k: int | None = None, exclude_ids: Sequence[str] = (), max_new_tokens: int = 16) -> Result:
+        """A question about an image, answered greedily in the SFT instruction format (one output);
+        retrieval defaults as in `edit_image`."""
         pixels, prompt, docs = self._instruction(image, question, "text", retrieve, retrieved, k, exclude_ids)
         rows = self._sample([prompt], None, "greedy", {}, 0, 1, None, max_new_tokens=max_new_tokens,
                             stop_tokens=(self.vocab.doc_end,), allow_images=False)
@@ -265,11 +268,16 @@ class RAMM:
         """(pixels, prompt ids, retrieved documents) of an instruction about an image; bad input raises."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction is empty")
+        retrieve = self.instruction_k > 0 if retrieve is None else retrieve
+        k = (self.instruction_k or 2) if k is None else k
         pixels, codes, docs = self._read_query_image("an instruction about an image", image, k, retrieve, retrieved,
                                                      exclude_ids)
-        prompt = self.format.instruction_prompt([TextSegment(instruction), ImageSegment(pixels=pixels, tokens=codes)],
-                                                response, docs)
+        segments = [TextSegment(instruction), ImageSegment(pixels=pixels, tokens=codes)]
+        prompt = self.format.instruction_prompt(segments, response, docs)
         room = self.model.cfg.max_seq_len - (self.format.tokens_per_image + 2 if response == "image" else 1)
+        while len(prompt) > room and docs:  # as in SFT: retrieved documents give way first
+            docs = docs[:-1]
+            prompt = self.format.instruction_prompt(segments, response, docs)
         if len(prompt) > room:
             raise ValueError(f"instruction {instruction[:40]!r}... is too long: the prompt has {len(prompt)} tokens, "
                              f"the model's context leaves room for {room}")

@@ -89,6 +89,8 @@ def _infill(cfg) -> int:
     doc = Document("query", [TextSegment(cfg.caption or "<mask>"), image])
     masked = [1] if cfg.mask == "image" else [0]
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
+    if cfg.retrieve is None:  # as the SFT run trained (RAMM.instruction_k)
+        kw["k"] = None
     res = ramm.infill(doc, masked, n=cfg.n, max_new_tokens=cfg.max_tokens, **kw)
     out = Path(cfg.out)
     samples = []
@@ -112,6 +114,8 @@ def _edit(cfg) -> int:
     ramm = _load(cfg)
     pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
+    if cfg.retrieve is None:  # as the SFT run trained (RAMM.instruction_k)
+        kw["k"] = None
     with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:
         res = ramm.edit_image(pixels, cfg.instruction, n=cfg.n, batch_size=cfg.batch_size,
                               progress=lambda done: bar.update(done - bar.n), **kw)

@@ -115,8 +115,9 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     def recognised(images, wanted) -> np.ndarray:
         return np.array([c == w for c, w in zip(ev.classify(np.stack(images)), wanted)])
 
-    def image_task(task, cases, source, target, wanted, models, baselines):
-        """cases -> instruction images per model and seed; accuracy of recognition as `wanted`."""
+    def image_task(task, cases, source, target, wanted, models, baselines, evidence=None):
+        """cases -> instruction images per model and seed; accuracy of recognition as `wanted`. `evidence(case)`:
+        the retrieved documents when the query is not the input image (None: the model's own default)."""
         outs = {}
         for name, model in models.items():
             for seed in cfg.seeds:
@@ -124,8 +125,9 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                 for i, case in enumerate(cases):
                     group, t = template(task, i)
                     text = TEMPLATES[task][t].format(**case[2])
-                    rows.append((group, text, model.edit_image(source(case), text, seed=seed, top_p=cfg.top_p)
-                                 .outputs[0]))
+                    rows.append((group, text, model.edit_image(
+                        source(case), text, seed=seed, top_p=cfg.top_p, exclude_ids=case[:2],
+                        retrieved=evidence(case) if evidence else None).outputs[0]))
                 outs[(name, seed)] = rows
         stats = {}
         for (name, seed), rows in outs.items():
@@ -171,7 +173,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         ious = {"trained": [], "heldout": []}
         for i, c in enumerate(seg_cases):
             group, t = template("segment", i)
-            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], top_p=cfg.top_p).outputs[0]
+            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], top_p=cfg.top_p,
+                                 exclude_ids=[c[0]]).outputs[0]
             ious[group].append(mask_iou(image_to_mask(o), masks[c[0]]))
             seg_outs.setdefault(name, []).append((TEMPLATES["segment"][t], o))
         res.setdefault("segment", {})[f"{name}_iou"] = float(np.mean(ious["trained"] + ious["heldout"]))
@@ -188,7 +191,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0], top_p=cfg.top_p).outputs[0]
              for c in ctl]
     no_sil = {"no_silhouette_recognised": float(recognised(plain, map(want, ctl)).mean())}
-    res["controlled"], outs = image_task("controlled", ctl, sil, tgt, want, {"sft": sft}, no_sil)
+    by_caption = (lambda c: sft.retrieve(c[2]["caption"], sft.instruction_k, exclude_ids=[c[0]])) if sft.instruction_k else None
+    res["controlled"], outs = image_task("controlled", ctl, sil, tgt, want, {"sft": sft}, no_sil, by_caption)
     real = np.stack([tgt(c) for c in ctl])
     res["controlled"]["fid_sft"] = fid(real, np.stack([r[2] for r in outs[("sft", cfg.seeds[0])]]))
     res["controlled"]["fid_no_silhouette"] = fid(real, np.stack(plain))
@@ -203,7 +207,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
             per = {"trained": [], "heldout": []}
             for i, (doc_id, answer) in enumerate(cases):
                 group, t = template(task, i)
-                got = model.answer(docs[doc_id].image, TEMPLATES[task][t]).outputs[0]
+                got = model.answer(docs[doc_id].image, TEMPLATES[task][t], exclude_ids=[doc_id]).outputs[0]
                 per[group].append(got.strip().lower() == answer)
                 if name == "sft":
                     shown.append((docs[doc_id].image, TEMPLATES[task][t], got, answer))
@@ -215,7 +219,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     report(f"[evaluate] questions done ({time.time() - t0:.0f}s)")
     cap_ids = _pick(sorted(docs), cfg.cases)
     refs_c = {i: emoji_references(docs[i].metadata) for i in cap_ids}
-    sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24).outputs[0]) for i in cap_ids}
+    sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24, exclude_ids=[i]).outputs[0])
+                for i in cap_ids}
     pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, method="greedy", rerank=False).outputs[0])
                 for i in cap_ids}
     res["caption"] = {"sft_cider": cider(sft_caps, refs_c)[0], "pretrained_cider": cider(pre_caps, refs_c)[0]}

@@ -257,15 +257,16 @@ class CM3Format:
         ids += [t for _, c in self.segment_chunks(Document("prompt", list(prompt))) for t in c]
         return ids + [self.vocab.img if response == "image" else self.vocab.brk]
 
-    def encode_instruction(self, prompt: Seq, response) -> Sequence:
-        """(prompt segments, response segment) -> ids with weight 0 on the prompt (`instruction_prompt`)
-        and 1 on the response and the closing `</doc>`."""
+    def encode_instruction(self, prompt: Seq, response, retrieved: Seq[Document] = ()) -> Sequence:
+        """(prompt segments, response segment) -> ids with weight 0 on the retrieved documents and the prompt
+        (`instruction_prompt`) and 1 on the response and the closing `</doc>`."""
         if isinstance(response, TextSegment):
             if not response.text:
                 raise ValueError("instruction response text is empty")
-            head, rest = self.instruction_prompt(prompt, "text"), self.text.encode(response.text)
+            head, rest = self.instruction_prompt(prompt, "text", retrieved), self.text.encode(response.text)
         else:
-            head, rest = self.instruction_prompt(prompt, "image"), self.encode_image_codes(self.image_codes(response))[1:]
+            head = self.instruction_prompt(prompt, "image", retrieved)
+            rest = self.encode_image_codes(self.image_codes(response))[1:]
         rest = [*rest, self.vocab.doc_end]
         return Sequence(head + rest, [0.0] * len(head) + [1.0] * len(rest))
 

@@ -2,9 +2,13 @@
 
 Starts from a `ramm train generator` directory and tunes every weight on the task mixture of
 `ramm.training.sft_data` (train split only; loss on the response only), then reports the response
-loss on val per task, for the training templates and the held-out ones. Retrieval is off during SFT:
-the instruction already holds the evidence the edit, style and question tasks need (the source image),
-and on EmojiBench a retrieved document of the same concept would be the edit's target itself.
+loss on val per task, for the training templates and the held-out ones.
+
+With `retrieve_k` > 0 every prompt starts with retrieved documents (RA-CM3's format, no loss on them):
+by the input image, or by the caption for the text-prompted tasks; never the example's own documents
+(its source and its target: leave-one-out), and for training items only train documents (retrieved
+documents are trained on in pretraining; heldout concepts stay unseen). Off by default: see docs/sft.md
+for the equal-time comparison on val.
 """
 from __future__ import annotations
 
@@ -42,13 +46,31 @@ def prepare(fmt, image_tokenizer_dir, docs: list, masks: dict) -> tuple[dict, di
     return lookup, silhouettes
 
 
-def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0) -> dict[str, float]:
+def sft_retriever(memory, docs: list, lookup: dict, k: int, allowed: set[str] | None = None):
+    """item -> its k retrieved documents (`ramm.training.sft_data.Retrieve`), precomputed for `docs` by the
+    memory's batched search: image neighbours for image-input tasks, text neighbours for the captioned
+    ones; the item's own document never (the search's leave-one-out) nor its target (dropped here)."""
+    from ramm.config import RAConfig
+    from ramm.training.ra_data import precompute_neighbours
+    from ramm.training.sft_data import TEXT_QUERY_TASKS
+
+    ra = RAConfig(k_choices=(k,), n_candidates=k + 1, diversity=None, query_dropout=0.0)
+    found = precompute_neighbours(memory, docs, ra, {}, allowed=allowed)
+    nb = {kind: dict(zip([d.id for d in docs], rows)) for kind, rows in found.items()}
+
+    def retrieve(item) -> list:
+        kind = "text" if item.task in TEXT_QUERY_TASKS else "image"
+        return [lookup[i] for i in nb[kind].get(item.source, []) if i != item.target][:k]
+    return retrieve
+
+
+def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retrieve=None) -> dict[str, float]:
     """Teacher-forced loss on the response tokens per task, `<task>_trained` (training templates, each
     item under template i mod n) and `<task>_heldout` (held-out templates)."""
     import torch
 
     from ramm.evaluation.token_loss import _main_token_loss
-    from ramm.training.sft_data import encode_item, split_templates
+    from ramm.training.sft_data import encode_within, split_templates
 
     out = {}
     device = next(model.parameters()).device
@@ -57,7 +79,8 @@ def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0) -> di
             chosen = task_items[:limit] if limit else task_items
             for group, templates in zip(("trained", "heldout"), split_templates(task, heldout)):
                 if chosen and templates:
-                    seqs = [encode_item(fmt, it, templates[i % len(templates)]) for i, it in enumerate(chosen)]
+                    seqs = [encode_within(fmt, it, templates[i % len(templates)], retrieve(it) if retrieve else (),
+                                          model.cfg.max_seq_len) for i, it in enumerate(chosen)]
                     out[f"{task}_{group}"] = _main_token_loss(model, seqs, fmt.vocab.pad, 32, device)
     return out
 
@@ -83,29 +106,45 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     found_pairs, found_masks = corpus_tasks(cfg.corpus, used)
     pairings = found_pairs if pairings is None else pairings
     masks = found_masks if masks is None else masks
-    lookup, silhouettes = prepare(fmt, info["image_tokenizer"], used, masks)
+    memory = None
+    if cfg.retrieve_k:
+        from ramm.retrieval.memory import Memory
+        if not (cfg.memory or info.get("memory")):
+            raise ValueError(f"retrieve_k={cfg.retrieve_k} needs a memory: pass --memory (the pretrained generator "
+                             f"{cfg.pretrained} names none)")
+        memory = Memory.load(cfg.memory or info["memory"])
+    extra_docs = [memory.get(i) for i in memory.ids] if memory is not None else []
+    seen = {d.id for d in used}
+    lookup, silhouettes = prepare(fmt, info["image_tokenizer"], used + [d for d in extra_docs if d.id not in seen], masks)
     mixture = asdict(cfg.mixture)
     tasks = [t for t, w in mixture.items() if w > 0]
     items = {s: build_items({d.id: lookup[d.id] for d in by_split.get(s, []) if d.id in lookup}, pairings,
                             silhouettes, tasks) for s in ("train", "val")}
     if not any(items["train"].values()):
         raise ValueError(f"corpus {cfg.corpus} has no train documents with an image")
+    retrieve = {"train": None, "val": None}
+    if memory is not None:
+        for s in ("train", "val"):
+            split_docs = [lookup[d.id] for d in by_split.get(s, []) if d.id in lookup]
+            allowed = {d.id for d in by_split.get("train", [])} if s == "train" else None
+            retrieve[s] = sft_retriever(memory, split_docs, lookup, cfg.retrieve_k, allowed) if split_docs else None
     data = SFTDataset(items["train"], mixture, fmt, heldout=cfg.heldout_templates, seed=cfg.trainer.seed,
-                      max_len=model.cfg.max_seq_len)
+                      max_len=model.cfg.max_seq_len, retrieve=retrieve["train"])
     log.info("SFT items per task: %s; prepared in %.0fs", {t: len(v) for t, v in items["train"].items()},
              time.time() - t0)
 
     def eval_fn(m):
-        return response_losses(m, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit)
+        return response_losses(m, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"])
 
     trainer = Trainer(model, data, replace(cfg.trainer, out_dir=cfg.trainer.out_dir or str(out)),
                       collate_fn=data.collate, eval_fn=eval_fn if any(items["val"].values()) else None)
     last = trainer.fit()
     extra = {k: v for k, v in info.items() if k not in ("text_tokenizer", "image_tokenizer", "memory", "alpha")}
     save_generator(model, out, text_tokenizer=info["text_tokenizer"], image_tokenizer=info["image_tokenizer"],
-                   memory=info.get("memory"), alpha=info.get("alpha", 0.1), **{**extra, "sft": True})
+                   memory=info.get("memory") if memory is None else memory.root, alpha=info.get("alpha", 0.1),
+                   **{**extra, "sft": True, "sft_retrieve_k": cfg.retrieve_k})
     model.eval()
-    result = response_losses(model, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit)
+    result = response_losses(model, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"])
     result.update(steps=trainer.step, train_loss=last.get("loss"), minutes=(time.time() - t0) / 60,
                   items={t: len(v) for t, v in items["train"].items()})
     atomic_write_json(out / "eval.json", result)

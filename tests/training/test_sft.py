@@ -129,7 +129,7 @@ def test_heldout_templates_never_reach_training(setup):
             ids, weights = data[i]
             text = fmt.parse(ids, decode_images=False).texts[0] if item.task != "infill" else ""
             assert all(text != h.format(**item.slots) for h in held[item.task])
-    assert split_templates("edit", 2) == ([0, 1, 2], [3, 4]) and split_templates("infill", 1) == ([0], [])
+    assert split_templates("edit", 2) == (list(range(7)), [7, 8]) and split_templates("infill", 1) == ([0], [])
     again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
     again.set_epoch(1)
     assert [again.draw(i) for i in range(8)] == [data.draw(i) for i in range(8)]  # resume: (seed, epoch, index)
@@ -213,3 +213,53 @@ def test_emojibench_pairings_pair_tones_styles_and_questions():
     assert ("google-b", "twitter-b", {"style": "twitter"}) in p["style"] and len(p["style"]) == 4
     assert ("google-jp", "japan") in p["vqa_country"] and ("google-b-1", "dark") in p["vqa_tone"]
     assert ("google-jp", "flags") in p["vqa_category"]
+
+
+def test_retrieved_documents_lead_the_prompt_carry_no_loss_and_never_are_the_target(bundle, setup, tmp_path):
+    """SFT with retrieval (`retrieve_k`): the neighbours come first, weight 0; an edit never retrieves its own
+    source or target (leave-one-out), and training items only train documents; the run records k for the facade."""
+    from ramm.config import SFTConfig, SFTMixture, TrainerConfig
+    from ramm.corpus import open_corpus
+    from ramm.pipeline import RAMM
+    from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+    from ramm.retrieval.memory import Memory
+    from ramm.training.sft_recipe import sft_retriever, train_sft
+
+    model, fmt, items, lookup = setup
+    docs = list(open_corpus(bundle / "corpus.jsonl"))
+    torch.manual_seed(0)
+    enc = DualEncoder(DualEncoderConfig(image_size=SIZE, channels=(8, 16), text_vocab_size=300, text_max_len=8,
+                                        text_width=16, text_layers=1, text_heads=2, embed_dim=16),
+                      train_text_tokenizer([d.text for d in docs], 300))
+    enc.save_pretrained(tmp_path / "enc")
+    memory = Memory.build(docs, tmp_path / "enc", tmp_path / "mem", progress=False)
+    retrieve = sft_retriever(memory, [lookup[d.id] for d in docs], lookup, k=2)
+    for item in items["edit"]:
+        got = [d.id for d in retrieve(item)]
+        assert len(got) == 2 and item.source not in got and item.target not in got
+    only = sft_retriever(memory, [lookup[d.id] for d in docs], lookup, k=2, allowed={"sq-red", "sq-blue"})
+    assert {d.id for it in items["vqa_tone"] for d in only(it)} <= {"sq-red", "sq-blue"}
+
+    item = items["edit"][0]
+    plain_ids, plain_w = encode_item(fmt, item, 0)
+    ids, weights = encode_item(fmt, item, 0, retrieve(item))
+    n = len(ids) - len(plain_ids)
+    assert n > 0 and ids[n - 1] == fmt.vocab.sep and ids[n:] == plain_ids and weights[n:] == plain_w
+    assert not any(weights[:n])  # retrieved documents carry no loss in SFT
+    fits = sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) + n - 1)  # one too many
+    assert len(fits[0]) < len(ids) and fits[0][-len(plain_ids):] == plain_ids
+    with pytest.raises(ValueError, match=f"edit example of {item.source} has"):
+        sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) - 1)
+
+    mixture = SFTMixture(**{t: 0.0 for t in sft_data.TASKS if t not in ("edit", "vqa_tone")}, edit=1.0, vqa_tone=1.0)
+    cfg = SFTConfig(pretrained=str(bundle / "gen"), corpus=str(bundle / "corpus.jsonl"), out=str(tmp_path / "sft"),
+                    mixture=mixture, retrieve_k=2, memory=str(tmp_path / "mem"),
+                    trainer=TrainerConfig(steps=2, batch_size=2, warmup_steps=1, progress=False, device="cpu"))
+    train_sft(cfg, pairings=PAIRS, masks={})
+    ramm = RAMM.load(tmp_path / "sft", device="cpu")
+    assert ramm.instruction_k == 2
+    out = ramm.edit_image(lookup["sq-red"].image, "make the skin tone blue", exclude_ids=["sq-red", "sq-blue"])
+    assert out.retrieved and {d.id for d in out.retrieved}.isdisjoint({"sq-red", "sq-blue"})  # what fits the context
+    with pytest.raises(ValueError, match="needs a memory"):
+        train_sft(SFTConfig(pretrained=str(bundle / "gen"), corpus=str(bundle / "corpus.jsonl"),
+                            out=str(tmp_path / "sft2"), retrieve_k=1, trainer=cfg.trainer), pairings=PAIRS, masks={})
