@@ -36,11 +36,21 @@ class SFTEvalConfig:
     shown: int = 16  # cases per task drawn in the report (input, instruction, output, reference)
     seeds: tuple[int, ...] = (0, 1)  # decoding seeds of the image tasks (means and per-seed values reported)
     top_p: float = 0.9  # nucleus mass of image sampling (greedy image decoding collapses)
+    task_top_p: dict[str, float] = field(default_factory=dict)  # per image task (edit, style, segment, controlled), overriding top_p; chosen on val
+    split: str = "heldout"  # concepts evaluated: heldout for the report, val to choose settings
 
     def __post_init__(self):
         self.seeds = tuple(self.seeds)
-        if self.cases < 2 or self.shown < 0 or not self.seeds or not 0 < self.top_p <= 1:
+        ps = [self.top_p, *self.task_top_p.values()]
+        if self.cases < 2 or self.shown < 0 or not self.seeds or not all(0 < p <= 1 for p in ps):
             raise ValueError("evaluation: need cases >= 2, shown >= 0, a seed, 0 < top_p <= 1")
+        unknown = set(self.task_top_p) - {"edit", "style", "segment", "controlled"}
+        if unknown or self.split not in ("val", "test", "heldout"):
+            raise ValueError(f"evaluation: task_top_p keys must be image tasks (not {sorted(unknown)}), "
+                             f"split val, test or heldout (not {self.split!r})")
+
+    def p(self, task: str) -> float:
+        return self.task_top_p.get(task, self.top_p)
 
 
 @dataclass
@@ -97,14 +107,15 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     from ramm.pipeline import RAMM
     from ramm.training.sft_data import TEMPLATES, image_to_mask, mask_image, mask_iou, split_templates
 
-    docs = {d.id: d for d in load_emojibench(data, "heldout")}
+    docs = {d.id: d for d in load_emojibench(data, cfg.split)}
     masks = load_masks(data, list(docs))
     pairs = sft_pairings(docs.values())
     sft = RAMM.load(sft_dir, memory_dir=base / "memory")
     pre = RAMM.load(base / "generator_ra", memory_dir=base / "memory")
     ev = load_evaluator(base / "evaluator")
     fid = FID.from_encoder(ev, "FID on evaluation-network features")
-    res: dict = {"cases": cfg.cases, "seeds": list(cfg.seeds)}
+    res: dict = {"cases": cfg.cases, "seeds": list(cfg.seeds), "split": cfg.split,
+                 "top_p": {t: cfg.p(t) for t in ("edit", "style", "segment", "controlled", "text_to_image")}}
     pictures: dict[str, list] = {}
 
     def template(task, i):
@@ -126,7 +137,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                     group, t = template(task, i)
                     text = TEMPLATES[task][t].format(**case[2])
                     rows.append((group, text, model.edit_image(
-                        source(case), text, seed=seed, top_p=cfg.top_p, exclude_ids=case[:2],
+                        source(case), text, seed=seed, top_p=cfg.p(task), exclude_ids=case[:2],
                         retrieved=evidence(case) if evidence else None).outputs[0]))
                 outs[(name, seed)] = rows
         stats = {}
@@ -173,7 +184,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         ious = {"trained": [], "heldout": []}
         for i, c in enumerate(seg_cases):
             group, t = template("segment", i)
-            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], top_p=cfg.top_p,
+            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], top_p=cfg.p("segment"),
                                  exclude_ids=[c[0]]).outputs[0]
             ious[group].append(mask_iou(image_to_mask(o), masks[c[0]]))
             seg_outs.setdefault(name, []).append((TEMPLATES["segment"][t], o))
@@ -188,7 +199,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     # --- silhouette-controlled generation vs the same caption without the silhouette ---
     ctl = [(i, i, {"caption": docs[i].text}) for i in _pick(sorted(docs), cfg.cases)]
     sil = lambda c: mask_image(masks[c[0]])  # noqa: E731
-    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0], top_p=cfg.top_p).outputs[0]
+    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0], top_p=cfg.p("controlled")).outputs[0]
              for c in ctl]
     no_sil = {"no_silhouette_recognised": float(recognised(plain, map(want, ctl)).mean())}
     by_caption = (lambda c: sft.retrieve(c[2]["caption"], sft.instruction_k, exclude_ids=[c[0]])) if sft.instruction_k else None
@@ -224,6 +235,27 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, method="greedy", rerank=False).outputs[0])
                 for i in cap_ids}
     res["caption"] = {"sft_cider": cider(sft_caps, refs_c)[0], "pretrained_cider": cider(pre_caps, refs_c)[0]}
+    # the CM3 captioning path (`caption_image`) of both models, without and with retrieval (leave-one-out)
+    for name, model in (("sft", sft), ("pretrained", pre)):
+        for label, retrieve in (("cm3", False), ("cm3_retrieval", True)):
+            if name == "pretrained" and label == "cm3":
+                continue  # pre_caps above
+            caps = {i: _strip(model.caption_image(docs[i].image, n=1, retrieve=retrieve, exclude_ids=[i], method="greedy",
+                                                  rerank=False).outputs[0]) for i in cap_ids}
+            res["caption"][f"{name}_{label}_cider"] = cider(caps, refs_c)[0]
+    report(f"[evaluate] captions done ({time.time() - t0:.0f}s)")
+    # text -> image, the pretrained model's own task and format: no regression (retrieval on, leave-one-out)
+    t2i = {}
+    for name, model in (("sft", sft), ("pretrained", pre)):
+        t2i[name] = np.stack([model.generate_image(docs[i].text, n=1, exclude_ids=[i], method="cfg", guidance_scale=3.0,
+                                                   top_p=cfg.top_p, seed=cfg.seeds[0], rerank=False).outputs[0]
+                              for i in cap_ids])
+    real = np.stack([docs[i].image for i in cap_ids])
+    res["text_to_image"] = {f"{n}_fid": fid(real, v) for n, v in t2i.items()}
+    res["text_to_image"].update({f"{n}_recognised": float(recognised(list(v), [identity(docs[i]) for i in cap_ids]).mean())
+                                 for n, v in t2i.items()})
+    blank = np.full_like(real[0], 255)  # the input is the caption (in <task>.json)
+    pictures["text_to_image"] = [(blank, docs[i].text, o, docs[i].image) for i, o in zip(cap_ids, t2i["sft"])][:cfg.shown]
     pictures["caption"] = [(docs[i].image, TEMPLATES["caption"][0], sft_caps[i], refs_c[i][0]) for i in cap_ids][:cfg.shown]
     res["minutes"] = (time.time() - t0) / 60
     _save_pictures(pictures, out)
@@ -262,10 +294,12 @@ def _save_pictures(pictures: dict[str, list], out: Path) -> None:
 
 def write_report(cfg: SFTDemoConfig, result: dict, run: Path) -> Path:
     """report.md: the numbers per task and the picture grids."""
-    lines = [f"# {cfg.name}", "", "Instruction tuning (CM3Leon's second stage), evaluated on EmojiBench heldout concepts: "
-             f"{result['cases']} heldout cases per task, decoding seeds {result['seeds']}; "
+    lines = [f"# {cfg.name}", "", "Instruction tuning (CM3Leon's second stage), evaluated on EmojiBench "
+             f"{result.get('split', 'heldout')} concepts: "
+             f"{result['cases']} cases per task, decoding seeds {result['seeds']}, image top-p {result.get('top_p')}; "
              "pictures: one row per case, input | output | reference (3x).", ""]
-    for task in ("edit", "style", "segment", "controlled", "vqa_category", "vqa_tone", "vqa_country", "caption"):
+    for task in ("edit", "style", "segment", "controlled", "vqa_category", "vqa_tone", "vqa_country", "caption",
+                 "text_to_image"):
         if task not in result:
             continue
         lines += [f"## {task}", "", "| metric | value |", "|---|---|"]

@@ -207,13 +207,18 @@ class SFTDataset(torch.utils.data.Dataset):
     """Samples a task by the mixture weights, an item of it and one of its training templates, per index."""
 
     def __init__(self, items: dict[str, list[Item]], mixture: dict[str, float], fmt: CM3Format, heldout: int = 1,
-                 seed: int = 0, max_len: int | None = None, retrieve: Retrieve | None = None):
+                 seed: int = 0, max_len: int | None = None, retrieve: Retrieve | None = None,
+                 replay=None, replay_weight: float = 0.0):
         self.tasks = [t for t, w in mixture.items() if w > 0 and items.get(t)]
         if not self.tasks:
             raise ValueError(f"no task has both a positive mixture weight and items: "
                              f"{ {t: (w, len(items.get(t, []))) for t, w in mixture.items()} }")
         w = np.array([mixture[t] for t in self.tasks], dtype=np.float64)
         self.p = w / w.sum()
+        # pretraining replay (`replay`: a ramm.training.ra_data.RADataset): whole micro-batches of it, so its
+        # long retrieval-augmented sequences never pad the short instruction ones
+        self.replay = replay if replay is not None and replay_weight > 0 else None
+        self.p_replay = replay_weight / (replay_weight + w.sum()) if self.replay is not None else 0.0
         self.items, self.fmt, self.seed, self.max_len, self.retrieve = items, fmt, seed, max_len, retrieve
         self.templates = {t: split_templates(t, heldout)[0] for t in self.tasks}
         self.size = sum(len(items[t]) for t in self.tasks)
@@ -233,9 +238,21 @@ class SFTDataset(torch.utils.data.Dataset):
         return item, self.templates[task][int(rng.integers(len(self.templates[task])))]
 
     def __getitem__(self, index: int):
-        item, template = self.draw(index)
+        return self.example(index)
+
+    def example(self, index: int, epoch: int | None = None):
+        item, template = self.draw(index, epoch)
         return encode_within(self.fmt, item, template, self.retrieve(item) if self.retrieve else (), self.max_len)
 
+    def batch_items(self, samples: Sequence[tuple[int, int]]) -> list:
+        """A micro-batch of (epoch, index) samples: with chance p_replay all of them pretraining replay, else
+        instruction examples; the draw is a function of the samples, so resume is exact."""
+        if self.replay is not None and np.random.default_rng((self.seed, 2, *samples[0])).random() < self.p_replay:
+            return self.replay.batch_items([(e, i % len(self.replay)) for e, i in samples])
+        return [self.example(i, e) for e, i in samples]
+
     def collate(self, items) -> dict[str, torch.Tensor]:
-        """Loss on the response only: the prompt's targets are ignored (weights select, not scale)."""
-        return pad_batch(items, self.fmt.vocab.pad, loss_weights=False)
+        """Instruction examples: loss on the response only, the prompt's targets ignored (weights 0 / 1 select).
+        Replay batches keep pretraining's per-token weights (alpha on retrieved documents)."""
+        weighted = any(w not in (0.0, 1.0) for _, ws in items for w in ws)
+        return pad_batch(items, self.fmt.vocab.pad, loss_weights=weighted)

@@ -64,6 +64,33 @@ def sft_retriever(memory, docs: list, lookup: dict, k: int, allowed: set[str] | 
     return retrieve
 
 
+def pretraining_replay(pretrained, train: list, lookup: dict, fmt):
+    """The pretrained generator's own training examples (`ramm.training.ra_data.RADataset`: its RA config and
+    the neighbours it saved), for replay during SFT; None, with a warning, when the directory lacks them
+    (a generator not trained by `ramm train generator`) or they were computed on other documents."""
+    import json
+    from pathlib import Path
+
+    from ramm.config import GeneratorConfig, from_dict
+    from ramm.training.ra_data import RADataset
+
+    cfg_file, nb_file = Path(pretrained) / "generator_config.json", Path(pretrained) / "neighbours.json"
+    if not cfg_file.is_file():
+        log.warning("no pretraining replay: %s has no generator_config.json", pretrained)
+        return None
+    gen = from_dict(GeneratorConfig, json.loads(cfg_file.read_text()), str(cfg_file))
+    if not gen.retrieval:
+        return RADataset(train, {}, lookup, fmt, replace(gen.ra, k_choices=(0,)))
+    neighbours = json.loads(nb_file.read_text()) if nb_file.is_file() else {}
+    if not neighbours or any(len(rows) != len(train) for rows in neighbours.values()):
+        log.warning("no pretraining replay: %s holds no neighbours for these %d train documents", nb_file, len(train))
+        return None
+    if any(i not in lookup for rows in neighbours.values() for row in rows for i in row):
+        log.warning("no pretraining replay: %s names documents outside the corpus", nb_file)
+        return None
+    return RADataset(train, neighbours, lookup, fmt, gen.ra)
+
+
 def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retrieve=None) -> dict[str, float]:
     """Teacher-forced loss on the response tokens per task, `<task>_trained` (training templates, each
     item under template i mod n) and `<task>_heldout` (held-out templates)."""
@@ -117,6 +144,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     seen = {d.id for d in used}
     lookup, silhouettes = prepare(fmt, info["image_tokenizer"], used + [d for d in extra_docs if d.id not in seen], masks)
     mixture = asdict(cfg.mixture)
+    replay_weight = mixture.pop("replay")
     tasks = [t for t, w in mixture.items() if w > 0]
     items = {s: build_items({d.id: lookup[d.id] for d in by_split.get(s, []) if d.id in lookup}, pairings,
                             silhouettes, tasks) for s in ("train", "val")}
@@ -128,8 +156,11 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
             split_docs = [lookup[d.id] for d in by_split.get(s, []) if d.id in lookup]
             allowed = {d.id for d in by_split.get("train", [])} if s == "train" else None
             retrieve[s] = sft_retriever(memory, split_docs, lookup, cfg.retrieve_k, allowed) if split_docs else None
+    replay = pretraining_replay(cfg.pretrained, [lookup[d.id] for d in by_split.get("train", []) if d.id in lookup],
+                                lookup, fmt) if replay_weight > 0 else None
     data = SFTDataset(items["train"], mixture, fmt, heldout=cfg.heldout_templates, seed=cfg.trainer.seed,
-                      max_len=model.cfg.max_seq_len, retrieve=retrieve["train"])
+                      max_len=model.cfg.max_seq_len, retrieve=retrieve["train"], replay=replay,
+                      replay_weight=replay_weight)
     log.info("SFT items per task: %s; prepared in %.0fs", {t: len(v) for t, v in items["train"].items()},
              time.time() - t0)
 
