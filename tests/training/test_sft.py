@@ -109,17 +109,12 @@ def test_every_task_parses_back_to_its_prompt_and_response(setup):
             prompt, response = item.render(0)
             n_prompt_images = sum(isinstance(s, ImageSegment) for s in prompt)
             assert ids[:start].count(fmt.vocab.img) == n_prompt_images + (task in sft_data.IMAGE_TASKS)
-            # the prompt is a document before <sep> (the copy head's sources), the response the main document
-            sep = ids.index(fmt.vocab.sep)
-            assert ids[sep + 1] == fmt.vocab.doc and sep == start - 3
-            asked = fmt.parse(ids[:sep], decode_images=False)
-            assert asked.texts[0] == TEMPLATES[task][0].format(**item.slots) and len(asked.images) == n_prompt_images
             if isinstance(response, TextSegment):
-                assert doc.texts == [response.text] and ids[start - 1] == fmt.vocab.brk
+                assert doc.texts[-1] == response.text and ids[start - 1] == fmt.vocab.brk
             else:
-                assert len(doc.images) == 1 and not doc.texts
-                np.testing.assert_array_equal(doc.images[0].tokens, response.tokens)
-            assert ids[-1] == fmt.vocab.doc_end
+                assert len(doc.images) == n_prompt_images + 1
+                np.testing.assert_array_equal(doc.images[-1].tokens, response.tokens)
+            assert ids[-1] == fmt.vocab.doc_end and doc.texts[0] == TEMPLATES[task][0].format(**item.slots)
 
 
 def test_heldout_templates_never_reach_training(setup):
@@ -132,7 +127,7 @@ def test_heldout_templates_never_reach_training(setup):
             item, template = data.draw(i)
             assert template in split_templates(item.task, 2)[0]
             ids, weights = data[i]
-            text = fmt.parse(ids[:ids.index(fmt.vocab.sep)], decode_images=False).texts[0] if item.task != "infill" else ""
+            text = fmt.parse(ids, decode_images=False).texts[0] if item.task != "infill" else ""
             assert all(text != h.format(**item.slots) for h in held[item.task])
     assert split_templates("edit", 2) == (list(range(7)), [7, 8]) and split_templates("infill", 1) == ([0], [])
     again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
@@ -249,7 +244,7 @@ def test_retrieved_documents_lead_the_prompt_carry_no_loss_and_never_are_the_tar
     plain_ids, plain_w = encode_item(fmt, item, 0)
     ids, weights = encode_item(fmt, item, 0, retrieve(item))
     n = len(ids) - len(plain_ids)
-    assert n > 0 and ids[n - 1] == fmt.vocab.doc_end and ids[n:] == plain_ids and weights[n:] == plain_w
+    assert n > 0 and ids[n - 1] == fmt.vocab.sep and ids[n:] == plain_ids and weights[n:] == plain_w
     assert not any(weights[:n])  # retrieved documents carry no loss in SFT
     fits = sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) + n - 1)  # one too many
     assert len(fits[0]) < len(ids) and fits[0][-len(plain_ids):] == plain_ids
