@@ -38,12 +38,13 @@ class SFTEvalConfig:
     top_p: float = 0.9  # nucleus mass of image sampling (greedy image decoding collapses)
     task_top_p: dict[str, float] = field(default_factory=dict)  # per image task (edit, style, segment, controlled), overriding top_p; chosen on val
     split: str = "heldout"  # concepts evaluated: heldout for the report, val to choose settings
+    regression_cases: int = 128  # cases of the no-regression checks (captioning CIDEr, text -> image FID): FID needs more than 32
 
     def __post_init__(self):
         self.seeds = tuple(self.seeds)
         ps = [self.top_p, *self.task_top_p.values()]
-        if self.cases < 2 or self.shown < 0 or not self.seeds or not all(0 < p <= 1 for p in ps):
-            raise ValueError("evaluation: need cases >= 2, shown >= 0, a seed, 0 < top_p <= 1")
+        if min(self.cases, self.regression_cases) < 2 or self.shown < 0 or not self.seeds or not all(0 < p <= 1 for p in ps):
+            raise ValueError("evaluation: need cases >= 2, regression_cases >= 2, shown >= 0, a seed, 0 < top_p <= 1")
         unknown = set(self.task_top_p) - {"edit", "style", "segment", "controlled"}
         if unknown or self.split not in ("val", "test", "heldout"):
             raise ValueError(f"evaluation: task_top_p keys must be image tasks (not {sorted(unknown)}), "
@@ -228,7 +229,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         res[task] = stats
         pictures[task] = shown[:cfg.shown]
     report(f"[evaluate] questions done ({time.time() - t0:.0f}s)")
-    cap_ids = _pick(sorted(docs), cfg.cases)
+    cap_ids = _pick(sorted(docs), cfg.regression_cases)
     refs_c = {i: emoji_references(docs[i].metadata) for i in cap_ids}
     sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24, exclude_ids=[i]).outputs[0])
                 for i in cap_ids}
