@@ -89,8 +89,6 @@ def _infill(cfg) -> int:
     doc = Document("query", [TextSegment(cfg.caption or "<mask>"), image])
     masked = [1] if cfg.mask == "image" else [0]
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
-    if cfg.retrieve is None:  # as the SFT run trained (RAMM.instruction_k)
-        kw["k"] = None
     res = ramm.infill(doc, masked, n=cfg.n, max_new_tokens=cfg.max_tokens, **kw)
     out = Path(cfg.out)
     samples = []
