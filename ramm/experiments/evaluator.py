@@ -65,7 +65,7 @@ class EvaluatorConfig:
     refresh: int = 50  # steps between recomputing every document's class vector (its clean image's embedding)
     # training
     steps: int = 1200  # optimizer steps
-    max_seconds: float = 90.0  # stop after this wall time even before `steps` (the lr schedule follows time too)
+    max_seconds: float = 600.0  # safety cap: stop (with a loud warning) after this wall time even before `steps`
     batch_size: int = 128  # augmented views per step
     lr: float = 3e-3  # peak AdamW learning rate (warmup then cosine)
     warmup_steps: int = 30  # linear warmup
@@ -315,8 +315,7 @@ def _embed_all(model: Evaluator, x: torch.Tensor) -> torch.Tensor:
 
 
 def _lr(progress: float, cfg: EvaluatorConfig, step: int) -> float:
-    """Linear warmup over warmup_steps, then cosine to lr / 20 as progress (steps or time, whichever
-    is further along) goes to 1, so that a run cut by max_seconds still ends annealed."""
+    """Linear warmup over warmup_steps, then cosine to lr / 20 as progress (steps done / steps) goes to 1."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
@@ -372,8 +371,13 @@ def train_evaluator(docs: list[Document], cfg: EvaluatorConfig = EvaluatorConfig
     t0, step, loss_ema = time.time(), 0, None
     model.train()
     while step < cfg.steps:
-        done = max(step / cfg.steps, (time.time() - t0) / cfg.max_seconds)
-        if done >= 1:
+        # the schedule follows steps only, so the same config gives the same network on a busy machine;
+        # the time cap is a safety net, and hitting it is said loudly (docs/results.md: a busy machine once
+        # cut this stage to 190 of 1,200 steps)
+        done = step / cfg.steps
+        if time.time() - t0 > cfg.max_seconds:
+            log.warning("EVALUATOR CUT SHORT: the %.0f s cap stopped training at step %d of %d; its FID and "
+                        "recognition are not comparable with a full run's", cfg.max_seconds, step, cfg.steps)
             break
         if step % cfg.refresh == 0:
             bank = _embed_all(model, images).masked_fill(shadowed[:, None], 0.0)
@@ -404,7 +408,7 @@ def train_evaluator(docs: list[Document], cfg: EvaluatorConfig = EvaluatorConfig
     seconds = time.time() - t0
     model.eval()
     model.reference.copy_(_embed_all(model, images))
-    metrics = {"steps": step, "train_seconds": round(seconds, 1), "loss": round(loss_ema or float("nan"), 4),
+    metrics = {"steps": step, "cut_short": step < cfg.steps, "train_seconds": round(seconds, 1), "loss": round(loss_ema or float("nan"), 4),
                "classes": N, "identical_images": int(shadowed.sum()), **evaluator_accuracy(model, images, cfg)}
     if out_dir is not None:
         model.save_pretrained(out_dir)

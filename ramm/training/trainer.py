@@ -430,7 +430,8 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
-                log.info("time limit of %.1f minutes reached at step %d", cfg.max_minutes, self.step)
+                log.warning("CUT SHORT: the %.1f-minute cap stopped training at step %d of %d; results are not "
+                            "those of the configured budget", cfg.max_minutes, self.step, end)
                 break
         bar.close()
         row.update(self._evaluate(f))
