@@ -147,6 +147,7 @@ class RAConfig:
     batch_k: bool = True  # training draws k once per micro-batch instead of per example (less padding)
     pseudo_names: float = 0.0  # chance that a concept with a retrieved partner is renamed (when the recipe's caller gives a renamer)
     mmr: float = 0.0  # > 0: text queries pick documents by maximal marginal relevance with this redundancy weight
+    copy_self: float = 0.0  # chance that an example with k >= 1 retrieves its own document first (pays for a verbatim copy)
 
     def __post_init__(self):
         self.k_choices = tuple(self.k_choices)
@@ -164,6 +165,8 @@ class RAConfig:
             raise ValueError(f"pseudo_names must be a probability, got {self.pseudo_names}")
         if self.mmr < 0:
             raise ValueError(f"mmr must be >= 0, got {self.mmr}")
+        if not 0 <= self.copy_self <= 1:
+            raise ValueError(f"copy_self must be a probability, got {self.copy_self}")
 
 
 def _generator_ra() -> RAConfig:
@@ -384,6 +387,7 @@ class ImageTokenizerConfig:
     commitment_weight: float = 0.25  # weight of the commitment loss
     ema_decay: float = 0.9  # EMA decay of the codebook
     l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
+    local: bool = False  # patch-local encoder: each cell's code reads only its own pixels (identical patches, identical codes)
 
     def __post_init__(self):
         if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:

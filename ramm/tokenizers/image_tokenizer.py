@@ -57,6 +57,31 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
+class LocalEncoder(nn.Module):
+    """A per-cell MLP (1x1 convolutions, no normalisation over space): a cell's latent is a function of
+    its own image_size / grid pixels only, so two images that share a patch share its code. With 3x3
+    convolutions and GroupNorm a colour change anywhere leaks into the neighbours' (and through the
+    statistics every cell's) codes: two skin-tone variants of an emoji shared 20% of their codes,
+    so a generator copying a retrieved sibling had 80% of the image to redraw. The decoder keeps its
+    3x3 convolutions: smooth reconstructions need the neighbours, codes do not."""
+
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        cell = cfg.image_size // cfg.grid
+        width = cfg.stage_channels()[-1]
+        self.unshuffle = nn.PixelUnshuffle(cell)
+        self.inp = nn.Conv2d(3 * cell ** 2, width, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(width, width, 1), nn.SiLU(),
+                                                  nn.Conv2d(width, width, 1)) for _ in range(max(1, cfg.res_blocks)))
+        self.out = nn.Sequential(nn.SiLU(), nn.Conv2d(width, cfg.latent_dim, 1))
+
+    def forward(self, x):  # (B, 3, H, W) in [-1, 1] -> (B, latent_dim, grid, grid)
+        h = self.inp(self.unshuffle(x))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: ImageTokenizerConfig):
         super().__init__()
@@ -98,7 +123,7 @@ class ImageTokenizer(nn.Module):
     def __init__(self, cfg: ImageTokenizerConfig | None = None):
         super().__init__()
         self.cfg = cfg or ImageTokenizerConfig()
-        self.encoder = Encoder(self.cfg)
+        self.encoder = LocalEncoder(self.cfg) if self.cfg.local else Encoder(self.cfg)
         self.quantizer = _make_quantizer(self.cfg)
         self.decoder = Decoder(self.cfg)
 

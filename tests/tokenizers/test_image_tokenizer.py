@@ -45,6 +45,27 @@ def test_encode_decode_shapes_and_range():
     assert tok.tokens_per_image == 16 and tok.grid == 4
 
 
+def test_a_local_encoder_gives_a_cell_the_same_code_whatever_its_neighbours(tmp_path):
+    """Patch-local codes: change one 4x4 cell's pixels and only that cell's code may change; the same patch
+    at another image gets the same code. The convolutional encoder leaks the change into its neighbours."""
+    docs = _docs()
+    cfg = ImageTokenizerConfig(**TINY, local=True)
+    tok, _ = train_image_tokenizer(docs, cfg, _tcfg(tmp_path, steps=30), eval_docs=docs)
+    tok.eval()
+    x = _images(docs[:8])
+    y = x.clone()
+    y[:, :, 0:4, 0:4] = torch.rand(8, 3, 4, 4)  # cell 0 of every image repainted
+    a, b = tok.encode(x), tok.encode(y)
+    assert torch.equal(a[:, 1:], b[:, 1:]) and not torch.equal(a[:, 0], b[:, 0])
+    z = x.clone()
+    z[:, :, 4:8, 8:12] = x[0, :, 0:4, 0:4]  # image 0's first patch pasted at cell (1, 2) of every image
+    assert (tok.encode(z)[:, 6] == a[0, 0]).all()
+    conv = ImageTokenizer(ImageTokenizerConfig(**TINY))
+    assert not torch.equal(conv.encode(x)[:, 1:], conv.encode(y)[:, 1:])
+    again = ImageTokenizer.from_pretrained(tmp_path)
+    assert again.cfg.local and torch.equal(again.encode(x), a)
+
+
 def test_paper_scale_256_images_give_32x32_grid():
     cfg = ImageTokenizerConfig(image_size=256, grid=32, channels=8, latent_dim=8)
     tok = ImageTokenizer(cfg)
