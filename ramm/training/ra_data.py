@@ -10,6 +10,12 @@ Work done once per run, not per step:
   use) serves all queries, under `neighbour_strategy`: the threshold applies to query relevance.
 Per example (deterministic in (seed, epoch, index), so resume is exact): pick the text or image list,
 sample k from `k_choices` (in training once per micro-batch, `batch_items`), build `<doc> m_1 </doc> .. <sep> CM3-masked main`, weights alpha on m_i.
+
+Copy examples (`RAConfig.copy_self`): with that chance an example with k >= 1 has its own document first
+among the retrieved ones. Leave-one-out alone never shows the generator a retrieved image it should
+reproduce code for code, so it never learns to: with the target in context its teacher-forced argmax got
+only half the codes right. A user who asks for what the memory holds expects that image back; the
+other examples (siblings, the other style) teach what to change when the evidence differs from the prompt.
 """
 from __future__ import annotations
 
@@ -54,12 +60,13 @@ def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: s
 
 def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partners: dict[str, set[str]],
                           dropout: float | None = None, kinds=("text", "image"),
-                          allowed: set[str] | None = None) -> dict[str, list[list[str]]]:
+                          allowed: set[str] | None = None, leave_one_out: bool = True) -> dict[str, list[list[str]]]:
     """{"text": [ids per doc], "image": [ids per doc]}: up to n_candidates neighbours each, by the Memory's
     batched search (`Memory.neighbours`) under `neighbour_strategy`. Text queries lose `dropout` (default
     cfg.query_dropout) of their words first. With `allowed`, only those documents may be picked: training
     passes the train split, because retrieved documents carry a loss (alpha) and so are trained on, and
-    heldout concepts must stay unseen by the generator."""
+    heldout concepts must stay unseen by the generator. `leave_one_out=False` lets a document find itself
+    (and its exact duplicates), past the diversity rule: a user's memory holds what they ask about."""
     rng = np.random.default_rng(cfg.seed)
     p = cfg.query_dropout if dropout is None else dropout
     queries = {}
@@ -68,9 +75,13 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
     if "image" in kinds:
         queries["image"] = memory.encoder.embed_image(np.stack([d.image for d in docs]))
     exempt = [partners.get(d.id, set()) if cfg.exempt_partner else set() for d in docs]
+    if leave_one_out:
+        excluded, hashes = [[d.id] for d in docs], [[d.content_hash()] for d in docs]
+    else:
+        excluded, hashes, exempt = None, None, [e | {d.id} for e, d in zip(exempt, docs)]
     return {kind: [[i for i, _ in row] for row in memory.neighbours(
-                q, cfg.n_candidates, exclude_ids=[[d.id] for d in docs], strategy=neighbour_strategy(cfg, kind),
-                exclude_hashes=[[d.content_hash()] for d in docs], exempt_ids=exempt, allowed_ids=allowed)]
+                q, cfg.n_candidates, exclude_ids=excluded, strategy=neighbour_strategy(cfg, kind),
+                exclude_hashes=hashes, exempt_ids=exempt, allowed_ids=allowed)]
             for kind, q in queries.items()}
 
 
@@ -116,6 +127,9 @@ class RADataset(torch.utils.data.Dataset):
         k = own_k if k is None else k
         retrieved = [self.lookup[r] for r in self.neighbours[kind][i][:k]] if self.neighbours else []
         main = self.docs[i]
+        if self.cfg.copy_self > 0:  # drawn for every example, so runs with and without retrieval stay in step
+            if rng.random() < self.cfg.copy_self and retrieved:
+                retrieved = [main, *retrieved[:-1]]
         if self.cfg.pseudo_names > 0:  # drawn for every example, so runs with and without retrieval stay in step
             u, name_seed = rng.random(), int(rng.integers(1 << 62))
             if u < self.cfg.pseudo_names and self.rename is not None:

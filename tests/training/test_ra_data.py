@@ -271,3 +271,41 @@ def test_partners_share_the_group_key_and_relatives_add_the_callers_siblings():
     assert relative_ids(docs, docs, "kind") == partner_ids(docs, docs, "kind")
     from ramm.corpus.emojibench import sibling_key
     assert relative_ids(docs, docs, "kind", sibling_key) == {"d0": {"d1", "d2"}, "d1": {"d0"}, "d2": {"d0"}, "d3": set()}
+
+
+def test_copy_examples_put_the_target_first_and_keep_the_other_examples_and_the_vanilla_masks(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig(k_choices=(1, 2), copy_self=0.5)
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
+    main_docs = [fmt.encode_document(lookup[d.id]) for d in docs]
+    copied = 0
+    for e in range(6):
+        data.set_epoch(e)
+        for i in range(len(docs)):
+            ids, weights = data[i]
+            first = ids[:ids.index(fmt.vocab.doc_end) + 1]
+            is_self = first == main_docs[i]
+            copied += is_self
+            assert ids.count(fmt.vocab.doc) - 1 in (1, 2)  # k unchanged: the target replaces the last neighbour
+    n = 6 * len(docs)
+    assert 0.3 * n < copied < 0.7 * n  # about copy_self of the examples
+    never = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, RAConfig(k_choices=(1, 2), copy_self=0.0))
+    for i in range(len(docs)):  # leave-one-out alone never retrieves the target itself
+        ids = never[i][0]
+        assert ids[:ids.index(fmt.vocab.doc_end) + 1] != main_docs[i]
+    # the vanilla run draws the same numbers, so its masks stay those of the RA run's k = 0 examples
+    ra0 = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, RAConfig(k_choices=(0, 1, 2), copy_self=0.5))
+    vanilla = RADataset([lookup[d.id] for d in docs], {}, lookup, fmt, RAConfig(k_choices=(0,), copy_self=0.5))
+    same = [ra0[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra0[i][0]]
+    assert same and all(same)
+
+
+def test_without_leave_one_out_a_document_retrieves_itself_first(setup):
+    docs, memory, fmt, lookup, _, _ = setup
+    cfg = RAConfig(k_choices=(2,), n_candidates=2, query_dropout=0.0)  # the diversity rule on: it must not drop it
+    own = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), dropout=0.0, kinds=("text",),
+                                leave_one_out=False)["text"]
+    loo = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), dropout=0.0, kinds=("text",))["text"]
+    assert sum(row[0] == d.id for row, d in zip(own, docs)) >= len(docs) - 1  # the exact duplicate may tie
+    assert all(d.id not in row for row, d in zip(loo, docs))
