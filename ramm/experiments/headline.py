@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
+from ramm.experiments.report import SYSTEMS
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
-
-SYSTEMS = ("RA", "vanilla", "retrieval-only")
 
 
 def _subset(docs: list[Document], limit: int) -> list[Document]:
@@ -137,6 +136,9 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             "vanilla": generate_images(models["vanilla"][0], fmt, captions, [[] for _ in eval_docs], ecfg, encoder,
                                        f"{split} vanilla images"),
             "retrieval-only": np.stack([r[0].image for r in by_text]),
+            # the tokenizer's blur is not the generator's fault: the baseline a perfect copier would match
+            "retrieval-only (tokenized)": decode_pixels(fmt.image_tokenizer, torch.tensor(
+                np.stack([np.asarray(r[0].images[0].tokens) for r in by_text]), dtype=torch.long)),
         }
         own = [np.asarray(d.images[0].tokens) for d in eval_docs]
         texts = {
@@ -145,6 +147,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                                          f"{split} vanilla captions"),
             "retrieval-only": [r[0].text for r in by_image],
         }
+        texts["retrieval-only (tokenized)"] = texts["retrieval-only"]
         outputs[split] = {"docs": eval_docs, "images": images, "captions": texts, "retrieved": by_text}
         mates = {d.id: [lookup[p] for p in sorted(partners.get(d.id, ()))] for d in eval_docs}
         tracks = np.array([track(d.metadata) for d in eval_docs])
@@ -190,9 +193,10 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                 f"rec {v.recognition_retriever:.1%}) exact {v.exact:.1%} CIDEr {v.cider:.3f}"
                 for s, v in scores[name].items()))
 
-    ceilings = recognition_ceilings(models, fmt, outputs, by_split.get("train", []), lookup, memory, ra_cfg,
-                                    relatives, recognizer, ecfg)
-    for label, row in ceilings.items():
+    ceilings = recognition_ceilings(fmt, outputs, recognizer)
+    holds = memory_holds(models, fmt, outputs, by_split.get("train", []), lookup, memory, ra_cfg, relatives,
+                         recognizer, ecfg)
+    for label, row in {**holds, **ceilings}.items():
         report(f"[evaluate] recognition, {label}: " + ", ".join(f"{k} {v:.1%}" for k, v in row.items()))
 
     examples = []
@@ -230,7 +234,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
                  "in the memory); 'cross-style' = all others (only the other style is). 'exact caption' = the caption is "
                  "the document's name, tone included; retrieval-only's caption is its top image-retrieved document's.")
     results = Results(run=cfg.name, fid_features=fid.name, scores=scores, retrieval=recall, notes=notes,
-                      config=asdict(cfg), usage=usage, ceilings=ceilings,
+                      config=asdict(cfg), usage=usage, ceilings=ceilings, memory_holds=holds,
                       recognition_features="ramm evaluator (exact: nearest of all real images)")
     save_results(run, results, examples)
     md, html = write_report(run, results, examples)
@@ -239,11 +243,12 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
 
 
 def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict, k: int,
-             kinds: tuple[str, ...] = ("text", "image")) -> dict[str, list[list[Document]]]:
-    """{query kind: the top k documents per document}: inference retrieval, leave-one-out, no query dropout."""
+             kinds: tuple[str, ...] = ("text", "image"), leave_one_out: bool = True) -> dict[str, list[list[Document]]]:
+    """{query kind: the top k documents per document}: inference retrieval, leave-one-out unless told
+    otherwise, no query dropout."""
     from ramm.training.ra_data import precompute_neighbours
 
-    nb = precompute_neighbours(memory, docs, ra_cfg, partners, dropout=0.0, kinds=kinds)
+    nb = precompute_neighbours(memory, docs, ra_cfg, partners, dropout=0.0, kinds=kinds, leave_one_out=leave_one_out)
     return {kind: [[lookup[i] for i in row[:k]] for row in rows] for kind, rows in nb.items()}
 
 
@@ -258,34 +263,56 @@ def train_probe(train: list[Document], n: int) -> list[Document]:
     return (_subset(flags, n_flags) if n_flags else []) + (_subset(others, n - n_flags) if n > n_flags else [])
 
 
-def recognition_ceilings(models: dict, fmt, outputs: dict, train: list[Document], lookup: dict, memory, ra_cfg,
-                         partners: dict, recognizer, ecfg) -> dict[str, dict[str, float]]:
-    """{row label: {"all": rate, "flags": rate}}: how recognisable an image can be, to read the headline's
-    recognition against. The tokenizer's reconstruction of each reported split's references bounds every
-    token generator; the generators' images of train documents (concepts they trained on, RA with its
-    retrieved documents) show whether they draw a concept recognisably at all: a generator that does not
-    draw its training concepts cannot be expected to draw unseen ones from the memory."""
-    from ramm.corpus.emojibench import is_flag
+def recognition_rates(recognizer, images: np.ndarray, docs: list[Document]) -> dict[str, float]:
+    """Exact recognition of `images` (one per document) over all documents, flags and each track."""
+    from ramm.corpus.emojibench import is_flag, track
 
-    def rates(images: np.ndarray, docs: list[Document]) -> dict[str, float]:
-        hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs],
-                                   [d.metadata["style"] for d in docs]).hits)
-        flags = np.array([is_flag(d) for d in docs])
-        return {"all": float(hits.mean()), **({"flags": float(hits[flags].mean())} if flags.any() else {})}
+    hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs], [d.metadata["style"] for d in docs]).hits)
+    out = {"all": float(hits.mean())}
+    for name, sel in (("flags", np.array([is_flag(d) for d in docs])),
+                      *((t, np.array([track(d.metadata) == t for d in docs])) for t in ("variants", "cross-style"))):
+        if sel.any():
+            out[name] = float(hits[sel].mean())
+    return out
 
+
+def recognition_ceilings(fmt, outputs: dict, recognizer) -> dict[str, dict[str, float]]:
+    """{row label: rates}: the tokenizer's reconstruction of each reported split's references, which bounds
+    the recognition of every token generator."""
     out: dict[str, dict[str, float]] = {}
     for split, o in outputs.items():
         codes = torch.tensor(np.stack([np.asarray(d.images[0].tokens) for d in o["docs"]]), dtype=torch.long)
-        out[f"{split}: the tokenizer's reconstruction of the references"] = rates(decode_pixels(fmt.image_tokenizer, codes), o["docs"])
-    probe = train_probe([lookup[d.id] for d in train if d.id in lookup], ecfg.train_probe)
-    if probe:
-        by_text = retrieve(memory, probe, ra_cfg, partners, lookup, ecfg.k, kinds=("text",))["text"]
-        captions = [d.text for d in probe]
-        out[f"train ({len(probe)} documents, trained on): RA"] = rates(
-            generate_images(models["RA"][0], fmt, captions, by_text, ecfg, memory.encoder, "train RA images"), probe)
-        out[f"train ({len(probe)} documents, trained on): vanilla"] = rates(
-            generate_images(models["vanilla"][0], fmt, captions, [[] for _ in probe], ecfg, memory.encoder,
-                            "train vanilla images"), probe)
+        out[f"{split}: the tokenizer's reconstruction of the references"] = recognition_rates(
+            recognizer, decode_pixels(fmt.image_tokenizer, codes), o["docs"])
+    return out
+
+
+def memory_holds(models: dict, fmt, outputs: dict, train: list[Document], lookup: dict, memory, ra_cfg,
+                 partners: dict, recognizer, ecfg) -> dict[str, dict[str, float]]:
+    """{row label: rates}: asked for a document the memory holds, does RA draw it? Its own document is
+    retrieved (text retrieval finds it first), as in a user's memory; the headline's heldout rows stay
+    leave-one-out. Train documents (concepts both generators trained on; vanilla for comparison) and
+    heldout documents whose own document is *allowed* (never the protocol's heldout rows)."""
+    n = ecfg.train_probe
+    if not n:
+        return {}
+    probes = {"train": train_probe([lookup[d.id] for d in train if d.id in lookup], n)}
+    if "heldout" in outputs:
+        probes["heldout"] = _subset(outputs["heldout"]["docs"], n)
+    out: dict[str, dict[str, float]] = {}
+    for split, docs in probes.items():
+        if not docs:
+            continue
+        own = retrieve(memory, docs, ra_cfg, partners, lookup, ecfg.k, kinds=("text",), leave_one_out=False)["text"]
+        captions = [d.text for d in docs]
+        label = (f"train ({len(docs)} documents, trained on)" if split == "train" else
+                 f"heldout ({len(docs)} documents) with their own document ALLOWED in the memory (not the protocol)")
+        out[f"{label}: RA, own document retrieved"] = recognition_rates(recognizer, generate_images(
+            models["RA"][0], fmt, captions, own, ecfg, memory.encoder, f"{split} RA images, own document"), docs)
+        if split == "train":
+            out[f"{label}: vanilla"] = recognition_rates(recognizer, generate_images(
+                models["vanilla"][0], fmt, captions, [[] for _ in docs], ecfg, memory.encoder,
+                "train vanilla images"), docs)
     return out
 
 

@@ -23,7 +23,8 @@ def fake_run(run_dir):
         retrieval={"text->image heldout": {"R@1": 0.5, "R@5": 0.9, "R@10": 1.0}},
         notes=["a note | with a pipe"], config={"steps": 3},
         usage={"heldout": {"none": 3.1, "retrieved": 3.05, "own image": 0.5}},
-        ceilings={"heldout: tokenizer": {"all": 0.8, "flags": 0.85}, "train: RA": {"all": 0.04}})
+        ceilings={"heldout: tokenizer": {"all": 0.8, "flags": 0.85}, "train: RA": {"all": 0.04}},
+        memory_holds={"train: RA, own document retrieved": {"all": 0.9, "variants": 0.75}})
     examples = [Example(doc_id=f"twitter-{i}", split=split, prompt=f"twitter emoji: thing {i}", flag=i == 0,
                         reference=img(f"ref-{i}"),
                         retrieved=[Retrieved(doc_id=f"google-{i}", text=f"google emoji: thing {i}", image=img(f"ret-{i}"),
@@ -46,7 +47,11 @@ def test_report_renders_tables_and_images(tmp_path):
     assert "- a note | with a pipe" in text
     assert "| heldout | 3.100 | 3.050 | 0.500 |" in text  # the retrieval-usage table, contexts in given order
     assert "| train: RA | 4.0% | - |" in text and "| heldout: tokenizer | 80.0% | 85.0% |" in text  # ceilings
-    assert doc.count("<table>") == 7  # headline, comparison, retrieval, usage, ceilings, two sample grids
+    assert "| train: RA, own document retrieved | 90.0% | 75.0% |" in text  # asked for what the memory holds
+    assert doc.count("<table>") == 8  # headline, comparison, retrieval, usage, memory holds, ceilings, two grids
+    grid = text[text.index("## Samples: heldout"):]
+    assert grid.index("google emoji: thing 0") < grid.index("(report_files/ra-0.png)") < grid.index("(report_files/ref-0.png)")
+    assert "| document: prompt | evidence (retrieved, k) | RA | vanilla | retrieval-only | reference |" in grid
     assert doc.count('<img src="data:image/png;base64,') == 2 * 5  # reference, retrieved, 3 samples per row
     assert "report_files/" not in re.sub(r"<pre>.*?</pre>", "", doc, flags=re.S)  # self-contained
     assert "–" in headline_table(results)  # retrieval-only has no captions
