@@ -116,6 +116,16 @@ def autocast_dtype(device: str):
     return None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 avx512_bf16 or AMX): there bf16 autocast pays (a small
+    generator's training step ran ~1.5x faster on this project's 2-core EPYC); elsewhere it emulates and loses."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def seed_everything(seed: int) -> None:
     import random
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ramm.config import TrainerConfig
-from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, output_dir, pick_device
+from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, cpu_has_bf16, output_dir, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,10 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
         self.amp_dtype = autocast_dtype(device) if cfg.amp else None
+        if self.amp_dtype is None and cfg.amp and cfg.amp_cpu and device == "cpu" and cpu_has_bf16():
+            self.amp_dtype = torch.bfloat16
+        # on a CPU, autocast speeds the training steps only: evaluations stay in fp32, comparable across runs
+        self.eval_amp = not device.startswith("cpu")
         torch.manual_seed(cfg.seed)
         self.raw_model = model.to(device)
         self.model = self._wrap(self.raw_model)
@@ -363,14 +367,14 @@ class Trainer:
         if self.eval_fn is None:
             return {}
         self.model.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(self.eval_amp):
             result = self.eval_fn(self.raw_model)
         self.model.train()
         self._log(f, {"step": self.step, **result})
         return result
 
-    def _autocast(self):
-        if self.amp_dtype is None:
+    def _autocast(self, enabled: bool = True):
+        if self.amp_dtype is None or not enabled:
             return torch.autocast(self.device.split(":")[0], enabled=False)
         return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype)
 
