@@ -106,6 +106,7 @@ class TrainerConfig:
     eval_every: int = 0  # steps between eval_fn calls (0: only at the end)
     seed: int = 0  # data order and initial RNG
     amp: bool = True  # bf16 autocast where the device supports it
+    amp_cpu: bool = False  # with amp, bf16 autocast on a CPU with native bf16 (avx512_bf16 / AMX) too (training steps only)
     device: str | None = None  # None: cuda if available, else cpu
     resume: bool = False  # continue from out_dir/checkpoint if present
     progress: bool = True  # tqdm bar on rank 0
@@ -189,6 +190,7 @@ class GeneratorConfig:
     size: str = "small"  # model preset (tiny / small / medium / base / large)
     dropout: float = 0.0  # residual/attention dropout of the model (regularises memorising the train images)
     copy_dim: int = 64  # width of the copy (pointer) head over retrieved documents (ramm.model.copy_head); 0: none
+    copy_gate_reads: bool = True  # the copy gate sees what the pointer points at (decides per cell: copy or redraw)
     retrieval: bool = True  # False: the vanilla baseline (k = 0 always, whatever ra.k_choices says)
     eval_limit: int = 0  # documents per split in evaluations (0: all)
     eval_k: int = 2  # retrieved documents at evaluation (RA-CM3's best at inference; <= ra.n_candidates)

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from ramm.config import from_dict
 from ramm.training.trainer import TrainerConfig, lr_at
+from ramm.utils import cpu_has_bf16
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_run import run  # noqa: E402
@@ -25,6 +26,15 @@ def test_loss_falls(tmp_path):
     run(tmp_path, steps=30)
     curve = losses(tmp_path)
     assert len(curve) == 30 and sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (amp_cpu is a no-op there)")
+def test_bf16_training_on_a_bf16_cpu_follows_the_fp32_run(tmp_path):
+    fp32, bf16 = run(tmp_path / "fp32", steps=30), run(tmp_path / "bf16", steps=30, amp_cpu=True)
+    assert fp32.amp_dtype is None and bf16.amp_dtype == torch.bfloat16
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert a != b  # bf16 really ran
+    assert abs(sum(a[-5:]) - sum(b[-5:])) / sum(a[-5:]) < 0.1  # and learned the same: last losses within 10%
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):

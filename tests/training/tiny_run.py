@@ -25,13 +25,13 @@ class Pattern(torch.utils.data.Dataset):
         return {"idx": self.rows[i, :-1], "targets": self.rows[i, 1:]}
 
 
-def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1, strategy="ddp"):
+def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1, strategy="ddp", amp_cpu=False):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=T, dropout=dropout))
     cfg = TrainerConfig(out_dir=str(out_dir), steps=steps, batch_size=4, grad_accum=grad_accum, lr=3e-3,
                         warmup_steps=2, log_every=1, ckpt_every=5, resume=resume, progress=False, device="cpu",
-                        strategy=strategy)
+                        strategy=strategy, amp_cpu=amp_cpu)
     trainer = Trainer(model, Pattern(), cfg)
     trainer.fit(until_step=until)
     return trainer
