@@ -21,7 +21,9 @@ Queries are the positions after the last `<sep>` (the main document); sources ar
 (text and image codes, ids below `content_ids`) before it, plus the marker that closes a retrieved text
 (`copy_end_ids`, e.g. `<img>` after a caption), which emits `<eos>`: so ending a copied name is a copy too.
 Without a `<sep>` (no retrieval: the vanilla model, CFG's unconditional stream) the output is the plain
-vocabulary distribution. (Which positions are sources is decided in `Transformer._copy_logits`.)
+vocabulary distribution. With `copy_gate_reads` the gate reads h plus the values pointed at, so it can decide
+per cell from *what* it would copy: a skin cell of a sibling in another tone is redrawn, its outline copied
+(with h alone the gate cannot tell the two apart). (Which positions are sources is decided in `Transformer._copy_logits`.)
 """
 from __future__ import annotations
 

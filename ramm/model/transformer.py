@@ -54,6 +54,7 @@ class TransformerConfig:
     content_ids: int = 0  # ids below this (text and image codes) can be copied (needed when copy_dim > 0)
     copy_end_ids: tuple[int, ...] = ()  # markers that can close a text (`<img>`, `</doc>`): copied as `eos_id`
     eos_id: int = -1  # what pointing at the end of a retrieved text emits (`<eos>`, which closes an infilled span)
+    copy_gate_reads: bool = False  # the copy gate sees what the pointer points at (h + values), not h alone
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
@@ -359,9 +360,10 @@ class Transformer(nn.Module):
         attn, use = head.attend(head.queries(h, idx, next_cell), keys, src, is_query)
         h_read = head.read(h, attn, vals)
         logits = self.lm_head(h_read)
+        h_gate = h_read if cfg.copy_gate_reads else h
         if targets is not None:
-            return logits, weighted_mean(head.target_nll(logits, h, attn, use, src, targets), targets, loss_weights)
-        out = head.mix(logits, h, attn, use, src)
+            return logits, weighted_mean(head.target_nll(logits, h_gate, attn, use, src, targets), targets, loss_weights)
+        out = head.mix(logits, h_gate, attn, use, src)
         if logit_ranges is not None:
             out = torch.cat([out[..., a:b] for a, b in logit_ranges], -1)
         return (out.to(logits.dtype) if logits.dtype != torch.float32 else out), None

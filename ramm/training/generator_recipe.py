@@ -103,7 +103,8 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     max_len = max(PRESETS[cfg.size]["max_seq_len"], cfg.ra.max_len) if cfg.size in PRESETS else cfg.ra.max_len
     model = Transformer(TransformerConfig.preset(cfg.size, vocab_size=vocab.size, max_seq_len=max_len, dropout=cfg.dropout,
                                                  image_tokens=fmt.tokens_per_image, image_open_id=vocab.img,
-                                                 copy_dim=cfg.copy_dim, sep_id=vocab.sep,
+                                                 copy_dim=cfg.copy_dim, copy_gate_reads=cfg.copy_gate_reads,
+                                                 sep_id=vocab.sep,
                                                  content_ids=vocab.special_offset,
                                                  copy_end_ids=(vocab.img, vocab.doc_end), eos_id=vocab.eos))
     log.info("generator %s: %.2fM parameters", cfg.size, model.num_parameters() / 1e6)

@@ -1,5 +1,6 @@
 """The copy (pointer) head: a normalised mixture, exact under the KV cache, inert without retrieval,
 and it makes copying a never-seen name from a retrieved document learnable in a few steps."""
+import pytest
 import torch
 
 from ramm.model.transformer import Transformer, TransformerConfig
@@ -8,10 +9,11 @@ torch.set_num_threads(1)
 V, SEP, IMG, END, CONTENT = 64, 60, 61, 62, 56  # ids < 56 are content; 40..55 image codes
 
 
-def model(copy_dim=16, seed=0) -> Transformer:
+def model(copy_dim=16, seed=0, gate_reads=False) -> Transformer:
     torch.manual_seed(seed)
     return Transformer(TransformerConfig.preset("tiny", vocab_size=V, max_seq_len=64, image_tokens=4, image_open_id=IMG,
-                                                copy_dim=copy_dim, sep_id=SEP, content_ids=CONTENT)).eval()
+                                                copy_dim=copy_dim, sep_id=SEP, content_ids=CONTENT,
+                                                copy_gate_reads=gate_reads)).eval()
 
 
 def ra_row(name, codes, main_codes=None):
@@ -44,8 +46,11 @@ def fit_and_predict(m: Transformer, batch, steps: int, seed: int) -> tuple[torch
         return idx, tgt, m.eval()(idx)[0].argmax(-1)
 
 
-def test_mixture_is_normalised_and_equal_under_the_kv_cache():
-    m = model()
+@pytest.mark.parametrize("gate_reads", [False, True])
+def test_mixture_is_normalised_and_equal_under_the_kv_cache(gate_reads):
+    m = model(gate_reads=gate_reads)
+    with torch.no_grad():  # a gate that reads the values only differs once they are non-zero (trained)
+        m.copy_head.tok_v.weight.normal_(std=0.1)
     idx = torch.tensor([ra_row([5, 6, 7], [40, 41, 42, 43]), ra_row([8, 9, 10], [44, 45, 46, 47])])
     with torch.no_grad():
         full, _ = m(idx)
@@ -100,8 +105,11 @@ def test_copying_a_never_seen_name_is_learned_with_the_head_and_not_without():
     assert with_head > 0.9 and without < 0.3, (with_head, without)
 
 
-def test_the_training_loss_equals_the_mixture_cross_entropy():
-    m = model()
+@pytest.mark.parametrize("gate_reads", [False, True])
+def test_the_training_loss_equals_the_mixture_cross_entropy(gate_reads):
+    m = model(gate_reads=gate_reads)
+    with torch.no_grad():
+        m.copy_head.tok_v.weight.normal_(std=0.1)
     idx = torch.tensor([ra_row([5, 6, 7], [40, 41, 42, 43]), ra_row([8, 9, 10], [44, 45, 46, 47])])
     tgt = idx[:, 1:].clone()
     tgt[0, :5] = -100
