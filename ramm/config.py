@@ -171,11 +171,11 @@ class RAConfig:
 
 
 def _generator_ra() -> RAConfig:
-    return RAConfig(pseudo_names=0.5, mmr=0.3)  # the demo's measured settings
+    return RAConfig(pseudo_names=0.5, mmr=0.3, copy_self=0.5)  # the demo's measured settings (docs/results.md)
 
 
 def _generator_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=2000, batch_size=16, lr=2e-3, warmup_steps=100, log_every=10, ckpt_every=200)
+    return TrainerConfig(steps=2000, batch_size=16, lr=2e-3, warmup_steps=100, log_every=10, ckpt_every=200, amp_cpu=True)
 
 
 @dataclass
@@ -389,7 +389,8 @@ class ImageTokenizerConfig:
     commitment_weight: float = 0.25  # weight of the commitment loss
     ema_decay: float = 0.9  # EMA decay of the codebook
     l1_weight: float = 0.5  # reconstruction loss = mse + l1_weight * l1 (l1 sharpens edges)
-    local: bool = False  # patch-local encoder: each cell's code reads only its own pixels (identical patches, identical codes)
+    local: bool = False  # patch-local encoder: a cell's code reads only its own pixels (`ramm train tokenizer` default: on;
+    # off here so that tokenizers saved before the field load as what they are)
 
     def __post_init__(self):
         if self.image_size <= 0 or self.grid <= 0 or self.image_size % self.grid:

@@ -32,7 +32,7 @@ class ImageTokenizerJob:
 
     corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
     out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
-    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)  # the tokenizer's architecture
+    model: ImageTokenizerConfig = field(default_factory=lambda: ImageTokenizerConfig(local=True))  # the tokenizer's architecture (patch-local codes)
     strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
