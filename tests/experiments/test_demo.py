@@ -54,15 +54,20 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
     assert md.exists() and md.with_suffix(".html").exists()
     results, examples = load_results(tmp_path / "run")
     for split in cfg.evaluation.splits:
-        assert set(results.scores[split]) == {"RA", "vanilla", "retrieval-only"}
+        assert set(results.scores[split]) == {"RA", "vanilla", "retrieval-only", "retrieval-only (tokenized)"}
         for s in results.scores[split].values():
             assert s.n == cfg.evaluation.limit and s.fid is not None and 0 <= s.recognition <= 1
             assert s.fid_retriever is not None and 0 <= s.recognition_retriever <= 1  # the old measures, once
     assert results.fid_features == "FID on ramm-evaluator features"
     n = cfg.evaluation.train_probe
-    assert {f"train ({n} documents, trained on): RA", f"train ({n} documents, trained on): vanilla",
-            *(f"{s}: the tokenizer's reconstruction of the references" for s in cfg.evaluation.splits)} == set(results.ceilings)
-    assert all(0 <= v <= 1 for row in results.ceilings.values() for v in row.values())
+    assert {f"{s}: the tokenizer's reconstruction of the references" for s in cfg.evaluation.splits} == set(results.ceilings)
+    held = min(n, cfg.evaluation.limit)
+    assert {f"train ({n} documents, trained on): RA, own document retrieved",
+            f"train ({n} documents, trained on): vanilla",
+            f"heldout ({held} documents) with their own document ALLOWED in the memory (not the protocol): "
+            "RA, own document retrieved"} == set(results.memory_holds)
+    assert all(0 <= v <= 1 for rows in (results.ceilings, results.memory_holds) for row in rows.values()
+               for v in row.values())
     assert examples and all((tmp_path / "run" / e.reference).exists() for e in examples)
     # a second run recomputes nothing
     lines.clear()
