@@ -58,19 +58,22 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
 
 def _read_codes(path: Path, n: int, image_tokenizer) -> np.ndarray | None:
     """The cached codes, or None (with a warning naming the file) when the entry is damaged: unreadable,
-    short, or not n x tokens_per_image integer codes in [0, codebook_size). A damaged entry is re-encoded."""
-    want = (n, image_tokenizer.tokens_per_image)
+    short, or not n x tokens_per_image integer codes in [0, codebook_size) (with no tokenizer given, n rows
+    of integers). A damaged entry is re-encoded."""
+    cols = image_tokenizer.tokens_per_image if image_tokenizer is not None else None
     try:
         codes = np.load(path, allow_pickle=False)
         bad = None
-        if codes.shape != want or codes.dtype.kind not in "iu":
-            bad = f"holds {codes.dtype} {codes.shape}, expected int {want}"
-        elif codes.size and (codes.min() < 0 or codes.max() >= image_tokenizer.codebook_size):
-            bad = f"holds codes outside [0, {image_tokenizer.codebook_size})"
+        if codes.ndim != 2 or len(codes) != n or cols not in (None, codes.shape[1]) or codes.dtype.kind not in "iu":
+            bad = f"holds {codes.dtype} {codes.shape}, expected int ({n}, {cols or 'tokens per image'})"
+        elif codes.size and (codes.min() < 0 or (cols and codes.max() >= image_tokenizer.codebook_size)):
+            bad = "holds codes outside the codebook"
     except Exception as e:  # numpy raises ValueError, EOFError, KeyError, OSError... on damaged files
         bad = f"unreadable ({type(e).__name__}: {e})"
     if bad is None:
         return codes.astype(np.int64, copy=False)
+    if image_tokenizer is None:
+        raise ValueError(f"image code cache entry {path} {bad}, and no image tokenizer was given to encode again")
     log.warning("image code cache entry %s %s: encoding the images again", path, bad)
     return None
 
