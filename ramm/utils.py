@@ -149,6 +149,24 @@ def exclusive_lock(lock_file: str | os.PathLike, busy: Callable[[str], str], ree
                 os.close(fd)
 
 
+def lock_held(lock_file: str | os.PathLike) -> bool:
+    """Whether some process holds an `exclusive_lock` on `lock_file` (False when it does not exist); takes no
+    lock and writes nothing, so it works on a read-only mount."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # drops the shared lock too
+    return False
+
+
 def output_dir(path: str | os.PathLike, what: str = "output") -> Path:
     """`path` as a folder to write into (created), or ValueError naming it when a file is in the way."""
     path = Path(path)

@@ -99,11 +99,12 @@ def _as_document(item: Any) -> Document:
 
 class Memory:
     def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None,
-                 create: bool = False):
-        """Open a memory; create=True (a writer) may create its store. The index is read, or rebuilt in
-        memory from the store's embeddings when missing, unreadable or out of step (never written here)."""
-        self.root, self.config = Path(root), config
-        self.store = DocStore(self.root / "store.sqlite", config.dim, create=create)
+                 create: bool = False, snapshot: bool = False):
+        """Open a memory; create=True (a writer) may create its store; snapshot=True opens it for a short read
+        (`DocStore`: read-only, immutable when no writer is about). The index is read, or rebuilt in memory
+        from the store's embeddings when missing, unreadable or out of step (never written here)."""
+        self.root, self.config, self.snapshot = Path(root), config, snapshot
+        self.store = DocStore(self.root / "store.sqlite", config.dim, create=create, snapshot=snapshot)
         self.spec = IndexSpec(**config.index)
         index_file = self.root / "index.faiss"
         self.index, self._index_saved = None, False
@@ -165,6 +166,9 @@ class Memory:
 
     def add(self, docs: Iterable, batch_size: int = 256, progress: bool = False) -> Counter:
         """Append documents (new ids only) to the store and the index, without a rebuild."""
+        if self.snapshot:
+            raise ValueError(f"memory {self.root} was opened as a read-only snapshot: Memory.load it without "
+                             f"snapshot=True to add documents")
         with writer_lock(self.root):
             self._ingest(docs, batch_size, progress)
             self._sync_index()
@@ -246,12 +250,14 @@ class Memory:
         atomic_write_json(self.root / "config.json", asdict(self.config))
 
     @classmethod
-    def load(cls, root: str | Path, encoder: Encoder | None = None) -> "Memory":
-        """Open a memory for search (and `add`); reading never writes a file of it."""
+    def load(cls, root: str | Path, encoder: Encoder | None = None, snapshot: bool = False) -> "Memory":
+        """Open a memory for search (and `add`); reading never writes a file of it. snapshot=True: a short
+        read-only look (CLI search and evaluation) that creates no file either, and works on a read-only
+        mount; `add` is refused then."""
         root = Path(root)
         if not (root / "config.json").exists():
             raise FileNotFoundError(f"no memory at {root} (missing config.json)")
-        return cls(root, MemoryConfig.read(root / "config.json"), encoder)
+        return cls(root, MemoryConfig.read(root / "config.json"), encoder, snapshot=snapshot)
 
     @property
     def encoder(self) -> Encoder:

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ramm.corpus.document import Document
+from ramm.utils import lock_held
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -38,13 +39,23 @@ def _os_error(e: sqlite3.OperationalError, path: Path) -> OSError:
 
 
 class DocStore:
-    def __init__(self, path: str | Path, dim: int, create: bool = True):
-        """create=False (readers): the store must exist; opening it never creates or changes a file."""
+    def __init__(self, path: str | Path, dim: int, create: bool = True, snapshot: bool = False):
+        """create=False (readers): the store must exist; opening it never creates or changes a file.
+
+        snapshot=True (a short-lived reader: `memory search`, `eval retrieval`): opened read-only, so a WAL a
+        killed writer left is read, never checkpointed into the store; with no WAL and no writer holding
+        `writer_lock` (the `.lock` beside it), immutable: SQLite creates no -wal / -shm and a read-only
+        mount works. Not for a process that must see another's later writes (the server)."""
         self.path, self.dim = Path(path), dim
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"{self.path} not found: the memory's document store is missing")
+        mode = "rwc" if create else "rw"
+        if snapshot:
+            wal = self.path.with_name(self.path.name + "-wal")
+            quiet = not wal.exists() and not lock_held(self.path.with_name(".lock"))
+            mode = "ro&immutable=1" if quiet else "ro"
         try:
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True)
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True)
         except sqlite3.OperationalError as e:  # a read-only folder: "unable to open database file"
             raise _os_error(e, self.path) from None
         try:
