@@ -124,3 +124,15 @@ def test_the_next_writer_removes_index_temp_files_a_kill_left_and_a_reader_does_
     assert all(f.exists() for f in orphans)  # readers never write
     mem.add([])
     assert not any(f.exists() for f in orphans)
+
+
+def test_an_encoder_saved_to_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    enc = tiny_encoder(pair_docs())
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left") as e:
+        enc.save_pretrained(tmp_path / "enc")  # `ramm train retriever` saves through it
+    assert e.value.filename == str(tmp_path / "enc" / "model.safetensors")
+    assert not list((tmp_path / "enc").iterdir())  # no half-written file under any name
