@@ -136,3 +136,44 @@ def test_an_encoder_saved_to_a_full_disk_is_an_oserror_naming_the_file(tmp_path,
         enc.save_pretrained(tmp_path / "enc")  # `ramm train retriever` saves through it
     assert e.value.filename == str(tmp_path / "enc" / "model.safetensors")
     assert not list((tmp_path / "enc").iterdir())  # no half-written file under any name
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder whose writes fail as on a read-only mount (tests run as root, where chmod stops nothing)."""
+    import os
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def mkdir(path, *a, **kw):
+        return refuse(path) if str(path).startswith(str(ro)) else real_mkdir(path, *a, **kw)
+
+    def open_(path, flags, *a, **kw):
+        writes = flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR)
+        return refuse(path) if writes and str(path).startswith(str(ro)) else real_open(path, flags, *a, **kw)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    return ro
+
+
+@pytest.mark.parametrize("command", ["train text-tokenizer", "train retriever", "memory build"])
+def test_a_read_only_out_is_one_line_for_every_writing_command(command, corpus, read_only, tmp_path, capsys):
+    tiny_encoder(pair_docs()).save_pretrained(tmp_path / "enc")
+    args = {"train text-tokenizer": ["--corpus", corpus, "--vocab_size", 260],
+            "train retriever": ["--corpus", corpus, "--trainer.steps", 1],
+            "memory build": ["--corpus", corpus, "--encoder", tmp_path / "enc"]}[command]
+    assert cli(*command.split(), *args, "--out", read_only / "out") == 1
+    line = one_line_error(capsys)
+    assert f"{read_only / 'out'}" in line and "Read-only file system" in line, line
+
+
+def test_generate_into_a_read_only_out_is_one_line(bundle, read_only, capsys):
+    rc = cli("generate", "image", "a emoji: red square", "--model", bundle, "--out", read_only / "out", "--n", 1,
+             "--device", "cpu", "--no-retrieve")
+    assert rc == 1
+    line = one_line_error(capsys)
+    assert f"{read_only / 'out'}" in line and "Read-only file system" in line, line
