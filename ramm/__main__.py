@@ -1,13 +1,29 @@
-"""Entry point of the `ramm` console script."""
+"""Entry point of the `ramm` console script: every command's expected failure (bad input, a tampered or
+missing file, a read-only or full disk, a folder another process holds) ends here as one line naming the
+item, never a traceback."""
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import sys
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an expected failure: an OSError names its path(s) and what the OS said."""
+    if isinstance(e, OSError) and e.filename is not None or isinstance(e, OSError) and e.errno in DISK_FULL:
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        what = e.strerror or str(e)
+        hint = " (free some space and run the command again: finished work is kept)" if e.errno in DISK_FULL else ""
+        return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     from ramm.cli import build_parser
-    from ramm.corpus.document import BadItem
+    from ramm.utils import Locked
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
@@ -21,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, BadItem) as e:
-        print(f"ramm: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError
+        print(f"ramm: error: {error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ramm: interrupted", file=sys.stderr)

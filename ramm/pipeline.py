@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ramm.corpus.document import Document, ImageSegment, TextSegment, decode_image_bytes
+from ramm.corpus.document import Document, ImageSegment, TextSegment, read_image_file
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def read_image(image, size: int) -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} not found")
-        return decode_image_bytes(path.read_bytes(), str(path), size)
+        return read_image_file(path, str(path), size)
     if isinstance(image, Image.Image):
         image = ImageSegment.from_pil(image).pixels
     pixels = ImageSegment(pixels=np.asarray(image)).pixels  # validates dtype and shape

@@ -1,11 +1,17 @@
-"""Small shared helpers: atomic file writes, device choice, seeding."""
+"""Small shared helpers: atomic file writes, file fingerprints, folder locks, device choice, seeding."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def current_umask() -> int:
@@ -44,16 +50,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     mkstemp creates files 0600; the file gets the mode a plain open() would give (0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # mkstemp names the folder, not the file it was to write
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         os.close(fd)
         write(tmp)
         fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write() that failed (disk full) names no file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     fsync_dir(path.parent)
 
@@ -68,6 +79,92 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Locked(RuntimeError):
+    """Another process holds the lock of `path` (pid `pid`, "?" when it could not be read)."""
+
+    def __init__(self, message: str, path: Path, pid: str):
+        super().__init__(message)
+        self.path, self.pid = path, pid
+
+
+_held: dict[Path, list] = {}  # lock file -> [fd, depth]: this process's locks (flock is per open file, not per process)
+_held_guard = threading.Lock()
+
+
+def _holder_pid(fd: int) -> str:
+    """The pid the holder wrote; a holder that has just taken the lock writes it within moments."""
+    for _ in range(50):
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if pid:
+            return pid
+        time.sleep(0.01)
+    return "?"
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, busy: Callable[[str], str], reentrant: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_file` (created) while inside; the OS drops it when the holder dies
+    (kill -9 included), so a crashed job never blocks its resume. Another holder raises `Locked(busy(pid))`;
+    with `reentrant`, this process taking it again (a recipe, then its Trainer) nests instead.
+
+    The holder's pid is written whole, space-padded, in one pwrite, so a reader never sees half of it."""
+    path = Path(lock_file).resolve()
+    with _held_guard:
+        if path in _held:
+            if not reentrant:
+                raise Locked(busy(str(os.getpid())), path, str(os.getpid()))
+            _held[path][1] += 1
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                pid = _holder_pid(fd) if e.errno in (errno.EAGAIN, errno.EACCES) else ""
+                os.close(fd)
+                if pid:
+                    raise Locked(busy(pid), path, pid) from None
+                raise
+            os.pwrite(fd, str(os.getpid()).ljust(20).encode(), 0)
+            _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held[path][1] -= 1
+            if _held[path][1] == 0:
+                fd = _held.pop(path)[0]
+                os.ftruncate(fd, 0)
+                os.close(fd)
+
+
+def lock_held(lock_file: str | os.PathLike) -> bool:
+    """Whether some process holds an `exclusive_lock` on `lock_file` (False when it does not exist); takes no
+    lock and writes nothing, so it works on a read-only mount."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # drops the shared lock too
+    return False
 
 
 def output_dir(path: str | os.PathLike, what: str = "output") -> Path:

@@ -76,12 +76,13 @@ def _build(cfg) -> int:
 def _search(cfg) -> int:
     from pathlib import Path
 
-    from ramm.corpus.document import decode_image_bytes
+    from ramm.corpus.document import read_image_file
     from ramm.retrieval.memory import Memory
     if cfg.image is not None and not Path(cfg.image).is_file():
         raise ValueError(f"--image {cfg.image} is not an image file")
-    mem = Memory.load(cfg.memory)
-    query = cfg.text if cfg.image is None else decode_image_bytes(Path(cfg.image).read_bytes(), cfg.image)
+    mem = Memory.load(cfg.memory, snapshot=True)  # creates no file; a read-only mount works
+    size = getattr(getattr(mem.encoder, "cfg", None), "image_size", None)  # decoded reduced to the encoder's size
+    query = cfg.text if cfg.image is None else read_image_file(cfg.image, cfg.image, size)
     for doc, score in mem.search(query, k=cfg.k, strategy=cfg.strategy):
         print(f"{doc.id}\t{score:.4f}\t{doc.text}")
     return 0
@@ -91,7 +92,7 @@ def _eval(cfg) -> int:
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.recall import memory_recall
     from ramm.utils import atomic_write_json
-    mem = Memory.load(cfg.memory)
+    mem = Memory.load(cfg.memory, snapshot=True)
     print("queries: each document's text (text->image) or image (image->text); memory: every document, "
           f"the query's own left out; hit: a document of the same {cfg.match}")
     print(f"{'split':<8} {'direction':<12} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6}")

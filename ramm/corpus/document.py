@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Union
 
 import numpy as np
@@ -19,6 +20,8 @@ from PIL import Image
 # Pillow's default bomb guard warns at ~89 Mpx; we treat anything past this as bad input. Decoding
 # reduces a large image towards the size asked for (JPEG draft, box reduce) before converting it to RGB.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_DECODED_SIDE = 1024  # asked for no size, an image is decoded reduced until its longer side fits this
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file larger than this is refused before a byte is read
 
 
 class BadItem(ValueError):
@@ -100,11 +103,11 @@ def pil_to_rgb(img: Image.Image, background=(255, 255, 255)) -> np.ndarray:
 
 def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None,
                        max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input; an image
-    over `max_pixels` (width x height, read from its header) is refused before it is decoded.
-
-    With `size`, a large image is decoded reduced (JPEG DCT scaling, then an integer box reduce) so
-    its full-resolution RGB copy never exists, then resized to size x size."""
+    """Decode PNG/JPEG bytes to RGB uint8, raising BadItem (never a raw PIL error) on bad input: the one
+    bounded decoder every path uses. An image over `max_pixels` (width x height, read from its header) is
+    refused before it is decoded; a large one is decoded reduced (JPEG DCT scaling, then an integer box
+    reduce), so its full-resolution RGB copy never exists: to size x size with `size`, else until its
+    longer side fits MAX_DECODED_SIDE (aspect kept)."""
     if not data:
         raise BadItem("empty_image", item)
     try:
@@ -112,17 +115,16 @@ def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None,
             w, h = img.size
             if w * h > max_pixels:
                 raise BadItem("image_too_large", item, f"{w}x{h} > {max_pixels} px")
-            if size is not None and img.format == "JPEG":
-                img.draft("RGB", (size, size))  # decodes at 1/2, 1/4 or 1/8 scale, never below size
+            if img.format == "JPEG" and (size is not None or max(w, h) > MAX_DECODED_SIDE):
+                img.draft("RGB", (size, size) if size is not None else (MAX_DECODED_SIDE, MAX_DECODED_SIDE))
             img.load()
-            if size is not None:
-                factor = min(img.size) // (2 * size)
-                if factor >= 2:
-                    if img.mode not in ("L", "LA", "RGB", "RGBA"):
-                        img = img.convert("L" if img.mode in ("1", "I", "I;16", "F") else "RGBA")
-                    img = img.reduce(factor)
-                if img.size != (size, size):
-                    img = img.convert("RGBA").resize((size, size), Image.LANCZOS)
+            factor = min(img.size) // (2 * size) if size is not None else -(-max(img.size) // MAX_DECODED_SIDE)
+            if factor >= 2:
+                if img.mode not in ("L", "LA", "RGB", "RGBA"):
+                    img = img.convert("L" if img.mode in ("1", "I", "I;16", "F") else "RGBA")
+                img = img.reduce(factor)
+            if size is not None and img.size != (size, size):
+                img = img.convert("RGBA").resize((size, size), Image.LANCZOS)
             return pil_to_rgb(img)
     except BadItem:
         raise
@@ -132,6 +134,25 @@ def decode_image_bytes(data: bytes, item: str = "?", size: int | None = None,
         raise BadItem("corrupt_image", item, "not an image format Pillow reads") from None
     except Exception as e:  # PIL raises many types for corrupt/truncated data
         raise BadItem("corrupt_image", item, f"{type(e).__name__}: {e}") from None
+
+
+def read_image_file(path: str | Path, item: str | None = None, size: int | None = None) -> np.ndarray:
+    """An image file decoded by `decode_image_bytes`; BadItem naming it when it is missing, unreadable or
+    over MAX_IMAGE_BYTES (checked before it is read)."""
+    path = Path(path)
+    item = item or str(path)
+    try:
+        n = path.stat().st_size
+        if not path.is_file():
+            raise BadItem("missing_file", item, f"{path} is not a file")
+        if n > MAX_IMAGE_BYTES:
+            raise BadItem("file_too_large", item, f"{path}: {n} bytes > {MAX_IMAGE_BYTES}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadItem("missing_file", item, str(path)) from None
+    except OSError as e:
+        raise BadItem("unreadable_file", item, f"{path}: {e.strerror}") from None
+    return decode_image_bytes(data, item if str(path) in item else f"{item} ({path})", size)
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:

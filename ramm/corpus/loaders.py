@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes
+from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes, read_image_file
 from ramm.corpus.skips import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ def _image_file(root: Path, rel, item: str, size: int | None) -> tuple[ImageSegm
     path = root / rel
     if not path.is_file():
         raise BadItem("missing_file", item, str(path))
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadItem("unreadable_file", item, f"{path}: {e.strerror}") from None
-    return ImageSegment(pixels=decode_image_bytes(data, f"{item} ({path})", size)), str(path)
+    return ImageSegment(pixels=read_image_file(path, item, size)), str(path)
 
 
 def _pick(row: dict, keys: tuple[str, ...]):
@@ -272,13 +268,17 @@ def _coco_id(value, key: str, where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- webdataset
 def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = None) -> Iterator[Document]:
-    """img2dataset layout: KEY.jpg|png (+ KEY.txt caption and/or KEY.json with "caption"), files of a key
-    adjacent. A member's key is its path with the basename cut at its first dot, as webdataset does
-    (`./000.png` -> `./000`, `laion.v2/000.jpg` -> `laion.v2/000`)."""
+    """img2dataset layout: KEY.jpg|png (+ KEY.txt caption and/or KEY.json with "caption"). A member's key is
+    its path with the basename cut at its first dot, as webdataset does (`./000.png` -> `./000`,
+    `laion.v2/000.jpg` -> `laion.v2/000`).
+
+    Files of a key are grouped across the shard, not only when adjacent (webdataset's rule, which a plain
+    `tar -C dir .` breaks): a sample still missing its image or caption when the next key starts waits for
+    them until the shard ends (up to MAX_PENDING_BYTES of such samples; past it the oldest is read as it is)."""
     for shard in shards:
         try:
             with tarfile.open(shard, mode="r|*") as tf:
-                key, files = None, {}
+                key, files, pending = None, {}, _Pending()
                 for m in tf:
                     if not m.isfile():
                         continue
@@ -286,10 +286,10 @@ def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = N
                     if match is None:  # no extension (or a dot-file): not part of a sample
                         continue
                     k, ext = match.groups()
-                    if k != key and files:
-                        yield from _wds_sample(shard, key, files, skips, size)
-                        files = {}
-                    key = k
+                    if k != key:
+                        if files:
+                            yield from _set_aside(shard, key, files, pending, skips, size)
+                        key, files = k, pending.take(k)
                     if m.size > MAX_MEMBER_BYTES or m.issparse():
                         files[ext.lower()] = _TooLarge(m.size)  # tarfile skips its bytes unread
                         continue
@@ -301,9 +301,42 @@ def read_webdataset(shards: list[Path], skips: SkipCounter, size: int | None = N
                 if _truncated(shard):
                     raise tarfile.ReadError("no end-of-archive marker (truncated)")
                 if files:
-                    yield from _wds_sample(shard, key, files, skips, size)
+                    pending.put(key, files)
+                for k, f in pending.items():  # incomplete to the end: their skips say what is missing
+                    yield from _wds_sample(shard, k, f, skips, size)
         except (tarfile.TarError, EOFError, OSError) as e:
             skips.skip(BadItem("corrupt_shard", str(shard), f"{type(e).__name__}: {e}"))
+
+
+MAX_PENDING_BYTES = 4 * MAX_MEMBER_BYTES  # incomplete samples held while their other files may follow
+
+
+class _Pending(dict):
+    """Incomplete samples of a shard, key -> files, oldest first, with the bytes they hold."""
+
+    held = 0  # bytes of image, caption and json data kept
+
+    def put(self, key: str, files: dict) -> None:
+        self[key] = files
+        self.held += sum(len(v) for v in files.values() if isinstance(v, bytes))
+
+    def take(self, key: str) -> dict:
+        files = self.pop(key, {})
+        self.held -= sum(len(v) for v in files.values() if isinstance(v, bytes))
+        return files
+
+
+def _set_aside(shard: Path, key: str, files: dict, pending: _Pending, skips: SkipCounter,
+               size: int | None) -> Iterator[Document]:
+    """A key's files as its next key starts: the sample when it has an image and a caption source, else kept
+    in `pending` for files of the key further on (the oldest read as it is past MAX_PENDING_BYTES)."""
+    if any(e in files for e in IMAGE_EXTS) and ("txt" in files or "json" in files):
+        yield from _wds_sample(shard, key, files, skips, size)
+        return
+    pending.put(key, files)
+    while pending.held > MAX_PENDING_BYTES:
+        oldest = next(iter(pending))
+        yield from _wds_sample(shard, oldest, pending.take(oldest), skips, size)
 
 
 class _TooLarge(int):
@@ -327,6 +360,10 @@ def _wds_sample(shard: Path, key: str, files: dict[str, bytes], skips: SkipCount
     where = f"{shard}:{key}"
     key = key[2:] if key.startswith("./") else key
     try:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # tarfile keeps undecodable bytes as surrogates, which no JSON or SQLite takes
+            raise BadItem("bad_encoding", ascii(key), f"{shard}: member name {ascii(key)} is not UTF-8") from None
         big = {e: n for e, n in files.items() if isinstance(n, _TooLarge)}
         if big:
             raise BadItem("member_too_large", key, f"{where}: " + ", ".join(

@@ -1,16 +1,46 @@
 """A generator directory: the transformer (config.json + model.safetensors), copies of its tokenizers
 (text_tokenizer/, image_tokenizer/) and generator.json (paths relative to the directory, the memory it
-was trained with), so decoding can rebuild the CM3 format."""
+was trained with), so decoding can rebuild the CM3 format.
+
+The tokenizers are pinned as the memory pins its encoder: generator.json records the sha256 of each file
+that decides a tokenizer's ids (`TOKENIZER_FILES`), and every reader of the bundle (`bundle_info`) checks
+them, because a swapped tokenizer of the same size turns the model's ids into other words and pictures
+without any error."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from ramm.model.transformer import Transformer
-from ramm.utils import atomic_write_json, pick_device
+from ramm.utils import atomic_write_json, file_sha256, pick_device
+
+log = logging.getLogger(__name__)
 
 INFO = "generator.json"
+TOKENIZER_FILES = {"text_tokenizer": ("tokenizer.json",), "image_tokenizer": ("config.json", "model.safetensors")}
+
+
+def tokenizer_pins(directory: Path) -> dict[str, str]:
+    """{"text_tokenizer/tokenizer.json": sha256, ...}: the bundle's tokenizer files as they are now."""
+    return {f"{folder}/{name}": file_sha256(directory / folder / name)
+            for folder, names in TOKENIZER_FILES.items() for name in names}
+
+
+def check_pins(directory: Path, pins) -> None:
+    """ValueError naming the first tokenizer file that is missing or not the one the bundle was saved with."""
+    if not isinstance(pins, dict):
+        raise ValueError(f"{directory / INFO}: tokenizer_sha256 must be an object of file -> sha256, got {pins!r:.60}")
+    for rel, want in pins.items():
+        path = directory / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the generator was saved with it")
+        got = file_sha256(path)
+        if got != want:
+            raise ValueError(f"{path} is not the file this generator was saved with (sha256 {got[:12]}, saved "
+                             f"{str(want)[:12]}): another tokenizer maps the model's ids to other tokens. Restore "
+                             f"the bundle's own copy, or retrain the generator with this tokenizer.")
 
 
 def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer: str | Path, image_tokenizer: str | Path,
@@ -22,14 +52,15 @@ def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer:
         dst = directory / name
         if Path(src).resolve() != dst.resolve():
             shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint*", "metrics.jsonl"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint*", "metrics.jsonl", ".lock"))
     atomic_write_json(directory / INFO, {"text_tokenizer": "text_tokenizer", "image_tokenizer": "image_tokenizer",
                                          "memory": str(Path(memory).resolve()) if memory else None,
-                                         "alpha": alpha, **extra})
+                                         "alpha": alpha, **extra, "tokenizer_sha256": tokenizer_pins(directory)})
 
 
 def bundle_info(directory: str | Path) -> dict:
-    """generator.json with the tokenizer entries resolved to paths under `directory`."""
+    """generator.json with the tokenizer entries resolved to paths under `directory`, its tokenizer files
+    checked against the pins saved with it."""
     directory = Path(directory)
     if not (directory / INFO).is_file():
         raise FileNotFoundError(f"{directory / INFO} not found (train one with `ramm train generator`)")
@@ -40,6 +71,11 @@ def bundle_info(directory: str | Path) -> dict:
     if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("text_tokenizer", "image_tokenizer")):
         raise ValueError(f"{directory / INFO}: expected an object naming text_tokenizer and image_tokenizer folders, "
                          f"got {json.dumps(info)[:80]}")
+    if "tokenizer_sha256" in info:
+        check_pins(directory, info["tokenizer_sha256"])
+    else:
+        log.warning("%s predates tokenizer pins: cannot check that its tokenizers are the ones it was trained with",
+                    directory)
     return {**info, "text_tokenizer": directory / info["text_tokenizer"], "image_tokenizer": directory / info["image_tokenizer"]}
 
 

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tokenizers import Tokenizer
 
 from ramm.config import DualEncoderConfig, load_config
 from ramm.retrieval.encoder import Encoder, as_image_batch
 from ramm.retrieval.loss import INIT_LOGIT_SCALE, clip_loss, memory_loss
 from ramm.tokenizers.text_tokenizer import train_bpe
-from ramm.utils import atomic_write_json, load_weights, pick_device
+from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, load_weights, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,10 @@ class DualEncoder(nn.Module, Encoder):
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".model.safetensors.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(out_dir / "model.safetensors")
-        tmp = out_dir / ".tokenizer.json.tmp"
-        self.tokenizer.save(str(tmp))
-        tmp.replace(out_dir / "tokenizer.json")
+        out_dir = Path(out_dir)  # atomic writes: a full disk or read-only folder is an OSError naming the file
+        atomic_write_bytes(out_dir / "model.safetensors",
+                           save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
+        atomic_write_text(out_dir / "tokenizer.json", self.tokenizer.to_str(pretty=True))
         atomic_write_json(out_dir / "config.json", asdict(self.cfg))
 
     @classmethod

@@ -117,9 +117,23 @@ def save_encoder_copy(encoder: Encoder, out_dir: Path) -> None:
 
 
 def as_image_batch(images, size: int | None = None):
-    """uint8 (N, H, W, 3) / (H, W, 3) array or float (N, 3, H, W) tensor in [0, 1] -> float (N, 3, size, size)."""
+    """Images -> float (N, 3, size, size) in [0, 1]: the one place every encoder's input goes through.
+
+    `images`: a uint8 (N, H, W, 3) / (H, W, 3) array, a float (N, 3, H, W) tensor in [0, 1], or a list of
+    uint8 (H, W, 3) arrays whose sizes may differ (a user's corpus mixes 20 to 64 px images); each is
+    resized to `size` (without one, a list of mixed sizes is a ValueError)."""
     import torch
     import torch.nn.functional as F
+    if isinstance(images, (list, tuple)):
+        if not images:
+            return torch.zeros((0, 3, size or 1, size or 1))
+        shapes = {getattr(im, "shape", None) for im in images}
+        if len(shapes) == 1:
+            return as_image_batch(np.stack(images), size)
+        if size is None:
+            raise ValueError(f"images of different sizes {sorted(map(str, shapes))[:3]} cannot form one batch "
+                             f"without a size to resize them to")
+        return torch.cat([as_image_batch(im, size) for im in images])
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")

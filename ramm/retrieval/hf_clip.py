@@ -56,6 +56,8 @@ class HFClipEncoder(Encoder):
 
     @torch.no_grad()
     def embed_image(self, images) -> np.ndarray:
+        if isinstance(images, (list, tuple)) and len({getattr(im, "shape", None) for im in images}) > 1:
+            return np.concatenate([self.embed_image(im) for im in images])  # the processor resizes each
         x = as_image_batch(images)  # validates input; (N, 3, H, W) in [0, 1]
         out = []
         for i in range(0, len(x), self.batch_size):

@@ -15,12 +15,9 @@ model of the same width) is refused by its fingerprint: its vectors would not co
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import itertools
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,7 +31,7 @@ from ramm.retrieval.encoder import Encoder, encoder_fingerprint, load_encoder, s
 from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
 from ramm.retrieval.store import DocStore
 from ramm.retrieval.strategies import Strategy, choose, eligible, get_strategy, pool_size
-from ramm.utils import atomic_write_json, output_dir
+from ramm.utils import atomic_write_json, exclusive_lock, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +49,10 @@ class MemoryConfig:
     encoder_sha256: str = ""  # encoder_fingerprint of the encoder that made the embeddings ("" in old memories)
 
     def __post_init__(self):
+        for name in ("dim", "count", "flat_below"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.dim < 1 or self.count < 0 or self.flat_below < 0:
             raise ValueError(f"bad memory config: dim={self.dim} count={self.count} flat_below={self.flat_below}")
 
@@ -65,30 +66,23 @@ class MemoryConfig:
         if not isinstance(raw, dict) or set(raw) - known or {"encoder", "dim"} - set(raw):
             raise ValueError(f"{path}: a memory config has the keys {sorted(known)}, got "
                              f"{sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 @contextlib.contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
-    """One writer per memory at a time: an exclusive lock on root/.lock, which the OS drops when the
-    holder dies (kill -9 included), so a crashed build never blocks its resume."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise RuntimeError(f"memory {root} is being written by pid {pid}; wait for it to finish") from None
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    """One writer per memory at a time: an exclusive lock on root/.lock (`ramm.utils.exclusive_lock`).
+    Holding it, the writer removes the temp files of saves a kill interrupted (`.index.faiss.*.tmp`, ...):
+    no other writer can be mid-save, and readers never write."""
+    with exclusive_lock(root / LOCK_FILE, lambda pid: f"memory {root} is being written by pid {pid}; wait for it to finish"):
+        for leftover in root.glob(".*.tmp"):
+            if leftover.is_file():
+                log.info("removing %s, left by an interrupted save", leftover)
+                leftover.unlink(missing_ok=True)
         yield
-    finally:
-        os.ftruncate(fd, 0)
-        os.close(fd)
 
 
 def _as_document(item: Any) -> Document:
@@ -105,11 +99,12 @@ def _as_document(item: Any) -> Document:
 
 class Memory:
     def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None,
-                 create: bool = False):
-        """Open a memory; create=True (a writer) may create its store. The index is read, or rebuilt in
-        memory from the store's embeddings when missing, unreadable or out of step (never written here)."""
-        self.root, self.config = Path(root), config
-        self.store = DocStore(self.root / "store.sqlite", config.dim, create=create)
+                 create: bool = False, snapshot: bool = False):
+        """Open a memory; create=True (a writer) may create its store; snapshot=True opens it for a short read
+        (`DocStore`: read-only, immutable when no writer is about). The index is read, or rebuilt in memory
+        from the store's embeddings when missing, unreadable or out of step (never written here)."""
+        self.root, self.config, self.snapshot = Path(root), config, snapshot
+        self.store = DocStore(self.root / "store.sqlite", config.dim, create=create, snapshot=snapshot)
         self.spec = IndexSpec(**config.index)
         index_file = self.root / "index.faiss"
         self.index, self._index_saved = None, False
@@ -171,6 +166,9 @@ class Memory:
 
     def add(self, docs: Iterable, batch_size: int = 256, progress: bool = False) -> Counter:
         """Append documents (new ids only) to the store and the index, without a rebuild."""
+        if self.snapshot:
+            raise ValueError(f"memory {self.root} was opened as a read-only snapshot: Memory.load it without "
+                             f"snapshot=True to add documents")
         with writer_lock(self.root):
             self._ingest(docs, batch_size, progress)
             self._sync_index()
@@ -252,12 +250,14 @@ class Memory:
         atomic_write_json(self.root / "config.json", asdict(self.config))
 
     @classmethod
-    def load(cls, root: str | Path, encoder: Encoder | None = None) -> "Memory":
-        """Open a memory for search (and `add`); reading never writes a file of it."""
+    def load(cls, root: str | Path, encoder: Encoder | None = None, snapshot: bool = False) -> "Memory":
+        """Open a memory for search (and `add`); reading never writes a file of it. snapshot=True: a short
+        read-only look (CLI search and evaluation) that creates no file either, and works on a read-only
+        mount; `add` is refused then."""
         root = Path(root)
         if not (root / "config.json").exists():
             raise FileNotFoundError(f"no memory at {root} (missing config.json)")
-        return cls(root, MemoryConfig.read(root / "config.json"), encoder)
+        return cls(root, MemoryConfig.read(root / "config.json"), encoder, snapshot=snapshot)
 
     @property
     def encoder(self) -> Encoder:

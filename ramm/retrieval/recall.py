@@ -70,7 +70,7 @@ def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10), match: str
     known = {d.id: concept_of(d, match) for d in queries}
     out = {}
     for name, q in (("text->image", enc.embed_text([d.text for d in queries])),
-                    ("image->text", enc.embed_image(np.stack([d.image for d in queries])))):
+                    ("image->text", enc.embed_image([d.image for d in queries]))):
         hits = memory.neighbours(q, k, exclude_ids=exclude)
         ranked = [[known[i] if i in known else concept_of(memory.get(i), match) for i, _ in row] for row in hits]
         out[name] = recall_at_k(ranked, targets, ks)

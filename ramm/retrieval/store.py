@@ -8,6 +8,8 @@ and its float32 embedding (so the index can be rebuilt or reconciled without re-
 """
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -15,6 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ramm.corpus.document import Document
+from ramm.utils import lock_held
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -28,18 +31,41 @@ CREATE INDEX IF NOT EXISTS docs_hash ON docs(hash);
 """
 
 
+def _os_error(e: sqlite3.OperationalError, path: Path) -> OSError:
+    """SQLite's error as an OSError naming the store (SQLite's messages name no file)."""
+    msg = str(e)
+    code = errno.ENOSPC if "full" in msg else errno.EACCES if "readonly" in msg or "unable to open" in msg else errno.EIO
+    return OSError(code, f"{os.strerror(code)} (sqlite: {msg})", str(path))
+
+
 class DocStore:
-    def __init__(self, path: str | Path, dim: int, create: bool = True):
-        """create=False (readers): the store must exist; opening it never creates or changes a file."""
+    def __init__(self, path: str | Path, dim: int, create: bool = True, snapshot: bool = False):
+        """create=False (readers): the store must exist; opening it never creates or changes a file.
+
+        snapshot=True (a short-lived reader: `memory search`, `eval retrieval`): opened read-only, so a WAL a
+        killed writer left is read, never checkpointed into the store; with no WAL and no writer holding
+        `writer_lock` (the `.lock` beside it), immutable: SQLite creates no -wal / -shm and a read-only
+        mount works. Not for a process that must see another's later writes (the server)."""
         self.path, self.dim = Path(path), dim
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"{self.path} not found: the memory's document store is missing")
-        self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True)
+        mode = "rwc" if create else "rw"
+        if snapshot:
+            wal = self.path.with_name(self.path.name + "-wal")
+            quiet = not wal.exists() and not lock_held(self.path.with_name(".lock"))
+            mode = "ro&immutable=1" if quiet else "ro"
+        try:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True)
+        except sqlite3.OperationalError as e:  # a read-only folder: "unable to open database file"
+            raise _os_error(e, self.path) from None
         try:
             if create:
                 self.db.execute("PRAGMA journal_mode=WAL")  # a killed writer never corrupts committed rows
                 self.db.executescript(SCHEMA)
             len(self)
+        except sqlite3.OperationalError as e:
+            self.db.close()
+            raise _os_error(e, self.path) from None
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise ValueError(f"{self.path}: not a readable memory store ({e})") from None
@@ -55,11 +81,14 @@ class DocStore:
         if len(docs) != len(embeddings) or embeddings.shape[1:] != (self.dim,):
             raise ValueError(f"{len(docs)} documents but embeddings of shape {embeddings.shape} (dim {self.dim})")
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        with self.db:
-            start = len(self)
-            self.db.executemany(
-                "INSERT INTO docs(row, id, hash, doc, emb) VALUES (?, ?, ?, ?, ?)",
-                [(start + i, d.id, d.content_hash(), d.to_json(), emb[i].tobytes()) for i, d in enumerate(docs)])
+        rows = [(i, d.id, d.content_hash(), d.to_json(), emb[i].tobytes()) for i, d in enumerate(docs)]
+        try:
+            with self.db:
+                start = len(self)
+                self.db.executemany("INSERT INTO docs(row, id, hash, doc, emb) VALUES (?, ?, ?, ?, ?)",
+                                    [(start + i, *rest) for i, *rest in rows])
+        except sqlite3.OperationalError as e:  # "database or disk is full", a read-only file: the batch is not stored
+            raise _os_error(e, self.path) from None
 
     def existing(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -120,7 +149,11 @@ class DocStore:
             rows = self.db.execute("SELECT emb FROM docs WHERE row >= ? ORDER BY row LIMIT ?", (start, chunk)).fetchall()
             if not rows:
                 return
-            yield np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), self.dim)
+            blobs = b"".join(r[0] for r in rows)
+            if len(blobs) != len(rows) * self.dim * 4:
+                raise ValueError(f"{self.path}: its embeddings do not have the memory's dim {self.dim} (stored "
+                                 f"{len(rows[0][0]) // 4} floats per row): is the memory's config.json edited?")
+            yield np.frombuffer(blobs, np.float32).reshape(len(rows), self.dim)
             start += len(rows)
 
     def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -28,6 +29,7 @@ from ramm.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, Queu
 from ramm.serve.config import ServeConfig
 from ramm.serve.schemas import (AnswerRequest, DocumentsAdded, DocumentsIn, EditRequest, Evidence, ImageRequest,
                                 Sample, SearchResponse, TaskResponse)
+from ramm.utils import Locked
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -71,6 +73,8 @@ class Engine:
     def decode_image(self, data: bytes, item: str):
         """Uploaded bytes -> uint8 (size, size, 3); the pixel count is checked from the header first."""
         from ramm.corpus.document import MAX_IMAGE_PIXELS, BadItem, decode_image_bytes
+        if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+            raise ValueError(f"{item}: not a readable image (the API takes PNG or JPEG)")
         try:
             return decode_image_bytes(data, item, self.image_size,
                                       max_pixels=min(self.cfg.max_image_pixels, MAX_IMAGE_PIXELS))
@@ -302,10 +306,19 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
         wait = max(1, math.ceil(2 * state["engine"].last_batch_s))
         return JSONResponse({"detail": f"server busy: {e}"}, 503, headers={"Retry-After": str(wait)})
 
+    @app.exception_handler(Locked)
+    async def _locked(request, e):  # another process writes the memory (`ramm memory build` / add): not our fault
+        return JSONResponse({"detail": str(e), "holder_pid": e.pid}, 503, headers={"Retry-After": "5"})
+
     @app.exception_handler(DeadlineExceeded)
     @app.exception_handler(Cancelled)
     async def _late(request, e):
         return JSONResponse({"detail": f"request cancelled: {e}"}, 504)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e):  # FastAPI's own answer, less each error's input (a NaN is not JSON)
+        errors = [{k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in e.errors()]
+        return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(ValueError)
     async def _bad(request, e):

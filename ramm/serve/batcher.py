@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
+from ramm.utils import Locked
+
 log = logging.getLogger(__name__)
 
 
@@ -139,7 +141,9 @@ class DynamicBatcher:
                 if len(results) != len(batch):
                     raise RuntimeError(f"run_batch gave {len(results)} results for {len(batch)} requests")
             except Exception as e:  # the whole batch failed: every request gets the error
-                if not isinstance(e, Cancelled):
+                if isinstance(e, (ValueError, Locked)):  # the request's fault (a 400) or another writer's (a 503)
+                    log.info("batch of %d %r requests refused: %s", len(batch), first.key, e)
+                elif not isinstance(e, Cancelled):
                     log.exception("batch of %d %r requests failed", len(batch), first.key)
                 results = [e] * len(batch)
             for job, res in zip(batch, results):

@@ -4,6 +4,7 @@ No field names a path on the server's disk: images travel as base64 PNG/JPEG or 
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,8 +20,9 @@ class _Strict(BaseModel):
 
 
 def _non_blank(v: str) -> str:
-    if not v.strip():
-        raise ValueError("caption is empty")
+    """Refuse a text of only spaces and invisible characters (zero-width spaces, joiners, controls)."""
+    if v is not None and all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc", "Zs") for ch in v):
+        raise ValueError("text is empty (only spaces or invisible characters)")
     return v
 
 
@@ -30,7 +32,7 @@ class ImageRequest(_Strict):
     method: Literal["sample", "cfg", "cd", "mix"] = Field("sample", description="decoding (CM3Leon): mix = half sample, half cd")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes the draw when the request is decoded alone")
     k: int = Field(2, ge=0, le=16, description="documents to retrieve from the memory (0: none)")
-    guidance: float = Field(3.0, ge=0.0, le=20.0, description="CFG scale (method cfg)")
+    guidance: float = Field(3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="CFG scale (method cfg)")
 
     _caption = field_validator("caption")(_non_blank)
 
@@ -66,6 +68,15 @@ class DocumentIn(_Strict):
     text: Optional[str] = Field(None, min_length=1, max_length=2000)
     image: Optional[str] = Field(None, min_length=1, description="base64 PNG/JPEG")
 
+    _text = field_validator("text")(_non_blank)
+
+    @field_validator("id")
+    @classmethod
+    def _named(cls, v):
+        if v is not None and not any(ch.isalnum() for ch in v):
+            raise ValueError(f"id {v!r} needs a letter or digit (ids such as '.' and '..' are refused)")
+        return v
+
     @model_validator(mode="after")
     def _has_content(self):
         if not self.text and not self.image:
@@ -89,8 +100,12 @@ class EditRequest(_Strict):
     image: str = Field(min_length=1, description="base64 PNG/JPEG")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
+    _instruction = field_validator("instruction")(_non_blank)
+
 
 class AnswerRequest(_Strict):
     question: str = Field(min_length=1, max_length=MAX_CAPTION_CHARS)
     image: Optional[str] = Field(None, description="base64 PNG/JPEG")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    _question = field_validator("question")(_non_blank)

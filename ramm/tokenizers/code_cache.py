@@ -42,14 +42,40 @@ def encode_images_cached(image_tokenizer, tokenizer_dir: str | Path, docs: Seque
     for d in docs:
         h.update(d.id.encode() + b"\0" + d.content_hash().encode())
     path = Path(cache_dir or default_cache_dir()) / "image_codes" / _tokenizer_key(tokenizer_dir) / f"{h.hexdigest()[:16]}.npy"
-    if path.exists():
-        codes = np.load(path, allow_pickle=False)
+    codes = _read_codes(path, len(docs), image_tokenizer) if path.exists() else None
+    if codes is not None:
         log.info("image codes of %d documents read from %s", len(docs), path)
     else:
         codes = encode_images(image_tokenizer, docs, batch, image_tokenizer.cfg.image_size)
-        atomic_write(path, lambda tmp: _save_npy(tmp, codes))
-        log.info("encoded %d images to %s", len(docs), path)
+        try:
+            atomic_write(path, lambda tmp: _save_npy(tmp, codes))
+            log.info("encoded %d images to %s", len(docs), path)
+        except OSError as e:  # a read-only or full cache costs the next run an encoding, not this run
+            log.warning("could not cache image codes in %s (%s): set RAMM_CACHE to a writable folder",
+                        path.parent, e.strerror or e)
     return {d.id: c for d, c in zip(docs, codes)}
+
+
+def _read_codes(path: Path, n: int, image_tokenizer) -> np.ndarray | None:
+    """The cached codes, or None (with a warning naming the file) when the entry is damaged: unreadable,
+    short, or not n x tokens_per_image integer codes in [0, codebook_size) (with no tokenizer given, n rows
+    of integers). A damaged entry is re-encoded."""
+    cols = image_tokenizer.tokens_per_image if image_tokenizer is not None else None
+    try:
+        codes = np.load(path, allow_pickle=False)
+        bad = None
+        if codes.ndim != 2 or len(codes) != n or cols not in (None, codes.shape[1]) or codes.dtype.kind not in "iu":
+            bad = f"holds {codes.dtype} {codes.shape}, expected int ({n}, {cols or 'tokens per image'})"
+        elif codes.size and (codes.min() < 0 or (cols and codes.max() >= image_tokenizer.codebook_size)):
+            bad = "holds codes outside the codebook"
+    except Exception as e:  # numpy raises ValueError, EOFError, KeyError, OSError... on damaged files
+        bad = f"unreadable ({type(e).__name__}: {e})"
+    if bad is None:
+        return codes.astype(np.int64, copy=False)
+    if image_tokenizer is None:
+        raise ValueError(f"image code cache entry {path} {bad}, and no image tokenizer was given to encode again")
+    log.warning("image code cache entry %s %s: encoding the images again", path, bad)
+    return None
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:

@@ -75,7 +75,10 @@ class TextTokenizer:
         path = Path(model_dir) / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise ValueError(f"{path}: not a readable tokenizer ({e})") from None
 
 
 class ByteTokenizer:

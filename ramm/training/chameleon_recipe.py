@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ramm.config import ChameleonFinetuneConfig
-from ramm.training.recipe import start_run
+from ramm.training.recipe import holds_run_folder, start_run
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def unsharded(cfg: ChameleonFinetuneConfig, weights: dict[str, torch.Tensor]):
     return model
 
 
+@holds_run_folder
 def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
     """Load cfg.model, RA fine-tune it on cfg.corpus with cfg.memory, save to cfg.out; returns a summary."""
     import torch.distributed as dist

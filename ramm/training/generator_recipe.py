@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 
 from ramm.config import GeneratorConfig
-from ramm.training.recipe import start_run
+from ramm.training.recipe import holds_run_folder, start_run
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: d
     return out
 
 
+@holds_run_folder
 def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -> dict:
     """Train, save the generator to cfg.out, return the final evaluation (also in eval.json there);
     cfg.split places the documents that carry no split field.

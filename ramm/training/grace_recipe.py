@@ -16,7 +16,7 @@ import numpy as np
 
 from ramm.config import GraceConfig
 from ramm.corpus.document import Document
-from ramm.training.recipe import start_run
+from ramm.training.recipe import holds_run_folder, start_run
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def grace_documents(cfg: GraceConfig) -> tuple[list[Document], list[Document]]:
     return memorized, [d for d in memorized if splits.of(d) in cfg.retrieve_splits]
 
 
+@holds_run_folder
 def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: Sequence[Document],
                 pseudo_queries: Callable[[Document], Sequence[str]] | None = None):
     """Builds identifiers for `memorized`, trains the stages (retrieval on the queries of `retrieve_docs`, which
@@ -96,7 +97,7 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
     embeddings = None
     if cfg.scheme == "structured":
         from ramm.retrieval.encoder import load_encoder
-        embeddings = load_encoder(cfg.retriever).embed_image(np.stack([d.image for d in memorized]))
+        embeddings = load_encoder(cfg.retriever).embed_image([d.image for d in memorized])
     idents = build_identifiers(cfg.scheme, [d.id for d in memorized], vocab, text_tok,
                                captions=[d.text for d in memorized], embeddings=embeddings,
                                k=cfg.k, leaf_size=cfg.leaf_size, seed=cfg.trainer.seed)

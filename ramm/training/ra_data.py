@@ -73,7 +73,7 @@ def precompute_neighbours(memory, docs: Sequence[Document], cfg: RAConfig, partn
     if "text" in kinds:
         queries["text"] = memory.encoder.embed_text([query_dropout(d.text, p, rng) if p > 0 else d.text for d in docs])
     if "image" in kinds:
-        queries["image"] = memory.encoder.embed_image(np.stack([d.image for d in docs]))
+        queries["image"] = memory.encoder.embed_image([d.image for d in docs])
     exempt = [partners.get(d.id, set()) if cfg.exempt_partner else set() for d in docs]
     if leave_one_out:
         excluded, hashes = [[d.id] for d in docs], [[d.content_hash()] for d in docs]

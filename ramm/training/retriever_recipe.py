@@ -19,7 +19,9 @@ import torch
 from ramm.config import RetrieverRecipeConfig
 from ramm.corpus.document import Document
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
+from ramm.retrieval.encoder import as_image_batch
 from ramm.retrieval.recall import concept_of, exact_leave_one_out, recall_at_k
+from ramm.training.recipe import run_lock
 from ramm.training.trainer import Trainer, TrainerConfig
 from ramm.utils import output_dir, seed_everything
 
@@ -64,12 +66,9 @@ class ConceptViews(torch.utils.data.Dataset):
         # the draw is made with or without alt_text, so the augmentations that follow stay the same
         texts = [self.alt_text(d) if rng.random() < self.cfg.name_view_prob and self.alt_text else d.text
                  for d in (a, b)]
-        images = np.stack([shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)])
+        images = [shift_image(d.image, rng, self.cfg.max_shift) for d in (a, b)]
         flip = rng.random(2) < self.cfg.flip_prob
-        images = np.stack([im[:, ::-1] if f else im for im, f in zip(images, flip)])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True) \
-            if x.shape[-1] != self.size else x
+        x = as_image_batch([im[:, ::-1] if f else im for im, f in zip(images, flip)], self.size)  # sizes may differ
         t = self.model.tokenize(texts)
         return {"image": x[0], "image_b": x[1], "text": t[0], "text_b": t[1]}
 
@@ -92,7 +91,7 @@ def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: li
     self_rows = [row[d.id] for d in queries]
     out = {}
     for name, q in (("t2i", model.embed_text([d.text for d in queries])),
-                    ("i2t", model.embed_image(np.stack([d.image for d in queries])))):
+                    ("i2t", model.embed_image([d.image for d in queries]))):
         top = exact_leave_one_out(q, mem, self_rows, max(ks))
         for k, r in recall_at_k([[concepts[j] for j in t] for t in top], targets, ks).items():
             out[f"{name}_r{k}"] = r
@@ -116,10 +115,18 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
                          f"micro-batches of one pair: InfoNCE needs >= 2 pairs per batch to contrast")
     model_cfg, recipe = model_cfg or DualEncoderConfig(), recipe or RetrieverRecipeConfig()
     out = output_dir(out_dir, "encoder")
+    with run_lock(out):  # a second training into this folder is refused before it writes anything
+        return _train(out, train_docs, trainer_cfg, model_cfg, recipe, val_docs, memory_docs, alt_text)
+
+
+def _train(out: Path, train_docs, trainer_cfg, model_cfg, recipe, val_docs, memory_docs, alt_text) -> dict:
     tok_file = out / "tokenizer.json"
     if trainer_cfg.resume and tok_file.exists():  # resuming: the tokenizer must not change under the weights
         from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise ValueError(f"cannot resume: {tok_file} is not a readable tokenizer ({e})") from None
     else:
         texts = [d.text for d in train_docs] + ([alt_text(d) for d in train_docs] if alt_text else [])
         tokenizer = train_text_tokenizer(texts, model_cfg.text_vocab_size)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, replace
 
 from ramm.config import SFTConfig
-from ramm.training.recipe import start_run
+from ramm.training.recipe import holds_run_folder, start_run
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retri
     return out
 
 
+@holds_run_folder
 def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None = None) -> dict:
     """Tune cfg.pretrained on cfg.corpus, save the tuned generator to cfg.out, return the val evaluation.
     `pairings` / `masks` override what the corpus offers (`corpus_tasks`)."""

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ramm.config import TrainerConfig
+from ramm.training.recipe import run_lock
 from ramm.utils import atomic_write_bytes, atomic_write_json, autocast_dtype, cpu_has_bf16, output_dir, pick_device
 
 log = logging.getLogger(__name__)
@@ -143,15 +144,39 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer_state
 
 
 def _complete_step(ckpt: Path) -> int | None:
-    """The step of a complete checkpoint folder (each file is written atomically, trainer_state.json
-    after the rest), else None."""
-    try:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and \
-            all((ckpt / f"rng-{r}.json").is_file() for r in range(int(state["world"])))
-        return int(state["step"]) if complete else None
-    except (OSError, ValueError, KeyError, TypeError):
+    """The step of a complete checkpoint folder, None when it has no trainer_state.json (a save a kill
+    interrupted: each file is written atomically, trainer_state.json after the rest). A trainer_state.json
+    that is there but unreadable, or whose files are missing, is damage no kill makes: ValueError naming it,
+    rather than a resume from step 0 that would overwrite the run."""
+    state_file = ckpt / "trainer_state.json"
+    if not state_file.is_file():
         return None
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        step, world = int(state["step"]), int(state["world"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot resume: {state_file} is unreadable ({type(e).__name__}: {e}). Restore it, or "
+                         f"delete {ckpt} (or set --trainer.resume false) to train from step 0 over this run") from None
+    missing = [f for f in (*CHECKPOINT_FILES, *(f"rng-{r}.json" for r in range(world))) if not (ckpt / f).is_file()]
+    if missing:
+        raise ValueError(f"cannot resume: {ckpt} lacks {', '.join(missing)} though its trainer_state.json marks it "
+                         f"complete. Restore them, or delete {ckpt} to train from step 0 over this run")
+    return step
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a line that is not a JSON object with a step (a kill mid-write, damage)
+    is dropped with a warning."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+            if row is not None:
+                int(row["step"])
+                rows.append(row)
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s:%d is not a metrics row: dropped", path, n)
+    return rows
 
 
 def _discard(path: Path) -> None:
@@ -314,18 +339,34 @@ class Trainer:
         return _complete_step(self.ckpt_dir) is not None
 
     def load_checkpoint(self) -> None:
+        """Weights, optimizer, RNG and step from checkpoint/; ValueError naming the file that is unreadable
+        (truncated, tampered) or does not fit this model (another architecture)."""
         from safetensors.torch import load_file
 
         state = json.loads((self.ckpt_dir / "trainer_state.json").read_text())
-        weights = load_file(self.ckpt_dir / "model.safetensors")
-        for alias, name in state["aliases"].items():
-            weights[alias] = weights[name]
-        osd = _unflatten_optimizer(load_file(self.ckpt_dir / "optimizer.safetensors"), state["optimizer"])
-        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=osd,
-                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tensors = {}
+        for name in ("model.safetensors", "optimizer.safetensors"):
+            try:
+                tensors[name] = load_file(self.ckpt_dir / name)
+            except Exception as e:  # safetensors raises its own type on truncated / foreign files
+                raise ValueError(f"cannot resume: {self.ckpt_dir / name} is not a readable safetensors file "
+                                 f"({' '.join(str(e).split())[:200]})") from None
+        weights = tensors["model.safetensors"]
+        try:
+            for alias, name in state["aliases"].items():
+                weights[alias] = weights[name]
+            osd = _unflatten_optimizer(tensors["optimizer.safetensors"], state["optimizer"])
+            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=osd,
+                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ValueError(f"cannot resume: the checkpoint in {self.ckpt_dir} does not fit this model (another "
+                             f"architecture or config?): {' '.join(str(e).split())[:300]}") from None
         rng = self.ckpt_dir / f"rng-{self.rank}.json"
         if state["world"] == self.world and rng.exists():
-            _set_rng_state(json.loads(rng.read_text()))
+            try:
+                _set_rng_state(json.loads(rng.read_text()))
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                raise ValueError(f"cannot resume: {rng} is unreadable ({type(e).__name__}: {e})") from None
         else:
             log.warning("checkpoint from %d ranks resumed on %d: RNG streams restart", state["world"], self.world)
         self.step = state["step"]
@@ -341,9 +382,10 @@ class Trainer:
         if self.rank != 0:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
+        self._kept_rows = []
         if self.step and path.exists():  # drop rows logged after the checkpoint we resumed from
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
-            atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+            self._kept_rows = [row for row in _read_metrics(path) if row["step"] <= self.step]
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in self._kept_rows).encode())
         elif path.exists():
             path.unlink()
         try:
@@ -379,13 +421,19 @@ class Trainer:
         return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype)
 
     def fit(self, until_step: int | None = None) -> dict:
-        """Train to cfg.steps (or `until_step`, or the time limit); returns the last metrics row."""
+        """Train to cfg.steps (or `until_step`, or the time limit); returns the last metrics row. The output
+        folder is locked meanwhile: a second training into it is refused, naming this process."""
+        with run_lock(self.out, self.rank):
+            return self._fit(until_step)
+
+    def _fit(self, until_step: int | None) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         if cfg.resume and self._recover_checkpoint():
             self.load_checkpoint()
         end = min(cfg.steps, until_step or cfg.steps)
+        finished = self.step >= end  # resuming a run that already reached its end
         f = self._metrics_writer()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.rank == 0),
                    desc="train", dynamic_ncols=True)
@@ -438,7 +486,16 @@ class Trainer:
                             "those of the configured budget", cfg.max_minutes, self.step, end)
                 break
         bar.close()
-        row.update(self._evaluate(f))
+        done = [r for r in getattr(self, "_kept_rows", []) if r["step"] == self.step]  # rank 0's log
+        logged = finished and any("lr" not in r for r in done)  # the finished run's final evaluation is logged
+        if self.distributed:  # every rank evaluates, or none
+            flag = torch.tensor([float(logged)], device=self.device)
+            dist.broadcast(flag, 0)
+            logged = bool(flag.item())
+        if logged:
+            row = {k: v for r in done for k, v in r.items()}
+        else:
+            row.update(self._evaluate(f))
         if f is not None:
             f.close()
             if self.tb is not None:

@@ -88,6 +88,42 @@ def test_bad_memory_documents(client):
     assert r.status_code == 413
 
 
+def test_adding_while_another_writer_holds_the_memory_is_503_naming_the_holder(client, facade):
+    import os
+
+    from ramm.retrieval.memory import writer_lock
+    with writer_lock(facade.memory.root):  # as `ramm memory build` into the served memory would
+        r = client.post("/v1/memory/documents", json={"documents": [{"id": "held", "text": "a held memory"}]})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert f"being written by pid {os.getpid()}" in r.json()["detail"] and r.json()["holder_pid"] == str(os.getpid())
+    r = client.post("/v1/memory/documents", json={"documents": [{"id": "held", "text": "a held memory"}]})
+    assert r.status_code == 200 and r.json()["added"] == 1
+
+
+def test_nan_guidance_is_422_naming_the_field(client):
+    r = client.post("/v1/images", content=b'{"caption": "a emoji: red square", "guidance": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "guidance" in {str(p) for e in r.json()["detail"] for p in e["loc"]}
+
+
+def test_gif_uploads_and_invisible_or_dot_only_fields_are_refused(client):
+    gif = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(gif, "GIF")
+    r = upload(client, gif.getvalue(), "anim.gif")
+    assert r.status_code == 400 and "PNG or JPEG" in r.json()["detail"]
+    assert client.post("/v1/images", json=image_request(caption="\u200b")).status_code == 422
+    for doc in ({"id": "..", "text": "t"}, {"id": ".", "text": "t"}, {"text": "\u200b\u200d"}):
+        assert client.post("/v1/memory/documents", json={"documents": [doc]}).status_code == 422, doc
+
+
+def test_expected_refusals_are_not_logged_as_errors(client, caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        r = upload(client, b"this is not an image", "notes.txt")
+    assert r.status_code == 400
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info]
+
+
 def test_bad_search_queries_are_422(client):
     assert client.get("/v1/memory/search", params={"q": ""}).status_code == 422
     assert client.get("/v1/memory/search", params={"q": "x", "k": 0}).status_code == 422
