@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, BadItem) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, BadItem) as e:
         print(f"ramm: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

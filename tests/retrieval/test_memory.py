@@ -185,7 +185,7 @@ def test_corrupt_index_is_rebuilt_from_the_store_not_fatal(memory, docs):
 
 
 def test_second_writer_is_refused_naming_the_pid(tmp_path, docs, encoder_dir):
-    from ramm.retrieval.memory import writer_lock
+    from ramm.retrieval.faiss_memory import writer_lock
     with writer_lock(tmp_path / "m"):
         with pytest.raises(RuntimeError, match=f"being written by pid {os.getpid()}"):
             Memory.build(docs[:4], encoder_dir, tmp_path / "m", progress=False)

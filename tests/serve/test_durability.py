@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def start_server(bundle, memory, port):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ramm", "serve", "--model", str(bundle / "gen"), "--memory", str(memory),
            "--device", "cpu", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
