@@ -31,7 +31,7 @@ import numpy as np
 from ramm.corpus.document import Document
 from ramm.retrieval.encoder import Encoder, encoder_fingerprint, load_encoder, save_encoder_copy
 from ramm.retrieval.index import IndexSpec, check_vectors, choose_index, load_index, new_index, save_index
-from ramm.retrieval.memory import ENCODER_DIR, Memory
+from ramm.retrieval.memory import ENCODER_DIR, Memory, memory_backend
 from ramm.retrieval.store import DocStore
 from ramm.utils import atomic_write_json, output_dir
 
@@ -119,6 +119,8 @@ class FaissMemory(Memory):
         cfg_file = out_dir / "config.json"
         with writer_lock(out_dir):
             if cfg_file.exists():
+                if (backend := memory_backend(out_dir)) != "faiss":
+                    raise ValueError(f"{out_dir} is a {backend} memory: build the FAISS memory in another directory")
                 mem = cls(out_dir, MemoryConfig.read(cfg_file), encoder, create=True)
                 if mem.config.dim != encoder.dim:
                     raise ValueError(f"{out_dir} holds dim-{mem.config.dim} embeddings, the encoder gives {encoder.dim}")

@@ -33,7 +33,7 @@ import numpy as np
 
 from ramm.corpus.document import Document
 from ramm.retrieval.encoder import Encoder, encoder_fingerprint, load_encoder, save_encoder_copy
-from ramm.retrieval.memory import ENCODER_DIR, Memory
+from ramm.retrieval.memory import ENCODER_DIR, Memory, memory_backend
 from ramm.utils import atomic_write_json, output_dir
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,8 @@ class MilvusMemory(Memory):
         out_dir = output_dir(out_dir, "memory")
         cfg_file = out_dir / "config.json"
         if cfg_file.exists():
+            if (backend := memory_backend(out_dir)) != "milvus":
+                raise ValueError(f"{out_dir} is a {backend} memory: build the Milvus memory in another directory")
             cfg = MilvusConfig.read(cfg_file)
             if uri and _absolute(uri, Path.cwd()) != _absolute(cfg.uri, out_dir):
                 raise ValueError(f"memory {out_dir} is on Milvus {cfg.uri}, not {uri}: give another directory")
