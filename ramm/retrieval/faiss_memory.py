@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 
+
 @dataclass
 class MemoryConfig:
     encoder: str  # directory the encoder was taken from (a record; the memory uses its own copy in encoder/)
@@ -87,7 +88,10 @@ def writer_lock(root: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.close(fd)
 
+
 class FaissMemory(Memory):
+    """A Memory in one directory: FAISS index + SQLite store; keys are store rows (= FAISS ids)."""
+
     def __init__(self, root: str | Path, config: MemoryConfig, encoder: Encoder | None = None,
                  create: bool = False):
         """Open a memory; create=True (a writer) may create its store. The index is read, or rebuilt in
