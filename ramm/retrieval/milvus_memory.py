@@ -10,7 +10,7 @@ while the documents and vectors live in one Milvus collection:
   doc     VARCHAR(65535): Document JSON (text, metadata, images as PNG base64); larger documents are skipped
           and counted (`skipped_document_too_large`): keep big images outside and refer to them
   run     VARCHAR(32): the ingestion that stored the row (tells a duplicate id of one build from a resume)
-The collection's description records the encoder fingerprint and dim, so a memory folder made with another
+The collection's property `ramm.memory` records the encoder fingerprint and dim, so a memory folder made with another
 encoder, or of another width, is refused against it. A URI is a path ending in `.db` (Milvus Lite: the same
 engine embedded in this process, one process per file) or `http(s)://host:port` (a Milvus server or cluster);
 credentials come from the environment only (MILVUS_TOKEN, or MILVUS_USER and MILVUS_PASSWORD). Every call has
@@ -49,7 +49,7 @@ INDEXES = {  # index_type -> (build params, search params); all over inner produ
     "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
 }
 CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
-MEMORY_MARK = "ramm-memory"  # the key of ramm's record in a collection's description
+MEMORY_MARK = "ramm.memory"  # the collection property holding ramm's record (JSON: version, dim, encoder_sha256)
 
 
 def uri_kind(uri: str) -> str:
@@ -169,13 +169,12 @@ class MilvusMemory(Memory):
 
     # ---- the collection -----------------------------------------------------------------------
     def _record(self) -> dict:
-        return {MEMORY_MARK: 1, "dim": self.config.dim, "encoder_sha256": self.config.encoder_sha256}
+        return {"version": 1, "dim": self.config.dim, "encoder_sha256": self.config.encoder_sha256}
 
     def _create_collection(self) -> None:
         from pymilvus import DataType, MilvusClient
         cfg = self.config
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                            description=json.dumps(self._record()))
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=cfg.dim)
         schema.add_field("hash", DataType.VARCHAR, max_length=64)
@@ -185,7 +184,7 @@ class MilvusMemory(Memory):
         index.add_index(field_name="vector", index_type=cfg.index_type, metric_type="IP", params=cfg.index_params)
         try:
             self._call("create_collection", cfg.collection, schema=schema, index_params=index,
-                       consistency_level=cfg.consistency)
+                       consistency_level=cfg.consistency, properties={MEMORY_MARK: json.dumps(self._record())})
         except ConnectionError:
             if not self._call("has_collection", cfg.collection):  # else another writer created it first
                 raise
@@ -197,11 +196,11 @@ class MilvusMemory(Memory):
         info = self._call("describe_collection", self.config.collection)
         where = f"collection {self.config.collection!r} at Milvus {self.uri}"
         try:
-            record = json.loads(info.get("description") or "{}")
+            record = json.loads((info.get("properties") or {}).get(MEMORY_MARK, "{}"))
         except json.JSONDecodeError:
             record = {}
-        if not isinstance(record, dict) or MEMORY_MARK not in record:
-            raise ValueError(f"{where} is not a ramm memory (its description holds no {MEMORY_MARK} record)")
+        if not isinstance(record, dict) or record.get("version") != 1:
+            raise ValueError(f"{where} is not a ramm memory (no {MEMORY_MARK} property)")
         if record.get("dim") != self.config.dim:
             raise ValueError(f"{where} holds dim-{record.get('dim')} vectors, memory {self.root} has dim "
                              f"{self.config.dim}: build a new collection for this encoder")

@@ -46,7 +46,7 @@ def test_milvus_exact_search_returns_the_faiss_flat_top_k(twins, docs, strategy)
     want = faiss.neighbours(q, 10, exclude_ids=exclude, strategy=strategy)
     got = milvus.neighbours(q, 10, exclude_ids=exclude, strategy=strategy)
     for a, b in zip(want, got):
-        assert len(a) == len(b) == 10
+        assert len(a) == len(b) >= 5  # a strong rule may admit fewer than k of the whole memory
         # exact duplicates tie, and each engine may order a tie either way: compare contents, then scores
         assert [content[i] for i, _ in a] == [content[i] for i, _ in b]
         np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
