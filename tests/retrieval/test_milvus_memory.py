@@ -123,7 +123,7 @@ def test_a_build_cut_off_by_a_dropped_connection_resumes_without_duplicates(tmp_
     with pytest.raises(ConnectionError, match="connection reset"):
         MilvusMemory.build(docs, encoder_dir, tmp_path / "m", batch_size=8, progress=False)
     monkeypatch.setattr(MilvusMemory, "_call", real)
-    mem = MilvusMemory.build(docs + docs[:3], encoder_dir, tmp_path / "m", batch_size=8, progress=False)
+    mem = MilvusMemory.build(docs + docs[-3:], encoder_dir, tmp_path / "m", batch_size=8, progress=False)
     assert mem.stats["already_present"] == 24 and mem.stats["added"] == len(docs) - 24
     assert mem.stats["skipped_duplicate_id"] == 3  # the second copies in this run
     ids = mem.ids
