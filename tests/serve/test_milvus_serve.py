@@ -19,7 +19,7 @@ def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bund
     servers = [None, None]
 
     def start(i):
-        servers[i] = start_server(bundle, tmp_path / "memory", free_port())
+        servers[i] = start_server(bundle, tmp_path / "memory", free_port(), wait_s=180)  # two start at once
 
     starting = [threading.Thread(target=start, args=(i,)) for i in range(2)]
     for t in starting:
