@@ -64,7 +64,10 @@ def test_memory_load_opens_a_milvus_memory_with_its_documents(twins, docs):
     assert again.ids == sorted(faiss.ids)
     d = again.get(docs[4].id)
     assert d.text == docs[4].text and np.array_equal(d.image, docs[4].image) and d.metadata == docs[4].metadata
-    assert [x.id for x in again.documents([docs[2].id, docs[1].id])] == [docs[2].id, docs[1].id]
+    for mem in (faiss, again):  # one batched read, in the order asked
+        assert [x.id for x in mem.documents([docs[2].id, docs[1].id])] == [docs[2].id, docs[1].id]
+        with pytest.raises(KeyError, match="no document 'nope'"):
+            mem.documents([docs[0].id, "nope"])
     with pytest.raises(KeyError, match="no document 'nope'"):
         again.get("nope")
     assert again.add(docs[:5])["already_present"] == 5 and len(again) == len(faiss)  # nothing added twice
