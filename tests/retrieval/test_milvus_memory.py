@@ -188,3 +188,26 @@ def test_cli_builds_adds_to_and_searches_a_milvus_memory(tmp_path, docs, encoder
     assert run(["memory", "build", "--corpus", str(tmp_path / "more.jsonl"), "--encoder", str(encoder_dir),
                 "--out", str(tmp_path / "x"), "--uri", str(uri)]) == 1
     assert "--uri and --collection are for --backend milvus" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_the_emojibench_memory_milvus_exact_search_returns_the_faiss_flat_top_k(tmp_path, emojibench_dir,
+                                                                                    encoder_dir):
+    from ramm.corpus.emojibench import load_emojibench
+    from ramm.retrieval.milvus_memory import MilvusMemory
+    docs = load_emojibench(emojibench_dir, splits=["test"])[:800]
+    faiss = Memory.build(docs, encoder_dir, tmp_path / "faiss", batch_size=128, progress=False)
+    milvus = MilvusMemory.build(docs, encoder_dir, tmp_path / "milvus", index_type="FLAT", batch_size=128,
+                                progress=False)
+    assert len(faiss) == len(milvus) == len(docs)
+    queries = docs[::20]
+    q = np.concatenate([faiss.encoder.embed_text([d.text for d in queries]),
+                        faiss.encoder.embed_image(np.stack([d.image for d in queries]))])
+    exclude = [[d.id] for d in queries] * 2
+    content = {d.id: d.content_hash() for d in docs}
+    for strategy in ("relevance", "ra-cm3"):
+        want = faiss.neighbours(q, 10, exclude_ids=exclude, strategy=strategy)
+        got = milvus.neighbours(q, 10, exclude_ids=exclude, strategy=strategy)
+        for a, b in zip(want, got):
+            assert [content[i] for i, _ in a] == [content[i] for i, _ in b]
+            np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
