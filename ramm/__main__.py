@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError
+    except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError, ConnectionError an OSError
         print(f"ramm: error: {error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -89,7 +89,12 @@ class MemoryBuildJob:
     out: str  # memory directory
     splits: tuple[str, ...] = SPLITS  # splits whose documents go in
     batch_size: int = 256  # documents embedded per store transaction
-    flat_below: int = 100_000  # exact (flat) index below this many documents, approximate above
+    flat_below: int = 100_000  # faiss: exact (flat) index below this many documents, approximate above
+    backend: str = "faiss"  # faiss: index and store in `out` (one machine) | milvus: a Milvus collection at `uri`
+    uri: str = ""  # milvus: a path ending in .db (Milvus Lite; default out/milvus.db) or http(s)://host:port; credentials from MILVUS_TOKEN (or MILVUS_USER, MILVUS_PASSWORD)
+    collection: str = ""  # milvus: collection name (default ramm_<out's name>)
+    index_type: str = "HNSW"  # milvus: FLAT (exact) | HNSW | IVF_FLAT | IVF_SQ8
+    timeout: float = 10.0  # milvus: seconds one call (connecting included) may take before it is an error
     strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
@@ -98,6 +103,35 @@ class MemoryBuildJob:
         self.splits = _check_splits("splits", self.splits)
         if self.batch_size <= 0 or self.flat_below < 0:
             raise ValueError("need batch_size > 0 and flat_below >= 0")
+        if self.backend not in ("faiss", "milvus"):
+            raise ValueError(f"backend must be faiss or milvus, got {self.backend!r}")
+        if self.backend == "faiss" and (self.uri or self.collection):
+            raise ValueError("--uri and --collection are for --backend milvus")
+
+    def backend_options(self) -> dict:
+        """The keywords the backend's Memory.build takes from this job."""
+        if self.backend == "milvus":
+            return {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
+                    "timeout": self.timeout}
+        return {"flat_below": self.flat_below}
+
+
+@dataclass
+class MemoryAddJob:
+    """`ramm memory add MEMORY CORPUS`: add a corpus' new documents to a built memory (any backend)."""
+
+    memory: str  # memory directory (positional)
+    corpus: str  # any corpus `open_corpus` reads (positional)
+    splits: tuple[str, ...] = SPLITS  # splits whose documents go in
+    batch_size: int = 256  # documents embedded per write
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        require(self, ("memory", "corpus"))
+        self.splits = _check_splits("splits", self.splits)
+        if self.batch_size <= 0:
+            raise ValueError("need batch_size > 0")
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""`ramm train retriever`, `ramm memory build|search`, `ramm eval retrieval`.
+"""`ramm train retriever`, `ramm memory build|add|search`, `ramm eval retrieval`.
 
-Flags and `--config FILE` of train / build / eval are the fields of `ramm.jobs.RetrieverJob`,
-`MemoryBuildJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`, `--split.seed`, ...).
+Flags and `--config FILE` of train / build / add / eval are the fields of `ramm.jobs.RetrieverJob`,
+`MemoryBuildJob`, `MemoryAddJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`,
+`--split.seed`, `--backend milvus --uri URI`, ...).
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from ramm.cli import corpus_documents
 
 
 def register(cli) -> None:
-    from ramm.jobs import MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
+    from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
     cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split", RetrieverJob,
                        _train, group="train")
     cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,
                        group="memory")
-
+    cli.config_command("add", "embed a corpus' new documents into a built memory", MemoryAddJob, _add,
+                       group="memory", positional=("memory", "corpus"))
     cli.config_command("search", "query a memory by text or image", MemorySearchJob, _search, group="memory",
                        positional=("memory", "text"))
 
@@ -47,30 +49,46 @@ def _build(cfg) -> int:
     from ramm.corpus import open_corpus
     from ramm.retrieval.distributed_build import build_distributed, embedding_report, world_size
     from ramm.retrieval.encoder import load_encoder
-    from ramm.retrieval.memory import Memory
+    from ramm.retrieval.memory import memory_class
     encoder = load_encoder(cfg.encoder)
     image_size = getattr(getattr(encoder, "cfg", None), "image_size", None)  # decode large images reduced
     corpus = open_corpus(cfg.corpus, strict=cfg.strict, image_size=image_size)
     docs = cfg.split.select(corpus, cfg.splits)
-    if world_size() > 1:  # under torchrun: each rank embeds its shard, rank 0 merges
-        mem = build_distributed(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, flat_below=cfg.flat_below)
+    if world_size() > 1:  # under torchrun: each rank embeds its shard (faiss: rank 0 merges them)
+        mem = build_distributed(docs, cfg.encoder, cfg.out, batch_size=cfg.batch_size, backend=cfg.backend,
+                                **cfg.backend_options())
         if mem is None:
             return 0
         for rep in embedding_report(cfg.out):
             print(f"  rank {rep['rank']}: {rep['documents']} documents embedded at {rep['docs_per_s']:.1f} docs/s")
-        print(f"memory {cfg.out}: {len(mem)} documents from {rep['world']} shards; "
-              f"index {mem.spec.factory} {mem.spec.params}".rstrip())
+        print(f"memory {cfg.out}: {len(mem)} documents from {rep['world']} shards; index {mem.index_description}")
         return 0
-    mem = Memory.build(docs, encoder, cfg.out, encoder_path=cfg.encoder, batch_size=cfg.batch_size,
-                       flat_below=cfg.flat_below)
+    mem = memory_class(cfg.backend).build(docs, encoder, cfg.out, encoder_path=cfg.encoder, batch_size=cfg.batch_size,
+                                          **cfg.backend_options())
+    _report(mem, cfg.out, corpus)
+    return 0
+
+
+def _add(cfg) -> int:
+    from ramm.corpus import open_corpus
+    from ramm.retrieval.memory import Memory
+    mem = Memory.load(cfg.memory)
+    image_size = getattr(getattr(mem.encoder, "cfg", None), "image_size", None)
+    corpus = open_corpus(cfg.corpus, strict=cfg.strict, image_size=image_size)
+    mem.add(cfg.split.select(corpus, cfg.splits), batch_size=cfg.batch_size, progress=True)
+    _report(mem, cfg.memory, corpus)
+    return 0
+
+
+def _report(mem, where: str, corpus) -> None:
+    """What a build or add did: counts, and every skip reason (the memory's and the loader's)."""
     s = mem.stats
     reasons = Counter({k[len("skipped_"):]: v for k, v in s.items() if k.startswith("skipped_")})
     reasons.update(corpus.skips.skipped)  # the loader's skips (unreadable rows never reach the memory)
-    print(f"memory {cfg.out}: {len(mem)} documents ({s['added']} added, {s['already_present']} already present, "
-          f"{sum(reasons.values())} skipped); index {mem.spec.factory} {mem.spec.params}".rstrip())
+    print(f"memory {where}: {len(mem)} documents ({s['added']} added, {s['already_present']} already present, "
+          f"{sum(reasons.values())} skipped); index {mem.index_description}")
     for reason, n in reasons.most_common():
         print(f"  skipped {reason}: {n}")
-    return 0
 
 
 def _search(cfg) -> int:

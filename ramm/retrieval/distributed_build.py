@@ -8,6 +8,12 @@ stored document's position in the corpus and its embedding throughput. After a b
 vectors instead of re-embedding: the index is chosen for the full size, trained once on a sample of
 all vectors and filled from every shard, so the result is the memory one process would have built.
 Across nodes the shards' directory must be on a filesystem every rank sees (the merge reads them all).
+
+With the Milvus backend there is nothing to merge: rank 0 creates the memory (its directory, the collection
+and its index) with an empty build, and after a barrier every rank opens it and upserts its own items into
+the one collection; the result is the collection one process would have filled. Every rank must see `<out>`
+(it holds the config and the encoder copy) and reach the URI: a server's http:// URI (Milvus Lite serves one
+process).
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import torch.distributed as dist
 
 from ramm.corpus.document import Document
 from ramm.retrieval.encoder import Encoder, load_encoder
-from ramm.retrieval.memory import Memory
+from ramm.retrieval.faiss_memory import FaissMemory
+from ramm.retrieval.memory import Memory, memory_class
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ class StoredVectors(Encoder):
     """An Encoder that answers `embed_documents` with the vectors the shards already computed; it `replays`
     the shards' encoder, so the merged memory records (and copies) that encoder, not this one."""
 
-    def __init__(self, shards: list[Memory]):
+    def __init__(self, shards: list[FaissMemory]):
         self.shards = shards
         self.replays = shards[0].encoder
         self.dim = shards[0].config.dim
@@ -54,9 +61,10 @@ def shard_dir(out: str | Path, rank: int) -> Path:
 
 
 def build_distributed(corpus: Iterable, encoder_path: str | Path, out: str | Path, *, batch_size: int = 256,
-                      flat_below: int = 100_000, progress: bool = False) -> Memory | None:
+                      progress: bool = False, backend: str = "faiss", **options) -> Memory | None:
     """Run on every rank (gloo or nccl process group, initialised here when torchrun started us);
-    returns the merged Memory on rank 0, None elsewhere."""
+    returns the built Memory on rank 0, None elsewhere. `options`: the backend's build keywords
+    (faiss: flat_below; milvus: uri, collection, index_type)."""
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -70,17 +78,31 @@ def build_distributed(corpus: Iterable, encoder_path: str | Path, out: str | Pat
                 yield item
 
     t0 = time.perf_counter()
-    shard = Memory.build(my_items(), load_encoder(encoder_path), shard_dir(out, rank), encoder_path=encoder_path,
-                         batch_size=batch_size, flat_below=flat_below, progress=progress and rank == 0)
+    if backend == "milvus":
+        if rank == 0:  # the directory, the collection and its index, once
+            memory_class(backend).build([], load_encoder(encoder_path), out, encoder_path=encoder_path,
+                                        progress=False, **options)
+        dist.barrier()
+        shard = Memory.load(out)
+        shard.add(my_items(), batch_size=batch_size, progress=progress and rank == 0)
+        n_docs, placed = shard.stats["added"] + shard.stats["already_present"], []  # nothing to merge
+    else:
+        shard = FaissMemory.build(my_items(), load_encoder(encoder_path), shard_dir(out, rank),
+                                  encoder_path=encoder_path, batch_size=batch_size, progress=progress and rank == 0,
+                                  **options)
+        ids = shard.ids
+        n_docs, placed = len(ids), [positions[i] for i in ids]
     seconds = time.perf_counter() - t0
-    ids = shard.ids
-    atomic_write_json(shard_dir(out, rank).with_suffix(".json"),
-                      {"rank": rank, "world": world, "documents": len(ids), "seconds": seconds,
-                       "docs_per_s": len(ids) / seconds if seconds else 0.0, "stats": dict(shard.stats),
-                       "positions": [positions[i] for i in ids]})
-    log.info("rank %d: embedded %d documents in %.1fs (%.1f docs/s)", rank, len(ids), seconds, len(ids) / seconds)
+    report = shard_dir(out, rank).with_suffix(".json")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report, {"rank": rank, "world": world, "documents": n_docs, "seconds": seconds,
+                               "docs_per_s": n_docs / seconds if seconds else 0.0, "stats": dict(shard.stats),
+                               "positions": placed})
+    log.info("rank %d: embedded %d documents in %.1fs (%.1f docs/s)", rank, n_docs, seconds, n_docs / seconds)
     dist.barrier()
-    merged = merge_shards(out, world, encoder_path, batch_size, flat_below) if rank == 0 else None
+    if backend == "milvus":
+        return shard if rank == 0 else None
+    merged = merge_shards(out, world, encoder_path, batch_size, **options) if rank == 0 else None
     dist.barrier()
     return merged
 
@@ -88,7 +110,7 @@ def build_distributed(corpus: Iterable, encoder_path: str | Path, out: str | Pat
 def merge_shards(out: str | Path, world: int, encoder_path: str | Path, batch_size: int = 256,
                  flat_below: int = 100_000) -> Memory:
     """`<out>` from the N shard memories, documents in corpus order, vectors reused."""
-    shards = [Memory.load(shard_dir(out, r)) for r in range(world)]
+    shards = [FaissMemory.load(shard_dir(out, r)) for r in range(world)]
     reports = [json.loads(shard_dir(out, r).with_suffix(".json").read_text()) for r in range(world)]
     order = sorted((pos, r, row) for r, rep in enumerate(reports) for row, pos in enumerate(rep["positions"]))
     vectors = StoredVectors(shards)
@@ -105,9 +127,9 @@ def merge_shards(out: str | Path, world: int, encoder_path: str | Path, batch_si
                 fetched.update(zip([(r, row) for row in rows], shards[r].store.documents(rows)))
             yield from (fetched[r, row] for _, r, row in part)
 
-    Memory.build(documents(), vectors, out, encoder_path=encoder_path, batch_size=batch_size,
-                 flat_below=flat_below, progress=False)
-    return Memory.load(out)  # with the real encoder for queries
+    FaissMemory.build(documents(), vectors, out, encoder_path=encoder_path, batch_size=batch_size,
+                      flat_below=flat_below, progress=False)
+    return FaissMemory.load(out)  # with the real encoder for queries
 
 
 def embedding_report(out: str | Path) -> list[dict]:

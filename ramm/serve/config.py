@@ -22,7 +22,7 @@ class ServeConfig:
     """`ramm serve`: an HTTP API and a web page over one loaded generator and its memory."""
 
     model: str = ""  # generator directory (`ramm train generator --out`)
-    memory: str | None = None  # memory directory (default: the one the generator was trained with); documents added over the API are written here
+    memory: str | None = None  # memory directory (default: the one the generator was trained with); documents added over the API are written to it (a Milvus memory: many servers may share it)
     device: str | None = None  # cpu | cuda (default: cuda when available)
     host: str = "127.0.0.1"  # address to bind; anything but loopback needs an API key
     port: int = 8000  # TCP port (0: any free port)

@@ -36,7 +36,7 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tupl
     if not train:
         raise ValueError("no train documents with an image")
     pool = {d.id: d for d in train}
-    pool.update({i: memory.get(i) for i in memory.ids if i not in pool})
+    pool.update((d.id, d) for d in memory.documents([i for i in memory.ids if i not in pool]))
     with_image = [d for d in pool.values() if d.image is not None]
     codes = dict(zip([d.id for d in with_image], encode_images(fmt.image_tokenizer, with_image, batch=8)))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}

@@ -84,7 +84,7 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
 
     # every document a sequence can hold: the corpus, plus memory documents outside it
     pool = {d.id: d for d in docs if d.image is not None}
-    pool.update({i: memory.get(i) for i in memory.ids if i not in pool})
+    pool.update((d.id, d) for d in memory.documents([i for i in memory.ids if i not in pool]))
     codes = encode_images_cached(image_tok, cfg.tokenizer, list(pool.values()))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}
     partners = relative_ids(list(pool.values()), list(pool.values()), cfg.ra.group_by, sibling_key)  # kept by the diversity rule

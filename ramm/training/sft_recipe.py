@@ -141,7 +141,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
             raise ValueError(f"retrieve_k={cfg.retrieve_k} needs a memory: pass --memory (the pretrained generator "
                              f"{cfg.pretrained} names none)")
         memory = Memory.load(cfg.memory or info["memory"])
-    extra_docs = [memory.get(i) for i in memory.ids] if memory is not None else []
+    extra_docs = memory.documents(memory.ids) if memory is not None else []
     seen = {d.id for d in used}
     lookup, silhouettes = prepare(fmt, info["image_tokenizer"], used + [d for d in extra_docs if d.id not in seen], masks)
     mixture = asdict(cfg.mixture)

@@ -1,4 +1,5 @@
-"""Run by torchrun in the distributed-build test: every rank builds its shard, rank 0 merges."""
+"""Run by torchrun in the distributed-build tests: every rank builds its shard, rank 0 merges; with a third
+argument (a Milvus URI) every rank upserts its shard into one collection."""
 import os
 import sys
 
@@ -10,4 +11,5 @@ from conftest import make_docs  # noqa: E402
 from ramm.retrieval.distributed_build import build_distributed  # noqa: E402
 
 torch.set_num_threads(1)
-build_distributed(iter(make_docs()), sys.argv[1], sys.argv[2], batch_size=8)
+milvus = {"backend": "milvus", "uri": sys.argv[3], "collection": "two_ranks", "index_type": "FLAT"} if len(sys.argv) > 3 else {}
+build_distributed(iter(make_docs()), sys.argv[1], sys.argv[2], batch_size=8, **milvus)

@@ -90,7 +90,7 @@ def test_index_choice_by_size():
 
 def test_ivf_pq_memory_agrees_with_exact_search(tmp_path, docs, encoder_dir, monkeypatch):
     """The approximate path (IVF-PQ + refine) against the exact Flat one on the same store."""
-    import ramm.retrieval.memory as memory_mod
+    import ramm.retrieval.faiss_memory as memory_mod
     spec = IndexSpec("IVF4,PQ16x4fs,Refine(SQ8)", params="nprobe=4,k_factor_rf=8", train_size=len(docs))
     monkeypatch.setattr(memory_mod, "choose_index", lambda n, dim, flat_below: spec)
     approx = Memory.build(docs, encoder_dir, tmp_path / "ivf", batch_size=16, progress=False)
@@ -185,7 +185,7 @@ def test_corrupt_index_is_rebuilt_from_the_store_not_fatal(memory, docs):
 
 
 def test_second_writer_is_refused_naming_the_pid(tmp_path, docs, encoder_dir):
-    from ramm.retrieval.memory import writer_lock
+    from ramm.retrieval.faiss_memory import writer_lock
     with writer_lock(tmp_path / "m"):
         with pytest.raises(RuntimeError, match=f"being written by pid {os.getpid()}"):
             Memory.build(docs[:4], encoder_dir, tmp_path / "m", progress=False)

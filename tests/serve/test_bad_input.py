@@ -91,7 +91,7 @@ def test_bad_memory_documents(client):
 def test_adding_while_another_writer_holds_the_memory_is_503_naming_the_holder(client, facade):
     import os
 
-    from ramm.retrieval.memory import writer_lock
+    from ramm.retrieval.faiss_memory import writer_lock
     with writer_lock(facade.memory.root):  # as `ramm memory build` into the served memory would
         r = client.post("/v1/memory/documents", json={"documents": [{"id": "held", "text": "a held memory"}]})
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
