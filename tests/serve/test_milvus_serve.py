@@ -5,11 +5,10 @@ import threading
 
 import httpx
 
-from milvus_server import milvus_server  # noqa: F401 (a fixture)
 from test_durability import free_port, start_server
 
 
-def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bundle, tmp_path, milvus_server):  # noqa: F811
+def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bundle, tmp_path, milvus_server):
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.milvus_memory import MilvusMemory
     seed = Memory.load(bundle / "memory")
