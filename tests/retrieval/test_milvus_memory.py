@@ -195,7 +195,7 @@ def test_on_the_emojibench_memory_milvus_exact_search_returns_the_faiss_flat_top
                                                                                     encoder_dir):
     from ramm.corpus.emojibench import load_emojibench
     from ramm.retrieval.milvus_memory import MilvusMemory
-    docs = load_emojibench(emojibench_dir, splits=["test"])[:800]
+    docs = load_emojibench(emojibench_dir, splits=["test"])[:400]
     faiss = Memory.build(docs, encoder_dir, tmp_path / "faiss", batch_size=128, progress=False)
     milvus = MilvusMemory.build(docs, encoder_dir, tmp_path / "milvus", index_type="FLAT", batch_size=128,
                                 progress=False)
