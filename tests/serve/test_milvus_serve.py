@@ -5,7 +5,10 @@ import threading
 
 import httpx
 
+from milvus_server import needs_milvus
 from test_durability import free_port, start_server
+
+pytestmark = needs_milvus
 
 
 def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bundle, tmp_path, milvus_server):
