@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from milvus_server import milvus_server  # noqa: F401 (a fixture: one Milvus server for the whole session)
+
 
 @pytest.fixture(scope="session")
 def emojibench_dir() -> Path:

@@ -2,9 +2,10 @@
 and a server for tests that need many client processes (Milvus Lite's embedded mode, a `.db` path, serves
 one process).
 
-The server is `milvus-lite server` in a subprocess on a free port, with one worker thread: Milvus Lite's
-server does not support concurrent writers (its README), so its calls are made to run one at a time; a
-Milvus cluster orders concurrent writes itself. Imported as a plain module by the tests (tests/ is on sys.path)."""
+The server is a real Milvus standalone when the `milvus` package (embedded Milvus, ~60 MB) is installed,
+else `milvus-lite server` in a subprocess on a free port with one worker thread: Milvus Lite's server does
+not support concurrent writers (its README), so its calls are made to run one at a time; Milvus orders
+concurrent writes itself. Imported as a plain module by the tests (tests/ is on sys.path)."""
 import importlib.util
 import os
 import socket
@@ -28,6 +29,15 @@ class MilvusServer:
     def __init__(self, data_dir):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.standalone = None
+        if importlib.util.find_spec("milvus") is not None:  # the real engine: concurrent writers included
+            from milvus import MilvusServer as Standalone
+            self.kind, self.standalone = "milvus standalone", Standalone()
+            self.standalone.set_base_dir(str(data_dir))
+            self.standalone.listen_port = self.port
+            self.standalone.start()
+            return
+        self.kind = "milvus-lite server"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
                                       "--host", "127.0.0.1", "--port", str(self.port), "--max-workers", "1"],
@@ -46,6 +56,9 @@ class MilvusServer:
                 time.sleep(0.1)
 
     def stop(self):
+        if self.standalone is not None:
+            self.standalone.stop()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)

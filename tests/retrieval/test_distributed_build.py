@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milvus_server import milvus_server, needs_milvus  # noqa: F401 (a fixture)
+from milvus_server import needs_milvus
 from ramm.retrieval.distributed_build import embedding_report
 from ramm.retrieval.memory import Memory
 
@@ -47,7 +47,7 @@ def test_two_ranks_build_the_memory_one_rank_builds(tmp_path, docs, encoder_dir)
 
 
 @needs_milvus
-def test_two_ranks_fill_one_milvus_collection_as_one_process_would(tmp_path, docs, encoder_dir, milvus_server):  # noqa: F811
+def test_two_ranks_fill_one_milvus_collection_as_one_process_would(tmp_path, docs, encoder_dir, milvus_server):
     """Rank 0 creates the memory, the collection and its index; each rank upserts its shard into it."""
     one = Memory.build(docs, encoder_dir, tmp_path / "one", batch_size=8, progress=False)
     _torchrun(encoder_dir, tmp_path / "two", milvus_server.url)

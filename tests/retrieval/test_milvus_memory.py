@@ -55,6 +55,24 @@ def test_milvus_exact_search_returns_the_faiss_flat_top_k(twins, docs, strategy)
         assert [d.content_hash() for d, _ in a] == [d.content_hash() for d, _ in b]
 
 
+@pytest.mark.parametrize("mmr", [0.0, 0.5])
+def test_generator_training_neighbours_are_the_same_on_milvus(twins, docs, mmr):
+    """What `ramm train generator` retrieves (partners exempt, duplicates excluded, allowed ids only)."""
+    from ramm.config import RAConfig
+    from ramm.training.ra_data import precompute_neighbours
+    faiss, milvus = twins
+    cfg = RAConfig(n_candidates=4, k_choices=(0, 2), mmr=mmr)
+    queries = docs[:12]
+    partners = {d.id: {docs[(i + 2) % len(docs)].id} for i, d in enumerate(queries)}
+    content = {i: faiss.get(i).content_hash() for i in faiss.ids}
+    for allowed in (None, {d.id for d in docs[::2]}):
+        want = precompute_neighbours(faiss, queries, cfg, partners, dropout=0.0, allowed=allowed)
+        got = precompute_neighbours(milvus, queries, cfg, partners, dropout=0.0, allowed=allowed)
+        for kind in ("text", "image"):
+            assert [[content[i] for i in row] for row in want[kind]] == [[content[i] for i in row] for row in got[kind]]
+            assert all(len(row) == 4 for row in got[kind])
+
+
 def test_memory_load_opens_a_milvus_memory_with_its_documents(twins, docs):
     from ramm.retrieval.milvus_memory import MilvusMemory
     faiss, milvus = twins
@@ -195,7 +213,7 @@ def test_on_the_emojibench_memory_milvus_exact_search_returns_the_faiss_flat_top
                                                                                     encoder_dir):
     from ramm.corpus.emojibench import load_emojibench
     from ramm.retrieval.milvus_memory import MilvusMemory
-    docs = load_emojibench(emojibench_dir, splits=["test"])[:800]
+    docs = load_emojibench(emojibench_dir, splits=["test"])[:400]
     faiss = Memory.build(docs, encoder_dir, tmp_path / "faiss", batch_size=128, progress=False)
     milvus = MilvusMemory.build(docs, encoder_dir, tmp_path / "milvus", index_type="FLAT", batch_size=128,
                                 progress=False)

@@ -5,11 +5,13 @@ import threading
 
 import httpx
 
-from milvus_server import milvus_server  # noqa: F401 (a fixture)
+from milvus_server import needs_milvus
 from test_durability import free_port, start_server
 
+pytestmark = needs_milvus
 
-def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bundle, tmp_path, milvus_server):  # noqa: F811
+
+def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bundle, tmp_path, milvus_server):
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.milvus_memory import MilvusMemory
     seed = Memory.load(bundle / "memory")
@@ -31,7 +33,7 @@ def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bund
     def write_and_cross_read(me):
         mine, other = servers[me][1], servers[1 - me][1]
         with httpx.Client(timeout=30) as c:
-            for i in range(6):
+            for i in range(4):
                 # short texts: the tiny bundle's text encoder truncates, and a text must embed apart from the others
                 docs = [{"id": f"s{me}-{i}-{j}", "text": f"document {me} {i} {j}"} for j in range(3)]
                 r = c.post(mine + "/v1/memory/documents", json={"documents": docs})
@@ -55,7 +57,7 @@ def test_two_servers_over_one_milvus_memory_see_every_acknowledged_add_once(bund
             proc.terminate()
             proc.wait(timeout=30)
     assert not errors and not unseen
-    assert len(acked[0]) == len(acked[1]) == 18
+    assert len(acked[0]) == len(acked[1]) == 12
     ids = mem.ids
-    assert len(ids) == len(set(ids)) == len(before) + 36 and set(acked[0] + acked[1]) <= set(ids)
-    assert mem.get("s1-5-2").text == "document 1 5 2"
+    assert len(ids) == len(set(ids)) == len(before) + 24 and set(acked[0] + acked[1]) <= set(ids)
+    assert mem.get("s1-3-2").text == "document 1 3 2"
