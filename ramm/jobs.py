@@ -162,8 +162,8 @@ class DecodeJob:
     out: str = ""  # output directory for samples, grid.png, result.json, index.html
     memory: str | None = None  # memory directory to retrieve from (None: the bundle's, if any)
     n: int = 8  # samples to draw
-    k: int = 2  # documents to retrieve (RA-CM3 uses 2)
-    retrieve: bool = True  # False (or --no-retrieve): generate without retrieved documents
+    k: int | None = None  # documents to retrieve (None: as the bundle trained, its eval_k; a vanilla bundle 0)
+    retrieve: bool | None = None  # False (or --no-retrieve): no retrieved documents (None: as the bundle trained)
     exclude: tuple[str, ...] = ()  # memory ids never to retrieve (leave-one-out)
     method: str = "sample"  # decoding method: sample | greedy | cfg | cd | mix (images only: half sample, half cd)
     temperature: float = 1.0  # sampling temperature
@@ -179,7 +179,7 @@ class DecodeJob:
     def __post_init__(self):
         require(self, ("model", "out"))
         self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
-        if self.n < 1 or self.k < 0 or self.batch_size < 1:
+        if self.n < 1 or (self.k is not None and self.k < 0) or self.batch_size < 1:
             raise ValueError(f"need n >= 1, k >= 0, batch_size >= 1; got {self.n}, {self.k}, {self.batch_size}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")

@@ -63,8 +63,10 @@ class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
     def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False,
-                 images_unavailable: str | None = None, instruction_k: int = 0):
+                 images_unavailable: str | None = None, instruction_k: int = 0, retrieve: bool = True, k: int = 2):
         self.model, self.format, self.memory = model, fmt, memory
+        # what a task retrieves when its caller does not say: as the bundle trained (`retrieval_defaults`)
+        self.default_retrieve, self.default_k = retrieve, k
         self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
         self.instruction_k = instruction_k  # documents retrieved into instruction prompts in SFT (their default)
         self.images_unavailable = images_unavailable  # why image tasks are refused (a checkpoint without them)
@@ -84,7 +86,7 @@ class RAMM:
         """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with).
 
         `pack` keeps CPU decoding's weight copies for the facade's life (see `__init__`)."""
-        from ramm.model.generator import load_generator
+        from ramm.model.generator import load_generator, retrieval_defaults
 
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -94,15 +96,23 @@ class RAMM:
         if memory_dir:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
+        retrieve, k = retrieval_defaults(info)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
-                   images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)))
+                   images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)),
+                   retrieve=retrieve, k=k)
 
     # ------------------------------------------------------------------ retrieval
-    def retrieve(self, query, k: int = 2, retrieve: bool = True, retrieved: Sequence[Document] | None = None,
-                 exclude_ids: Sequence[str] = ()) -> list[Document]:
-        """The caller's documents if given; else k from the memory (none when retrieve=False or k=0)."""
+    def retrieve(self, query, k: int | None = None, retrieve: bool | None = None,
+                 retrieved: Sequence[Document] | None = None, exclude_ids: Sequence[str] = ()) -> list[Document]:
+        """The caller's documents if given; else k from the memory (none when retrieve=False or k=0).
+        `retrieve` / `k` left None: as the bundle trained (a vanilla bundle retrieves nothing, an RA one its
+        eval_k); an explicit k > 0 with retrieve left None asks for retrieval."""
         if retrieved is not None:
             return list(retrieved)
+        if retrieve is None:
+            retrieve = self.default_retrieve if k is None else k > 0
+        if k is None:
+            k = self.default_k or 2  # retrieval asked of a bundle trained without: RA-CM3's k
         if not retrieve or k == 0:
             return []
         if self.memory is None:
@@ -111,8 +121,8 @@ class RAMM:
         return [doc for doc, _ in self.memory.search(query, k, exclude_ids=exclude_ids)]
 
     # ------------------------------------------------------------------ tasks
-    def generate_image(self, caption: str, n: int = 8, *, retrieve: bool = True,
-                       retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+    def generate_image(self, caption: str, n: int = 8, *, retrieve: bool | None = None,
+                       retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
                        method: str = "sample", seed: int = 0, rerank: bool = True, batch_size: int = 8,
                        progress: Callable[[int], None] | None = None, **decoding) -> Result:
         """Text -> image: n samples, best first by the retriever's image-text similarity (when a memory
@@ -122,8 +132,8 @@ class RAMM:
                                     exclude_ids=exclude_ids, method=method, seed=seed, rerank=rerank,
                                     batch_size=batch_size, progress=progress, **decoding)[0]
 
-    def generate_images(self, captions: Sequence[str], n: Sequence[int], *, retrieve: bool = True,
-                        retrieved: Sequence[Sequence[Document] | None] | None = None, k: int = 2,
+    def generate_images(self, captions: Sequence[str], n: Sequence[int], *, retrieve: bool | None = None,
+                        retrieved: Sequence[Sequence[Document] | None] | None = None, k: int | None = None,
                         exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0, rerank: bool = True,
                         batch_size: int = 8, progress: Callable[[int], None] | None = None,
                         **decoding) -> list[Result]:
@@ -170,8 +180,8 @@ class RAMM:
             results.append(Result(list(images), d, scores, rs))
         return results
 
-    def caption_image(self, image, n: int = 8, *, retrieve: bool = True,
-                      retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+    def caption_image(self, image, n: int = 8, *, retrieve: bool | None = None,
+                      retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
                       method: str = "sample", seed: int = 0, rerank: bool = True, max_new_tokens: int = 32,
                       batch_size: int = 8, progress: Callable[[int], None] | None = None, **decoding) -> Result:
         """Image -> text by CM3 infilling of a masked caption; n samples, best first by the model's
@@ -190,8 +200,8 @@ class RAMM:
             texts, rows, scores = [texts[i] for i in order], [rows[i] for i in order], (-nll[order]).tolist()
         return Result(texts, docs, scores, rows)
 
-    def infill(self, document: Document, masked: Sequence[int], n: int = 1, *, retrieve: bool = True,
-               retrieved: Sequence[Document] | None = None, k: int = 2, exclude_ids: Sequence[str] = (),
+    def infill(self, document: Document, masked: Sequence[int], n: int = 1, *, retrieve: bool | None = None,
+               retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
                method: str = "sample", seed: int = 0, max_new_tokens: int = 32, **decoding) -> Result:
         """CM3 infilling: regenerate the segments at indices `masked` (their content is ignored) given the
         rest of the document; image spans get exactly one image's codes, text spans end at a sentinel."""
@@ -201,7 +211,7 @@ class RAMM:
             self._require_images("infill of an image")
         kept = [s for i, s in enumerate(document.segments) if i not in set(masked)]
         query = Document(document.id, kept) if kept else None  # the masked content must not leak in
-        docs = self.retrieve(query, k, retrieve and query is not None, retrieved, exclude_ids)
+        docs = self.retrieve(query, k, False if query is None else retrieve, retrieved, exclude_ids)
         prompt, kinds = self.format.infill_prompt(document, masked, docs)
         generator = self._generator(seed)
         rows = [list(prompt) for _ in range(n)]
@@ -225,7 +235,7 @@ class RAMM:
         return Result(outputs, docs, [], spans)
 
     def generate(self, prompt: Document, demonstrations: Sequence[Document] = (), n: int = 1, *,
-                 retrieve: bool = True, retrieved: Sequence[Document] | None = None, k: int = 2,
+                 retrieve: bool | None = None, retrieved: Sequence[Document] | None = None, k: int | None = None,
                  exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0,
                  max_new_tokens: int = 96, **decoding) -> Result:
         """In-context continuation: retrieved documents, then the demonstrations, <sep>, then the

@@ -83,13 +83,15 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
     An unknown key in the file is a ValueError naming the field and the file."""
     import dataclasses
     import json
+    import typing
     from pathlib import Path
 
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from ramm.config import _hints, check_keys, field_docs
 
-    bools = {f.name for f in dataclasses.fields(cls) if _hints(cls)[f.name] is bool}
+    bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
+             if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
     argv = [_normalized(a, bools) for a in argv]
     argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
             (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a

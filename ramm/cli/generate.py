@@ -112,8 +112,6 @@ def _edit(cfg) -> int:
     ramm = _load(cfg)
     pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
     kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
-    if cfg.retrieve is None:  # as the SFT run trained (RAMM.instruction_k)
-        kw["k"] = None
     with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:
         res = ramm.edit_image(pixels, cfg.instruction, n=cfg.n, batch_size=cfg.batch_size,
                               progress=lambda done: bar.update(done - bar.n), **kw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer:
         if Path(src).resolve() != dst.resolve():
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint*", "metrics.jsonl", ".lock"))
+    # the memory relative to the bundle, so a run folder moved or copied whole still finds it
+    rel_memory = os.path.relpath(Path(memory).resolve(), directory.resolve()) if memory else None
     atomic_write_json(directory / INFO, {"text_tokenizer": "text_tokenizer", "image_tokenizer": "image_tokenizer",
-                                         "memory": str(Path(memory).resolve()) if memory else None,
+                                         "memory": rel_memory,
                                          "alpha": alpha, **extra, "tokenizer_sha256": tokenizer_pins(directory)})
 
 
@@ -76,7 +79,20 @@ def bundle_info(directory: str | Path) -> dict:
     else:
         log.warning("%s predates tokenizer pins: cannot check that its tokenizers are the ones it was trained with",
                     directory)
-    return {**info, "text_tokenizer": directory / info["text_tokenizer"], "image_tokenizer": directory / info["image_tokenizer"]}
+    memory = info.get("memory")
+    if memory is not None and not isinstance(memory, str):
+        raise ValueError(f"{directory / INFO}: memory must be a path or null, got {memory!r:.60}")
+    return {**info, "text_tokenizer": directory / info["text_tokenizer"], "image_tokenizer": directory / info["image_tokenizer"],
+            "memory": directory / memory if memory else None}  # relative to the bundle (absolute in older ones)
+
+
+def retrieval_defaults(info: dict) -> tuple[bool, int]:
+    """(retrieve, k) a bundle decodes with unless the caller says otherwise: as it was trained (generator.json's
+    `retrieval` and `eval_k`), so a vanilla bundle retrieves nothing; bundles that do not say retrieve RA-CM3's 2."""
+    retrieve, k = info.get("retrieval", True), info.get("eval_k", 2)
+    if not isinstance(retrieve, bool) or isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"{INFO}: retrieval must be true/false and eval_k an integer >= 0, got {retrieve!r}, {k!r}")
+    return retrieve, k if retrieve else 0
 
 
 def load_generator(directory: str | Path, device: str | None = None):

@@ -17,7 +17,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -91,8 +91,15 @@ class Engine:
             raise ValueError(f"{item}: not valid base64") from None
         return self.decode_image(raw, item)
 
-    def evidence(self, query, k: int) -> list[tuple]:
+    def k_for(self, k: int | None) -> int:
+        """A request's k; left out, as the bundle trained (a vanilla bundle retrieves nothing)."""
+        if k is not None:
+            return k
+        return self.ramm.default_k if self.ramm.default_retrieve else 0
+
+    def evidence(self, query, k: int | None) -> list[tuple]:
         """(document, similarity) for one query, the documents carrying their VQ codes."""
+        k = self.k_for(k)
         if k == 0 or self.ramm.memory is None:
             return []
         return [(self._with_codes(d), s) for d, s in self.ramm.memory.search(query, k)]
@@ -130,7 +137,7 @@ class Engine:
             self.last_batch_s = time.monotonic() - start
 
     def _images(self, key, reqs: list[ImageRequest], check) -> list:
-        hits = self.text_evidence([r.caption for r in reqs], [r.k for r in reqs])
+        hits = self.text_evidence([r.caption for r in reqs], [self.k_for(r.k) for r in reqs])
         try:
             results = self.ramm.generate_images(
                 [r.caption for r in reqs], [r.n for r in reqs], retrieved=[[d for d, _ in h] for h in hits],
@@ -342,6 +349,7 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
     async def capabilities():
         facade = state["engine"].ramm
         return {"images": True, "captions": True, "memory": facade.memory is not None,
+                "k": state["engine"].k_for(None),  # documents a request retrieves when it leaves k out
                 **{task: has_capability(facade, task) for task in CAPABILITIES}}
 
     @app.post("/v1/images", response_model=TaskResponse)
@@ -351,7 +359,7 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
     @app.post("/v1/captions", response_model=TaskResponse)
     async def captions(file: UploadFile = File(description="PNG or JPEG"), n: int = Form(4, ge=1, le=16),
                        method: Literal["sample", "cfg", "cd"] = Form("sample"), seed: int = Form(0, ge=0, le=2**31 - 1),
-                       k: int = Form(2, ge=0, le=16), max_tokens: int = Form(32, ge=1, le=128)):
+                       k: Optional[int] = Form(None, ge=0, le=16), max_tokens: int = Form(32, ge=1, le=128)):
         pixels = await asyncio.to_thread(state["engine"].decode_image, await file.read(), file.filename or "upload")
         payload = dict(pixels=pixels, n=n, method=method, seed=seed, k=k, max_tokens=max_tokens)
         return await submit(("captions",), payload, rows=n)

@@ -31,7 +31,8 @@ class ImageRequest(_Strict):
     n: int = Field(4, ge=1, le=16, description="samples to draw")
     method: Literal["sample", "cfg", "cd", "mix"] = Field("sample", description="decoding (CM3Leon): mix = half sample, half cd")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes the draw when the request is decoded alone")
-    k: int = Field(2, ge=0, le=16, description="documents to retrieve from the memory (0: none)")
+    k: Optional[int] = Field(None, ge=0, le=16, description="documents to retrieve from the memory (0: none; "
+                                                           "left out: as the bundle trained)")
     guidance: float = Field(3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="CFG scale (method cfg)")
 
     _caption = field_validator("caption")(_non_blank)

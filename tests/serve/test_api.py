@@ -77,7 +77,7 @@ def test_sft_endpoints_name_the_missing_capability(client):
     assert r.status_code == 400 and "instruction-tuned" in r.json()["detail"] and "edit_image" in r.json()["detail"]
     r = client.post("/v1/answers", json={"question": "what colour?"})
     assert r.status_code == 400 and "RAMM.answer" in r.json()["detail"]
-    assert client.get("/v1/capabilities").json() == {"images": True, "captions": True, "memory": True,
+    assert client.get("/v1/capabilities").json() == {"images": True, "captions": True, "memory": True, "k": 2,
                                                      "edit": False, "answer": False}
 
 
