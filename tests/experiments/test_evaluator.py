@@ -5,6 +5,8 @@ every (shape-colouring, style) its own document. The slow test trains on the rea
 data/emojibench when it is there.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -249,7 +251,12 @@ def test_on_emojibench_it_recognises_views_and_reconstructions_but_not_the_other
     # 500 steps (the demo trains 1,200): every rate below holds with a margin (views 0.95, down-up 0.96,
     # blobs 0.15, the other style 0.00), in half the time; max_seconds so a busy machine never cuts it short
     cfg = EvaluatorConfig(steps=500, max_seconds=600)
-    model, metrics = train_evaluator(docs, cfg, progress=False)
+    threads = torch.get_num_threads()  # tiny-model tests before it may have left torch on one thread
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        model, metrics = train_evaluator(docs, cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     rec = model.recognizer(docs)
     asked = _asked(docs)
     x = _tensor(np.stack([d.image for d in docs]))
