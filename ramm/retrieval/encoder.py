@@ -61,12 +61,18 @@ def load_encoder(path: str | Path) -> Encoder:
         cfg = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{cfg_file}: not a readable encoder config ({e})") from None
-    if isinstance(cfg, dict) and cfg.get("model_type") == "clip":
-        from ramm.retrieval.hf_clip import HFClipEncoder
-        encoder = HFClipEncoder.from_pretrained(path)
-    else:
-        from ramm.retrieval.dual_encoder import DualEncoder
-        encoder = DualEncoder.from_pretrained(path)
+    import torch
+
+    # building the module draws its random init before the weights overwrite it; a memory loads its encoder
+    # lazily, so without the fork a resumed training (which skips the neighbour search) would start from
+    # other weights than the uninterrupted one (found by bench/fault_injection.py, generator-ra)
+    with torch.random.fork_rng(devices=[]):
+        if isinstance(cfg, dict) and cfg.get("model_type") == "clip":
+            from ramm.retrieval.hf_clip import HFClipEncoder
+            encoder = HFClipEncoder.from_pretrained(path)
+        else:
+            from ramm.retrieval.dual_encoder import DualEncoder
+            encoder = DualEncoder.from_pretrained(path)
     encoder.source = path  # the files it came from, which a memory copies to stay self-contained
     return encoder
 

@@ -199,3 +199,18 @@ def test_tampered_encoder_folder_names_the_file(tmp_path, encoder_dir, change, m
     bad = _tampered(encoder_dir, tmp_path / "enc", change)
     with pytest.raises(ValueError, match=message):
         load_encoder(bad)
+
+
+def test_loading_an_encoder_draws_nothing_from_the_callers_rng(encoder_dir):
+    """A memory loads its encoder lazily; if loading drew the module's random init from the global RNG, a
+    resumed generator training (which skips the neighbour search, and so the load) would start from other
+    weights than the uninterrupted run (bench/fault_injection.py, generator-ra, caught it)."""
+    import torch
+
+    from ramm.retrieval.encoder import load_encoder
+
+    torch.manual_seed(7)
+    load_encoder(encoder_dir)
+    after_load = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), after_load)
