@@ -183,9 +183,9 @@ def _start(job: str, out: Path, work: Path) -> subprocess.Popen:
 
 
 def _two_trainings(out: Path, work: Path, delay: float) -> str:
-    """Start the trainer job into `out`, then a second one `delay` s later: 'refused' when the second was
-    refused naming the first's pid, 'after' when it started after the first had finished (and changed
-    nothing), else a description of what went wrong."""
+    """Start the trainer job into `out`, then a second one `delay` s later: 'refused' when one was refused
+    naming the other's pid (with a delay near 0 the second may take the folder first), 'after' when the second
+    started after the first had finished (and changed nothing), else a description of what went wrong."""
     first, second = _spawn("two-trainings", out, work), _spawn("two-trainings", out, work)
     for proc in (first, second):
         if proc.stdout.readline().strip() != "ready":
@@ -198,7 +198,10 @@ def _two_trainings(out: Path, work: Path, delay: float) -> str:
     _, err2 = second.communicate()
     _, err1 = first.communicate()
     if first.returncode:
-        return f"the first training failed: {err1.strip().splitlines()[-1:]}"
+        said = err1.strip().splitlines()[-1] if err1.strip() else ""
+        if second.returncode == 0 and f"being trained into by pid {second.pid}" in said:
+            return "refused"
+        return f"the first training failed: {said}"
     if second.returncode == 0:
         return "after"
     said = err2.strip().splitlines()[-1] if err2.strip() else ""
