@@ -63,10 +63,9 @@ class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
     def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False,
-                 images_unavailable: str | None = None, instruction_k: int = 0, retrieve: bool = True, k: int = 2):
+                 images_unavailable: str | None = None, instruction_k: int = 0, k: int = 2):
         self.model, self.format, self.memory = model, fmt, memory
-        # what a task retrieves when its caller does not say: as the bundle trained (`retrieval_defaults`)
-        self.default_retrieve, self.default_k = retrieve, k
+        self.default_k = k  # what a task retrieves when its caller does not say (`retrieval_default`; 0: nothing)
         self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
         self.instruction_k = instruction_k  # documents retrieved into instruction prompts in SFT (their default)
         self.images_unavailable = images_unavailable  # why image tasks are refused (a checkpoint without them)
@@ -86,7 +85,7 @@ class RAMM:
         """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with).
 
         `pack` keeps CPU decoding's weight copies for the facade's life (see `__init__`)."""
-        from ramm.model.generator import load_generator, retrieval_defaults
+        from ramm.model.generator import load_generator, retrieval_default
 
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -96,10 +95,9 @@ class RAMM:
         if memory_dir:
             from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
-        retrieve, k = retrieval_defaults(info)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
                    images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)),
-                   retrieve=retrieve, k=k)
+                   k=retrieval_default(info))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int | None = None, retrieve: bool | None = None,
@@ -110,7 +108,7 @@ class RAMM:
         if retrieved is not None:
             return list(retrieved)
         if retrieve is None:
-            retrieve = self.default_retrieve if k is None else k > 0
+            retrieve = (self.default_k if k is None else k) > 0
         if k is None:
             k = self.default_k or 2  # retrieval asked of a bundle trained without: RA-CM3's k
         if not retrieve or k == 0:

@@ -86,13 +86,13 @@ def bundle_info(directory: str | Path) -> dict:
             "memory": directory / memory if memory else None}  # relative to the bundle (absolute in older ones)
 
 
-def retrieval_defaults(info: dict) -> tuple[bool, int]:
-    """(retrieve, k) a bundle decodes with unless the caller says otherwise: as it was trained (generator.json's
-    `retrieval` and `eval_k`), so a vanilla bundle retrieves nothing; bundles that do not say retrieve RA-CM3's 2."""
+def retrieval_default(info: dict) -> int:
+    """The k a bundle retrieves unless the caller says otherwise: as it was trained (generator.json's
+    `retrieval` and `eval_k`), so a vanilla bundle 0; bundles that do not say retrieve RA-CM3's 2."""
     retrieve, k = info.get("retrieval", True), info.get("eval_k", 2)
     if not isinstance(retrieve, bool) or isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"{INFO}: retrieval must be true/false and eval_k an integer >= 0, got {retrieve!r}, {k!r}")
-    return retrieve, k if retrieve else 0
+    return k if retrieve else 0
 
 
 def load_generator(directory: str | Path, device: str | None = None):

@@ -93,9 +93,7 @@ class Engine:
 
     def k_for(self, k: int | None) -> int:
         """A request's k; left out, as the bundle trained (a vanilla bundle retrieves nothing)."""
-        if k is not None:
-            return k
-        return self.ramm.default_k if self.ramm.default_retrieve else 0
+        return self.ramm.default_k if k is None else k
 
     def evidence(self, query, k: int | None) -> list[tuple]:
         """(document, similarity) for one query, the documents carrying their VQ codes."""
