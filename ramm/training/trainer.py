@@ -376,6 +376,18 @@ class Trainer:
         if self.distributed:
             dist.barrier()
 
+    def _collective(self, op: Callable, tensor: torch.Tensor, *args) -> torch.Tensor:
+        """`op(tensor, *args)` done, its work kept until the next one. A gloo worker thread that dropped the
+        last reference to a finished collective's tensors would take the GIL to free them; when that lands
+        while the interpreter exits (the loop's final flag broadcast, a loaded machine), the thread is killed
+        inside C++ and the rank aborts ("terminate called without an active exception", both ranks). Held
+        here, the tensors are freed by this thread instead."""
+        tensor = tensor.to(self.device)
+        work = op(tensor, *args, async_op=True)
+        work.wait()
+        self._last_work = (work, tensor)
+        return tensor
+
     # ------------------------------------------------------------------ loop
     def _metrics_writer(self):
         path = self.out / "metrics.jsonl"
@@ -462,8 +474,8 @@ class Trainer:
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == end:
                 if self.distributed:  # mean loss and total tokens over ranks
-                    t = torch.tensor([loss_sum, tokens], dtype=torch.float64, device=self.device)
-                    dist.all_reduce(t)
+                    t = self._collective(dist.all_reduce, torch.tensor([loss_sum, tokens], dtype=torch.float64,
+                                                                        device=self.device))
                     loss_sum, tokens = t[0].item() / self.world, int(t[1].item())
                 now = time.time()
                 row = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
@@ -476,9 +488,7 @@ class Trainer:
                 row.update(self._evaluate(f))
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
             if self.distributed:
-                flag = torch.tensor([float(out_of_time)], device=self.device)
-                dist.broadcast(flag, 0)
-                out_of_time = bool(flag.item())
+                out_of_time = bool(self._collective(dist.broadcast, torch.tensor([float(out_of_time)]), 0).item())
             if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
@@ -489,9 +499,7 @@ class Trainer:
         done = [r for r in getattr(self, "_kept_rows", []) if r["step"] == self.step]  # rank 0's log
         logged = finished and any("lr" not in r for r in done)  # the finished run's final evaluation is logged
         if self.distributed:  # every rank evaluates, or none
-            flag = torch.tensor([float(logged)], device=self.device)
-            dist.broadcast(flag, 0)
-            logged = bool(flag.item())
+            logged = bool(self._collective(dist.broadcast, torch.tensor([float(logged)]), 0).item())
         if logged:
             row = {k: v for r in done for k, v in r.items()}
         else:
