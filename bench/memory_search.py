@@ -20,6 +20,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import emit  # noqa: E402
@@ -61,9 +62,10 @@ def milvus_run(uri: str, index_type: str, xb: np.ndarray, xq: np.ndarray, gt: np
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=xb.shape[1])
     t0 = time.perf_counter()
     client.create_collection(name, schema=schema, consistency_level="Strong")
-    for s in range(0, len(xb), 10_000):
+    for s in tqdm(range(0, len(xb), 10_000), desc="milvus insert", unit="batch", file=sys.stderr):
         client.insert(name, [{"id": s + i, "vector": v.tolist()} for i, v in enumerate(xb[s: s + 10_000])])
     client.flush(name)
+    print(f"milvus: inserted {len(xb)} in {time.perf_counter() - t0:.0f} s; building {index_type}", file=sys.stderr)
     index = MilvusClient.prepare_index_params()
     index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build_params)
     client.create_index(name, index)
