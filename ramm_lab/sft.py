@@ -79,7 +79,7 @@ def run_sft_demo(cfg: SFTDemoConfig, data_dir: str | Path, base_dir: str | Path,
     """Train (cached) and evaluate; returns the path of report.md."""
     import torch
 
-    from ramm.experiments.emojibench import DemoConfig, Stage, run_demo
+    from ramm_lab.demo import DemoConfig, Stage, run_demo
     from ramm.training.sft_recipe import train_sft
 
     if cfg.threads:
@@ -101,9 +101,9 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                  report: Callable[[str], None] = print) -> dict:
     """Heldout metrics per task for the SFT model, the pretrained one and the trivial baselines, plus
     the picture grids (out/<task>.png)."""
-    from ramm.corpus.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
+    from ramm_lab.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
     from ramm.evaluation.captioning import cider
-    from ramm.experiments.evaluator import identity, load_evaluator
+    from ramm_lab.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
     from ramm.training.sft_data import TEMPLATES, image_to_mask, mask_image, mask_iou, split_templates
@@ -266,7 +266,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
 def _strip(caption: str) -> str:
     """Captions are scored as names (the references carry no "<style> emoji:" prefix)."""
-    from ramm.corpus.emojibench import strip_style_prefix
+    from ramm_lab.emojibench import strip_style_prefix
     return strip_style_prefix(caption)
 
 

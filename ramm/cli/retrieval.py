@@ -29,7 +29,7 @@ def register(cli) -> None:
 def _train(cfg) -> int:
     import logging
 
-    from ramm.corpus.emojibench import is_emojibench_dir, name_query
+    from ramm.corpus import open_corpus
     from ramm.training.retriever_recipe import train_retriever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -39,7 +39,7 @@ def _train(cfg) -> int:
         raise ValueError(f"{cfg.corpus} has no train documents")
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
     row = train_retriever(train, cfg.out, cfg.trainer, cfg.model, cfg.views, val_docs=val or None,
-                          alt_text=name_query if is_emojibench_dir(cfg.corpus) else None)
+                          alt_text=open_corpus(cfg.corpus).hooks.alt_text)
     print(f"saved the retriever to {cfg.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0

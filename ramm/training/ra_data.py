@@ -43,7 +43,7 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: st
 def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept",
                  sibling_key: Callable[[Document], object] | None = None) -> dict[str, set[str]]:
     """Leave-one-out partners plus siblings: documents of `pool` with the same `sibling_key(doc)` (not None;
-    EmojiBench: `ramm.corpus.emojibench.sibling_key`, the other skin tones in the same art style). Both are
+    `CorpusHooks.sibling_key`; EmojiBench: the other skin tones in the same art style). Both are
     the knowledge retrieval exists for, so the diversity threshold must not drop them as near-duplicates."""
     out = partner_ids(docs, pool, group_by)
     if sibling_key is None:
@@ -99,7 +99,7 @@ class RADataset(torch.utils.data.Dataset):
     """Training examples: main documents (image codes attached) with their precomputed neighbours.
 
     `rename(main, retrieved, rng)`: with chance cfg.pseudo_names, gives the example's concept a made-up
-    name (EmojiBench: `ramm.corpus.emojibench.pseudo_namer`); None: names stay as they are."""
+    name (EmojiBench: `ramm_lab.emojibench.pseudo_namer`); None: names stay as they are."""
 
     def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
                  fmt: CM3Format, cfg: RAConfig, rename: Rename | None = None):

@@ -5,7 +5,7 @@ Tasks (CM3Leon's names): text -> image, captioning, text-guided image editing, s
 (image-to-image grounded generation), silhouette-controlled generation, segmentation, questions about
 an image (VQA-style), and CM3 infilling. The builders here are generic: the caller supplies which
 documents pair up (an edit's source and target, a question's answer) and the foreground masks; the
-EmojiBench pairings live in `ramm.corpus.emojibench.sft_pairings`.
+EmojiBench pairings live in the lab (`ramm_lab.emojibench.sft_pairings`, reached through `CorpusHooks.sft_tasks`).
 
 An item holds no wording: a template is drawn per example, from the task's training templates only.
 The last `heldout` templates of every task never reach training (`SFTDataset`), so evaluation can

@@ -23,13 +23,11 @@ from ramm.utils import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def corpus_tasks(corpus: str, docs: list) -> tuple[dict, dict]:
-    """(pairings, masks) a corpus offers beyond its documents: EmojiBench's tone / style / question pairs and
-    its alpha masks; other corpora give none (their SFT is text -> image, captioning and infilling)."""
-    from ramm.corpus.emojibench import is_emojibench_dir, load_masks, sft_pairings
-    if not is_emojibench_dir(corpus):
-        return {}, {}
-    return sft_pairings(docs), load_masks(corpus, [d.id for d in docs])
+def corpus_tasks(hooks, docs: list) -> tuple[dict, dict]:
+    """(pairings, masks) a corpus offers beyond its documents (`CorpusHooks.sft_tasks`: EmojiBench's tone / style
+    / question pairs and its alpha masks); other corpora give none (their SFT is text -> image, captioning and
+    infilling)."""
+    return hooks.sft_tasks(docs) if hooks.sft_tasks is not None else ({}, {})
 
 
 def prepare(fmt, image_tokenizer_dir, docs: list, masks: dict) -> tuple[dict, dict]:
@@ -126,12 +124,13 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     info = bundle_info(cfg.pretrained)
     model, fmt, _ = load_generator(cfg.pretrained, cfg.trainer.device)
     model.train()
-    docs = list(open_corpus(cfg.corpus))
+    corpus = open_corpus(cfg.corpus)
+    docs = list(corpus)
     if not docs:
         raise ValueError(f"corpus {cfg.corpus} has no documents")
     by_split = cfg.split.group(docs)
     used = by_split.get("train", []) + by_split.get("val", [])
-    found_pairs, found_masks = corpus_tasks(cfg.corpus, used)
+    found_pairs, found_masks = corpus_tasks(corpus.hooks, used)
     pairings = found_pairs if pairings is None else pairings
     masks = found_masks if masks is None else masks
     memory = None

@@ -2,7 +2,7 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from ramm.corpus.emojibench import emoji_references, strip_style_prefix
+from ramm_lab.emojibench import emoji_references, strip_style_prefix
 from ramm.evaluation.captioning import bleu4, cider, tokenize
 
 REFS = {"jp": ["Japan Flag", "flag-jp", "jp"], "fr": ["France Flag", "flag-fr", "fr"],

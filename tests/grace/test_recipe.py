@@ -2,7 +2,7 @@ import pytest
 
 from ramm.corpus.document import Document, TextSegment
 from ramm.config import GraceConfig, from_dict
-from ramm.corpus.emojibench import pseudo_queries
+from ramm_lab.emojibench import pseudo_queries
 from ramm.training.grace_recipe import eval_queries
 
 
@@ -37,7 +37,7 @@ def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir
     """--init: GRACE continues a generator bundle (its tokenizers and vocabulary), then retrieves valid images."""
     import torch
 
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
     from ramm.model.generator import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig

@@ -53,7 +53,7 @@ def docs() -> list[Document]:
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory, docs):
     """A tiny encoder trained for a few seconds on the fixture corpus, saved to disk."""
-    from ramm.corpus.emojibench import name_query
+    from ramm_lab.emojibench import name_query
     from ramm.training.retriever_recipe import train_retriever
     from ramm.training.trainer import TrainerConfig
     torch.set_num_threads(1)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ramm.corpus.emojibench import name_query
+from ramm_lab.emojibench import name_query
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.encoder import load_encoder
 from ramm.retrieval.loss import clip_loss, memory_loss

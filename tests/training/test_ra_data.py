@@ -12,7 +12,7 @@ from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.evaluation.token_loss import image_token_loss
 from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-from ramm.corpus.emojibench import base_name, name_words, pseudo_namer, rename_concept
+from ramm_lab.emojibench import base_name, name_words, pseudo_namer, rename_concept
 from ramm.training.ra_data import RAConfig, RADataset, partner_ids, precompute_neighbours, relative_ids
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
@@ -269,7 +269,7 @@ def test_partners_share_the_group_key_and_relatives_add_the_callers_siblings():
     docs = [Document.from_pair(f"d{i}", "t", np.zeros((4, 4, 3), np.uint8), metadata=m) for i, m in enumerate(meta)]
     assert partner_ids(docs, docs, "kind") == {"d0": {"d1"}, "d1": {"d0"}, "d2": set(), "d3": set()}
     assert relative_ids(docs, docs, "kind") == partner_ids(docs, docs, "kind")
-    from ramm.corpus.emojibench import sibling_key
+    from ramm_lab.emojibench import sibling_key
     assert relative_ids(docs, docs, "kind", sibling_key) == {"d0": {"d1", "d2"}, "d1": {"d0"}, "d2": {"d0"}, "d3": set()}
 
 

@@ -197,7 +197,7 @@ def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundl
 
 
 def test_emojibench_pairings_pair_tones_styles_and_questions():
-    from ramm.corpus.emojibench import sft_pairings
+    from ramm_lab.emojibench import sft_pairings
 
     def doc(style, concept, tone, **meta):
         return Document(f"{style}-{concept}", [TextSegment(f"{style} emoji: x")],
