@@ -139,7 +139,7 @@ class RAConfig:
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partners (documents sharing `group_by`)
-    group_by: str = "concept"  # metadata key a document shares with its leave-one-out partners
+    group_by: str | None = None  # metadata key a document shares with its leave-one-out partners (None: the corpus' CorpusHooks.match_key, EmojiBench's concept; a corpus without one: no partners)
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
@@ -361,7 +361,7 @@ class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
-    match: str = "concept"  # metadata key shared by documents of one answer: views pair them, val recall counts them (without it: each document alone)
+    match: str | None = None  # metadata key shared by documents of one answer: views pair them, val recall counts them (None: the corpus' CorpusHooks.match_key, EmojiBench's concept; a corpus without one: each document alone)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):

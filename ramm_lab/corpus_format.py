@@ -19,7 +19,7 @@ def hooks(path: Path) -> CorpusHooks:
     pseudo-queries are the style-free names; generator contexts rename concepts and count skin-tone variants
     as relatives; SFT gets the tone / style / question pairs and the alpha masks."""
     return CorpusHooks(
-        match_key="concept",
+        match_key=eb.MATCH_KEY,
         alt_text=eb.name_query,
         pseudo_queries=eb.pseudo_queries,
         pseudo_namer=eb.pseudo_namer,

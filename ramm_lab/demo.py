@@ -24,7 +24,7 @@ from typing import Callable
 
 
 from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
-from ramm_lab.emojibench import EmojiBenchConfig
+from ramm_lab.emojibench import MATCH_KEY, EmojiBenchConfig
 from ramm_lab.evaluator import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
 from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
@@ -119,6 +119,9 @@ class DemoConfig:
                 setattr(self, f.name, from_dict(_SECTIONS[f.name], getattr(self, f.name), f"demo config {f.name}"))
         if any(getattr(self.generator, n) not in ("", True) for n in DEMO_SETS):
             raise ValueError(f"demo config: generator section must not set {list(DEMO_SETS)} (the demo sets them)")
+        # the keys the library leaves to the corpus (CorpusHooks.match_key), written out: stage configs name them
+        self.retriever.recipe.match = self.retriever.recipe.match or MATCH_KEY
+        self.generator.ra.group_by = self.generator.ra.group_by or MATCH_KEY
 
     @classmethod
     def load(cls, path: str | Path) -> "DemoConfig":

@@ -31,8 +31,11 @@ from ramm.retrieval.strategies import Strategy, query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 
 
-def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept") -> dict[str, set[str]]:
-    """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style)."""
+def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str | None = "concept") -> dict[str, set[str]]:
+    """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style);
+    group_by None: none."""
+    if group_by is None:
+        return {d.id: set() for d in docs}
     by_group: dict[str, set[str]] = {}
     for d in pool:
         if group_by in d.metadata:
