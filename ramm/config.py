@@ -139,7 +139,7 @@ class RAConfig:
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partners (documents sharing `group_by`)
-    group_by: str | None = None  # metadata key a document shares with its leave-one-out partners (None: the corpus' CorpusHooks.match_key, EmojiBench's concept; a corpus without one: no partners)
+    group_by: str | None = None  # metadata key a document shares with its leave-one-out partners (None: the corpus format's CorpusHooks.match_key; a corpus without one: no partners)
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
@@ -258,9 +258,9 @@ class GraceConfig:
     scheme: str = "semantic"  # identifier scheme: numeric | string | semantic | structured | atomic (semantic measured best)
     init: str | None = None  # pretrained generator directory; None trains from scratch
     preset: str = "tiny"  # model size when training from scratch
-    text_tokenizer: str = "runs/demo/text_tokenizer"  # TextTokenizer directory (without init)
-    image_tokenizer: str = "runs/demo/tokenizer"  # ImageTokenizer directory (without init)
-    retriever: str = "runs/demo/retriever"  # dual encoder whose image embeddings the structured scheme clusters
+    text_tokenizer: str | None = None  # TextTokenizer directory; needed without init (the demo's: runs/demo/text_tokenizer)
+    image_tokenizer: str | None = None  # ImageTokenizer directory; needed without init (the demo's: runs/demo/tokenizer)
+    retriever: str | None = None  # dual encoder whose image embeddings the structured scheme clusters; needed by it (the demo's: runs/demo/retriever)
     schedule: str = "mixed"  # "sequence" (memorize, then retrieve) or "mixed" (both tasks in every batch)
     memorize_splits: tuple[str, ...] = ("train", "test")  # splits whose images are memorized
     retrieve_splits: tuple[str, ...] = ("train",)  # splits whose queries train retrieval
@@ -289,6 +289,13 @@ class GraceConfig:
         if self.trainer.warmup > shortest:
             raise ValueError(f"trainer.warmup_steps={self.trainer.warmup} exceeds the shortest stage "
                              f"({shortest} steps)")
+        missing = [n for n in ("text_tokenizer", "image_tokenizer") if self.init is None and not getattr(self, n)]
+        if missing:
+            raise ValueError(f"GRACE from scratch (no init) needs {' and '.join(missing)}: the directories "
+                             f"`ramm train text-tokenizer` / `ramm train tokenizer` wrote (or pass init, a generator)")
+        if self.scheme == "structured" and not self.retriever:
+            raise ValueError("the structured scheme needs retriever: a dual encoder directory whose image "
+                             "embeddings it clusters")
 
     def stage_steps(self) -> dict[str, int]:
         """Stage name -> optimizer steps."""
@@ -361,7 +368,7 @@ class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
-    match: str | None = None  # metadata key shared by documents of one answer: views pair them, val recall counts them (None: the corpus' CorpusHooks.match_key, EmojiBench's concept; a corpus without one: each document alone)
+    match: str | None = None  # metadata key shared by documents of one answer: views pair them, val recall counts them (None: the corpus format's CorpusHooks.match_key; a corpus without one: each document alone)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):

@@ -142,7 +142,7 @@ class RetrievalEvalJob:
     corpus: str  # corpus the queries come from
     splits: tuple[str, ...] = ("test", "heldout")  # query splits
     json: str | None = None  # also write the numbers to this JSON file
-    match: str | None = None  # metadata key: a retrieved document with the query's value is a hit (None: the corpus' CorpusHooks.match_key, EmojiBench's concept; a corpus without one must name it)
+    match: str | None = None  # metadata key: a retrieved document with the query's value is a hit (None: the corpus format's CorpusHooks.match_key; a corpus without one must name it)
     strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
