@@ -18,7 +18,7 @@ import math
 import tokenize
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -314,20 +314,32 @@ class SFTMixture:
 
     text_to_image: float = 0.5  # caption -> image, as an instruction (the pretrained format already serves it)
     caption: float = 1.0  # image -> caption
-    edit: float = 3.0  # source image + edit instruction -> target image (EmojiBench: skin tones)
-    style: float = 1.5  # image + "draw it in the <style> style" -> the other style's image
+    edit: float = 3.0  # source image + edit instruction -> target image (pairs and wordings from the corpus' hooks)
+    style: float = 1.5  # image + style instruction -> the same thing in another style (pairs and wordings from the corpus' hooks)
     controlled: float = 1.0  # silhouette (the foreground mask) + caption -> image
     segment: float = 2.0  # image -> its foreground mask
-    vqa_category: float = 1.5  # image + question -> its category
-    vqa_tone: float = 1.0  # image + question -> its skin tone
-    vqa_country: float = 0.5  # flag image + question -> its country
+    questions: dict[str, float] | None = None  # weight of each question task vqa_<kind> the corpus' hooks offer (None: the hooks' sft_questions)
     infill: float = 0.25  # CM3 infilling of the masked image
     replay: float = 1.0  # pretraining replay: whole micro-batches of the pretrained generator's own RA-CM3 examples (keeps captioning and text -> image)
 
     def __post_init__(self):
-        weights = asdict(self)
-        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise ValueError(f"mixture weights must be >= 0 with one > 0, got {weights}")
+        self.weights({})
+
+    def weights(self, default_questions: dict[str, float] | None) -> dict[str, float]:
+        """Task -> weight in field order, `questions` (else `default_questions`) in its place; replay last."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "questions":
+                value = default_questions if value is None else value
+                if any(not q.startswith("vqa_") for q in value or {}):
+                    raise ValueError(f"mixture.questions names tasks vqa_<kind>, got {sorted(value)}")
+                out.update(value or {})
+            else:
+                out[f.name] = value
+        if any(w < 0 for w in out.values()) or not any(w > 0 for w in out.values()):
+            raise ValueError(f"mixture weights must be >= 0 with one > 0, got {out}")
+        return out
 
 
 def _sft_trainer() -> TrainerConfig:

@@ -12,12 +12,13 @@ from ramm.corpus.formats import CorpusFormat
 from ramm.corpus.hooks import CorpusHooks
 from ramm.corpus.splits import SPLITS
 from ramm_lab import emojibench as eb
+from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES, QUESTION_WEIGHTS
 
 
 def hooks(path: Path) -> CorpusHooks:
     """EmojiBench's hooks: a hit is the same concept (the other style); the retriever's name view and GRACE's
     pseudo-queries are the style-free names; generator contexts rename concepts and count skin-tone variants
-    as relatives; SFT gets the tone / style / question pairs and the alpha masks."""
+    as relatives; SFT gets the tone / style / question pairs, the alpha masks and their wordings."""
     return CorpusHooks(
         match_key=eb.MATCH_KEY,
         alt_text=eb.name_query,
@@ -25,6 +26,8 @@ def hooks(path: Path) -> CorpusHooks:
         pseudo_namer=eb.pseudo_namer,
         sibling_key=eb.sibling_key,
         sft_tasks=lambda docs: (eb.sft_pairings(docs), eb.load_masks(path, [d.id for d in docs])),
+        sft_templates=EMOJIBENCH_TEMPLATES,
+        sft_questions=QUESTION_WEIGHTS,
         describe=lambda: emojibench_table(eb.read_manifest(path)),
         verify=lambda: eb.verify_emojibench(path),
     )

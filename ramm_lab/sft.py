@@ -106,7 +106,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     from ramm_lab.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
-    from ramm.training.sft_data import TEMPLATES, image_to_mask, mask_image, mask_iou, split_templates
+    from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates
+    from ramm_lab.sft_tasks import TEMPLATES
 
     docs = {d.id: d for d in load_emojibench(data, cfg.split)}
     masks = load_masks(data, list(docs))
@@ -121,7 +122,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
     def template(task, i):
         """Even cases: the first training template; odd: the first held-out one."""
-        trained, held = split_templates(task, 1)
+        trained, held = split_templates(task, 1, TEMPLATES)
         return ("trained", trained[0]) if i % 2 == 0 or not held else ("heldout", held[0])
 
     def recognised(images, wanted) -> np.ndarray:

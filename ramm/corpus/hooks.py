@@ -7,7 +7,7 @@ in what it knows.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,8 @@ class CorpusHooks:
     pseudo_namer: Callable[[Iterable[Document]], Renamer] | None = None  # generator training: names swapped in retrieved contexts
     sibling_key: Callable[[Document], object] | None = None  # generator training: documents sharing it are relatives
     sft_tasks: Callable[[list[Document]], tuple[dict, dict]] | None = None  # SFT (pairings, masks) over the given documents
+    sft_templates: Mapping[str, tuple[str, ...]] | None = None  # SFT wordings of the corpus' own tasks (its edits, styles, vqa_<kind> questions)
+    sft_questions: Mapping[str, float] | None = None  # default SFT weight of each of its question tasks (SFTMixture.questions)
     describe: Callable[[], str] | None = None  # `ramm data stats`: a summary table (None: stream-check the documents)
     verify: Callable[[], list[str]] | None = None  # `ramm data stats --verify`: integrity problems (empty: all good)
 
