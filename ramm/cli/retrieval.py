@@ -28,7 +28,6 @@ def register(cli) -> None:
 
 def _train(cfg) -> int:
     import logging
-
     from dataclasses import replace
 
     from ramm.corpus import open_corpus
@@ -111,10 +110,10 @@ def _search(cfg) -> int:
 
 
 def _eval(cfg) -> int:
+    from ramm.corpus import open_corpus
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.recall import memory_recall
     from ramm.utils import atomic_write_json
-    from ramm.corpus import open_corpus
 
     match = open_corpus(cfg.corpus).hooks.match_or(cfg.match)
     if match is None:
