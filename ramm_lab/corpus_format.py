@@ -29,7 +29,7 @@ def hooks(path: Path) -> CorpusHooks:
         sft_templates=EMOJIBENCH_TEMPLATES,
         sft_questions=QUESTION_WEIGHTS,
         describe=lambda: emojibench_table(eb.read_manifest(path)),
-        verify=lambda: eb.verify_emojibench(path),
+        verify=lambda: (len(eb.read_manifest(path)), eb.verify_emojibench(path)),
     )
 
 

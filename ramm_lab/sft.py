@@ -106,8 +106,10 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     from ramm_lab.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
-    from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates
-    from ramm_lab.sft_tasks import TEMPLATES
+    from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates, with_templates
+    from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES
+
+    TEMPLATES = with_templates(EMOJIBENCH_TEMPLATES)  # every task's wordings on EmojiBench
 
     docs = {d.id: d for d in load_emojibench(data, cfg.split)}
     masks = load_masks(data, list(docs))

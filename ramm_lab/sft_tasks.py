@@ -6,8 +6,6 @@ Nine wordings per task; the last ones are the held-out templates (docs/sft.md).
 """
 from __future__ import annotations
 
-from ramm.training.sft_data import with_templates
-
 EMOJIBENCH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "edit": ("make the skin tone {tone}", "change the skin tone to {tone}", "use a {tone} skin tone",
              "edit: skin tone {tone}", "recolour the skin {tone}", "skin tone: {tone}",
@@ -30,5 +28,4 @@ EMOJIBENCH_TEMPLATES: dict[str, tuple[str, ...]] = {
                     "which nation does this flag stand for?", "tell me the country",
                     "this flag belongs to which country?"),
 }
-TEMPLATES = with_templates(EMOJIBENCH_TEMPLATES)  # every task's wordings on EmojiBench
 QUESTION_WEIGHTS = {"vqa_category": 1.5, "vqa_tone": 1.0, "vqa_country": 0.5}  # SFTMixture.questions' default (chosen on val, docs/sft.md)

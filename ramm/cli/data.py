@@ -24,10 +24,10 @@ def _stats(cfg) -> int:
             return 0
         if hooks.verify is None:
             raise ValueError(f"--verify: {cfg.path} ({corpus.kind}) keeps no checksums to verify")
-        problems = hooks.verify()
+        checked, problems = hooks.verify()
         for p in problems[:20]:
             print(f"  {p}")
-        print(f"verify: {len(problems)} problem(s)" if problems else "verify: every image matches the manifest")
+        print(f"verify: {checked - len(problems)} of {checked} images match their recorded checksums")
         return 1 if problems else 0
     sizes, n_img = Counter(), 0
     for doc in tqdm(corpus, desc="read", unit="doc"):

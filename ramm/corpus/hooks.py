@@ -30,7 +30,7 @@ class CorpusHooks:
     sft_templates: Mapping[str, tuple[str, ...]] | None = None  # SFT wordings of the corpus' own tasks (its edits, styles, vqa_<kind> questions)
     sft_questions: Mapping[str, float] | None = None  # default SFT weight of each of its question tasks (SFTMixture.questions)
     describe: Callable[[], str] | None = None  # `ramm data stats`: a summary table (None: stream-check the documents)
-    verify: Callable[[], list[str]] | None = None  # `ramm data stats --verify`: integrity problems (empty: all good)
+    verify: Callable[[], tuple[int, list[str]]] | None = None  # `ramm data stats --verify`: (images checked, problems found)
 
     def match_or(self, key: str | None) -> str | None:
         """`key` when a setting names one, else the corpus' own `match_key`."""
