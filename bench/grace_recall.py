@@ -29,7 +29,7 @@ def dense_ranking(enc, docs, texts: list[str], documents: bool = False) -> list[
 
 def queries_of(docs, candidates) -> tuple[list[str], list[set[str]], int]:
     """Query texts, the relevant candidate ids of each (same concept) and the number of caption queries."""
-    from ramm.corpus.emojibench import pseudo_queries
+    from ramm_lab.emojibench import pseudo_queries
     from ramm.training.grace_recipe import eval_queries
 
     queries = eval_queries(docs, pseudo_queries)
@@ -57,7 +57,7 @@ def added_images_rows(retriever, enc, memorized, new_docs, split: str) -> list[d
 
 
 def main() -> int:
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
     from ramm.retrieval.encoder import load_encoder
     from ramm.tokenizers.image_tokenizer import ImageTokenizer

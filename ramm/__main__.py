@@ -23,11 +23,16 @@ def error_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ramm.cli import build_parser
+    from ramm.plugins import PluginError
     from ramm.utils import Locked
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as e:  # an installed package's commands that fail to load
+        print(f"ramm: error: {error_line(e)}", file=sys.stderr)
+        return 1
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):
         parser.parse_args(argv)  # argparse's own error for the unknown arguments

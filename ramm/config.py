@@ -18,7 +18,7 @@ import math
 import tokenize
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class RAConfig:
     n_candidates: int = 2  # neighbours kept per query (k <= this)
     diversity: float | None = 0.9  # skip candidates whose relevance to the query exceeds this (None: off)
     exempt_partner: bool = True  # never skip the leave-one-out partners (documents sharing `group_by`)
-    group_by: str = "concept"  # metadata key a document shares with its leave-one-out partners
+    group_by: str | None = None  # metadata key a document shares with its leave-one-out partners (None: the corpus format's CorpusHooks.match_key; a corpus without one: no partners)
     query_dropout: float = 0.2  # fraction of the text query's words dropped before retrieval
     alpha: float = 0.1  # loss weight on retrieved tokens: -log p(x|m) - alpha log p(m)
     max_len: int = 512  # longest training sequence; longer ones lose retrieved documents first
@@ -258,9 +258,9 @@ class GraceConfig:
     scheme: str = "semantic"  # identifier scheme: numeric | string | semantic | structured | atomic (semantic measured best)
     init: str | None = None  # pretrained generator directory; None trains from scratch
     preset: str = "tiny"  # model size when training from scratch
-    text_tokenizer: str = "runs/demo/text_tokenizer"  # TextTokenizer directory (without init)
-    image_tokenizer: str = "runs/demo/tokenizer"  # ImageTokenizer directory (without init)
-    retriever: str = "runs/demo/retriever"  # dual encoder whose image embeddings the structured scheme clusters
+    text_tokenizer: str | None = None  # TextTokenizer directory; needed without init (the demo's: runs/demo/text_tokenizer)
+    image_tokenizer: str | None = None  # ImageTokenizer directory; needed without init (the demo's: runs/demo/tokenizer)
+    retriever: str | None = None  # dual encoder whose image embeddings the structured scheme clusters; needed by it (the demo's: runs/demo/retriever)
     schedule: str = "mixed"  # "sequence" (memorize, then retrieve) or "mixed" (both tasks in every batch)
     memorize_splits: tuple[str, ...] = ("train", "test")  # splits whose images are memorized
     retrieve_splits: tuple[str, ...] = ("train",)  # splits whose queries train retrieval
@@ -289,6 +289,13 @@ class GraceConfig:
         if self.trainer.warmup > shortest:
             raise ValueError(f"trainer.warmup_steps={self.trainer.warmup} exceeds the shortest stage "
                              f"({shortest} steps)")
+        missing = [n for n in ("text_tokenizer", "image_tokenizer") if self.init is None and not getattr(self, n)]
+        if missing:
+            raise ValueError(f"GRACE from scratch (no init) needs {' and '.join(missing)}: the directories "
+                             f"`ramm train text-tokenizer` / `ramm train tokenizer` wrote (or pass init, a generator)")
+        if self.scheme == "structured" and not self.retriever:
+            raise ValueError("the structured scheme needs retriever: a dual encoder directory whose image "
+                             "embeddings it clusters")
 
     def stage_steps(self) -> dict[str, int]:
         """Stage name -> optimizer steps."""
@@ -307,20 +314,32 @@ class SFTMixture:
 
     text_to_image: float = 0.5  # caption -> image, as an instruction (the pretrained format already serves it)
     caption: float = 1.0  # image -> caption
-    edit: float = 3.0  # source image + edit instruction -> target image (EmojiBench: skin tones)
-    style: float = 1.5  # image + "draw it in the <style> style" -> the other style's image
+    edit: float = 3.0  # source image + edit instruction -> target image (pairs and wordings from the corpus' hooks)
+    style: float = 1.5  # image + style instruction -> the same thing in another style (pairs and wordings from the corpus' hooks)
     controlled: float = 1.0  # silhouette (the foreground mask) + caption -> image
     segment: float = 2.0  # image -> its foreground mask
-    vqa_category: float = 1.5  # image + question -> its category
-    vqa_tone: float = 1.0  # image + question -> its skin tone
-    vqa_country: float = 0.5  # flag image + question -> its country
+    questions: dict[str, float] | None = None  # weight of each question task vqa_<kind> the corpus' hooks offer (None: the hooks' sft_questions)
     infill: float = 0.25  # CM3 infilling of the masked image
     replay: float = 1.0  # pretraining replay: whole micro-batches of the pretrained generator's own RA-CM3 examples (keeps captioning and text -> image)
 
     def __post_init__(self):
-        weights = asdict(self)
-        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise ValueError(f"mixture weights must be >= 0 with one > 0, got {weights}")
+        self.weights({})
+
+    def weights(self, default_questions: dict[str, float] | None) -> dict[str, float]:
+        """Task -> weight in field order, `questions` (else `default_questions`) in its place; replay last."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "questions":
+                value = default_questions if value is None else value
+                if any(not q.startswith("vqa_") for q in value or {}):
+                    raise ValueError(f"mixture.questions names tasks vqa_<kind>, got {sorted(value)}")
+                out.update(value or {})
+            else:
+                out[f.name] = value
+        if any(w < 0 for w in out.values()) or not any(w > 0 for w in out.values()):
+            raise ValueError(f"mixture weights must be >= 0 with one > 0, got {out}")
+        return out
 
 
 def _sft_trainer() -> TrainerConfig:
@@ -361,7 +380,7 @@ class RetrieverRecipeConfig:
     name_view_prob: float = 0.25  # chance a text view is the caller's `alt_text` (EmojiBench: the style-free name) instead of the caption
     max_shift: int = 3  # random translation (pixels, white fill) applied to each training image
     flip_prob: float = 0.0  # chance each training image is mirrored left-right (most emoji keep their meaning)
-    match: str = "concept"  # metadata key shared by documents of one answer: views pair them, val recall counts them (without it: each document alone)
+    match: str | None = None  # metadata key shared by documents of one answer: views pair them, val recall counts them (None: the corpus format's CorpusHooks.match_key; a corpus without one: each document alone)
     seed: int = 0  # sampling and augmentation seed
 
     def __post_init__(self):

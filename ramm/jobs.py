@@ -142,7 +142,7 @@ class RetrievalEvalJob:
     corpus: str  # corpus the queries come from
     splits: tuple[str, ...] = ("test", "heldout")  # query splits
     json: str | None = None  # also write the numbers to this JSON file
-    match: str = "concept"  # metadata key: a retrieved document with the query's value is a hit (EmojiBench: concept)
+    match: str | None = None  # metadata key: a retrieved document with the query's value is a hit (None: the corpus format's CorpusHooks.match_key; a corpus without one must name it)
     strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
 
@@ -286,30 +286,12 @@ class GraceSearchJob:
 
 
 @dataclass
-class EmojiBenchJob:
-    """`ramm data emojibench`: fetch the npm emoji packages and build EmojiBench."""
-
-    out: str  # output folder (tar shards + manifest.jsonl + meta.json)
-    size: int = 32  # image side in pixels
-    styles: str = "google,twitter"  # comma-separated art styles
-    seed: int = 0  # seed of the concept-level splits
-    skin_tones: bool = True  # one document per skin-tone variant (False or --no-skin-tones: default tones only)
-    cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
-
-    def __post_init__(self):
-        require(self, ("out",))
-
-    @property
-    def style_list(self) -> tuple[str, ...]:
-        return tuple(s.strip() for s in self.styles.split(",") if s.strip())
-
-
-@dataclass
 class DataStatsJob:
-    """`ramm data stats PATH`: documents per split, style, track and category, or a stream check of any corpus."""
+    """`ramm data stats PATH`: the corpus format's summary table (EmojiBench: documents per split, style, track and
+    category), or a stream check of any corpus."""
 
-    path: str  # EmojiBench folder, COCO captions JSON, JSONL/CSV, or webdataset tar shard(s) (positional)
-    verify: bool = False  # EmojiBench: check every image against its sha256
+    path: str  # a corpus `open_corpus` reads: COCO captions JSON, JSONL/CSV, webdataset tar shard(s), an EmojiBench folder (positional)
+    verify: bool = False  # check every image against the checksums the corpus format keeps (EmojiBench: sha256)
     strict: bool = False  # other corpora: stop at the first bad item
     images: str | None = None  # image folder for COCO/JSONL/CSV (None: beside the file)
 

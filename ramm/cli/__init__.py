@@ -1,7 +1,9 @@
 """The `ramm` command line: each module here adds its sub-commands through `register(cli)`.
 
 Sub-commands map to plain typed functions in the library; this package owns printing and
-progress bars. Modules are discovered, so adding a command touches only its own module.
+progress bars. Modules are discovered, so adding a command touches only its own module; installed packages
+add theirs through the `ramm.cli` entry points (`ramm.plugins`: the EmojiBench lab's `ramm demo`, `ramm demo-sft`,
+`ramm eval --run`, `ramm data emojibench`).
 """
 from __future__ import annotations
 
@@ -153,4 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         if mod.name.startswith("_"):
             continue
         importlib.import_module(f"{__name__}.{mod.name}").register(cli)
+    from ramm.plugins import load_plugins
+    for register in load_plugins("ramm.cli").values():
+        register(cli)
     return cli.parser

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-GRID_SCALE = 4  # emoji are 32x32: the grid and the page show them 4x larger, pixelated
+GRID_MIN_SIDE = 128  # the grid and the page show small images (32x32 emoji: 4x) at least this large, pixelated; large ones as they are
 
 
 def register(cli) -> None:
@@ -127,12 +127,14 @@ def _edit(cfg) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- output
-def grid(images, columns: int = 8, pad: int = 2, scale: int = GRID_SCALE):
-    """Images (uint8 (H, W, 3), same size) -> one uint8 grid image on white, upscaled `scale`x (nearest)."""
+def grid(images, columns: int = 8, pad: int = 2, scale: int | None = None):
+    """Images (uint8 (H, W, 3), same size) -> one uint8 grid image on white, upscaled `scale`x (nearest; None:
+    the smallest whole factor that shows an image at GRID_MIN_SIDE pixels or more, 1 for large images)."""
     import numpy as np
     if not len(images):
         raise ValueError("no images to put in a grid")
     h, w, _ = images[0].shape
+    scale = scale or max(1, -(-GRID_MIN_SIDE // max(h, w)))
     cols = min(columns, len(images))
     rows = -(-len(images) // cols)
     out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
@@ -178,7 +180,7 @@ body {{ font-family: sans-serif; margin: 1.5em; }}
 .col {{ flex: 0 0 auto; max-width: 46em; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: .8em; }}
 .card {{ width: 140px; font-size: .85em; }}
-img.px {{ width: 128px; height: 128px; image-rendering: pixelated; border: 1px solid #ccc; }}
+img.px {{ min-width: 128px; height: auto; image-rendering: pixelated; border: 1px solid #ccc; }}
 pre {{ font-size: .75em; color: #555; }}
 </style></head><body>
 <h1>{html.escape(task)}</h1>

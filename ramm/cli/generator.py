@@ -12,12 +12,14 @@ def register(cli) -> None:
 
 
 def _run(cfg) -> int:
-    from ramm.corpus import emojibench
+    from dataclasses import replace
+
+    from ramm.corpus import open_corpus
     from ramm.training.generator_recipe import train_generator
 
-    lab = emojibench.is_emojibench_dir(cfg.corpus)
-    result = train_generator(cfg, pseudo_namer=emojibench.pseudo_namer if lab else None,
-                             sibling_key=emojibench.sibling_key if lab else None)
+    hooks = open_corpus(cfg.corpus).hooks  # EmojiBench: concept partners, renamed concepts, skin-tone siblings
+    cfg = replace(cfg, ra=replace(cfg.ra, group_by=hooks.match_or(cfg.ra.group_by)))
+    result = train_generator(cfg, pseudo_namer=hooks.pseudo_namer, sibling_key=hooks.sibling_key)
     print(f"saved generator to {cfg.out} after {result['steps']} steps ({result['minutes']:.1f} min, "
           f"{result['tokens_per_s'] or 0:.0f} tokens/s at the end)")
     for key, value in result.items():

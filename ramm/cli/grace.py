@@ -13,10 +13,11 @@ def register(cli) -> None:
 
 
 def _train(cfg) -> int:
-    from ramm.corpus.emojibench import is_emojibench_dir, pseudo_queries
+    from ramm.corpus import open_corpus
     from ramm.training.grace_recipe import grace_documents, train_grace
 
-    retriever = train_grace(cfg, *grace_documents(cfg), pseudo_queries if is_emojibench_dir(cfg.corpus) else None)
+    hooks = open_corpus(cfg.corpus).hooks  # EmojiBench: names and short names as pseudo-queries; others: none
+    retriever = train_grace(cfg, *grace_documents(cfg), hooks.pseudo_queries)
     print(f"saved GRACE model ({len(retriever.identifiers)} {cfg.scheme} identifiers) to {cfg.out}")
     return 0
 

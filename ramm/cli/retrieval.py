@@ -28,18 +28,21 @@ def register(cli) -> None:
 
 def _train(cfg) -> int:
     import logging
+    from dataclasses import replace
 
-    from ramm.corpus.emojibench import is_emojibench_dir, name_query
+    from ramm.corpus import open_corpus
     from ramm.training.retriever_recipe import train_retriever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    hooks = open_corpus(cfg.corpus).hooks  # EmojiBench: a concept is one answer, its name a second text view
+    views = replace(cfg.views, match=hooks.match_or(cfg.views.match))
     docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "val"], strict=cfg.strict))
     train, val = list(cfg.split.select(docs, "train")), list(cfg.split.select(docs, "val"))
     if not train:
         raise ValueError(f"{cfg.corpus} has no train documents")
     print(f"training the retriever on {len(train)} train documents; val recall on {len(val)} val documents")
-    row = train_retriever(train, cfg.out, cfg.trainer, cfg.model, cfg.views, val_docs=val or None,
-                          alt_text=name_query if is_emojibench_dir(cfg.corpus) else None)
+    row = train_retriever(train, cfg.out, cfg.trainer, cfg.model, views, val_docs=val or None,
+                          alt_text=hooks.alt_text)
     print(f"saved the retriever to {cfg.out}: step {row.get('step')}, loss {row.get('loss', float('nan')):.4f}" +
           "".join(f", val {k} {v:.3f}" for k, v in row.items() if k.startswith(("t2i", "i2t"))))
     return 0
@@ -107,19 +110,25 @@ def _search(cfg) -> int:
 
 
 def _eval(cfg) -> int:
+    from ramm.corpus import open_corpus
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.recall import memory_recall
     from ramm.utils import atomic_write_json
+
+    match = open_corpus(cfg.corpus).hooks.match_or(cfg.match)
+    if match is None:
+        raise ValueError(f"{cfg.corpus}: its format names no metadata key that documents of one answer share "
+                         f"(a query's only hit would be itself, which is left out); pass --match KEY")
     mem = Memory.load(cfg.memory, snapshot=True)
     print("queries: each document's text (text->image) or image (image->text); memory: every document, "
-          f"the query's own left out; hit: a document of the same {cfg.match}")
+          f"the query's own left out; hit: a document of the same {match}")
     print(f"{'split':<8} {'direction':<12} {'n':>5} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = {}
     for split in cfg.splits:
         docs = list(corpus_documents(cfg.corpus, cfg.split, [split], strict=cfg.strict))
         if not docs:
             raise ValueError(f"split {split!r} of {cfg.corpus} has no documents")
-        results[split] = memory_recall(mem, docs, match=cfg.match)
+        results[split] = memory_recall(mem, docs, match=match)
         for direction, r in results[split].items():
             print(f"{split:<8} {direction:<12} {len(docs):>5} {r[1]:>6.3f} {r[5]:>6.3f} {r[10]:>6.3f}")
     if cfg.json:

@@ -1,4 +1,5 @@
-"""Loaders for users' own corpora: COCO captions JSON, JSONL/CSV + image folder, webdataset tar shards.
+"""Loaders for users' own corpora: COCO captions JSON, JSONL/CSV + image folder, webdataset tar shards;
+other formats (EmojiBench) come from installed packages through `ramm.corpus.formats`.
 
 Every loader streams (images are read one item at a time, so a 10M-pair corpus never sits in memory)
 and never crashes half way on bad input: a corrupt or missing image, an empty or non-UTF-8 caption, a
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes, read_image_file
+from ramm.corpus.hooks import NEUTRAL, CorpusHooks
 from ramm.corpus.skips import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,11 @@ Reader = Callable[[SkipCounter], Iterator[Document]]
 
 
 class Corpus:
-    """A re-iterable stream of Documents; each pass counts its good and bad items in `skips`."""
+    """A re-iterable stream of Documents; each pass counts its good and bad items in `skips`. `hooks`: what
+    its format knows beyond the documents (neutral for the built-in loaders)."""
 
-    def __init__(self, kind: str, path: Path, reader: Reader, strict: bool = False):
-        self.kind, self.path, self.strict = kind, path, strict
+    def __init__(self, kind: str, path: Path, reader: Reader, strict: bool = False, hooks: CorpusHooks = NEUTRAL):
+        self.kind, self.path, self.strict, self.hooks = kind, path, strict, hooks
         self._reader = reader
         self.skips = SkipCounter(strict)
 
@@ -57,12 +60,13 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
                 image_size: int | None = None) -> Corpus:
     """Pick the loader from the path.
 
-    An EmojiBench folder (manifest.jsonl + meta.json); a folder of .tar shards or one .tar/.tar.gz/.tgz
-    (webdataset / img2dataset layout); a .json COCO captions file; a .jsonl, .csv or .tsv file.
+    A folder of a registered format (`ramm.corpus.formats`: EmojiBench, when its lab is installed); a folder
+    of .tar shards or one .tar/.tar.gz/.tgz (webdataset / img2dataset layout); a .json COCO captions file;
+    a .jsonl, .csv or .tsv file; a file of a registered format.
     images: folder that relative image paths start from (default: the file's folder).
     image_size: resize every image to this square side (default: keep each image's size).
     """
-    from ramm.corpus.emojibench import is_emojibench_dir, iter_emojibench
+    from ramm.corpus.formats import find_format, formats
 
     path = Path(path)
     if not path.exists():
@@ -70,14 +74,17 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     root = Path(images) if images is not None else (path if path.is_dir() else path.parent)
+    name = path.name.lower()
+    builtin = not path.is_dir() and name.endswith((*TAR_SUFFIXES, ".jsonl", ".csv", ".tsv", ".json"))
+    fmt = None if builtin else find_format(path)  # a JSONL file never loads a plugin
+    if fmt is not None:
+        return Corpus(fmt.name, path, lambda skips: fmt.read(path, skips), strict, fmt.hooks(path))
     if path.is_dir():
-        if is_emojibench_dir(path):
-            return Corpus("emojibench", path, lambda skips: iter_emojibench(path), strict)
         shards = sorted(p for p in path.iterdir() if p.name.endswith(TAR_SUFFIXES))
         if not shards:
-            raise ValueError(f"{path}: folder holds neither EmojiBench (manifest.jsonl + meta.json) nor .tar shards")
+            raise ValueError(f"{path}: folder holds no .tar shards and is in no registered corpus format "
+                             f"({', '.join(sorted(formats())) or 'none installed'})")
         return Corpus("webdataset", path, lambda skips: read_webdataset(shards, skips, image_size), strict)
-    name = path.name.lower()
     if name.endswith(TAR_SUFFIXES):
         return Corpus("webdataset", path, lambda skips: read_webdataset([path], skips, image_size), strict)
     if name.endswith(".jsonl"):
@@ -86,8 +93,9 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
         return Corpus("csv", path, lambda skips: read_csv(path, root, skips, image_size), strict)
     if name.endswith(".json"):
         return Corpus("coco", path, lambda skips: read_coco(path, root, skips, image_size), strict)
-    raise ValueError(f"{path}: unknown corpus format; expected an EmojiBench folder, .tar shards, COCO .json, "
-                     f".jsonl, .csv or .tsv")
+    raise ValueError(f"{path}: unknown corpus format; expected .tar shards, COCO .json, .jsonl, .csv, .tsv or a "
+                     f"registered format ({', '.join(sorted(formats())) or 'none installed'})")
+
 
 
 # ---------------------------------------------------------------------------------------------- shared

@@ -14,9 +14,10 @@ import numpy as np
 from ramm.corpus.document import Document
 
 
-def concept_of(doc: Document, key: str = "concept") -> str:
-    """The answer a document stands for: its metadata `key` (EmojiBench: the concept), else its own id."""
-    return str(doc.metadata.get(key, doc.id))
+def concept_of(doc: Document, key: str | None = "concept") -> str:
+    """The answer a document stands for: its metadata `key` (EmojiBench: the concept), else (or with key None)
+    its own id."""
+    return str(doc.id if key is None else doc.metadata.get(key, doc.id))
 
 
 def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[Iterable[str] | str],
@@ -55,13 +56,13 @@ def exact_leave_one_out(queries: np.ndarray, memory: np.ndarray, self_rows: Sequ
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10), match: str = "concept") -> dict[str, dict[int, float]]:
+def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10), match: str | None = "concept") -> dict[str, dict[int, float]]:
     """{'text->image': {K: recall}, 'image->text': {...}} for `queries` against a built Memory,
     each query's own document left out (by id, and its exact duplicates); a hit shares the query's
     metadata `match`."""
     if not queries:
         raise ValueError("no query documents")
-    if not any(match in d.metadata for d in queries):
+    if match is None or not any(match in d.metadata for d in queries):
         raise ValueError(f"no query document has metadata {match!r}: its only hit would be itself, which is left "
                          f"out; name the metadata key that documents of one answer share (match)")
     enc, k = memory.encoder, max(ks)

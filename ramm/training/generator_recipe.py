@@ -51,8 +51,8 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     """Train, save the generator to cfg.out, return the final evaluation (also in eval.json there);
     cfg.split places the documents that carry no split field.
 
-    What only the caller knows of its corpus (EmojiBench: `ramm.corpus.emojibench`'s functions of these
-    names): `pseudo_namer(train_docs)` makes the `rename` that cfg.ra.pseudo_names applies
+    What only the caller knows of its corpus (the `CorpusHooks` fields of these names; EmojiBench:
+    `ramm_lab.emojibench`'s functions): `pseudo_namer(train_docs)` makes the `rename` that cfg.ra.pseudo_names applies
     (None: no renaming), and `sibling_key(doc)` the related documents the diversity rule keeps besides
     the leave-one-out partners (documents sharing cfg.ra.group_by)."""
     import torch

@@ -31,8 +31,11 @@ from ramm.retrieval.strategies import Strategy, query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 
 
-def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept") -> dict[str, set[str]]:
-    """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style)."""
+def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str | None = "concept") -> dict[str, set[str]]:
+    """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style);
+    group_by None: none."""
+    if group_by is None:
+        return {d.id: set() for d in docs}
     by_group: dict[str, set[str]] = {}
     for d in pool:
         if group_by in d.metadata:
@@ -43,7 +46,7 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: st
 def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept",
                  sibling_key: Callable[[Document], object] | None = None) -> dict[str, set[str]]:
     """Leave-one-out partners plus siblings: documents of `pool` with the same `sibling_key(doc)` (not None;
-    EmojiBench: `ramm.corpus.emojibench.sibling_key`, the other skin tones in the same art style). Both are
+    `CorpusHooks.sibling_key`; EmojiBench: the other skin tones in the same art style). Both are
     the knowledge retrieval exists for, so the diversity threshold must not drop them as near-duplicates."""
     out = partner_ids(docs, pool, group_by)
     if sibling_key is None:
@@ -99,7 +102,7 @@ class RADataset(torch.utils.data.Dataset):
     """Training examples: main documents (image codes attached) with their precomputed neighbours.
 
     `rename(main, retrieved, rng)`: with chance cfg.pseudo_names, gives the example's concept a made-up
-    name (EmojiBench: `ramm.corpus.emojibench.pseudo_namer`); None: names stay as they are."""
+    name (EmojiBench: `ramm_lab.emojibench.pseudo_namer`); None: names stay as they are."""
 
     def __init__(self, docs: Sequence[Document], neighbours: dict[str, list[list[str]]], lookup: dict[str, Document],
                  fmt: CM3Format, cfg: RAConfig, rename: Rename | None = None):

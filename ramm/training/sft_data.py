@@ -5,7 +5,7 @@ Tasks (CM3Leon's names): text -> image, captioning, text-guided image editing, s
 (image-to-image grounded generation), silhouette-controlled generation, segmentation, questions about
 an image (VQA-style), and CM3 infilling. The builders here are generic: the caller supplies which
 documents pair up (an edit's source and target, a question's answer) and the foreground masks; the
-EmojiBench pairings live in `ramm.corpus.emojibench.sft_pairings`.
+EmojiBench pairings live in the lab (`ramm_lab.emojibench.sft_pairings`, reached through `CorpusHooks.sft_tasks`).
 
 An item holds no wording: a template is drawn per example, from the task's training templates only.
 The last `heldout` templates of every task never reach training (`SFTDataset`), so evaluation can
@@ -14,7 +14,7 @@ measure wording the model never saw. Examples are deterministic in (seed, epoch,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,11 @@ from ramm.tokenizers.cm3_format import CM3Format
 
 # Nine wordings per task; the last ones of each list are the held-out templates (`split_templates`). Four
 # wordings per task left the held-out one answered as a caption (0% against 62% on category questions): more
-# variety in training is what makes an unseen wording read as the same task.
+# variety in training is what makes an unseen wording read as the same task. These are the tasks every corpus
+# has (its captions, images and masks); the wordings of a corpus' own tasks (its edits, style transfer and
+# questions, whose pairs `CorpusHooks.sft_tasks` gives) come with them as `CorpusHooks.sft_templates`
+# (EmojiBench: ramm_lab.sft_tasks) and are merged over these (`with_templates`).
+Templates = Mapping[str, tuple[str, ...]]
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "text_to_image": ("draw {caption}", "an image of {caption}", "generate a picture: {caption}",
                       "show me {caption}", "please draw {caption}", "make an image of {caption}",
@@ -33,41 +37,37 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "caption": ("describe this image", "write a caption for this picture", "caption:", "what does this show?",
                 "what is this?", "describe it", "name what you see", "give this image a caption",
                 "say what is in the picture"),
-    "edit": ("make the skin tone {tone}", "change the skin tone to {tone}", "use a {tone} skin tone",
-             "edit: skin tone {tone}", "recolour the skin {tone}", "skin tone: {tone}",
-             "same emoji, {tone} skin tone", "switch to the {tone} skin tone", "give it the {tone} skin tone"),
-    "style": ("draw it in the {style} style", "redraw this as a {style} emoji", "convert to {style} style",
-              "the {style} version of this", "{style} style, please", "same emoji in {style} art",
-              "restyle this: {style}", "how would {style} draw this?", "render this like {style} does"),
     "controlled": ("draw {caption} in this silhouette", "fill this shape: {caption}",
                    "{caption}, with this outline", "make {caption} that fits the mask",
                    "this shape as {caption}", "silhouette -> {caption}", "draw {caption} inside this mask",
                    "{caption} in exactly this shape", "use this silhouette to draw {caption}"),
     "segment": ("segment the foreground", "give the mask of this image", "silhouette of this",
                 "which pixels are the object?", "foreground mask", "mask it", "draw its outline filled black",
-                "segment this emoji", "cut out the foreground"),
-    "vqa_category": ("what category is this?", "which category does this belong to?", "category?",
-                     "name the category of this image", "what is the category of this emoji?",
-                     "emoji category:", "which group is this emoji in?", "tell me its category",
-                     "what kind of thing is this?"),
-    "vqa_tone": ("what skin tone is this?", "which skin tone is shown?", "skin tone?",
-                 "tell me the skin tone", "what is the skin colour?", "skin tone of this emoji:",
-                 "which tone is the skin?", "name the skin tone", "how dark is the skin?"),
-    "vqa_country": ("which country is this flag?", "whose flag is this?", "country?",
-                    "name the country of this flag", "what country is this?", "flag of which country?",
-                    "which nation does this flag stand for?", "tell me the country",
-                    "this flag belongs to which country?"),
+                "segment this object", "cut out the foreground"),
     "infill": ("",),  # CM3's own format: the masked span is the instruction
 }
-TASKS = tuple(TEMPLATES)
+TASKS = ("text_to_image", "caption", "edit", "style", "controlled", "segment", "infill")  # builders here; plus vqa_<kind> questions
 IMAGE_TASKS = ("text_to_image", "edit", "style", "controlled", "segment", "infill")  # the response is an image
 TEXT_QUERY_TASKS = ("text_to_image", "controlled", "infill")  # retrieval (when on) is by the caption, else by the input image
 
 
-def split_templates(task: str, heldout: int) -> tuple[list[int], list[int]]:
+def with_templates(corpus: Templates | None) -> dict[str, tuple[str, ...]]:
+    """The library's wordings with a corpus' own merged over them (a task both name takes the corpus')."""
+    return {**TEMPLATES, **(corpus or {})}
+
+
+def wordings(templates: Templates, task: str) -> tuple[str, ...]:
+    """The task's wordings; a task without any is an error naming it (its corpus gives none)."""
+    if task not in templates:
+        raise ValueError(f"no instruction templates for SFT task {task!r} (known: {', '.join(templates)}); a "
+                         f"corpus' own tasks bring theirs as CorpusHooks.sft_templates")
+    return templates[task]
+
+
+def split_templates(task: str, heldout: int, templates: Templates = TEMPLATES) -> tuple[list[int], list[int]]:
     """(training template indices, held-out ones): the last `heldout` of the task's list are held out
     (a task with a single template keeps it for training)."""
-    n = len(TEMPLATES[task])
+    n = len(wordings(templates, task))
     cut = n - heldout if n > heldout else n
     return list(range(cut)), list(range(cut, n))
 
@@ -104,9 +104,9 @@ class Item:
     source: str = ""  # the id of the document the example is about (named in errors)
     target: str = ""  # the id of the response's document when it is another one (edit, style): never retrieved
 
-    def render(self, template: int) -> tuple[list, object]:
+    def render(self, template: int, templates: Templates = TEMPLATES) -> tuple[list, object]:
         """(prompt segments, response segment) under the task's template number `template`."""
-        text = TEMPLATES[self.task][template].format(**self.slots)
+        text = wordings(templates, self.task)[template].format(**self.slots)
         return ([TextSegment(text)] if text else []) + list(self.images), self.response
 
 
@@ -138,8 +138,8 @@ def segmentation(doc: Document, silhouette: ImageSegment) -> Item:
 
 
 def question(task: str, doc: Document, answer: str) -> Item:
-    if task not in TEMPLATES or not task.startswith("vqa_"):
-        raise ValueError(f"unknown question task {task!r}; known: {[t for t in TEMPLATES if t.startswith('vqa_')]}")
+    if not task.startswith("vqa_"):
+        raise ValueError(f"a question task is named vqa_<kind>, got {task!r}")
     return Item(task, {}, (_image(doc),), TextSegment(answer), doc.id)
 
 
@@ -149,10 +149,13 @@ def infilling(doc: Document) -> Item:
 
 
 def build_items(docs: dict[str, Document], pairings: dict[str, list], silhouettes: dict[str, ImageSegment],
-                tasks: Sequence[str] = TASKS) -> dict[str, list[Item]]:
+                tasks: Sequence[str] | None = None) -> dict[str, list[Item]]:
     """Every task's items over `docs` (id -> Document with an image). `pairings`: "edit" / "style" ->
     [(source id, target id, slots)], "vqa_<kind>" -> [(id, answer)]; pairs naming a document outside
-    `docs` are skipped (they belong to another split). `silhouettes`: id -> mask ImageSegment."""
+    `docs` are skipped (they belong to another split). `silhouettes`: id -> mask ImageSegment. `tasks`
+    (None: TASKS and every vqa_<kind> of `pairings`) picks the tasks built."""
+    if tasks is None:
+        tasks = (*TASKS, *(t for t in pairings if t.startswith("vqa_")))
     out: dict[str, list[Item]] = {t: [] for t in tasks}
     for d in docs.values():
         for task, make in (("text_to_image", text_to_image), ("caption", captioning), ("infill", infilling)):
@@ -173,7 +176,8 @@ def build_items(docs: dict[str, Document], pairings: dict[str, list], silhouette
     return out
 
 
-def encode_item(fmt: CM3Format, item: Item, template: int, retrieved: Sequence[Document] = ()):
+def encode_item(fmt: CM3Format, item: Item, template: int, retrieved: Sequence[Document] = (),
+                templates: Templates = TEMPLATES):
     """An item as the token sequence the generator trains on: (ids, weights), weights 0 on the prompt and
     on the `retrieved` documents prepended to it (RA-CM3's format: documents, <sep>, the example)."""
     if item.task == "infill":
@@ -181,7 +185,7 @@ def encode_item(fmt: CM3Format, item: Item, template: int, retrieved: Sequence[D
         head, _ = fmt.infill_prompt(doc, [1], retrieved)
         rest = fmt.encode_image_codes(fmt.image_codes(item.response)) + [fmt.vocab.eos]
         return head + rest, [0.0] * len(head) + [1.0] * len(rest)
-    prompt, response = item.render(template)
+    prompt, response = item.render(template, templates)
     seq = fmt.encode_instruction(prompt, response, retrieved)
     return seq.ids, seq.weights
 
@@ -190,12 +194,12 @@ Retrieve = Callable[[Item], Sequence[Document]]
 
 
 def encode_within(fmt: CM3Format, item: Item, template: int, retrieved: Sequence[Document] = (),
-                  max_len: int | None = None):
+                  max_len: int | None = None, templates: Templates = TEMPLATES):
     """`encode_item` within the model's context: retrieved documents are dropped from the last until the
     example fits (as in pretraining); an example too long without any is an error naming it."""
     retrieved = list(retrieved)
     while True:
-        ids, weights = encode_item(fmt, item, template, retrieved)
+        ids, weights = encode_item(fmt, item, template, retrieved, templates)
         if max_len is None or len(ids) <= max_len:
             return ids, weights
         if not retrieved:
@@ -208,7 +212,7 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __init__(self, items: dict[str, list[Item]], mixture: dict[str, float], fmt: CM3Format, heldout: int = 1,
                  seed: int = 0, max_len: int | None = None, retrieve: Retrieve | None = None,
-                 replay=None, replay_weight: float = 0.0):
+                 replay=None, replay_weight: float = 0.0, templates: Templates = TEMPLATES):
         self.tasks = [t for t, w in mixture.items() if w > 0 and items.get(t)]
         if not self.tasks:
             raise ValueError(f"no task has both a positive mixture weight and items: "
@@ -220,7 +224,8 @@ class SFTDataset(torch.utils.data.Dataset):
         self.replay = replay if replay is not None and replay_weight > 0 else None
         self.p_replay = replay_weight / (replay_weight + w.sum()) if self.replay is not None else 0.0
         self.items, self.fmt, self.seed, self.max_len, self.retrieve = items, fmt, seed, max_len, retrieve
-        self.templates = {t: split_templates(t, heldout)[0] for t in self.tasks}
+        self.wordings = templates
+        self.templates = {t: split_templates(t, heldout, templates)[0] for t in self.tasks}
         self.size = sum(len(items[t]) for t in self.tasks)
         self.epoch = 0
 
@@ -242,7 +247,8 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def example(self, index: int, epoch: int | None = None):
         item, template = self.draw(index, epoch)
-        return encode_within(self.fmt, item, template, self.retrieve(item) if self.retrieve else (), self.max_len)
+        return encode_within(self.fmt, item, template, self.retrieve(item) if self.retrieve else (), self.max_len,
+                             self.wordings)
 
     def batch_items(self, samples: Sequence[tuple[int, int]]) -> list:
         """A micro-batch of (epoch, index) samples: with chance p_replay all of them pretraining replay, else

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from ramm.config import SFTConfig
 from ramm.training.recipe import holds_run_folder, start_run
@@ -23,13 +23,11 @@ from ramm.utils import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def corpus_tasks(corpus: str, docs: list) -> tuple[dict, dict]:
-    """(pairings, masks) a corpus offers beyond its documents: EmojiBench's tone / style / question pairs and
-    its alpha masks; other corpora give none (their SFT is text -> image, captioning and infilling)."""
-    from ramm.corpus.emojibench import is_emojibench_dir, load_masks, sft_pairings
-    if not is_emojibench_dir(corpus):
-        return {}, {}
-    return sft_pairings(docs), load_masks(corpus, [d.id for d in docs])
+def corpus_tasks(hooks, docs: list) -> tuple[dict, dict]:
+    """(pairings, masks) a corpus offers beyond its documents (`CorpusHooks.sft_tasks`: EmojiBench's tone / style
+    / question pairs and its alpha masks); other corpora give none (their SFT is text -> image, captioning and
+    infilling)."""
+    return hooks.sft_tasks(docs) if hooks.sft_tasks is not None else ({}, {})
 
 
 def prepare(fmt, image_tokenizer_dir, docs: list, masks: dict) -> tuple[dict, dict]:
@@ -91,34 +89,39 @@ def pretraining_replay(pretrained, train: list, lookup: dict, fmt):
     return RADataset(train, neighbours, lookup, fmt, gen.ra)
 
 
-def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retrieve=None) -> dict[str, float]:
+def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retrieve=None, templates=None) -> dict[str, float]:
     """Teacher-forced loss on the response tokens per task, `<task>_trained` (training templates, each
     item under template i mod n) and `<task>_heldout` (held-out templates)."""
     import torch
 
     from ramm.evaluation.token_loss import _main_token_loss
-    from ramm.training.sft_data import encode_within, split_templates
+    from ramm.training.sft_data import TEMPLATES, encode_within, split_templates
 
+    templates = TEMPLATES if templates is None else templates
     out = {}
     device = next(model.parameters()).device
     with torch.no_grad():
         for task, task_items in items.items():
             chosen = task_items[:limit] if limit else task_items
-            for group, templates in zip(("trained", "heldout"), split_templates(task, heldout)):
-                if chosen and templates:
-                    seqs = [encode_within(fmt, it, templates[i % len(templates)], retrieve(it) if retrieve else (),
-                                          model.cfg.max_seq_len) for i, it in enumerate(chosen)]
+            if not chosen:  # a task the corpus offers no pairs for (and maybe no wordings)
+                continue
+            for group, numbers in zip(("trained", "heldout"), split_templates(task, heldout, templates)):
+                if numbers:
+                    seqs = [encode_within(fmt, it, numbers[i % len(numbers)], retrieve(it) if retrieve else (),
+                                          model.cfg.max_seq_len, templates) for i, it in enumerate(chosen)]
                     out[f"{task}_{group}"] = _main_token_loss(model, seqs, fmt.vocab.pad, 32, device)
     return out
 
 
 @holds_run_folder
-def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None = None) -> dict:
+def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None = None,
+              templates: dict | None = None) -> dict:
     """Tune cfg.pretrained on cfg.corpus, save the tuned generator to cfg.out, return the val evaluation.
-    `pairings` / `masks` override what the corpus offers (`corpus_tasks`)."""
+    `pairings` / `masks` / `templates` (wordings of the pairings' tasks) override what the corpus' hooks offer
+    (`corpus_tasks`, `CorpusHooks.sft_templates`)."""
     from ramm.corpus import open_corpus
     from ramm.model.generator import bundle_info, load_generator, save_generator
-    from ramm.training.sft_data import SFTDataset, build_items
+    from ramm.training.sft_data import SFTDataset, build_items, with_templates
     from ramm.training.trainer import Trainer
 
     out = start_run(cfg, "sft_config.json")
@@ -126,12 +129,13 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     info = bundle_info(cfg.pretrained)
     model, fmt, _ = load_generator(cfg.pretrained, cfg.trainer.device)
     model.train()
-    docs = list(open_corpus(cfg.corpus))
+    corpus = open_corpus(cfg.corpus)
+    docs = list(corpus)
     if not docs:
         raise ValueError(f"corpus {cfg.corpus} has no documents")
     by_split = cfg.split.group(docs)
     used = by_split.get("train", []) + by_split.get("val", [])
-    found_pairs, found_masks = corpus_tasks(cfg.corpus, used)
+    found_pairs, found_masks = corpus_tasks(corpus.hooks, used)
     pairings = found_pairs if pairings is None else pairings
     masks = found_masks if masks is None else masks
     memory = None
@@ -144,7 +148,8 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     extra_docs = memory.documents(memory.ids) if memory is not None else []
     seen = {d.id for d in used}
     lookup, silhouettes = prepare(fmt, info["image_tokenizer"], used + [d for d in extra_docs if d.id not in seen], masks)
-    mixture = asdict(cfg.mixture)
+    templates = with_templates(corpus.hooks.sft_templates if templates is None else templates)
+    mixture = cfg.mixture.weights(dict(corpus.hooks.sft_questions or {}))
     replay_weight = mixture.pop("replay")
     tasks = [t for t, w in mixture.items() if w > 0]
     items = {s: build_items({d.id: lookup[d.id] for d in by_split.get(s, []) if d.id in lookup}, pairings,
@@ -161,12 +166,12 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
                                 lookup, fmt) if replay_weight > 0 else None
     data = SFTDataset(items["train"], mixture, fmt, heldout=cfg.heldout_templates, seed=cfg.trainer.seed,
                       max_len=model.cfg.max_seq_len, retrieve=retrieve["train"], replay=replay,
-                      replay_weight=replay_weight)
+                      replay_weight=replay_weight, templates=templates)
     log.info("SFT items per task: %s; prepared in %.0fs", {t: len(v) for t, v in items["train"].items()},
              time.time() - t0)
 
     def eval_fn(m):
-        return response_losses(m, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"])
+        return response_losses(m, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"], templates)
 
     trainer = Trainer(model, data, replace(cfg.trainer, out_dir=cfg.trainer.out_dir or str(out)),
                       collate_fn=data.collate, eval_fn=eval_fn if any(items["val"].values()) else None)
@@ -176,7 +181,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
                    memory=info.get("memory") if memory is None else memory.root, alpha=info.get("alpha", 0.1),
                    **{**extra, "sft": True, "sft_retrieve_k": cfg.retrieve_k})
     model.eval()
-    result = response_losses(model, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"])
+    result = response_losses(model, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"], templates)
     result.update(steps=trainer.step, train_loss=last.get("loss"), minutes=(time.time() - t0) / 60,
                   items={t: len(v) for t, v in items["train"].items()})
     atomic_write_json(out / "eval.json", result)

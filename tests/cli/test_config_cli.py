@@ -33,7 +33,7 @@ def test_bad_values_are_a_clear_error(capsys):
 
 
 def test_saved_config_loads_back(tmp_path):
-    cfg = GraceConfig(corpus="c", out="o", memorize_splits=("train",))
+    cfg = GraceConfig(corpus="c", out="o", init="g", memorize_splits=("train",))
     save_config(cfg, tmp_path / "grace_config.json")
     assert load_config(GraceConfig, tmp_path / "grace_config.json") == cfg
 

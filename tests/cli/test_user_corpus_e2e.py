@@ -93,8 +93,8 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
     assert [line.split("\t")[0] in ids for line in out.strip().splitlines()] == [True, True]
 
     eval_retrieval = ["eval", "retrieval", "--memory", r / "mem", "--corpus", corpus, "--json", r / "recall.json", *SPLIT]
-    assert ramm([str(a) for a in eval_retrieval]) == 1  # no `concept` here: every hit would be the left-out query
-    assert "no query document has metadata 'concept'" in capsys.readouterr().err
+    assert ramm([str(a) for a in eval_retrieval]) == 1  # a JSONL corpus names no answer key: every hit would be the left-out query
+    assert "names no metadata key" in (err := capsys.readouterr().err) and "--match KEY" in err
     run(capsys, *eval_retrieval, "--match", "kind")
     recall = json.loads((r / "recall.json").read_text())
     assert set(recall) == {"test", "heldout"}

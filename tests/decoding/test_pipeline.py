@@ -180,7 +180,8 @@ def test_cli_generate_image_writes_samples_grid_and_page(bundle, tmp_path, capsy
     from PIL import Image
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png", "sample_01.png", "sample_02.png"]
     assert Image.open(out / "sample_00.png").size == (SIZE, SIZE)
-    assert Image.open(out / "grid.png").size == (4 * (3 * (SIZE + 2) + 2), 4 * (SIZE + 4))
+    scale = 128 // SIZE  # small images are shown at least 128 px a side (ramm.cli.generate.GRID_MIN_SIDE)
+    assert Image.open(out / "grid.png").size == (scale * (3 * (SIZE + 2) + 2), scale * (SIZE + 4))
     page = (out / "index.html").read_text()
     assert "a emoji: red square" in page and "retrieved_0.png" in page and "sample_02.png" in page
     result = json.loads((out / "result.json").read_text())

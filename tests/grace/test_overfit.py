@@ -5,7 +5,7 @@ import torch
 from ramm.corpus.document import Document, ImageSegment, TextSegment
 from ramm.grace.identifiers import build_identifiers
 from ramm.grace.retriever import GraceRetriever
-from ramm.corpus.emojibench import pseudo_queries
+from ramm_lab.emojibench import pseudo_queries
 from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.tokenizers.cm3_format import CM3Format

@@ -2,7 +2,7 @@ import pytest
 
 from ramm.corpus.document import Document, TextSegment
 from ramm.config import GraceConfig, from_dict
-from ramm.corpus.emojibench import pseudo_queries
+from ramm_lab.emojibench import pseudo_queries
 from ramm.training.grace_recipe import eval_queries
 
 
@@ -30,14 +30,18 @@ def test_config_rejects_bad_values():
         from_dict(GraceConfig, {"corpus": "c", "out": "o", "trainer": {"batch_size": 0}})
     with pytest.raises(ValueError, match="warmup_steps"):
         from_dict(GraceConfig, {"corpus": "c", "out": "o", "memorize_steps": 2, "retrieve_steps": 2})
-    assert GraceConfig(corpus="c", out="o").scheme == "semantic"  # measured best: R@1 0.482 vs structured 0.012
+    with pytest.raises(ValueError, match="no init.*needs text_tokenizer and image_tokenizer"):
+        GraceConfig(corpus="c", out="o")
+    with pytest.raises(ValueError, match="structured scheme needs retriever"):
+        GraceConfig(corpus="c", out="o", init="g", scheme="structured")
+    assert GraceConfig(corpus="c", out="o", init="g").scheme == "semantic"  # measured best: R@1 0.482 vs structured 0.012
 
 
 def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir):
     """--init: GRACE continues a generator bundle (its tokenizers and vocabulary), then retrieves valid images."""
     import torch
 
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
     from ramm.model.generator import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig

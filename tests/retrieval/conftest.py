@@ -53,11 +53,13 @@ def docs() -> list[Document]:
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory, docs):
     """A tiny encoder trained for a few seconds on the fixture corpus, saved to disk."""
-    from ramm.corpus.emojibench import name_query
+    from ramm_lab.emojibench import name_query
+    from ramm.config import RetrieverRecipeConfig
     from ramm.training.retriever_recipe import train_retriever
     from ramm.training.trainer import TrainerConfig
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("encoder")
     train_retriever(docs, path, TrainerConfig(out_dir=str(path), steps=60, batch_size=30, lr=3e-3, warmup_steps=5,
-                                              progress=False, amp=False), DualEncoderConfig(**TINY), alt_text=name_query)
+                                              progress=False, amp=False), DualEncoderConfig(**TINY),
+                    RetrieverRecipeConfig(match="concept"), alt_text=name_query)
     return path

@@ -2,12 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from ramm.corpus.emojibench import name_query
+from ramm.config import RetrieverRecipeConfig
 from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
 from ramm.retrieval.encoder import load_encoder
 from ramm.retrieval.loss import clip_loss, memory_loss
 
+from ramm_lab.emojibench import name_query
 from tests.retrieval.conftest import TINY  # by package: a bare `conftest` is another folder's too
+
+CONCEPT = RetrieverRecipeConfig(match="concept")  # the fixture's answer key: a concept's two styles pair up
 
 
 def test_clip_loss_low_for_matched_pairs_high_for_shuffled():
@@ -42,7 +45,7 @@ def test_training_loss_drops_and_retrieval_beats_chance(tmp_path, docs):
     from ramm.training.trainer import TrainerConfig
     cfg = TrainerConfig(out_dir=str(tmp_path), steps=40, batch_size=30, lr=3e-3, warmup_steps=5, log_every=5,
                         progress=False, amp=False)
-    train_retriever(docs, tmp_path, cfg, DualEncoderConfig(**TINY), alt_text=name_query)
+    train_retriever(docs, tmp_path, cfg, DualEncoderConfig(**TINY), CONCEPT, alt_text=name_query)
     import json
     losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert losses[-1] < 0.7 * losses[0]
@@ -148,7 +151,7 @@ def test_private_subspace_encoder_trains_and_reloads(tmp_path, docs):
     cfg = TrainerConfig(out_dir=str(tmp_path), steps=40, batch_size=30, lr=3e-3, warmup_steps=5, progress=False, amp=False)
     model_cfg = DualEncoderConfig(**{**TINY, "private_dim": 16, "shared_weight": 0.3, "pool": "flatten",
                                      "image_loss_weight": 1.0})
-    train_retriever(docs, tmp_path, cfg, model_cfg, alt_text=name_query)
+    train_retriever(docs, tmp_path, cfg, model_cfg, CONCEPT, alt_text=name_query)
     enc = load_encoder(tmp_path)
     assert enc.dim == 32 + 2 * 16 and enc.cfg.pool == "flatten"
     recall = leave_one_out_recall(enc, docs, docs)

@@ -211,7 +211,7 @@ def test_cli_builds_adds_to_and_searches_a_milvus_memory(tmp_path, docs, encoder
 @pytest.mark.slow
 def test_on_the_emojibench_memory_milvus_exact_search_returns_the_faiss_flat_top_k(tmp_path, emojibench_dir,
                                                                                     encoder_dir):
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     from ramm.retrieval.milvus_memory import MilvusMemory
     docs = load_emojibench(emojibench_dir, splits=["test"])[:400]
     faiss = Memory.build(docs, encoder_dir, tmp_path / "faiss", batch_size=128, progress=False)

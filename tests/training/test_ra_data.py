@@ -12,7 +12,7 @@ from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.evaluation.token_loss import image_token_loss
 from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-from ramm.corpus.emojibench import base_name, name_words, pseudo_namer, rename_concept
+from ramm_lab.emojibench import pseudo_namer
 from ramm.training.ra_data import RAConfig, RADataset, partner_ids, precompute_neighbours, relative_ids
 
 COLORS = [(220, 30, 30), (30, 180, 30), (30, 30, 220), (230, 210, 20), (140, 30, 170), (10, 10, 10)]
@@ -182,28 +182,6 @@ def _named(d: Document) -> Document:
     return Document(id=d.id, segments=d.segments, metadata={**d.metadata, "name": d.text.split(": ", 1)[-1]})
 
 
-def test_rename_concept_gives_main_and_partner_one_new_name_from_the_pool():
-    pool = ["red", "flag", "face", "with"]
-    main = Document.from_pair("g-1", "google emoji: japan flag", np.zeros((4, 4, 3), np.uint8),
-                              metadata={"concept": "1", "name": "japan flag"})
-    partner = Document.from_pair("t-1", "twitter emoji: japan flag", np.ones((4, 4, 3), np.uint8),
-                                 metadata={"concept": "1", "name": "japan flag"})
-    other = Document.from_pair("t-2", "twitter emoji: japan castle", np.ones((4, 4, 3), np.uint8),
-                               metadata={"concept": "2", "name": "japan castle"})
-    names = set()
-    for seed in range(20):
-        m, (p, o) = rename_concept(main, [partner, other], pool, np.random.default_rng(seed))
-        new = m.text.removeprefix("google emoji: ")
-        assert len(new.split()) == 2 and set(new.split()) <= set(pool), new
-        assert p.text == f"twitter emoji: {new}" and m.metadata["name"] == p.metadata["name"] == new
-        assert o is other and np.array_equal(m.image, main.image) and np.array_equal(p.image, partner.image)
-        names.add(new)
-    assert len(names) > 5  # fresh names, not one fixed alias
-    unnamed = Document.from_pair("x", "a caption", np.zeros((4, 4, 3), np.uint8), metadata={"concept": "1"})
-    assert rename_concept(unnamed, [partner], pool, np.random.default_rng(0)) == (unnamed, [partner])
-    assert name_words([main, partner, other]) == ["castle", "flag", "japan", "japan"]  # once per concept
-
-
 def test_pseudo_names_rename_only_examples_that_retrieved_their_partner(setup):
     docs, memory, fmt, lookup, _, _ = setup
     named = {i: _named(d) for i, d in lookup.items()}
@@ -242,22 +220,6 @@ def test_vanilla_examples_keep_the_ra_runs_masks_with_pseudo_names(setup):
     assert same and all(same)
 
 
-def test_rename_concept_renames_the_base_name_across_skin_tones_and_keeps_the_tone():
-    pool = ["red", "flag", "face"]
-    meta = lambda c, tone: {"concept": c, "base": "w", "tone": tone,  # noqa: E731
-                            "name": "waving hand" + (f", {tone} skin tone" if tone else "")}
-    main = Document.from_pair("g-wd", "google emoji: waving hand, dark skin tone", np.zeros((4, 4, 3), np.uint8),
-                              metadata=meta("wd", "dark"))
-    sibling = Document.from_pair("g-wl", "google emoji: waving hand, light skin tone", np.ones((4, 4, 3), np.uint8),
-                                 metadata=meta("wl", "light"))
-    m, (s,) = rename_concept(main, [sibling], pool, np.random.default_rng(0))
-    new = m.metadata["name"].removesuffix(", dark skin tone")
-    assert "waving" not in m.text and m.text == f"google emoji: {new}, dark skin tone"
-    assert s.text == f"google emoji: {new}, light skin tone"
-    assert base_name("kiss: woman, man, light skin tone, dark skin tone") == "kiss: woman, man"
-    assert name_words([main, sibling]) == ["hand", "waving"]  # tone words are not names
-
-
 def test_mmr_weight_must_be_non_negative():
     with pytest.raises(ValueError, match="mmr"):
         RAConfig(mmr=-1)
@@ -269,7 +231,7 @@ def test_partners_share_the_group_key_and_relatives_add_the_callers_siblings():
     docs = [Document.from_pair(f"d{i}", "t", np.zeros((4, 4, 3), np.uint8), metadata=m) for i, m in enumerate(meta)]
     assert partner_ids(docs, docs, "kind") == {"d0": {"d1"}, "d1": {"d0"}, "d2": set(), "d3": set()}
     assert relative_ids(docs, docs, "kind") == partner_ids(docs, docs, "kind")
-    from ramm.corpus.emojibench import sibling_key
+    from ramm_lab.emojibench import sibling_key
     assert relative_ids(docs, docs, "kind", sibling_key) == {"d0": {"d1", "d2"}, "d1": {"d0"}, "d2": {"d0"}, "d3": set()}
 
 

@@ -7,10 +7,16 @@ import torch
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment, encode_png
 from ramm.training import sft_data
-from ramm.training.sft_data import TEMPLATES, SFTDataset, build_items, encode_item, split_templates
+from ramm.training.sft_data import SFTDataset, build_items, encode_item, split_templates, with_templates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 20)}
 SIZE = 16
+# the toy corpus' own tasks bring their wordings, as a corpus format's hooks do (CorpusHooks.sft_templates)
+OWN = {"edit": ("make it {tone}", "turn it {tone}", "colour: {tone}", "recolour it {tone}", "now {tone}",
+                "paint it {tone}", "{tone}, please", "change it to {tone}", "the {tone} one"),
+       "vqa_tone": ("what colour is this?", "which colour?", "colour?", "name its colour", "its colour is",
+                    "tell me the colour", "what colour is the square?", "say its colour", "which colour is shown?")}
+TEMPLATES = with_templates(OWN)
 
 
 def square(rgb):
@@ -74,9 +80,9 @@ def setup(bundle):
 
 def test_loss_is_on_the_response_only(setup):
     model, fmt, items, _ = setup
-    ids, weights = encode_item(fmt, items["edit"][0], 0)
+    ids, weights = encode_item(fmt, items["edit"][0], 0, templates=TEMPLATES)
     start = weights.index(1.0)
-    data = SFTDataset(items, {"edit": 1.0}, fmt)
+    data = SFTDataset(items, {"edit": 1.0}, fmt, templates=TEMPLATES)
     batch = data.collate([(ids, weights)])
     assert int(batch["targets"].ne(-100).sum()) == len(ids) - start  # exactly the response and </doc>
 
@@ -100,13 +106,13 @@ def test_every_task_parses_back_to_its_prompt_and_response(setup):
                                                   "vqa_tone", "infill"}
     for task, task_items in items.items():
         for item in task_items[:2]:
-            ids, weights = encode_item(fmt, item, 0)
+            ids, weights = encode_item(fmt, item, 0, templates=TEMPLATES)
             start = weights.index(1.0)
             doc = fmt.parse(ids, decode_images=False)
             if task == "infill":  # the masked image is moved back into its place
                 assert doc.text == item.slots["caption"] and len(doc.images) == 1
                 continue
-            prompt, response = item.render(0)
+            prompt, response = item.render(0, TEMPLATES)
             n_prompt_images = sum(isinstance(s, ImageSegment) for s in prompt)
             assert ids[:start].count(fmt.vocab.img) == n_prompt_images + (task in sft_data.IMAGE_TASKS)
             if isinstance(response, TextSegment):
@@ -119,21 +125,39 @@ def test_every_task_parses_back_to_its_prompt_and_response(setup):
 
 def test_heldout_templates_never_reach_training(setup):
     _, fmt, items, _ = setup
-    data = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
-    held = {t: [TEMPLATES[t][i] for i in split_templates(t, 2)[1]] for t in items}
+    data = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3, templates=TEMPLATES)
+    held = {t: [TEMPLATES[t][i] for i in split_templates(t, 2, TEMPLATES)[1]] for t in data.tasks}
     for epoch in range(2):
         data.set_epoch(epoch)
         for i in range(len(data)):
             item, template = data.draw(i)
-            assert template in split_templates(item.task, 2)[0]
+            assert template in split_templates(item.task, 2, TEMPLATES)[0]
             ids, weights = data[i]
             text = fmt.parse(ids, decode_images=False).texts[0] if item.task != "infill" else ""
             assert all(text != h.format(**item.slots) for h in held[item.task])
-    assert split_templates("edit", 2) == (list(range(7)), [7, 8]) and split_templates("infill", 1) == ([0], [])
-    again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3)
+    assert split_templates("edit", 2, TEMPLATES) == (list(range(7)), [7, 8]) and split_templates("infill", 1) == ([0], [])
+    again = SFTDataset(items, {t: 1.0 for t in items}, fmt, heldout=2, seed=3, templates=TEMPLATES)
     again.set_epoch(1)
     assert [again.draw(i) for i in range(8)] == [data.draw(i) for i in range(8)]  # resume: (seed, epoch, index)
     assert [data.draw(i, epoch=0) for i in range(8)] != [data.draw(i) for i in range(8)]
+
+
+def test_library_wordings_name_no_corpus_and_a_task_without_wordings_is_an_error_naming_it(setup):
+    _, fmt, items, _ = setup
+    words = " ".join(t for ts in sft_data.TEMPLATES.values() for t in ts).split()
+    assert not {"emoji", "skin", "tone", "flag", "country", "style", "category"} & set(words)
+    with pytest.raises(ValueError, match="no instruction templates for SFT task 'edit'"):
+        SFTDataset(items, {"edit": 1.0}, fmt)  # the toy corpus' edits, without its wordings
+
+
+def test_mixture_questions_take_their_place_and_default_to_the_corpus(setup):
+    from ramm.config import SFTMixture
+    order = list(SFTMixture().weights({"vqa_a": 1.0, "vqa_b": 0.5}))
+    assert order == ["text_to_image", "caption", "edit", "style", "controlled", "segment", "vqa_a", "vqa_b",
+                     "infill", "replay"]
+    assert SFTMixture(questions={"vqa_b": 2.0}).weights({"vqa_a": 1.0})["vqa_b"] == 2.0
+    with pytest.raises(ValueError, match="vqa_<kind>"):
+        SFTMixture(questions={"colour": 1.0})
 
 
 def test_bad_mixture_and_masks_are_clear_errors(setup):
@@ -155,7 +179,7 @@ def test_sft_learns_a_toy_edit_far_above_chance_and_the_facade_serves_it(bundle,
     cfg = SFTConfig(pretrained=str(bundle / "gen"), corpus=str(bundle / "corpus.jsonl"), out=str(tmp_path / "sft"),
                     mixture=mixture, trainer=TrainerConfig(steps=60, batch_size=8, lr=3e-3, warmup_steps=5,
                                                            log_every=20, progress=False, device="cpu"))
-    result = train_sft(cfg, pairings=PAIRS, masks={})
+    result = train_sft(cfg, pairings=PAIRS, masks={}, templates=OWN)
     assert result["steps"] == 60 and result["items"]["edit"] == 12
     losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
@@ -197,7 +221,7 @@ def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundl
 
 
 def test_emojibench_pairings_pair_tones_styles_and_questions():
-    from ramm.corpus.emojibench import sft_pairings
+    from ramm_lab.emojibench import sft_pairings
 
     def doc(style, concept, tone, **meta):
         return Document(f"{style}-{concept}", [TextSegment(f"{style} emoji: x")],
@@ -241,21 +265,21 @@ def test_retrieved_documents_lead_the_prompt_carry_no_loss_and_never_are_the_tar
     assert {d.id for it in items["vqa_tone"] for d in only(it)} <= {"sq-red", "sq-blue"}
 
     item = items["edit"][0]
-    plain_ids, plain_w = encode_item(fmt, item, 0)
-    ids, weights = encode_item(fmt, item, 0, retrieve(item))
+    plain_ids, plain_w = encode_item(fmt, item, 0, templates=TEMPLATES)
+    ids, weights = encode_item(fmt, item, 0, retrieve(item), TEMPLATES)
     n = len(ids) - len(plain_ids)
     assert n > 0 and ids[n - 1] == fmt.vocab.sep and ids[n:] == plain_ids and weights[n:] == plain_w
     assert not any(weights[:n])  # retrieved documents carry no loss in SFT
-    fits = sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) + n - 1)  # one too many
+    fits = sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) + n - 1, templates=TEMPLATES)  # one too many
     assert len(fits[0]) < len(ids) and fits[0][-len(plain_ids):] == plain_ids
     with pytest.raises(ValueError, match=f"edit example of {item.source} has"):
-        sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) - 1)
+        sft_data.encode_within(fmt, item, 0, retrieve(item), max_len=len(plain_ids) - 1, templates=TEMPLATES)
 
-    mixture = SFTMixture(**{t: 0.0 for t in sft_data.TASKS if t not in ("edit", "vqa_tone")}, edit=1.0, vqa_tone=1.0)
+    mixture = SFTMixture(**{t: 0.0 for t in sft_data.TASKS if t != "edit"}, edit=1.0, questions={"vqa_tone": 1.0})
     cfg = SFTConfig(pretrained=str(bundle / "gen"), corpus=str(bundle / "corpus.jsonl"), out=str(tmp_path / "sft"),
                     mixture=mixture, retrieve_k=2, memory=str(tmp_path / "mem"),
                     trainer=TrainerConfig(steps=2, batch_size=2, warmup_steps=1, progress=False, device="cpu"))
-    train_sft(cfg, pairings=PAIRS, masks={})
+    train_sft(cfg, pairings=PAIRS, masks={}, templates=OWN)
     ramm = RAMM.load(tmp_path / "sft", device="cpu")
     assert ramm.instruction_k == 2
     out = ramm.edit_image(lookup["sq-red"].image, "make the skin tone blue", exclude_ids=["sq-red", "sq-blue"])
@@ -276,7 +300,8 @@ def test_pretraining_replay_fills_whole_micro_batches_and_keeps_its_weights(bund
     docs = list(lookup.values())
     neighbours = {k: [[d.id for d in docs if d.id != main.id][:2] for main in docs] for k in ("text", "image")}
     replay = RADataset(docs, neighbours, lookup, fmt, RAConfig(k_choices=(2,), seed=1))
-    data = SFTDataset(items, {"edit": 1.0, "vqa_tone": 1.0}, fmt, replay=replay, replay_weight=2.0)
+    data = SFTDataset(items, {"edit": 1.0, "vqa_tone": 1.0}, fmt, replay=replay, replay_weight=2.0,
+                      templates=TEMPLATES)
     assert data.p_replay == 0.5
     kinds = []
     for b in range(60):
@@ -288,7 +313,7 @@ def test_pretraining_replay_fills_whole_micro_batches_and_keeps_its_weights(bund
         assert ("loss_weights" in collated) == is_replay[0]  # alpha = 0.1 on the retrieved documents
         assert batch == data.batch_items([(0, 4 * b + j) for j in range(4)])
     assert 15 <= sum(kinds) <= 45
-    assert not SFTDataset(items, {"edit": 1.0}, fmt, replay=replay, replay_weight=0.0).p_replay
+    assert not SFTDataset(items, {"edit": 1.0}, fmt, replay=replay, replay_weight=0.0, templates=TEMPLATES).p_replay
     with caplog.at_level("WARNING"):
         assert pretraining_replay(bundle, docs, lookup, fmt) is None  # no generator_config.json there
     assert "no pretraining replay" in caplog.text

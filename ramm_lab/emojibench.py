@@ -53,6 +53,7 @@ MANIFEST, META = "manifest.jsonl", "meta.json"
 DOC_KEYS = ("concept", "base", "tone", "has_tones", "style", "split", "name", "short_names", "category",
             "subcategory")
 TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
+MATCH_KEY = "concept"  # documents of one concept (its other style) are one answer: CorpusHooks.match_key
 TRACKS = ("variants", "cross-style")  # documents of concepts with skin tones (default tone included) / all others
 _SHARD_RE = re.compile(r"^\d{5}\.tar$")
 _DOC_JSON_RE = re.compile(rb"^[a-z]+-[0-9a-f]+(-[0-9a-f]+)*\.json$")

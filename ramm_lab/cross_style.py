@@ -11,7 +11,7 @@ noise and no k sampling, two ways:
   checkpoint is chosen on val, the reported split is scored there. Its gain is what a model can learn to
   take from the partner at that budget (neighbourhoods, warps and colours included).
 
-    python -m ramm.experiments.cross_style --corpus data/emojibench --tokenizer runs/demo/tokenizer
+    python -m ramm_lab.cross_style --corpus data/emojibench --tokenizer runs/demo/tokenizer
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document
-from ramm.corpus.emojibench import is_flag
+from ramm_lab.emojibench import is_flag
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     from ramm.tokenizers.image_tokenizer import ImageTokenizer
     from ramm.tokenizers.code_cache import encode_images_cached
 

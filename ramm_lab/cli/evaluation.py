@@ -13,7 +13,7 @@ def register(cli):
 
 
 def _run(args) -> int:
-    from ramm.experiments.report import headline_table, load_results, write_report
+    from ramm_lab.report import headline_table, load_results, write_report
 
     results, examples = load_results(args.run)
     md, page = write_report(args.run, results, examples)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ramm.corpus.document import Document
-from ramm.corpus.emojibench import RECOGNITION_KEYS
-from ramm.experiments.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
+from ramm_lab.emojibench import RECOGNITION_KEYS
+from ramm_lab.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
                                         load_evaluator, train_evaluator)
 from ramm.evaluation.fid import FID
 from ramm.evaluation.recognition import Recognizer
@@ -245,7 +245,7 @@ def test_pixel_identical_documents_share_a_class_and_either_counts():
 # -------------------------------------------------------------------------------- real EmojiBench
 @pytest.mark.slow
 def test_on_emojibench_it_recognises_views_and_reconstructions_but_not_the_other_style(emojibench_dir):
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
 
     docs = load_emojibench(emojibench_dir)
     # 500 steps (the demo trains 1,200): every rate below holds with a margin (views 0.95, down-up 0.96,

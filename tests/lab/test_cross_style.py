@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ramm.corpus.document import Document, TextSegment
-from ramm.experiments.cross_style import StylePairs, ar_partner_gain, cell_count_gain, style_pairs
+from ramm_lab.cross_style import StylePairs, ar_partner_gain, cell_count_gain, style_pairs
 
 torch.set_num_threads(1)
 

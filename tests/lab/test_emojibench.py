@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ramm.corpus.emojibench as eb
+import ramm_lab.emojibench as eb
 from ramm.__main__ import main
 from ramm.corpus import open_corpus
 from ramm.corpus.document import BadItem

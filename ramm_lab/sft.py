@@ -79,7 +79,7 @@ def run_sft_demo(cfg: SFTDemoConfig, data_dir: str | Path, base_dir: str | Path,
     """Train (cached) and evaluate; returns the path of report.md."""
     import torch
 
-    from ramm.experiments.emojibench import DemoConfig, Stage, run_demo
+    from ramm_lab.demo import DemoConfig, Stage, run_demo
     from ramm.training.sft_recipe import train_sft
 
     if cfg.threads:
@@ -101,12 +101,15 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                  report: Callable[[str], None] = print) -> dict:
     """Heldout metrics per task for the SFT model, the pretrained one and the trivial baselines, plus
     the picture grids (out/<task>.png)."""
-    from ramm.corpus.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
+    from ramm_lab.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
     from ramm.evaluation.captioning import cider
-    from ramm.experiments.evaluator import identity, load_evaluator
+    from ramm_lab.evaluator import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
-    from ramm.training.sft_data import TEMPLATES, image_to_mask, mask_image, mask_iou, split_templates
+    from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates, with_templates
+    from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES
+
+    TEMPLATES = with_templates(EMOJIBENCH_TEMPLATES)  # every task's wordings on EmojiBench
 
     docs = {d.id: d for d in load_emojibench(data, cfg.split)}
     masks = load_masks(data, list(docs))
@@ -121,7 +124,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
     def template(task, i):
         """Even cases: the first training template; odd: the first held-out one."""
-        trained, held = split_templates(task, 1)
+        trained, held = split_templates(task, 1, TEMPLATES)
         return ("trained", trained[0]) if i % 2 == 0 or not held else ("heldout", held[0])
 
     def recognised(images, wanted) -> np.ndarray:
@@ -266,7 +269,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
 def _strip(caption: str) -> str:
     """Captions are scored as names (the references carry no "<style> emoji:" prefix)."""
-    from ramm.corpus.emojibench import strip_style_prefix
+    from ramm_lab.emojibench import strip_style_prefix
     return strip_style_prefix(caption)
 
 

@@ -2,16 +2,16 @@
 import numpy as np
 import pytest
 
-from ramm.corpus.emojibench import emoji_references, is_flag
+from ramm_lab.emojibench import emoji_references, is_flag
 from ramm.evaluation.captioning import cider
-from ramm.experiments.report import pick_examples
+from ramm_lab.report import pick_examples
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def docs(emojibench_dir):
-    from ramm.corpus.emojibench import load_emojibench
+    from ramm_lab.emojibench import load_emojibench
     return load_emojibench(emojibench_dir, splits=("test", "heldout"))
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from ramm.experiments.sft import SFTDemoConfig, _pick, _save_pictures, write_report
+from ramm_lab.sft import SFTDemoConfig, _pick, _save_pictures, write_report
 
 
 def test_the_shipped_config_loads_and_a_misspelt_key_is_named(tmp_path):

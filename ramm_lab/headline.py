@@ -4,7 +4,7 @@ For each document (concept c, style s) of a reported split (docs/emojibench.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
   returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network
-  (ramm.experiments.evaluator: trained on every document to tell (concept, style) apart, never used by
+  (ramm_lab.evaluator: trained on every document to tell (concept, style) apart, never used by
   the system) and CLIPScore; FID and style-restricted recognition on the retriever's image tower (the
   measures before the evaluation network, which the other style's image passes) are kept as extra columns.
 - image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
-from ramm.experiments.report import SYSTEMS
+from ramm_lab.report import SYSTEMS
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
@@ -86,19 +86,19 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
                       stages: dict, report: Callable[[str], None]) -> dict:
     """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
-    from ramm.corpus.emojibench import emoji_references, is_flag, strip_style_prefix, track
+    from ramm_lab.emojibench import emoji_references, is_flag, strip_style_prefix, track
     from ramm.evaluation.captioning import bleu4, cider, exact_match
     from ramm.evaluation.clipscore import clip_score
-    from ramm.experiments.evaluator import FID_NAME, load_evaluator
+    from ramm_lab.evaluator import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
     from ramm.evaluation.retrieval_usage import retrieval_usage
-    from ramm.experiments.report import (Results, SystemScores, make_example, pick_examples, save_results,
+    from ramm_lab.report import (Results, SystemScores, make_example, pick_examples, save_results,
                                         write_report)
     from ramm.model.generator import load_generator
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-    from ramm.corpus.emojibench import RECOGNITION_KEYS, sibling_key
+    from ramm_lab.emojibench import RECOGNITION_KEYS, sibling_key
     from ramm.training.ra_data import partner_ids, relative_ids
 
     ecfg = cfg.evaluation
@@ -254,7 +254,7 @@ def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict,
 
 def train_probe(train: list[Document], n: int) -> list[Document]:
     """A fixed subset of n train documents, half of them flags (fewer when there are fewer flags)."""
-    from ramm.corpus.emojibench import is_flag
+    from ramm_lab.emojibench import is_flag
 
     flags = [d for d in train if is_flag(d)]
     others = [d for d in train if not is_flag(d)]
@@ -265,7 +265,7 @@ def train_probe(train: list[Document], n: int) -> list[Document]:
 
 def recognition_rates(recognizer, images: np.ndarray, docs: list[Document]) -> dict[str, float]:
     """Exact recognition of `images` (one per document) over all documents, flags and each track."""
-    from ramm.corpus.emojibench import is_flag, track
+    from ramm_lab.emojibench import is_flag, track
 
     hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs], [d.metadata["style"] for d in docs]).hits)
     out = {"all": float(hits.mean())}

@@ -7,7 +7,7 @@ Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when 
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
 JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is docs/emojibench.md:
 leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
-features of an evaluation network trained on every document (ramm.experiments.evaluator), which no
+features of an evaluation network trained on every document (ramm_lab.evaluator), which no
 system reads.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Callable
 
 
 from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
-from ramm.corpus.emojibench import EmojiBenchConfig
-from ramm.experiments.evaluator import EvaluatorConfig
+from ramm_lab.emojibench import MATCH_KEY, EmojiBenchConfig
+from ramm_lab.evaluator import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
 from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 from ramm.utils import atomic_write_json
@@ -119,6 +119,9 @@ class DemoConfig:
                 setattr(self, f.name, from_dict(_SECTIONS[f.name], getattr(self, f.name), f"demo config {f.name}"))
         if any(getattr(self.generator, n) not in ("", True) for n in DEMO_SETS):
             raise ValueError(f"demo config: generator section must not set {list(DEMO_SETS)} (the demo sets them)")
+        # the keys the library leaves to the corpus (CorpusHooks.match_key), written out: stage configs name them
+        self.retriever.recipe.match = self.retriever.recipe.match or MATCH_KEY
+        self.generator.ra.group_by = self.generator.ra.group_by or MATCH_KEY
 
     @classmethod
     def load(cls, path: str | Path) -> "DemoConfig":
@@ -177,7 +180,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     atomic_write_json(run / "config.json", to_dict(cfg))
     t_start = time.time()
 
-    from ramm.corpus.emojibench import build_emojibench, load_emojibench
+    from ramm_lab.emojibench import build_emojibench, load_emojibench
 
     def corpus_stage(_):
         meta = build_emojibench(data, cfg.emojibench)  # a no-op when complete and current
@@ -192,7 +195,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- evaluation network: a measuring instrument (FID, recognition), trained on every document of every
     # split; nothing downstream of it in the system reads it, only the evaluate stage ---
     def evaluator_stage(out):
-        from ramm.experiments.evaluator import train_evaluator
+        from ramm_lab.evaluator import train_evaluator
         _, metrics = train_evaluator(docs, cfg.evaluator, out)
         return metrics
 
@@ -218,7 +221,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
 
     # --- retriever + memory ---
     def retriever_stage(out):
-        from ramm.corpus.emojibench import name_query
+        from ramm_lab.emojibench import name_query
         from ramm.training.retriever_recipe import train_retriever
         r = cfg.retriever
         row = train_retriever(by_split["train"], out, replace(r.trainer, out_dir=str(out)), r.model, r.recipe,
@@ -242,7 +245,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- generators: same data, steps and seed; only retrieval differs ---
     def generator_stage(retrieval: bool):
         def fn(out):
-            from ramm.corpus.emojibench import pseudo_namer, sibling_key
+            from ramm_lab.emojibench import pseudo_namer, sibling_key
             from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
@@ -254,7 +257,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
 
     def evaluate_stage(out):
-        from ramm.experiments.headline import evaluate_headline
+        from ramm_lab.headline import evaluate_headline
         return evaluate_headline(run, by_split, docs, cfg, mem_result.get("recall", {}),
                                  {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res,
                                   "evaluator": ev_res}, report)

@@ -12,8 +12,8 @@ def register(cli) -> None:
 
 
 def _run(args) -> int:
-    from ramm.experiments.report import headline_table, load_results
-    from ramm.experiments.emojibench import DemoConfig, run_demo
+    from ramm_lab.report import headline_table, load_results
+    from ramm_lab.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.load(args.config)
     md = run_demo(cfg, args.data, args.run, report=lambda s: print(s, flush=True))

@@ -6,7 +6,7 @@ import pytest
 
 from ramm.__main__ import main
 from ramm.corpus.document import Document
-from ramm.experiments.report import (Example, Results, Retrieved, SystemScores, headline_table, load_results,
+from ramm_lab.report import (Example, Results, Retrieved, SystemScores, headline_table, load_results,
                                     pick_examples, save_image, save_results, write_report)
 
 
@@ -101,7 +101,7 @@ def test_pick_examples_is_fixed_and_includes_flags():
 
 
 def test_make_example_saves_every_image_and_renders(tmp_path):
-    from ramm.experiments.report import make_example
+    from ramm_lab.report import make_example
     px = lambda v: np.full((8, 8, 3), v, np.uint8)
     meta = {"split": "heldout", "category": "Flags", "name": "Japan Flag", "short_names": ["flag-jp", "jp"]}
     doc = Document.from_pair("twitter-1f1ef-1f1f5", "twitter emoji: japan flag", px(10), metadata=meta)
@@ -118,9 +118,9 @@ def test_make_example_saves_every_image_and_renders(tmp_path):
 
 def test_eval_group_takes_run_and_subcommands_from_other_modules():
     from ramm.cli import CLI
-    from ramm.cli.evaluation import register
+    from ramm_lab.cli.evaluation import register
     cli = CLI()
-    register(cli)
     cli.command("retrieval", "recall of a retriever", group="eval").set_defaults(func="retrieval")
+    register(cli)  # the lab's commands come after the library's (ramm.cli.build_parser)
     assert cli.parser.parse_args(["eval", "--run", "runs/x"]).run == "runs/x"
     assert cli.parser.parse_args(["eval", "retrieval"]).func == "retrieval"

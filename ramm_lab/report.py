@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from ramm.corpus.document import Document, encode_png
-from ramm.corpus.emojibench import emoji_references, is_flag
+from ramm_lab.emojibench import emoji_references, is_flag
 from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SCHEMA = 1

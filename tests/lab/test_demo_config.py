@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ramm.experiments.emojibench import DemoConfig
+from ramm_lab.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE = json.loads((Path(__file__).parent / "demo_settings_before.json").read_text())

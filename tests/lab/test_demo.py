@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ramm.experiments.emojibench import DemoConfig
+from ramm_lab.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("demo*.json") if p.name != "demo-sft.json")  # test_sft_demo.py
@@ -13,7 +13,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").glob("demo*.json") if p.name != "
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
     from ramm.config import GeneratorConfig, RAConfig, RetrieverRecipeConfig, TrainerConfig
-    from ramm.experiments.evaluator import EvaluatorConfig
+    from ramm_lab.evaluator import EvaluatorConfig
     from ramm.retrieval.dual_encoder import DualEncoderConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 
@@ -45,8 +45,8 @@ def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
 
 @pytest.mark.slow
 def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
-    from ramm.experiments.report import load_results
-    from ramm.experiments.emojibench import run_demo
+    from ramm_lab.report import load_results
+    from ramm_lab.demo import run_demo
 
     cfg = DemoConfig.load(ROOT / "configs" / "demo-tiny.json")
     lines: list[str] = []
@@ -77,7 +77,7 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
 
 def test_train_probe_takes_half_flags_and_never_more_than_asked():
     from ramm.corpus.document import Document, TextSegment
-    from ramm.experiments.headline import train_probe
+    from ramm_lab.headline import train_probe
 
     docs = [Document(id=f"d{i}", segments=[TextSegment(f"t{i}")], metadata={"category": "Flags" if i < 3 else "Smileys"})
             for i in range(10)]

@@ -179,7 +179,7 @@ class Evaluator(nn.Module):
     def recognizer(self, gallery: list[Document]):
         """An exact `Recognizer` over `gallery`: an image is recognised iff its nearest real image in the
         whole gallery (all styles) is the requested document."""
-        from ramm.corpus.emojibench import RECOGNITION_KEYS
+        from ramm_lab.emojibench import RECOGNITION_KEYS
         from ramm.evaluation.recognition import Recognizer
         return Recognizer(self, gallery, mode="exact", **RECOGNITION_KEYS)
 

@@ -1,7 +1,7 @@
 """A demo stage resumes a cut-off run of its config and starts over for another (never mixing the two)."""
 import pytest
 
-from ramm.experiments.emojibench import Stage
+from ramm_lab.demo import Stage
 
 
 class _Killed(BaseException):

@@ -13,7 +13,7 @@ def register(cli) -> None:
 
 
 def _run(args) -> int:
-    from ramm.experiments.sft import SFTDemoConfig, run_sft_demo
+    from ramm_lab.sft import SFTDemoConfig, run_sft_demo
 
     md = run_sft_demo(SFTDemoConfig.load(args.config), args.data, args.base, args.run,
                       report=lambda s: print(s, flush=True))

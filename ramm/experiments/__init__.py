@@ -1,1 +1,0 @@
-"""End-to-end experiments that tie the components together (the demo's headline experiment)."""

@@ -1,0 +1,56 @@
+"""`ramm data emojibench` (flags: the fields of `EmojiBenchJob`): fetch the npm emoji packages and build EmojiBench.
+
+`ramm data stats data/emojibench` is the library's command; it prints the table of `ramm_lab.corpus_format`.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from ramm.config import require
+
+
+@dataclass
+class EmojiBenchJob:
+    """`ramm data emojibench`: fetch the npm emoji packages and build EmojiBench."""
+
+    out: str  # output folder (tar shards + manifest.jsonl + meta.json)
+    size: int = 32  # image side in pixels
+    styles: str = "google,twitter"  # comma-separated art styles
+    seed: int = 0  # seed of the concept-level splits
+    skin_tones: bool = True  # one document per skin-tone variant (False or --no-skin-tones: default tones only)
+    cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
+
+    def __post_init__(self):
+        require(self, ("out",))
+
+    @property
+    def style_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.styles.split(",") if s.strip())
+
+
+def register(cli) -> None:
+    cli.config_command("emojibench", "build the EmojiBench corpus (npm emoji-datasource google/twitter 16.0.0)",
+                       EmojiBenchJob, _emojibench, group="data")
+
+
+def _emojibench(cfg: EmojiBenchJob) -> int:
+    from tqdm import tqdm
+
+    from ramm.corpus.skips import SkipCounter
+    from ramm_lab.corpus_format import emojibench_table
+    from ramm_lab.emojibench import EmojiBenchConfig, FetchError, build_emojibench, read_manifest
+
+    build = EmojiBenchConfig(size=cfg.size, styles=cfg.style_list, seed=cfg.seed, skin_tones=cfg.skin_tones)
+    skips = SkipCounter()
+    try:
+        meta = build_emojibench(cfg.out, build, cache_dir=cfg.cache, skips=skips,
+                                progress=lambda it: tqdm(it, desc="render", unit="img", leave=False))
+    except FetchError as e:
+        print(f"ramm: error: {e}", file=sys.stderr)
+        return 1
+    print(f"EmojiBench in {cfg.out}: {meta['n_documents']} documents, {meta['n_concepts']} concepts "
+          f"({meta['n_base_concepts']} base, the rest skin-tone variants) "
+          f"({skips.summary() if skips.read or skips.skipped else 'already complete'})")
+    print(emojibench_table(read_manifest(cfg.out)))
+    return 0
