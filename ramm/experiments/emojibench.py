@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 
-from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
+from ramm.config import (DecodeConfig, DecodeDefaults, GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict,
+                         load_config, to_dict)
 from ramm.corpus.emojibench import EmojiBenchConfig
 from ramm.experiments.evaluator import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
@@ -42,12 +43,9 @@ class EvalConfig:
     splits: tuple[str, ...] = ("test", "heldout")  # splits reported (never tune on heldout)
     limit: int = 0  # documents per split (0: all); a fixed hash-ordered subset otherwise
     k: int = 2  # retrieved documents at inference (RA-CM3's best)
-    image_method: str = "sample"  # decoding for text->image: sample | cfg | cd (greedy collapses)
-    temperature: float = 1.0  # sampling temperature for images
-    top_p: float = 0.9  # nucleus mass for images
-    guidance_scale: float = 3.0  # CFG weight when image_method == "cfg"
+    image: DecodeConfig = field(default_factory=lambda: DecodeConfig(top_p=0.9))  # text -> image decoding (greedy collapses; mix is not used here); the generators' bundles keep it as their default
     n_samples: int = 1  # images sampled per prompt; the best by retriever image-text similarity is kept
-    caption_method: str = "greedy"  # decoding for image->text
+    caption: DecodeConfig = field(default_factory=lambda: DecodeConfig(method="greedy"))  # image -> text decoding; the bundles keep it too
     max_caption_tokens: int = 24  # caption length cap
     batch_size: int = 64  # prompts decoded together
     examples_per_split: dict = field(default_factory=lambda: {"test": 4, "heldout": 16})  # grid rows per split and track
@@ -60,6 +58,8 @@ class EvalConfig:
         self.splits = tuple(self.splits)
         if isinstance(self.examples_per_split, int):
             self.examples_per_split = {s: self.examples_per_split for s in self.splits}
+        if self.image.method == "mix" or self.caption.method == "mix":
+            raise ValueError("eval: decoding method mix is the facade's (RAMM.generate_image); use sample, cfg or cd")
         if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0 or self.train_probe < 0:
             raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit and train_probe >= 0")
 
@@ -252,6 +252,10 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
+    # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
+    from ramm.model.generator import set_decode_defaults
+    for name in ("generator_ra", "generator_vanilla"):
+        set_decode_defaults(run / name, DecodeDefaults(image=cfg.evaluation.image, caption=cfg.evaluation.caption))
 
     def evaluate_stage(out):
         from ramm.experiments.headline import evaluate_headline
