@@ -22,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from ramm.config import SFTConfig, from_dict, to_dict
+from ramm.config import DecodeConfig, SFTConfig, from_dict, to_dict
 from ramm.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+GREEDY = DecodeConfig(method="greedy")  # the lab's decodes say their settings whole: a bundle's defaults may differ
 
 
 @dataclass
@@ -200,7 +201,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     # --- silhouette-controlled generation vs the same caption without the silhouette ---
     ctl = [(i, i, {"caption": docs[i].text}) for i in _pick(sorted(docs), cfg.cases)]
     sil = lambda c: mask_image(masks[c[0]])  # noqa: E731
-    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0], top_p=cfg.p("controlled")).outputs[0]
+    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0],
+                                decode=DecodeConfig(top_p=cfg.p("controlled"))).outputs[0]
              for c in ctl]
     no_sil = {"no_silhouette_recognised": float(recognised(plain, map(want, ctl)).mean())}
     by_caption = (lambda c: sft.retrieve(c[2]["caption"], sft.instruction_k, exclude_ids=[c[0]])) if sft.instruction_k else None
@@ -233,7 +235,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     refs_c = {i: emoji_references(docs[i].metadata) for i in cap_ids}
     sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24, exclude_ids=[i]).outputs[0])
                 for i in cap_ids}
-    pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, method="greedy", rerank=False).outputs[0])
+    pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, decode=GREEDY, rerank=False).outputs[0])
                 for i in cap_ids}
     res["caption"] = {"sft_cider": cider(sft_caps, refs_c)[0], "pretrained_cider": cider(pre_caps, refs_c)[0]}
     # the CM3 captioning path (`caption_image`) of both models, without and with retrieval (leave-one-out)
@@ -241,15 +243,16 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         for label, retrieve in (("cm3", False), ("cm3_retrieval", True)):
             if name == "pretrained" and label == "cm3":
                 continue  # pre_caps above
-            caps = {i: _strip(model.caption_image(docs[i].image, n=1, retrieve=retrieve, exclude_ids=[i], method="greedy",
+            caps = {i: _strip(model.caption_image(docs[i].image, n=1, retrieve=retrieve, exclude_ids=[i], decode=GREEDY,
                                                   rerank=False).outputs[0]) for i in cap_ids}
             res["caption"][f"{name}_{label}_cider"] = cider(caps, refs_c)[0]
     report(f"[evaluate] captions done ({time.time() - t0:.0f}s)")
     # text -> image, the pretrained model's own task and format: no regression (retrieval on, leave-one-out)
     t2i = {}
     for name, model in (("sft", sft), ("pretrained", pre)):
-        t2i[name] = np.stack([model.generate_image(docs[i].text, n=1, exclude_ids=[i], method="cfg", guidance_scale=3.0,
-                                                   top_p=cfg.top_p, seed=cfg.seeds[0], rerank=False).outputs[0]
+        t2i[name] = np.stack([model.generate_image(docs[i].text, n=1, exclude_ids=[i], seed=cfg.seeds[0], rerank=False,
+                                                   decode=DecodeConfig(method="cfg", guidance_scale=3.0, top_p=cfg.top_p)
+                                                   ).outputs[0]
                               for i in cap_ids])
     real = np.stack([docs[i].image for i in cap_ids])
     res["text_to_image"] = {f"{n}_fid": fid(real, v) for n, v in t2i.items()}
