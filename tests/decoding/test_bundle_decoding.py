@@ -166,3 +166,16 @@ def test_ramm_serve_decodes_as_the_bundle_says_unless_the_request_overrides(bund
         assert served(guidance_scale=5.0)[1] == DecodeConfig(method="cfg", guidance_scale=5.0, top_p=0.6)
         assert served(guidance=5.0)[1] == DecodeConfig(method="cfg", guidance_scale=5.0, top_p=0.6)  # the old name
         assert served(method="sample", top_k=7)[1] == DecodeConfig(method="sample", guidance_scale=2.0, top_p=0.6, top_k=7)
+
+
+def test_a_config_file_overrides_the_bundles_decoding_and_a_flag_the_file(tmp_path):
+    from ramm.cli import parse_config
+    from ramm.jobs import ImageJob
+
+    bundle = {f"decode.{k}": v for k, v in asdict(DEMO.image).items()}  # what `ramm generate image` reads
+    (tmp_path / "job.json").write_text(json.dumps({"decode": {"top_p": 0.9}}))
+    argv = [CAPTION, "--model", "m", "--out", "o", "--config", str(tmp_path / "job.json")]
+    parse = lambda *extra: parse_config(ImageJob, [*argv, *extra], "ramm generate image", "", ("caption",),  # noqa: E731
+                                        lambda parsed: bundle)[0].decode
+    assert parse() == DecodeConfig(method="cfg", guidance_scale=2.0, top_p=0.9)
+    assert parse("--guidance-scale", "4") == DecodeConfig(method="cfg", guidance_scale=4.0, top_p=0.9)
