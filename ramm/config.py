@@ -1,4 +1,4 @@
-"""One typed config: the dataclasses every training job reads, their named presets, JSON in and out.
+"""One typed config: the dataclasses every training job reads, and JSON in and out.
 
 A component's config *contains* the configs it hands on (the generator's holds a `TrainerConfig`, an
 `RAConfig` and a `SplitConfig`), so nothing is copied field by field and nothing is silently
@@ -527,47 +527,6 @@ class DecodeDefaults:
 
     image: DecodeConfig = field(default_factory=DecodeConfig)  # text -> image (`ramm generate image`, POST /v1/images)
     caption: DecodeConfig = field(default_factory=DecodeConfig)  # image -> text (`ramm generate caption`, POST /v1/captions)
-
-
-# Named presets per component: field overrides on the class defaults, resolved by `preset()`.
-# "demo" is what configs/demo.json measured (the defaults above follow it where a default exists).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "trainer": {
-        "tokenizer": dict(steps=300, max_minutes=2.5, batch_size=32, lr=2e-3, warmup_steps=50, weight_decay=0.0,
-                          ckpt_every=150, log_every=20),
-        "retriever": dict(steps=400, max_minutes=2.5, batch_size=64, lr=2e-3, warmup_steps=25, ckpt_every=200,
-                          log_every=10, weight_decay=0.1),
-        "toy": dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, ckpt_every=100, log_every=10),
-    },
-    "generator": {
-        "demo": dict(size="small", eval_limit=128,
-                     trainer=dict(steps=450, batch_size=16, lr=2e-3, warmup_steps=45, log_every=10, ckpt_every=200)),
-        "tiny": dict(size="tiny", eval_limit=32,
-                     trainer=dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, log_every=10, ckpt_every=200)),
-    },
-    "grace": {
-        "semantic": dict(scheme="semantic"),
-        "toy": dict(preset="tiny", memorize_steps=10, retrieve_steps=10, trainer=dict(batch_size=8, warmup_steps=2)),
-    },
-}
-
-_CLASSES = {"trainer": TrainerConfig, "generator": GeneratorConfig, "grace": GraceConfig}
-
-
-def preset(component: str, name: str, **overrides):
-    """The named preset of a component (`preset("generator", "tiny", corpus=...)`), overrides on top."""
-    if component not in PRESETS or name not in PRESETS[component]:
-        known = {c: sorted(p) for c, p in PRESETS.items()}
-        raise ValueError(f"unknown preset {component}/{name}; known: {known}")
-    cls = _CLASSES[component]
-    return from_dict(cls, _merge(PRESETS[component][name], overrides), f"preset {component}/{name}")
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # ------------------------------------------------------------------------------------------ JSON in/out
