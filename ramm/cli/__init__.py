@@ -129,6 +129,7 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
         p.add_argument(name, type=_hints(cls)[name], help=docs.get(name), **extra)
     p.add_class_arguments(cls, None, skip=set(positional) or None)
     _field_help(p, cls)
+    _group_titles(p, cls)
     ns = p.parse_args(argv)
     if defaults is not None and (changed := defaults(ns)):
         p.set_defaults(changed)
@@ -153,6 +154,22 @@ def _field_help(parser, cls, prefix: str = "") -> None:
         sub = _dataclass_of(hints[f.name])
         if sub is not None:
             _field_help(parser, sub, f"{prefix}{f.name}.")
+
+
+def _group_titles(parser, cls) -> None:
+    """Help groups titled by the field and its class's docstring (`decode: how the next token is chosen ...`)
+    instead of jsonargparse's `<class 'ramm.config.DecodeConfig'>`."""
+    import inspect
+
+    from ramm.config import _dataclass_of, _hints
+
+    for key, group in getattr(parser, "groups", {}).items():
+        sub = cls
+        for part in key.split(".") if key != cls.__name__ else ():
+            sub = _dataclass_of(_hints(sub).get(part)) if sub is not None else None
+        doc = (inspect.getdoc(sub) or "").split("\n\n")[0].replace("\n", " ").rstrip(".") if sub is not None else ""
+        name = cls.__name__ if key == cls.__name__ else f"--{key}.*"
+        group.title = f"{name}: {doc}" if doc else name
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
