@@ -54,6 +54,10 @@ class EvalConfig:
     train_probe: int = 128  # train documents (half flags) both generators draw for the recognition ceilings (0: off)
     seed: int = 0  # sampling seed
 
+    def decode_defaults(self) -> DecodeDefaults:
+        """What the demo's bundles record as their decoding: these settings."""
+        return DecodeDefaults(image=self.image, caption=self.caption)
+
     def __post_init__(self):
         self.splits = tuple(self.splits)
         if isinstance(self.examples_per_split, int):
@@ -93,6 +97,8 @@ class RetrieverStage:
 
 
 DEMO_SETS = ("corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval")  # the demo's own generator fields
+# the generator fields that are no training input: they key no training stage (the evaluation section sets decode)
+NOT_TRAINING = ("decode",)
 
 
 @dataclass
@@ -111,7 +117,7 @@ class DemoConfig:
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
-            bad = set(self.generator) & set(DEMO_SETS) | ({"resume"} & set(self.generator.get("trainer", {})))
+            bad = set(self.generator) & {*DEMO_SETS, *NOT_TRAINING} | ({"resume"} & set(self.generator.get("trainer", {})))
             if bad:
                 raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
         for f in fields(self):
@@ -246,16 +252,18 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
             from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
-                                           out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
+                                           out=str(out), retrieval=retrieval, decode=cfg.evaluation.decode_defaults()),
+                                   pseudo_namer, sibling_key)
         return fn
 
-    upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]
+    trained = {k: v for k, v in to_dict(cfg.generator).items() if k not in NOT_TRAINING}
+    upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), trained]
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
     # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
     from ramm.model.generator import set_decode_defaults
     for name in ("generator_ra", "generator_vanilla"):
-        set_decode_defaults(run / name, DecodeDefaults(image=cfg.evaluation.image, caption=cfg.evaluation.caption))
+        set_decode_defaults(run / name, cfg.evaluation.decode_defaults())
 
     def evaluate_stage(out):
         from ramm.experiments.headline import evaluate_headline
