@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ramm.config import DecodeConfig, DecodeDefaults
+from ramm.corpus.document import encode_png
 from ramm.pipeline import RAMM
 
 _spec = importlib.util.spec_from_file_location("ramm_test_pipeline_d", Path(__file__).parent / "test_pipeline.py")
@@ -147,9 +148,9 @@ def test_ramm_serve_decodes_as_the_bundle_says_unless_the_request_overrides(bund
     shutil.copytree(bundles / "memory", memory)
     facade = RAMM.load(bundles / "demo", memory_dir=memory, device="cpu")
     used = []  # the settings each decode ran with (the random tiny tokenizer draws many codes alike)
-    decode_images = facade.generate_images
-    facade.generate_images = lambda *a, **kw: used.append((kw["decode"] or facade.decode.image).with_overrides(**{
-        k: v for k, v in kw.items() if k in asdict(DecodeConfig())})) or decode_images(*a, **kw)
+    sample = facade._sample
+    facade._sample = lambda prompts, uncond, config, *a, **kw: used.append(config) or sample(prompts, uncond, config,
+                                                                                             *a, **kw)
     app = create_app(ServeConfig(model=str(bundles / "demo"), memory=str(memory), batching=False), ramm=facade)
     with TestClient(app) as client:
         assert client.get("/v1/capabilities").json()["decode"] == {"image": asdict(DEMO.image),
@@ -166,6 +167,11 @@ def test_ramm_serve_decodes_as_the_bundle_says_unless_the_request_overrides(bund
         assert served(guidance_scale=5.0)[1] == DecodeConfig(method="cfg", guidance_scale=5.0, top_p=0.6)
         assert served(guidance=5.0)[1] == DecodeConfig(method="cfg", guidance_scale=5.0, top_p=0.6)  # the old name
         assert served(method="sample", top_k=7)[1] == DecodeConfig(method="sample", guidance_scale=2.0, top_p=0.6, top_k=7)
+        image = pipeline_tests.square((220, 30, 30))
+        for fields, want in (({}, DEMO.caption), ({"method": "sample"}, DecodeConfig(method="sample"))):
+            r = client.post("/v1/captions", files={"file": ("q.png", encode_png(image), "image/png")},
+                            data={"n": "1", "max_tokens": "4", **fields})
+            assert r.status_code == 200 and used[-1] == want, r.text
 
 
 def test_a_config_file_overrides_the_bundles_decoding_and_a_flag_the_file(tmp_path):
