@@ -10,9 +10,9 @@ import importlib
 import pkgutil
 from typing import Callable
 
-# sections whose fields also take their bare names: `--method cfg` is `--decode.method cfg` (the flags
-# `ramm generate` had before the decoding settings became one type)
-SHORT_SECTIONS = ("decode",)
+# a job's DecodeConfig section takes its fields' bare names too: `--method cfg` is `--decode.method cfg` (the
+# flags `ramm generate` had before the decoding settings became one type)
+SHORT_SECTION = "decode"
 
 
 class CLI:
@@ -98,13 +98,13 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
 
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from ramm.config import _dataclass_of, _hints, check_keys, field_docs
+    from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
 
     bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
              if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
     own = {f.name for f in dataclasses.fields(cls)}
-    short = {f"--{g.name}": f"--{name}.{g.name}" for name in SHORT_SECTIONS if name in own
-             for g in dataclasses.fields(_dataclass_of(_hints(cls)[name])) if g.name not in own}
+    short = {f"--{g.name}": f"--{SHORT_SECTION}.{g.name}" for g in dataclasses.fields(DecodeConfig) if g.name not in own
+             and _dataclass_of(_hints(cls).get(SHORT_SECTION)) is DecodeConfig}
     argv = [_normalized(a, bools, short) for a in argv]
     argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
             (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a

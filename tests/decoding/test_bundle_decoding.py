@@ -123,6 +123,10 @@ def test_the_flags_of_before_set_the_decode_fields(bundles, tmp_path):
                         "--decode.top_p", 0.6, "--decode.temperature", 0.9, "--decode.top_k", 50,
                         "--decode.cd_alpha", 0.2, "--decode.cd_k", 4)
     assert same == decode
+    from ramm.cli import parse_config
+    from ramm.config import GeneratorConfig
+    with pytest.raises(SystemExit):  # the bare names belong to a job's DecodeConfig only, not the recipe's defaults
+        parse_config(GeneratorConfig, ["--image", "{}"], "ramm train generator", "")
 
 
 def test_ramm_generate_refuses_bad_decoding_in_one_line_naming_the_field(bundles, tmp_path, capsys):
