@@ -101,7 +101,7 @@ class RAMM:
             memory = Memory.load(memory_dir)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
                    images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)),
-                   k=retrieval_default(info), decode=decode_defaults(info))
+                   k=retrieval_default(info), decode=decode_defaults(info, Path(model_dir) / "generator.json"))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int | None = None, retrieve: bool | None = None,

@@ -108,13 +108,14 @@ def retrieval_default(info: dict) -> int:
     return k if retrieve else 0
 
 
-def decode_defaults(info: dict) -> DecodeDefaults:
-    """How a bundle decodes unless the caller says otherwise (generator.json's `decode`); bundles saved
-    before it was recorded decode with the library's defaults."""
+def decode_defaults(info: dict, where: str | Path = INFO) -> DecodeDefaults:
+    """How a bundle decodes unless the caller says otherwise (generator.json's `decode`; bad values are a
+    ValueError naming `where` and the field); bundles saved before it was recorded decode with the library's
+    defaults."""
     try:
-        return from_dict(DecodeDefaults, info.get("decode") or {}, INFO, "decode.")
+        return from_dict(DecodeDefaults, info.get("decode") or {}, str(where), "decode.")
     except ValueError as e:
-        raise ValueError(e if str(e).startswith(INFO) else f"{INFO}: decode: {e}") from None
+        raise ValueError(e if str(e).startswith(str(where)) else f"{where}: decode: {e}") from None
 
 
 def read_decode_defaults(directory: str | Path) -> DecodeDefaults:
@@ -124,7 +125,7 @@ def read_decode_defaults(directory: str | Path) -> DecodeDefaults:
         info = json.loads((Path(directory) / INFO).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return DecodeDefaults()
-    return decode_defaults(info) if isinstance(info, dict) else DecodeDefaults()
+    return decode_defaults(info, Path(directory) / INFO) if isinstance(info, dict) else DecodeDefaults()
 
 
 def load_generator(directory: str | Path, device: str | None = None):

@@ -86,7 +86,7 @@ def test_a_bad_decode_entry_in_generator_json_names_the_field(bundles, tmp_path)
     path = tmp_path / "bad" / "generator.json"
     info = json.loads(path.read_text())
     path.write_text(json.dumps({**info, "decode": {"image": {"top_p": 2}}}))
-    with pytest.raises(ValueError, match=r"generator.json: decode: top_p must be in \(0.0, 1.0\], got 2"):
+    with pytest.raises(ValueError, match=r"bad/generator.json: decode: top_p must be in \(0.0, 1.0\], got 2"):
         RAMM.load(tmp_path / "bad", device="cpu")
     path.write_text(json.dumps({**info, "decode": {"image": {"guidance": 2}}}))
     with pytest.raises(ValueError, match="unknown field decode.image.guidance"):
