@@ -155,8 +155,8 @@ class RetrievalEvalJob:
 class DecodeJob:
     """What every `ramm generate` command shares: the bundle, retrieval and decoding settings.
 
-    `decode` defaults to what the bundle's generator.json records for the task (`ramm.cli` reads it before
-    the flags, so `--decode.top_p 0.9` changes only top_p)."""
+    `decode` of `image` and `caption` defaults to what the bundle's generator.json records for the task
+    (`ramm.cli` reads it before the flags, so `--decode.top_p 0.9` changes only top_p); infill and edit sample."""
 
     model: str = ""  # generator directory: a ramm bundle (generator.json) or a transformers Chameleon / Anole checkpoint
     out: str = ""  # output directory for samples, grid.png, result.json, index.html
