@@ -125,6 +125,7 @@ class DemoConfig:
                 setattr(self, f.name, from_dict(_SECTIONS[f.name], getattr(self, f.name), f"demo config {f.name}"))
         if any(getattr(self.generator, n) not in ("", True) for n in DEMO_SETS):
             raise ValueError(f"demo config: generator section must not set {list(DEMO_SETS)} (the demo sets them)")
+        self.generator = replace(self.generator, decode=self.evaluation.decode_defaults())  # bundles decode as evaluated
 
     @classmethod
     def load(cls, path: str | Path) -> "DemoConfig":
@@ -252,8 +253,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
             from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
-                                           out=str(out), retrieval=retrieval, decode=cfg.evaluation.decode_defaults()),
-                                   pseudo_namer, sibling_key)
+                                           out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
         return fn
 
     trained = {k: v for k, v in to_dict(cfg.generator).items() if k not in NOT_TRAINING}
@@ -263,7 +263,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
     from ramm.model.generator import set_decode_defaults
     for name in ("generator_ra", "generator_vanilla"):
-        set_decode_defaults(run / name, cfg.evaluation.decode_defaults())
+        set_decode_defaults(run / name, cfg.generator.decode)
 
     def evaluate_stage(out):
         from ramm.experiments.headline import evaluate_headline
