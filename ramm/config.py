@@ -180,8 +180,9 @@ DECODE_RANGES = {"temperature": (float, 0.0, None, False), "top_k": (int, 0, Non
 
 @dataclass
 class DecodeConfig:
-    """How the next token is chosen from the model's logits: the one type the CLI (`--decode.*`), the facade,
-    the lab, the HTTP API and a bundle's generator.json share (CM3Leon sec. 4.2)."""
+    """How the next token is chosen from the model's logits (CM3Leon sec. 4.2).
+
+    The one type the CLI (`--decode.*`), the facade, the lab, the HTTP API and a bundle's generator.json share."""
 
     method: str = "sample"  # greedy | sample | cfg (classifier-free guidance) | cd (contrastive decoding CD-K) | mix (images: half sample, half cd)
     temperature: float = 1.0  # softmax temperature of the final draw; greedy ignores it
