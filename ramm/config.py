@@ -1,4 +1,4 @@
-"""One typed config: the dataclasses every training job reads, their named presets, JSON in and out.
+"""One typed config: the dataclasses every training job reads, and JSON in and out.
 
 A component's config *contains* the configs it hands on (the generator's holds a `TrainerConfig`, an
 `RAConfig` and a `SplitConfig`), so nothing is copied field by field and nothing is silently
@@ -170,6 +170,84 @@ class RAConfig:
             raise ValueError(f"copy_self must be a probability, got {self.copy_self}")
 
 
+# ------------------------------------------------------------------------------------------ decoding
+METHODS = ("greedy", "sample", "cfg", "cd", "mix")  # mix: images only, half sample and half cd (`DecodeConfig.parts`)
+# each numeric setting's (type, low, high or None, low excluded): `DecodeConfig.check`
+DECODE_RANGES = {"temperature": (float, 0.0, None, False), "top_k": (int, 0, None, False),
+                 "top_p": (float, 0.0, 1.0, True), "guidance_scale": (float, 0.0, 20.0, False),
+                 "cd_alpha": (float, 0.0, 1.0, False), "cd_k": (int, 1, None, False)}
+
+
+@dataclass
+class DecodeConfig:
+    """How the next token is chosen from the model's logits (CM3Leon sec. 4.2).
+
+    The one type the CLI (`--decode.*`), the facade, the lab, the HTTP API and a bundle's generator.json share."""
+
+    method: str = "sample"  # greedy | sample | cfg (classifier-free guidance) | cd (contrastive decoding CD-K) | mix (images: half sample, half cd)
+    temperature: float = 1.0  # softmax temperature of the final draw; greedy ignores it
+    top_k: int = 0  # keep only the k most likely tokens (0 = all)
+    top_p: float = 1.0  # nucleus: keep the most likely tokens covering this mass (1 = all)
+    guidance_scale: float = 3.0  # CFG weight s in uncond + s * (cond - uncond); CM3Leon swept 1..7
+    cd_alpha: float = 0.1  # CD-K: candidates have p_cond >= alpha * (k-th largest p_cond)
+    cd_k: int = 8  # CD-K: rank of the probability that sets the candidate threshold
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            self.check(f.name, getattr(self, f.name))
+            if DECODE_RANGES.get(f.name, (None,))[0] is float:
+                setattr(self, f.name, float(getattr(self, f.name)))  # 2 and 2.0 read and save alike
+
+    @staticmethod
+    def check(name: str, value) -> None:
+        """ValueError naming the setting when `value` is out of its range (the HTTP schema checks with it too)."""
+        if name == "method":
+            if value not in METHODS:
+                raise ValueError(f"unknown decoding method {value!r}; choose one of {METHODS}")
+            return
+        kind, low, high, low_open = DECODE_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+                or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite {kind.__name__}, got {value!r}")
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+            raise ValueError(f"{name} must be in {span}, got {value}")
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.method in ("cfg", "cd")
+
+    def parts(self, counts: list[int]) -> list[tuple["DecodeConfig", list[int]]]:
+        """(settings, samples per prompt) of each decode that `counts` samples per prompt take: one, or for
+        CM3Leon's mix (it lowered their FID) the first half of each prompt's samples sampled, the rest by cd."""
+        if self.method != "mix":
+            return [(self, list(counts))]
+        return [(dataclasses.replace(self, method="sample"), [c - c // 2 for c in counts]),
+                (dataclasses.replace(self, method="cd"), [c // 2 for c in counts])]
+
+    def with_overrides(self, where: str = "decoding", **overrides) -> "DecodeConfig":
+        """These settings with some fields replaced (checked); an unknown name is a ValueError naming it."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"{where}: unknown decoding setting {', '.join(unknown)} "
+                             f"(DecodeConfig has {', '.join(f.name for f in dataclasses.fields(self))})")
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+
+@dataclass
+class DecodeDefaults:
+    """How a bundle decodes each task unless its caller says otherwise (generator.json `decode`)."""
+
+    image: DecodeConfig = field(default_factory=DecodeConfig)  # text -> image (`ramm generate image`, POST /v1/images)
+    caption: DecodeConfig = field(default_factory=DecodeConfig)  # image -> text (`ramm generate caption`, POST /v1/captions)
+
+
+def _generator_decode() -> DecodeDefaults:
+    """The demo's decoding, chosen on val (docs/results.md): CFG 2 at top-p 0.6 for images, greedy captions."""
+    return DecodeDefaults(image=DecodeConfig(method="cfg", guidance_scale=2.0, top_p=0.6),
+                          caption=DecodeConfig(method="greedy"))
+
+
 def _generator_ra() -> RAConfig:
     return RAConfig(pseudo_names=0.5, mmr=0.3, copy_self=0.5)  # the demo's measured settings (docs/results.md)
 
@@ -198,6 +276,7 @@ class GeneratorConfig:
     split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
     trainer: TrainerConfig = field(default_factory=_generator_trainer)  # budget, optimizer, schedule
     ra: RAConfig = field(default_factory=_generator_ra)  # retrieval-augmented data
+    decode: DecodeDefaults = field(default_factory=_generator_decode)  # how the saved bundle decodes unless its caller says otherwise (generator.json); not a training input
 
     def __post_init__(self):
         if self.eval_limit < 0 or self.dropout < 0 or self.copy_dim < 0:
@@ -475,47 +554,6 @@ class DualEncoderConfig:
         for name in ("memory_loss_weight", "image_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
-
-
-# Named presets per component: field overrides on the class defaults, resolved by `preset()`.
-# "demo" is what configs/demo.json measured (the defaults above follow it where a default exists).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "trainer": {
-        "tokenizer": dict(steps=300, max_minutes=2.5, batch_size=32, lr=2e-3, warmup_steps=50, weight_decay=0.0,
-                          ckpt_every=150, log_every=20),
-        "retriever": dict(steps=400, max_minutes=2.5, batch_size=64, lr=2e-3, warmup_steps=25, ckpt_every=200,
-                          log_every=10, weight_decay=0.1),
-        "toy": dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, ckpt_every=100, log_every=10),
-    },
-    "generator": {
-        "demo": dict(size="small", eval_limit=128,
-                     trainer=dict(steps=450, batch_size=16, lr=2e-3, warmup_steps=45, log_every=10, ckpt_every=200)),
-        "tiny": dict(size="tiny", eval_limit=32,
-                     trainer=dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, log_every=10, ckpt_every=200)),
-    },
-    "grace": {
-        "semantic": dict(scheme="semantic"),
-        "toy": dict(preset="tiny", memorize_steps=10, retrieve_steps=10, trainer=dict(batch_size=8, warmup_steps=2)),
-    },
-}
-
-_CLASSES = {"trainer": TrainerConfig, "generator": GeneratorConfig, "grace": GraceConfig}
-
-
-def preset(component: str, name: str, **overrides):
-    """The named preset of a component (`preset("generator", "tiny", corpus=...)`), overrides on top."""
-    if component not in PRESETS or name not in PRESETS[component]:
-        known = {c: sorted(p) for c, p in PRESETS.items()}
-        raise ValueError(f"unknown preset {component}/{name}; known: {known}")
-    cls = _CLASSES[component]
-    return from_dict(cls, _merge(PRESETS[component][name], overrides), f"preset {component}/{name}")
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # ------------------------------------------------------------------------------------------ JSON in/out

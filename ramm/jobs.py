@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ramm.config import (DualEncoderConfig, ImageTokenizerConfig, RetrieverRecipeConfig, SplitConfig,
+from ramm.config import (DecodeConfig, DualEncoderConfig, ImageTokenizerConfig, RetrieverRecipeConfig, SplitConfig,
                          TrainerConfig, require)
 
 SPLITS = ("train", "val", "test", "heldout")
@@ -151,12 +151,12 @@ class RetrievalEvalJob:
         self.splits = _check_splits("splits", self.splits)
 
 
-METHODS = ("sample", "greedy", "cfg", "cd", "mix")  # mix: images only (half sample, half cd)
-
-
 @dataclass
 class DecodeJob:
-    """What every `ramm generate` command shares: the bundle, retrieval and decoding settings."""
+    """What every `ramm generate` command shares: the bundle, retrieval and decoding settings.
+
+    `decode` of `image` and `caption` defaults to what the bundle's generator.json records for the task
+    (`ramm.cli` reads it before the flags, so `--decode.top_p 0.9` changes only top_p); infill and edit sample."""
 
     model: str = ""  # generator directory: a ramm bundle (generator.json) or a transformers Chameleon / Anole checkpoint
     out: str = ""  # output directory for samples, grid.png, result.json, index.html
@@ -165,13 +165,7 @@ class DecodeJob:
     k: int | None = None  # documents to retrieve (None: as the bundle trained, its eval_k; a vanilla bundle 0)
     retrieve: bool | None = None  # False (or --no-retrieve): no retrieved documents (None: as the bundle trained)
     exclude: tuple[str, ...] = ()  # memory ids never to retrieve (leave-one-out)
-    method: str = "sample"  # decoding method: sample | greedy | cfg | cd | mix (images only: half sample, half cd)
-    temperature: float = 1.0  # sampling temperature
-    top_k: int = 0  # keep the k most likely tokens (0: all)
-    top_p: float = 1.0  # nucleus mass (1: all)
-    guidance_scale: float = 3.0  # CFG weight (method cfg)
-    cd_alpha: float = 0.1  # CD-K candidate threshold alpha (method cd)
-    cd_k: int = 8  # CD-K rank K setting the threshold (method cd)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # decoding method and its settings (default: the bundle's for this task)
     seed: int = 0  # random seed (same seed, same samples)
     batch_size: int = 8  # samples decoded together
     device: str | None = None  # cpu / cuda (None: cuda when available)
@@ -181,10 +175,6 @@ class DecodeJob:
         self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
         if self.n < 1 or (self.k is not None and self.k < 0) or self.batch_size < 1:
             raise ValueError(f"need n >= 1, k >= 0, batch_size >= 1; got {self.n}, {self.k}, {self.batch_size}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("need temperature > 0, top_k >= 0, 0 < top_p <= 1")
 
 
 @dataclass
@@ -212,8 +202,8 @@ class EditJob(DecodeJob):
         super().__post_init__()
         if not self.image or not self.instruction.strip():
             raise ValueError("edit needs an image and a non-empty instruction")
-        if self.method not in ("sample", "greedy"):
-            raise ValueError(f"edit decodes with 'sample' or 'greedy', not {self.method!r}")
+        if self.decode.method not in ("sample", "greedy"):
+            raise ValueError(f"edit decodes with --decode.method sample or greedy, not {self.decode.method!r}")
 
 
 @dataclass
@@ -227,6 +217,8 @@ class CaptionJob(DecodeJob):
     def __post_init__(self):
         super().__post_init__()
         require(self, ("image",))
+        if self.decode.method == "mix":
+            raise ValueError("--decode.method mix is for images (half sample, half cd); caption with sample, greedy, cfg or cd")
 
 
 @dataclass
@@ -243,8 +235,8 @@ class InfillJob(DecodeJob):
         super().__post_init__()
         if self.mask not in ("image", "caption"):
             raise ValueError(f"mask must be 'image' or 'caption', got {self.mask!r}")
-        if self.method not in ("sample", "greedy"):
-            raise ValueError(f"infill decodes with method sample or greedy, not {self.method}")
+        if self.decode.method not in ("sample", "greedy"):
+            raise ValueError(f"infill decodes with --decode.method sample or greedy, not {self.decode.method!r}")
         if self.mask == "image" and not self.caption.strip():
             raise ValueError("caption is needed to infill the image")
         if self.mask == "caption" and not self.image:

@@ -1,11 +1,12 @@
 """The top-level facade: load a trained generator bundle and run RA-CM3's tasks on it.
 
     ramm = RAMM.load("runs/gen-ra", memory_dir="runs/memory")
-    out = ramm.generate_image("twitter emoji: japan flag", n=8, method="cfg")
+    out = ramm.generate_image("twitter emoji: japan flag", n=8, method="cfg", guidance_scale=2)
     out.outputs[0], out.retrieved   # best sample first, and the evidence it was conditioned on
 
-Every call retrieves k documents from the memory by default (RA-CM3: k = 2), or takes the caller's,
-and returns them with the outputs. The model directory is what `ramm train generator` writes
+Every call retrieves and decodes as the bundle says (generator.json: the k it trained with, the decoding
+settings chosen for it) unless the caller passes k / a `DecodeConfig` / some of its fields, and returns
+the retrieved documents with the outputs. The model directory is what `ramm train generator` writes
 (`ramm.model.generator`: the transformer plus generator.json naming its tokenizers and memory).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ramm.config import DecodeConfig, DecodeDefaults
 from ramm.corpus.document import Document, ImageSegment, TextSegment, read_image_file
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
@@ -63,9 +65,11 @@ class RAMM:
     """A retrieval-augmented multimodal generator with its memory: generate images, captions, infills."""
 
     def __init__(self, model, fmt, memory=None, pack: bool = True, instruction_tuned: bool = False,
-                 images_unavailable: str | None = None, instruction_k: int = 0, k: int = 2):
+                 images_unavailable: str | None = None, instruction_k: int = 0, k: int = 2,
+                 decode: DecodeDefaults | None = None):
         self.model, self.format, self.memory = model, fmt, memory
         self.default_k = k  # what a task retrieves when its caller does not say (`retrieval_default`; 0: nothing)
+        self.decode = decode or DecodeDefaults()  # how images and captions decode when the caller does not say
         self.instruction_tuned = instruction_tuned  # trained by `ramm train sft`: edit_image / answer follow instructions
         self.instruction_k = instruction_k  # documents retrieved into instruction prompts in SFT (their default)
         self.images_unavailable = images_unavailable  # why image tasks are refused (a checkpoint without them)
@@ -85,7 +89,7 @@ class RAMM:
         """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with).
 
         `pack` keeps CPU decoding's weight copies for the facade's life (see `__init__`)."""
-        from ramm.model.generator import load_generator, retrieval_default
+        from ramm.model.generator import decode_defaults, load_generator, retrieval_default
 
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -97,7 +101,7 @@ class RAMM:
             memory = Memory.load(memory_dir)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
                    images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)),
-                   k=retrieval_default(info))
+                   k=retrieval_default(info), decode=decode_defaults(info, Path(model_dir) / "generator.json"))
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query, k: int | None = None, retrieve: bool | None = None,
@@ -119,22 +123,23 @@ class RAMM:
         return [doc for doc, _ in self.memory.search(query, k, exclude_ids=exclude_ids)]
 
     # ------------------------------------------------------------------ tasks
-    def generate_image(self, caption: str, n: int = 8, *, retrieve: bool | None = None,
-                       retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
-                       method: str = "sample", seed: int = 0, rerank: bool = True, batch_size: int = 8,
-                       progress: Callable[[int], None] | None = None, **decoding) -> Result:
+    def generate_image(self, caption: str, n: int = 8, *, decode: DecodeConfig | None = None,
+                       retrieve: bool | None = None, retrieved: Sequence[Document] | None = None, k: int | None = None,
+                       exclude_ids: Sequence[str] = (), seed: int = 0, rerank: bool = True, batch_size: int = 8,
+                       progress: Callable[[int], None] | None = None, **overrides) -> Result:
         """Text -> image: n samples, best first by the retriever's image-text similarity (when a memory
-        is loaded and rerank=True). Sampling is the default: greedy image decoding collapses to blanks.
-        `method`: sample | greedy | cfg | cd | mix (half sample, half cd)."""
-        return self.generate_images([caption], [n], retrieve=retrieve, retrieved=[retrieved], k=k,
-                                    exclude_ids=exclude_ids, method=method, seed=seed, rerank=rerank,
-                                    batch_size=batch_size, progress=progress, **decoding)[0]
+        is loaded and rerank=True). Decoded with `decode` (default: the bundle's `self.decode.image`), any
+        DecodeConfig field given as a keyword on top (`method="cfg", guidance_scale=2`); greedy image
+        decoding collapses to blanks."""
+        return self.generate_images([caption], [n], decode=decode, retrieve=retrieve, retrieved=[retrieved], k=k,
+                                    exclude_ids=exclude_ids, seed=seed, rerank=rerank,
+                                    batch_size=batch_size, progress=progress, **overrides)[0]
 
-    def generate_images(self, captions: Sequence[str], n: Sequence[int], *, retrieve: bool | None = None,
-                        retrieved: Sequence[Sequence[Document] | None] | None = None, k: int | None = None,
-                        exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0, rerank: bool = True,
+    def generate_images(self, captions: Sequence[str], n: Sequence[int], *, decode: DecodeConfig | None = None,
+                        retrieve: bool | None = None, retrieved: Sequence[Sequence[Document] | None] | None = None,
+                        k: int | None = None, exclude_ids: Sequence[str] = (), seed: int = 0, rerank: bool = True,
                         batch_size: int = 8, progress: Callable[[int], None] | None = None,
-                        **decoding) -> list[Result]:
+                        **overrides) -> list[Result]:
         """`generate_image` for several captions (n[i] samples each) decoded together, so a server can
         batch concurrent requests into one KV-cached decode; one seed draws the whole batch, so a
         caption's samples depend on its batch mates. A Result per caption, as `generate_image` gives."""
@@ -146,17 +151,16 @@ class RAMM:
             if count < 1:
                 raise ValueError(f"n must be >= 1, got {count}")
         self._require_images("generate_image")
+        config = (decode or self.decode.image).with_overrides("generate_image", **overrides)
         docs = [self.retrieve(c, k, retrieve, r, exclude_ids) for c, r in zip(captions, retrieved or [None] * len(n))]
         prompts = [self.format.image_prompt(c, d) for c, d in zip(captions, docs)]
         tpi = self.format.tokens_per_image
         uncond = self.format.unconditional_image_prompt()
-        # CM3Leon's "mix": half the samples by top-p sampling, half by CD-K (it lowered their FID)
-        parts = [(method, n)] if method != "mix" else [("sample", [c - c // 2 for c in n]), ("cd", [c // 2 for c in n])]
         rows: list[list[list[int]]] = [[] for _ in captions]
         done = 0
-        for i, (m, counts) in enumerate(p for p in parts if sum(p[1])):
+        for i, (part, counts) in enumerate(p for p in config.parts(list(n)) if sum(p[1])):
             owner = [j for j, c in enumerate(counts) for _ in range(c)]
-            new = self._sample([prompts[j] for j in owner], [uncond] * len(owner), m, decoding, seed + i, batch_size,
+            new = self._sample([prompts[j] for j in owner], [uncond] * len(owner), part, seed + i, batch_size,
                                progress and (lambda r, done=done: progress(done + r)),
                                max_new_tokens=tpi + 1, stop_after_image=True)
             for j, row in zip(owner, new):
@@ -178,15 +182,17 @@ class RAMM:
             results.append(Result(list(images), d, scores, rs))
         return results
 
-    def caption_image(self, image, n: int = 8, *, retrieve: bool | None = None,
+    def caption_image(self, image, n: int = 8, *, decode: DecodeConfig | None = None, retrieve: bool | None = None,
                       retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
-                      method: str = "sample", seed: int = 0, rerank: bool = True, max_new_tokens: int = 32,
-                      batch_size: int = 8, progress: Callable[[int], None] | None = None, **decoding) -> Result:
+                      seed: int = 0, rerank: bool = True, max_new_tokens: int = 32,
+                      batch_size: int = 8, progress: Callable[[int], None] | None = None, **overrides) -> Result:
         """Image -> text by CM3 infilling of a masked caption; n samples, best first by the model's
-        own perplexity (RA-CM3). `image`: a path, PIL image or uint8 (H, W, 3) array."""
+        own perplexity (RA-CM3). `image`: a path, PIL image or uint8 (H, W, 3) array. Decoded as
+        `generate_image` says, the bundle's default being `self.decode.caption`."""
+        config = (decode or self.decode.caption).with_overrides("caption_image", **overrides)
         pixels, codes, docs = self._read_query_image("caption_image", image, k, retrieve, retrieved, exclude_ids)
         prompt = self.format.caption_prompt(codes, docs)
-        rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, method, decoding, seed,
+        rows = self._sample([prompt] * n, [self.format.unconditional_caption_prompt()] * n, config, seed,
                             batch_size, progress, max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.eos,),
                             allow_images=False)
         texts = [self.format.caption_text(r) for r in rows]
@@ -200,11 +206,11 @@ class RAMM:
 
     def infill(self, document: Document, masked: Sequence[int], n: int = 1, *, retrieve: bool | None = None,
                retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
-               method: str = "sample", seed: int = 0, max_new_tokens: int = 32, **decoding) -> Result:
+               decode: DecodeConfig | None = None, seed: int = 0, max_new_tokens: int = 32, **overrides) -> Result:
         """CM3 infilling: regenerate the segments at indices `masked` (their content is ignored) given the
-        rest of the document; image spans get exactly one image's codes, text spans end at a sentinel."""
-        if method not in ("sample", "greedy"):
-            raise ValueError(f"infill decodes with 'sample' or 'greedy', not {method!r}")
+        rest of the document; image spans get exactly one image's codes, text spans end at a sentinel.
+        Decoded with `decode` (default: sampling) and keyword overrides, sample or greedy only."""
+        config = self._plain("infill", decode, overrides)
         if any(isinstance(document.segments[i], ImageSegment) for i in masked if 0 <= i < len(document.segments)):
             self._require_images("infill of an image")
         kept = [s for i, s in enumerate(document.segments) if i not in set(masked)]
@@ -219,11 +225,11 @@ class RAMM:
                 rows = [r + [self.vocab.sentinel(j)] for r in rows]
             opener = [self.vocab.img] if kind == "image" else []
             if kind == "image":
-                new = self._generate([r + opener for r in rows], None, method, decoding, generator,
+                new = self._generate([r + opener for r in rows], None, config, generator,
                                      max_new_tokens=self.format.tokens_per_image + 1, stop_after_image=True)
             else:
                 stops = (self.vocab.eos, *(self.vocab.sentinel(i) for i in range(self.vocab.n_sentinels)))
-                new = self._generate(rows, None, method, decoding, generator, max_new_tokens=max_new_tokens,
+                new = self._generate(rows, None, config, generator, max_new_tokens=max_new_tokens,
                                      stop_tokens=stops, allow_images=False)
                 new = [[t for t in r if t not in stops] for r in new]
             rows = [r + opener + t for r, t in zip(rows, new)]
@@ -234,17 +240,17 @@ class RAMM:
 
     def generate(self, prompt: Document, demonstrations: Sequence[Document] = (), n: int = 1, *,
                  retrieve: bool | None = None, retrieved: Sequence[Document] | None = None, k: int | None = None,
-                 exclude_ids: Sequence[str] = (), method: str = "sample", seed: int = 0,
-                 max_new_tokens: int = 96, **decoding) -> Result:
+                 exclude_ids: Sequence[str] = (), decode: DecodeConfig | None = None, seed: int = 0,
+                 max_new_tokens: int = 96, **overrides) -> Result:
         """In-context continuation: retrieved documents, then the demonstrations, <sep>, then the
-        open prompt document, continued until </doc>. Outputs are the completed prompt documents."""
-        if method not in ("sample", "greedy"):
-            raise ValueError(f"generate decodes with 'sample' or 'greedy', not {method!r}")
+        open prompt document, continued until </doc>. Outputs are the completed prompt documents.
+        Decoded as `infill` says."""
+        config = self._plain("generate", decode, overrides)
         docs = self.retrieve(prompt, k, retrieve, retrieved, exclude_ids)
         context = [*docs, *demonstrations]
         prefix = [t for d in context for t in self.format.encode_document(d)] + ([self.vocab.sep] if context else [])
         ids = prefix + self.format.encode_document(prompt)[:-1]  # the prompt document stays open
-        rows = self._generate([ids] * n, None, method, decoding, self._generator(seed),
+        rows = self._generate([ids] * n, None, config, self._generator(seed),
                               max_new_tokens=max_new_tokens, stop_tokens=(self.vocab.doc_end,))
         outputs = [self.format.parse(ids + r + ([] if r[-1:] == [self.vocab.doc_end] else [self.vocab.doc_end]),
                                      doc_id=f"{prompt.id}-continued-{i}") for i, r in enumerate(rows)]
@@ -252,14 +258,15 @@ class RAMM:
 
     def edit_image(self, image, instruction: str, n: int = 1, *, retrieve: bool | None = None,
                    retrieved: Sequence[Document] | None = None, k: int | None = None, exclude_ids: Sequence[str] = (),
-                   method: str = "sample", seed: int = 0, batch_size: int = 8,
-                   progress: Callable[[int], None] | None = None, **decoding) -> Result:
+                   decode: DecodeConfig | None = None, seed: int = 0, batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None, **overrides) -> Result:
         """Image + instruction -> image ("make the skin tone dark", "draw it in the google style"): the
         instruction format of `ramm train sft`. `retrieve` / `k` default to how SFT trained (its
-        `retrieve_k`: 0 = no retrieval)."""
+        `retrieve_k`: 0 = no retrieval); decoded as `infill` says."""
+        config = self._plain("edit_image", decode, overrides)
         pixels, prompt, docs = self._instruction(image, instruction, "image", retrieve, retrieved, k, exclude_ids)
         tpi = self.format.tokens_per_image
-        rows = self._sample([prompt] * n, None, method, decoding, seed, batch_size, progress,
+        rows = self._sample([prompt] * n, None, config, seed, batch_size, progress,
                             max_new_tokens=tpi + 1, stop_after_image=True)
         return Result(list(self._pixels(rows)), docs, [], rows)
 
@@ -268,7 +275,7 @@ class RAMM:
         """A question about an image, answered greedily in the SFT instruction format (one output);
         retrieval defaults as in `edit_image`."""
         pixels, prompt, docs = self._instruction(image, question, "text", retrieve, retrieved, k, exclude_ids)
-        rows = self._sample([prompt], None, "greedy", {}, 0, 1, None, max_new_tokens=max_new_tokens,
+        rows = self._sample([prompt], None, DecodeConfig(method="greedy"), 0, 1, None, max_new_tokens=max_new_tokens,
                             stop_tokens=(self.vocab.doc_end,), allow_images=False)
         return Result([self.format.caption_text(rows[0])], docs, [], rows)
 
@@ -313,20 +320,27 @@ class RAMM:
     def _generator(self, seed: int):
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _generate(self, prompts, uncond, method, decoding, generator, **kw) -> list[list[int]]:
-        from ramm.decoding.generate import DecodeConfig, generate
-        return generate(self.model, self.vocab, prompts, tokens_per_image=self.format.tokens_per_image,
-                        config=DecodeConfig(method=method, **decoding), uncond_prompts=uncond,
-                        generator=generator, **kw)
+    @staticmethod
+    def _plain(task: str, decode: DecodeConfig | None, overrides: dict) -> DecodeConfig:
+        """The settings of a task without an unconditional stream (infill, generate, edit): sample or greedy."""
+        config = (decode or DecodeConfig()).with_overrides(task, **overrides)
+        if config.method not in ("sample", "greedy"):
+            raise ValueError(f"{task} decodes with method 'sample' or 'greedy', not {config.method!r}")
+        return config
 
-    def _sample(self, prompts, uncond, method, decoding, seed, batch_size, progress, **kw) -> list[list[int]]:
+    def _generate(self, prompts, uncond, config: DecodeConfig, generator, **kw) -> list[list[int]]:
+        from ramm.decoding.generate import generate
+        return generate(self.model, self.vocab, prompts, tokens_per_image=self.format.tokens_per_image,
+                        config=config, uncond_prompts=uncond, generator=generator, **kw)
+
+    def _sample(self, prompts, uncond, config: DecodeConfig, seed, batch_size, progress, **kw) -> list[list[int]]:
         """n samples in batches of batch_size (one seeded generator across batches)."""
-        from ramm.decoding.generate import DecodeConfig, generate_batched
+        from ramm.decoding.generate import generate_batched
 
         if len(prompts) < 1:
             raise ValueError(f"n must be >= 1, got {len(prompts)}")
         return generate_batched(self.model, self.vocab, prompts, batch_size=batch_size, uncond_prompts=uncond,
                                 generator=self._generator(seed), progress=progress,
                                 tokens_per_image=self.format.tokens_per_image,
-                                config=DecodeConfig(method=method, **decoding), **kw)
+                                config=config, **kw)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 
-from ramm.config import GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict, load_config, to_dict
+from ramm.config import (DecodeConfig, DecodeDefaults, GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict,
+                         load_config, to_dict)
 from ramm_lab.emojibench import MATCH_KEY, EmojiBenchConfig
 from ramm_lab.evaluator import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
@@ -42,12 +43,9 @@ class EvalConfig:
     splits: tuple[str, ...] = ("test", "heldout")  # splits reported (never tune on heldout)
     limit: int = 0  # documents per split (0: all); a fixed hash-ordered subset otherwise
     k: int = 2  # retrieved documents at inference (RA-CM3's best)
-    image_method: str = "sample"  # decoding for text->image: sample | cfg | cd (greedy collapses)
-    temperature: float = 1.0  # sampling temperature for images
-    top_p: float = 0.9  # nucleus mass for images
-    guidance_scale: float = 3.0  # CFG weight when image_method == "cfg"
+    image: DecodeConfig = field(default_factory=lambda: DecodeConfig(top_p=0.9))  # text -> image decoding (greedy collapses; mix is not used here); the generators' bundles keep it as their default
     n_samples: int = 1  # images sampled per prompt; the best by retriever image-text similarity is kept
-    caption_method: str = "greedy"  # decoding for image->text
+    caption: DecodeConfig = field(default_factory=lambda: DecodeConfig(method="greedy"))  # image -> text decoding; the bundles keep it too
     max_caption_tokens: int = 24  # caption length cap
     batch_size: int = 64  # prompts decoded together
     examples_per_split: dict = field(default_factory=lambda: {"test": 4, "heldout": 16})  # grid rows per split and track
@@ -56,10 +54,16 @@ class EvalConfig:
     train_probe: int = 128  # train documents (half flags) both generators draw for the recognition ceilings (0: off)
     seed: int = 0  # sampling seed
 
+    def decode_defaults(self) -> DecodeDefaults:
+        """What the demo's bundles record as their decoding: these settings."""
+        return DecodeDefaults(image=self.image, caption=self.caption)
+
     def __post_init__(self):
         self.splits = tuple(self.splits)
         if isinstance(self.examples_per_split, int):
             self.examples_per_split = {s: self.examples_per_split for s in self.splits}
+        if self.image.method == "mix" or self.caption.method == "mix":
+            raise ValueError("eval: decoding method mix is the facade's (RAMM.generate_image); use sample, cfg or cd")
         if self.k < 1 or self.n_samples < 1 or self.batch_size < 1 or self.limit < 0 or self.train_probe < 0:
             raise ValueError("eval: k, n_samples and batch_size must be >= 1, limit and train_probe >= 0")
 
@@ -93,6 +97,8 @@ class RetrieverStage:
 
 
 DEMO_SETS = ("corpus", "memory", "tokenizer", "text_tokenizer", "out", "retrieval")  # the demo's own generator fields
+# the generator fields that are no training input: they key no training stage (the evaluation section sets decode)
+NOT_TRAINING = ("decode",)
 
 
 @dataclass
@@ -111,7 +117,7 @@ class DemoConfig:
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
-            bad = set(self.generator) & set(DEMO_SETS) | ({"resume"} & set(self.generator.get("trainer", {})))
+            bad = set(self.generator) & {*DEMO_SETS, *NOT_TRAINING} | ({"resume"} & set(self.generator.get("trainer", {})))
             if bad:
                 raise ValueError(f"demo config: generator section must not set {sorted(bad)} (the demo sets them)")
         for f in fields(self):
@@ -122,6 +128,7 @@ class DemoConfig:
         # the keys the library leaves to the corpus (CorpusHooks.match_key), written out: stage configs name them
         self.retriever.recipe.match = self.retriever.recipe.match or MATCH_KEY
         self.generator.ra.group_by = self.generator.ra.group_by or MATCH_KEY
+        self.generator = replace(self.generator, decode=self.evaluation.decode_defaults())  # bundles decode as evaluated
 
     @classmethod
     def load(cls, path: str | Path) -> "DemoConfig":
@@ -252,9 +259,14 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
                                            out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
         return fn
 
-    upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), to_dict(cfg.generator)]
+    trained = {k: v for k, v in to_dict(cfg.generator).items() if k not in NOT_TRAINING}
+    upstream = [to_dict(cfg.tokenizer), to_dict(cfg.text_tokenizer), to_dict(cfg.retriever), trained]
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
+    # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
+    from ramm.model.generator import set_decode_defaults
+    for name in ("generator_ra", "generator_vanilla"):
+        set_decode_defaults(run / name, cfg.generator.decode)
 
     def evaluate_stage(out):
         from ramm_lab.headline import evaluate_headline

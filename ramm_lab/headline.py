@@ -48,12 +48,9 @@ def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, desc: str, **
 def generate_images(model, fmt, captions: list[str], retrieved: list[list[Document]], ecfg, encoder,
                     desc: str) -> np.ndarray:
     """One image per caption (uint8 (N, H, W, 3)): the best of n_samples by image-text similarity."""
-    from ramm.decoding.generate import DecodeConfig
-
     n = ecfg.n_samples
     prompts = [fmt.image_prompt(c, r) for c, r in zip(captions, retrieved) for _ in range(n)]
-    dcfg = DecodeConfig(method=ecfg.image_method, temperature=ecfg.temperature, top_p=ecfg.top_p,
-                        guidance_scale=ecfg.guidance_scale)
+    dcfg = ecfg.image
     uncond = [fmt.unconditional_image_prompt()] * len(prompts) if dcfg.needs_uncond else None
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
     tpi = fmt.tokens_per_image
@@ -73,11 +70,9 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
 
 def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[Document]], ecfg, desc: str) -> list[str]:
     """Image -> text by infilling the masked caption (greedy or sampled)."""
-    from ramm.decoding.generate import DecodeConfig
-
     prompts = [fmt.caption_prompt(c, r) for c, r in zip(codes, retrieved)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(ecfg.seed)
-    rows = decode_in_batches(model, fmt, prompts, config=DecodeConfig(method=ecfg.caption_method),
+    rows = decode_in_batches(model, fmt, prompts, config=ecfg.caption,
                              batch_size=ecfg.batch_size, generator=gen, desc=desc,
                              max_new_tokens=ecfg.max_caption_tokens, stop_tokens=(fmt.vocab.eos,), allow_images=False)
     return [fmt.caption_text(r) for r in rows]
@@ -222,8 +217,8 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
         f"Validation image-token loss on heldout with k={cfg.evaluation.k}: RA "
         f"{_get(stages['generator_ra'], 'heldout_image_loss_k2')}, vanilla {_get(stages['generator_vanilla'], 'heldout_image_loss_k0')}.",
         f"Image tokenizer on test: PSNR {_get(stages['tokenizer'], 'psnr')} dB, codebook usage {_get(stages['tokenizer'], 'usage')}.",
-        f"Decoding: images {ecfg.image_method} (top-p {ecfg.top_p}, T {ecfg.temperature}, best of {ecfg.n_samples}); "
-        f"captions {ecfg.caption_method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
+        f"Decoding: images {ecfg.image.method} (top-p {ecfg.image.top_p}, T {ecfg.image.temperature}, best of {ecfg.n_samples}); "
+        f"captions {ecfg.caption.method}. Retrieval: k={ecfg.k}, leave-one-out by document.",
     ]
     if usage:
         notes.append("Retrieved contexts: 'retrieved' = what the task retrieves (the memory's top documents for the "

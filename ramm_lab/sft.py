@@ -22,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from ramm.config import SFTConfig, from_dict, to_dict
+from ramm.config import DecodeConfig, SFTConfig, from_dict, to_dict
 from ramm.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+GREEDY = DecodeConfig(method="greedy")  # the lab's decodes say their settings whole: a bundle's defaults may differ
 
 
 @dataclass
@@ -35,23 +36,29 @@ class SFTEvalConfig:
     cases: int = 32  # heldout cases per task (a fixed hash-ordered subset)
     shown: int = 16  # cases per task drawn in the report (input, instruction, output, reference)
     seeds: tuple[int, ...] = (0, 1)  # decoding seeds of the image tasks (means and per-seed values reported)
-    top_p: float = 0.9  # nucleus mass of image sampling (greedy image decoding collapses)
-    task_top_p: dict[str, float] = field(default_factory=dict)  # per image task (edit, style, segment, controlled), overriding top_p; chosen on val
+    image: DecodeConfig = field(default_factory=lambda: DecodeConfig(top_p=0.9))  # how the image tasks decode: sample or greedy (greedy image decoding collapses); text -> image adds CFG 3
+    task_top_p: dict[str, float] = field(default_factory=dict)  # per image task (edit, style, segment, controlled), overriding image.top_p; chosen on val
     split: str = "heldout"  # concepts evaluated: heldout for the report, val to choose settings
     regression_cases: int = 128  # cases of the no-regression checks (captioning CIDEr, text -> image FID): FID needs more than 32
 
     def __post_init__(self):
         self.seeds = tuple(self.seeds)
-        ps = [self.top_p, *self.task_top_p.values()]
+        ps = [self.image.top_p, *self.task_top_p.values()]
         if min(self.cases, self.regression_cases) < 2 or self.shown < 0 or not self.seeds or not all(0 < p <= 1 for p in ps):
             raise ValueError("evaluation: need cases >= 2, regression_cases >= 2, shown >= 0, a seed, 0 < top_p <= 1")
+        if self.image.method not in ("sample", "greedy"):
+            raise ValueError(f"evaluation: image.method must be sample or greedy (edits take no CFG), not {self.image.method!r}")
         unknown = set(self.task_top_p) - {"edit", "style", "segment", "controlled"}
         if unknown or self.split not in ("val", "test", "heldout"):
             raise ValueError(f"evaluation: task_top_p keys must be image tasks (not {sorted(unknown)}), "
                              f"split val, test or heldout (not {self.split!r})")
 
     def p(self, task: str) -> float:
-        return self.task_top_p.get(task, self.top_p)
+        return self.task_top_p.get(task, self.image.top_p)
+
+    def decoding(self, task: str) -> DecodeConfig:
+        """How an image task decodes: `image`, at the task's top-p."""
+        return self.image.with_overrides(f"evaluation {task}", top_p=self.p(task))
 
 
 @dataclass
@@ -141,7 +148,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                     group, t = template(task, i)
                     text = TEMPLATES[task][t].format(**case[2])
                     rows.append((group, text, model.edit_image(
-                        source(case), text, seed=seed, top_p=cfg.p(task), exclude_ids=case[:2],
+                        source(case), text, seed=seed, decode=cfg.decoding(task), exclude_ids=case[:2],
                         retrieved=evidence(case) if evidence else None).outputs[0]))
                 outs[(name, seed)] = rows
         stats = {}
@@ -188,7 +195,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         ious = {"trained": [], "heldout": []}
         for i, c in enumerate(seg_cases):
             group, t = template("segment", i)
-            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], top_p=cfg.p("segment"),
+            o = model.edit_image(docs[c[0]].image, TEMPLATES["segment"][t], seed=cfg.seeds[0], decode=cfg.decoding("segment"),
                                  exclude_ids=[c[0]]).outputs[0]
             ious[group].append(mask_iou(image_to_mask(o), masks[c[0]]))
             seg_outs.setdefault(name, []).append((TEMPLATES["segment"][t], o))
@@ -203,7 +210,8 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     # --- silhouette-controlled generation vs the same caption without the silhouette ---
     ctl = [(i, i, {"caption": docs[i].text}) for i in _pick(sorted(docs), cfg.cases)]
     sil = lambda c: mask_image(masks[c[0]])  # noqa: E731
-    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0], top_p=cfg.p("controlled")).outputs[0]
+    plain = [sft.generate_image(c[2]["caption"], n=1, retrieve=False, seed=cfg.seeds[0],
+                                decode=cfg.decoding("controlled")).outputs[0]
              for c in ctl]
     no_sil = {"no_silhouette_recognised": float(recognised(plain, map(want, ctl)).mean())}
     by_caption = (lambda c: sft.retrieve(c[2]["caption"], sft.instruction_k, exclude_ids=[c[0]])) if sft.instruction_k else None
@@ -236,7 +244,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     refs_c = {i: emoji_references(docs[i].metadata) for i in cap_ids}
     sft_caps = {i: _strip(sft.answer(docs[i].image, TEMPLATES["caption"][0], max_new_tokens=24, exclude_ids=[i]).outputs[0])
                 for i in cap_ids}
-    pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, method="greedy", rerank=False).outputs[0])
+    pre_caps = {i: _strip(pre.caption_image(docs[i].image, n=1, retrieve=False, decode=GREEDY, rerank=False).outputs[0])
                 for i in cap_ids}
     res["caption"] = {"sft_cider": cider(sft_caps, refs_c)[0], "pretrained_cider": cider(pre_caps, refs_c)[0]}
     # the CM3 captioning path (`caption_image`) of both models, without and with retrieval (leave-one-out)
@@ -244,15 +252,16 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
         for label, retrieve in (("cm3", False), ("cm3_retrieval", True)):
             if name == "pretrained" and label == "cm3":
                 continue  # pre_caps above
-            caps = {i: _strip(model.caption_image(docs[i].image, n=1, retrieve=retrieve, exclude_ids=[i], method="greedy",
+            caps = {i: _strip(model.caption_image(docs[i].image, n=1, retrieve=retrieve, exclude_ids=[i], decode=GREEDY,
                                                   rerank=False).outputs[0]) for i in cap_ids}
             res["caption"][f"{name}_{label}_cider"] = cider(caps, refs_c)[0]
     report(f"[evaluate] captions done ({time.time() - t0:.0f}s)")
     # text -> image, the pretrained model's own task and format: no regression (retrieval on, leave-one-out)
     t2i = {}
     for name, model in (("sft", sft), ("pretrained", pre)):
-        t2i[name] = np.stack([model.generate_image(docs[i].text, n=1, exclude_ids=[i], method="cfg", guidance_scale=3.0,
-                                                   top_p=cfg.top_p, seed=cfg.seeds[0], rerank=False).outputs[0]
+        t2i[name] = np.stack([model.generate_image(docs[i].text, n=1, exclude_ids=[i], seed=cfg.seeds[0], rerank=False,
+                                                   decode=cfg.image.with_overrides(method="cfg", guidance_scale=3.0)
+                                                   ).outputs[0]
                               for i in cap_ids])
     real = np.stack([docs[i].image for i in cap_ids])
     res["text_to_image"] = {f"{n}_fid": fid(real, v) for n, v in t2i.items()}

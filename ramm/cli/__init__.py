@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from typing import Callable
+
+# a job's DecodeConfig section takes its fields' bare names too: `--method cfg` is `--decode.method cfg` (the
+# flags `ramm generate` had before the decoding settings became one type)
+SHORT_SECTION = "decode"
 
 
 class CLI:
@@ -48,14 +53,16 @@ class CLI:
         return subs.add_parser(name, help=help, description=help, **kwargs)
 
     def config_command(self, name: str, help: str, cls, run, group: str | None = None,
-                       positional: tuple[str, ...] = ()) -> None:
+                       positional: tuple[str, ...] = (), defaults: Callable[[dict], dict] | None = None) -> None:
         """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
         as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
-        instead; `run(cfg)` does the work, after `--threads` has set torch's CPU threads."""
+        instead; `defaults(parsed)` may replace field defaults from what the command line names (a bundle's
+        decoding settings), under the file and the flags; `run(cfg)` does the work, after `--threads` has
+        set torch's CPU threads."""
         p = self.command(name, help, group=group, add_help=False)
         prog = f"ramm {group} {name}" if group else f"ramm {name}"
         def call(args):
-            cfg, threads = parse_config(cls, args.extra, prog, help, positional)
+            cfg, threads = parse_config(cls, args.extra, prog, help, positional, defaults)
             if threads:
                 import torch
                 torch.set_num_threads(threads)
@@ -63,9 +70,9 @@ class CLI:
         p.set_defaults(func=call, takes_extra=True)
 
 
-def _normalized(arg: str, bools: set[str]) -> str:
+def _normalized(arg: str, bools: set[str], short: dict[str, str]) -> str:
     """`--batch-size=3` -> `--batch_size=3` (flags take either spelling of a field's name); `-k` -> `--k`;
-    `--from` -> `--pretrained` (`ramm train sft --from DIR`);
+    `--from` -> `--pretrained` (`ramm train sft --from DIR`); `--method` -> `--decode.method` (`short`);
     `--no-rerank` -> `--rerank=false` for a boolean field."""
     if arg == "-k":
         return "--k"
@@ -75,14 +82,17 @@ def _normalized(arg: str, bools: set[str]) -> str:
         return arg
     flag, eq, value = arg.partition("=")
     flag = flag.replace("-", "_").replace("__", "--", 1)
+    flag = short.get(flag, flag)
     if not eq and flag.startswith("--no_") and flag[5:] in bools:
         return f"--{flag[5:]}=false"
     return flag + eq + value
 
 
-def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = ()):
-    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults.
-    An unknown key in the file is a ValueError naming the field and the file."""
+def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
+                 defaults: Callable[[dict], dict] | None = None):
+    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults
+    (`defaults(first parse)`: field -> value, over the class's). An unknown key in the file is a ValueError
+    naming the field and the file."""
     import dataclasses
     import json
     import typing
@@ -90,11 +100,14 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
 
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from ramm.config import _hints, check_keys, field_docs
+    from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
 
     bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
              if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
-    argv = [_normalized(a, bools) for a in argv]
+    own = {f.name for f in dataclasses.fields(cls)}
+    short = {f"--{g.name}": f"--{SHORT_SECTION}.{g.name}" for g in dataclasses.fields(DecodeConfig) if g.name not in own
+             and _dataclass_of(_hints(cls).get(SHORT_SECTION)) is DecodeConfig}
+    argv = [_normalized(a, bools, short) for a in argv]
     argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
             (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a
             for i, a in enumerate(argv)]  # a bare boolean flag (`--verify`) sets it
@@ -118,7 +131,11 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
         p.add_argument(name, type=_hints(cls)[name], help=docs.get(name), **extra)
     p.add_class_arguments(cls, None, skip=set(positional) or None)
     _field_help(p, cls)
+    _group_titles(p, cls)
     ns = p.parse_args(argv)
+    if defaults is not None and (changed := defaults(ns)):
+        p.set_defaults(changed)
+        ns = p.parse_args(argv)
     ns = p.instantiate(ns) if hasattr(p, "instantiate") else p.instantiate_classes(ns)
     kwargs = {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.init}
     return cls(**kwargs), ns["threads"]
@@ -139,6 +156,22 @@ def _field_help(parser, cls, prefix: str = "") -> None:
         sub = _dataclass_of(hints[f.name])
         if sub is not None:
             _field_help(parser, sub, f"{prefix}{f.name}.")
+
+
+def _group_titles(parser, cls) -> None:
+    """Help groups titled by the field and its class's docstring (`decode: how the next token is chosen ...`)
+    instead of jsonargparse's `<class 'ramm.config.DecodeConfig'>`."""
+    import inspect
+
+    from ramm.config import _dataclass_of, _hints
+
+    for key, group in getattr(parser, "groups", {}).items():
+        sub = cls
+        for part in key.split(".") if key != cls.__name__ else ():
+            sub = _dataclass_of(_hints(sub).get(part)) if sub is not None else None
+        doc = (inspect.getdoc(sub) or "").split("\n\n")[0].replace("\n", " ").rstrip(".") if sub is not None else ""
+        name = cls.__name__ if key == cls.__name__ else f"--{key}.*"
+        group.title = f"{name}: {doc}" if doc else name
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):

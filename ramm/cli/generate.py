@@ -2,7 +2,8 @@
 
 Each command writes its samples (PNG), a grid PNG for images, `result.json`, and an `index.html`
 showing the query, the retrieved documents (image + text) and the samples side by side. Flags and
-`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob` / `EditJob`.
+`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob` / `EditJob`; `--decode.*` (or the bare `--method`,
+`--guidance_scale`, ...) starts from the bundle's settings for images / captions (generator.json `decode`).
 """
 from __future__ import annotations
 
@@ -17,13 +18,26 @@ GRID_MIN_SIDE = 128  # the grid and the page show small images (32x32 emoji: 4x)
 def register(cli) -> None:
     from ramm.jobs import CaptionJob, EditJob, ImageJob, InfillJob
     cli.config_command("image", "text -> image: sample images for a caption", ImageJob, _image, group="generate",
-                       positional=("caption",))
+                       positional=("caption",), defaults=_bundle_decoding("image"))
     cli.config_command("caption", "image -> text: caption an image file", CaptionJob, _caption, group="generate",
-                       positional=("image",))
+                       positional=("image",), defaults=_bundle_decoding("caption"))
     cli.config_command("infill", "regenerate the caption or the image of a (caption, image) document", InfillJob,
                        _infill, group="generate")
     cli.config_command("edit", "image + instruction -> image with an instruction-tuned generator (ramm train sft)",
                        EditJob, _edit, group="generate", positional=("image", "instruction"))
+
+
+def _bundle_decoding(task: str):
+    """The `decode` default of a command: the bundle's settings for `task` (image | caption)."""
+    def defaults(parsed) -> dict:
+        from dataclasses import asdict
+
+        from ramm.model.generator import read_decode_defaults
+        if not parsed["model"]:
+            return {}
+        settings = asdict(getattr(read_decode_defaults(parsed["model"]), task))
+        return {f"decode.{name}": value for name, value in settings.items()}
+    return defaults
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -33,9 +47,7 @@ def _load(cfg):
 
 
 def _kwargs(cfg) -> dict:
-    return dict(retrieve=cfg.retrieve, k=cfg.k, exclude_ids=list(cfg.exclude), method=cfg.method,
-                seed=cfg.seed, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                guidance_scale=cfg.guidance_scale, cd_alpha=cfg.cd_alpha, cd_k=cfg.cd_k)
+    return dict(retrieve=cfg.retrieve, k=cfg.k, exclude_ids=list(cfg.exclude), decode=cfg.decode, seed=cfg.seed)
 
 
 def _image(cfg) -> int:
@@ -88,8 +100,7 @@ def _infill(cfg) -> int:
         ImageSegment(pixels=np.full((size, size, 3), 255, np.uint8))  # placeholder: masked, never read
     doc = Document("query", [TextSegment(cfg.caption or "<mask>"), image])
     masked = [1] if cfg.mask == "image" else [0]
-    kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
-    res = ramm.infill(doc, masked, n=cfg.n, max_new_tokens=cfg.max_tokens, **kw)
+    res = ramm.infill(doc, masked, n=cfg.n, max_new_tokens=cfg.max_tokens, **_kwargs(cfg))
     out = Path(cfg.out)
     samples = []
     for i, d in enumerate(res.outputs):
@@ -111,10 +122,9 @@ def _edit(cfg) -> int:
     from ramm.pipeline import image_size, read_image
     ramm = _load(cfg)
     pixels = read_image(cfg.image, image_size(ramm.format.image_tokenizer))
-    kw = {k: v for k, v in _kwargs(cfg).items() if k not in ("guidance_scale", "cd_alpha", "cd_k")}
     with tqdm(total=cfg.n, desc="edits", unit="sample") as bar:
         res = ramm.edit_image(pixels, cfg.instruction, n=cfg.n, batch_size=cfg.batch_size,
-                              progress=lambda done: bar.update(done - bar.n), **kw)
+                              progress=lambda done: bar.update(done - bar.n), **_kwargs(cfg))
     out = Path(cfg.out)
     _save_png(out / "query.png", pixels)
     names = [_save_png(out / f"sample_{i:02d}.png", im) for i, im in enumerate(res.outputs)]

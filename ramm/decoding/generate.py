@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ramm.config import DecodeConfig  # noqa: F401 (re-exported; it lives at the config layer so the CLI jobs can nest it)
 from ramm.decoding.guidance import cfg_logits, contrastive_scores
 from ramm.decoding.sampling import sample
 from ramm.model.packing import packed_for
@@ -26,40 +27,6 @@ from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import autocast_dtype
 
 log = logging.getLogger(__name__)
-
-METHODS = ("greedy", "sample", "cfg", "cd")
-
-
-@dataclass
-class DecodeConfig:
-    """How the next token is chosen from the model's logits."""
-
-    method: str = "sample"  # greedy | sample | cfg (classifier-free guidance) | cd (contrastive decoding CD-K)
-    temperature: float = 1.0  # softmax temperature of the final draw; greedy ignores it
-    top_k: int = 0  # keep only the k most likely tokens (0 = all)
-    top_p: float = 1.0  # nucleus: keep the most likely tokens covering this mass (1 = all)
-    guidance_scale: float = 3.0  # CFG weight s in uncond + s * (cond - uncond); CM3Leon swept 1..7
-    cd_alpha: float = 0.1  # CD-K: candidates have p_cond >= alpha * (k-th largest p_cond)
-    cd_k: int = 8  # CD-K: rank of the probability that sets the candidate threshold
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown decoding method {self.method!r}; choose one of {METHODS}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.cd_alpha <= 1.0:
-            raise ValueError(f"cd_alpha must be in [0, 1], got {self.cd_alpha}")
-        if self.cd_k < 1:
-            raise ValueError(f"cd_k must be >= 1, got {self.cd_k}")
-
-    @property
-    def needs_uncond(self) -> bool:
-        return self.method in ("cfg", "cd")
-
 
 # grammar states of a row (ModalityConstraint); TEXT_NO_IMAGE is TEXT when the budget can no longer close an image
 TEXT, IMAGE, CLOSE, DONE, TEXT_NO_IMAGE = range(5)
@@ -215,6 +182,9 @@ def generate(model, vocab: Vocabulary, prompts: Sequence[Sequence[int]], *, toke
     every step: the slow exact path the cache is checked against.
     """
     config = config or DecodeConfig()
+    if config.method == "mix":
+        raise ValueError("method 'mix' splits a prompt's samples into sample and cd decodes (DecodeConfig.parts): "
+                         "images only, through RAMM.generate_image")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     B = len(prompts)

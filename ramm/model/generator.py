@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ramm.config import DecodeDefaults, from_dict, to_dict
 from ramm.model.transformer import Transformer
 from ramm.utils import atomic_write_json, file_sha256, pick_device
 
@@ -45,8 +46,11 @@ def check_pins(directory: Path, pins) -> None:
 
 
 def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer: str | Path, image_tokenizer: str | Path,
-                   memory: str | Path | None = None, alpha: float = 0.1, **extra) -> None:
-    """Tokenizers are copied in (their source directories may be retrained later); the memory is referenced."""
+                   memory: str | Path | None = None, alpha: float = 0.1, decode: DecodeDefaults | None = None,
+                   **extra) -> None:
+    """Tokenizers are copied in (their source directories may be retrained later); the memory is referenced;
+    `decode` is how the bundle decodes unless its caller says otherwise (None: the library's defaults, written
+    out, so the bundle keeps them if those change)."""
     directory = Path(directory)
     model.save_pretrained(directory)
     for name, src in (("text_tokenizer", text_tokenizer), ("image_tokenizer", image_tokenizer)):
@@ -58,7 +62,16 @@ def save_generator(model: Transformer, directory: str | Path, *, text_tokenizer:
     rel_memory = os.path.relpath(Path(memory).resolve(), directory.resolve()) if memory else None
     atomic_write_json(directory / INFO, {"text_tokenizer": "text_tokenizer", "image_tokenizer": "image_tokenizer",
                                          "memory": rel_memory,
-                                         "alpha": alpha, **extra, "tokenizer_sha256": tokenizer_pins(directory)})
+                                         "alpha": alpha, "decode": to_dict(decode or DecodeDefaults()), **extra,
+                                         "tokenizer_sha256": tokenizer_pins(directory)})
+
+
+def set_decode_defaults(directory: str | Path, decode: DecodeDefaults) -> None:
+    """Record in a saved bundle how it decodes by default (the lab, once it has chosen the settings on val)."""
+    path = Path(directory) / INFO
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("decode") != to_dict(decode):
+        atomic_write_json(path, {**info, "decode": to_dict(decode)})
 
 
 def bundle_info(directory: str | Path) -> dict:
@@ -93,6 +106,26 @@ def retrieval_default(info: dict) -> int:
     if not isinstance(retrieve, bool) or isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"{INFO}: retrieval must be true/false and eval_k an integer >= 0, got {retrieve!r}, {k!r}")
     return k if retrieve else 0
+
+
+def decode_defaults(info: dict, where: str | Path = INFO) -> DecodeDefaults:
+    """How a bundle decodes unless the caller says otherwise (generator.json's `decode`; bad values are a
+    ValueError naming `where` and the field); bundles saved before it was recorded decode with the library's
+    defaults."""
+    try:
+        return from_dict(DecodeDefaults, info.get("decode") or {}, str(where), "decode.")
+    except ValueError as e:
+        raise ValueError(e if str(e).startswith(str(where)) else f"{where}: decode: {e}") from None
+
+
+def read_decode_defaults(directory: str | Path) -> DecodeDefaults:
+    """`decode_defaults` of a directory without loading it: the library's defaults when it is no ramm bundle
+    (a Chameleon checkpoint) or its generator.json is unreadable (loading it says why)."""
+    try:
+        info = json.loads((Path(directory) / INFO).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return DecodeDefaults()
+    return decode_defaults(info, Path(directory) / INFO) if isinstance(info, dict) else DecodeDefaults()
 
 
 def load_generator(directory: str | Path, device: str | None = None):

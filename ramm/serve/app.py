@@ -1,7 +1,7 @@
 """The HTTP API and web page over one `RAMM` facade (FastAPI; OpenAPI page at /docs).
 
 Every model or memory call goes through the `DynamicBatcher`: one worker thread, a bounded queue,
-deadlines; image requests with the same method and guidance share one decode. Uploads are decoded on
+deadlines; image requests with the same decoding settings share one decode. Uploads are decoded on
 other threads, so nothing heavy runs on the event loop. Errors map to status codes here: bad input
 400 / 413 / 422, a full queue 503 with Retry-After, a missed deadline 504.
 """
@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
+from dataclasses import astuple
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ramm.config import METHODS, DecodeConfig, to_dict
 from ramm.pipeline import image_size
 from ramm.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, QueueFull
 from ramm.serve.config import ServeConfig
@@ -139,8 +141,8 @@ class Engine:
         try:
             results = self.ramm.generate_images(
                 [r.caption for r in reqs], [r.n for r in reqs], retrieved=[[d for d, _ in h] for h in hits],
-                method=reqs[0].method, seed=reqs[0].seed, batch_size=self.cfg.max_batch_rows,
-                progress=lambda _: check(), guidance_scale=reqs[0].guidance)
+                decode=DecodeConfig(*key[1]), seed=reqs[0].seed, batch_size=self.cfg.max_batch_rows,
+                progress=lambda _: check())
         except ValueError:
             if len(reqs) == 1:
                 raise
@@ -159,8 +161,9 @@ class Engine:
         for p in payloads:
             check()
             hits = self.evidence(p["pixels"], p["k"])
-            res = self.ramm.caption_image(p["pixels"], n=p["n"], retrieved=[d for d, _ in hits], method=p["method"],
-                                          seed=p["seed"], max_new_tokens=p["max_tokens"])
+            res = self.ramm.caption_image(p["pixels"], n=p["n"], retrieved=[d for d, _ in hits], seed=p["seed"],
+                                          max_new_tokens=p["max_tokens"],
+                                          **({"method": p["method"]} if p["method"] else {}))
             out.append(_task_response([Sample(text=t, score=s) for t, s in _scored(res)], hits, 1))
         return out
 
@@ -348,15 +351,19 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
         facade = state["engine"].ramm
         return {"images": True, "captions": True, "memory": facade.memory is not None,
                 "k": state["engine"].k_for(None),  # documents a request retrieves when it leaves k out
+                "decode": to_dict(facade.decode),  # decoding settings a request uses for the fields it leaves out
                 **{task: has_capability(facade, task) for task in CAPABILITIES}}
 
     @app.post("/v1/images", response_model=TaskResponse)
     async def images(req: ImageRequest):
-        return await submit(("images", req.method, req.guidance), req, rows=req.n)
+        settings = state["engine"].ramm.decode.image.with_overrides("request", **req.overrides())
+        return await submit(("images", astuple(settings)), req, rows=req.n)  # one decode per settings
 
     @app.post("/v1/captions", response_model=TaskResponse)
     async def captions(file: UploadFile = File(description="PNG or JPEG"), n: int = Form(4, ge=1, le=16),
-                       method: Literal["sample", "cfg", "cd"] = Form("sample"), seed: int = Form(0, ge=0, le=2**31 - 1),
+                       method: Optional[Literal[tuple(m for m in METHODS if m != "mix")]] = Form(
+                           None, description="decoding method (left out: the bundle's for captions)"),
+                       seed: int = Form(0, ge=0, le=2**31 - 1),
                        k: Optional[int] = Form(None, ge=0, le=16), max_tokens: int = Form(32, ge=1, le=128)):
         pixels = await asyncio.to_thread(state["engine"].decode_image, await file.read(), file.filename or "upload")
         payload = dict(pixels=pixels, n=n, method=method, seed=seed, k=k, max_tokens=max_tokens)

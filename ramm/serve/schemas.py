@@ -4,10 +4,13 @@ No field names a path on the server's disk: images travel as base64 PNG/JPEG or 
 """
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ramm.config import DECODE_RANGES, METHODS, DecodeConfig, field_docs
 
 MAX_CAPTION_CHARS = 500
 MAX_SEED = 2**31 - 1
@@ -26,14 +29,40 @@ def _non_blank(v: str) -> str:
     return v
 
 
-class ImageRequest(_Strict):
+class _Decoding(_Strict):
+    """DecodeConfig's fields, each optional (left out: the bundle's setting), checked by DecodeConfig.check."""
+
+    @field_validator(*(f.name for f in dataclasses.fields(DecodeConfig)), check_fields=False)
+    @classmethod
+    def _in_range(cls, v, info):
+        if v is not None:
+            DecodeConfig.check(info.field_name, v)
+        return v
+
+    def overrides(self) -> dict:
+        """The decoding settings this request gives (the others stay the bundle's)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(DecodeConfig) if getattr(self, f.name) is not None}
+
+
+def _decode_field(f: dataclasses.Field):
+    """(type, Field) of a DecodeConfig field in a request: the same name, None for the bundle's setting."""
+    kind = Literal[METHODS] if f.name == "method" else DECODE_RANGES[f.name][0]
+    # `guidance`: the API's name for guidance_scale before the settings became one type, still read
+    alias = AliasChoices("guidance_scale", "guidance") if f.name == "guidance_scale" else None
+    return Optional[kind], Field(None, validation_alias=alias, allow_inf_nan=False if kind is float else None,
+                                 description=f"{field_docs(DecodeConfig)[f.name]} (left out: the bundle's)")
+
+
+DecodeFields = create_model("DecodeFields", __base__=_Decoding,
+                            **{f.name: _decode_field(f) for f in dataclasses.fields(DecodeConfig)})
+
+
+class ImageRequest(DecodeFields):
     caption: str = Caption
     n: int = Field(4, ge=1, le=16, description="samples to draw")
-    method: Literal["sample", "cfg", "cd", "mix"] = Field("sample", description="decoding (CM3Leon): mix = half sample, half cd")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes the draw when the request is decoded alone")
     k: Optional[int] = Field(None, ge=0, le=16, description="documents to retrieve from the memory (0: none; "
                                                            "left out: as the bundle trained)")
-    guidance: float = Field(3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="CFG scale (method cfg)")
 
     _caption = field_validator("caption")(_non_blank)
 

@@ -117,7 +117,7 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
                       collate_fn=data.collate, eval_fn=eval_fn)
     last = trainer.fit()
     save_generator(model, out, text_tokenizer=cfg.text_tokenizer, image_tokenizer=cfg.tokenizer, memory=cfg.memory,
-                   alpha=cfg.ra.alpha, retrieval=cfg.retrieval, eval_k=cfg.eval_k)
+                   alpha=cfg.ra.alpha, decode=cfg.decode, retrieval=cfg.retrieval, eval_k=cfg.eval_k)
 
     model.eval()
     tests = {s: [lookup[d.id] for d in by_split.get(s, []) if d.id in lookup] for s in ("heldout", "test", "val")}

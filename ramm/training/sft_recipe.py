@@ -120,7 +120,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     `pairings` / `masks` / `templates` (wordings of the pairings' tasks) override what the corpus' hooks offer
     (`corpus_tasks`, `CorpusHooks.sft_templates`)."""
     from ramm.corpus import open_corpus
-    from ramm.model.generator import bundle_info, load_generator, save_generator
+    from ramm.model.generator import bundle_info, decode_defaults, load_generator, save_generator
     from ramm.training.sft_data import SFTDataset, build_items, with_templates
     from ramm.training.trainer import Trainer
 
@@ -176,10 +176,10 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     trainer = Trainer(model, data, replace(cfg.trainer, out_dir=cfg.trainer.out_dir or str(out)),
                       collate_fn=data.collate, eval_fn=eval_fn if any(items["val"].values()) else None)
     last = trainer.fit()
-    extra = {k: v for k, v in info.items() if k not in ("text_tokenizer", "image_tokenizer", "memory", "alpha")}
+    extra = {k: v for k, v in info.items() if k not in ("text_tokenizer", "image_tokenizer", "memory", "alpha", "decode")}
     save_generator(model, out, text_tokenizer=info["text_tokenizer"], image_tokenizer=info["image_tokenizer"],
                    memory=info.get("memory") if memory is None else memory.root, alpha=info.get("alpha", 0.1),
-                   **{**extra, "sft": True, "sft_retrieve_k": cfg.retrieve_k})
+                   decode=decode_defaults(info), **{**extra, "sft": True, "sft_retrieve_k": cfg.retrieve_k})
     model.eval()
     result = response_losses(model, fmt, items["val"], cfg.heldout_templates, cfg.eval_limit, retrieve["val"], templates)
     result.update(steps=trainer.step, train_loss=last.get("loss"), minutes=(time.time() - t0) / 60,

@@ -45,6 +45,19 @@ def test_help_comes_from_the_field_comments(capsys):
     assert "--trainer.warmup_steps" in out and "linear warmup steps" in out and "EmojiBench" not in out
 
 
+@pytest.mark.parametrize("command", [["train", "generator"], ["memory", "build"], ["generate", "image"]])
+def test_help_groups_are_titled_by_the_field_and_its_class_docstring(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "<class '" not in out
+    titles = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert {"train": "GeneratorConfig: The RA-CM3 generator", "memory": "MemoryBuildJob: `ramm memory build`",
+            "generate": "ImageJob: `ramm generate image CAPTION`"}[command[0]] in "\n".join(titles)
+    if command[0] != "memory":
+        assert any(t.startswith(("--trainer.*: ", "--decode.*: ")) for t in titles), titles
+
+
 def test_a_mistyped_nested_field_of_the_retriever_job_names_the_field_and_the_file(tmp_path, capsys):
     f = tmp_path / "retriever.json"
     f.write_text(json.dumps({"corpus": "c", "out": "o", "model": {"embed_dimm": 16}}))

@@ -4,13 +4,14 @@ The corpus is made here; every stage runs at a toy budget through `ramm.__main__
 script's entry, and each stage reads what the one before wrote.
 """
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from ramm.__main__ import main as ramm
-from ramm.config import SplitConfig
+from ramm.config import DecodeConfig, SplitConfig
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -104,8 +105,13 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
     assert max(by_k["10"] for split_recall in recall.values() for by_k in split_recall.values()) > 0
 
     out = run(capsys, "train", "generator", "--corpus", corpus, "--memory", r / "mem", "--tokenizer", r / "tok",
-              "--text_tokenizer", r / "ttok", "--out", r / "gen", "--size", "tiny", "--eval_limit", "4", "--ra.group_by", "kind", *SPLIT, *TOY)
+              "--text_tokenizer", r / "ttok", "--out", r / "gen", "--size", "tiny", "--eval_limit", "4", "--ra.group_by", "kind",
+              "--decode.image.top_p", "0.8", *SPLIT, *TOY)
     assert "saved generator" in out and "test_image_loss_k2" in out
+    # the bundle records how it decodes: the recipe's defaults (the demo's choice), the flag on top
+    assert json.loads((r / "gen" / "generator.json").read_text())["decode"] == {
+        "image": {**asdict(DecodeConfig()), "method": "cfg", "guidance_scale": 2.0, "top_p": 0.8},
+        "caption": {**asdict(DecodeConfig()), "method": "greedy"}}
     assert json.loads((r / "gen" / "generator_config.json").read_text())["ra"]["group_by"] == "kind"
     neighbours = json.loads((r / "gen" / "neighbours.json").read_text())
     assert set(neighbours) == {"text", "image"} and all(len(rows) == n["train"] for rows in neighbours.values())
@@ -113,6 +119,7 @@ def test_every_stage_runs_on_a_user_corpus(shapes, tmp_path, capsys, monkeypatch
 
     run(capsys, "generate", "image", "a red circle", "--model", r / "gen", "--out", r / "img", "--n", "2")
     result = json.loads((r / "img" / "result.json").read_text())
+    assert (result["settings"]["decode"]["method"], result["settings"]["decode"]["top_p"]) == ("cfg", 0.8)
     assert set(result["retrieved"]) <= ids and len(result["retrieved"]) == 2
     for i in range(2):
         with Image.open(r / "img" / f"sample_{i:02d}.png") as im:

@@ -45,8 +45,9 @@ def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
 
 @pytest.mark.slow
 def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
-    from ramm_lab.report import load_results
+    from ramm.pipeline import RAMM
     from ramm_lab.demo import run_demo
+    from ramm_lab.report import load_results
 
     cfg = DemoConfig.load(ROOT / "configs" / "demo-tiny.json")
     lines: list[str] = []
@@ -69,6 +70,9 @@ def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
     assert all(0 <= v <= 1 for rows in (results.ceilings, results.memory_holds) for row in rows.values()
                for v in row.values())
     assert examples and all((tmp_path / "run" / e.reference).exists() for e in examples)
+    for bundle in ("generator_ra", "generator_vanilla"):  # the bundles decode as the demo evaluated them
+        decode = RAMM.load(tmp_path / "run" / bundle, device="cpu").decode
+        assert (decode.image, decode.caption) == (cfg.evaluation.image, cfg.evaluation.caption)
     # a second run recomputes nothing
     lines.clear()
     run_demo(cfg, emojibench_dir, tmp_path / "run", report=lines.append)

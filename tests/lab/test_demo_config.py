@@ -5,6 +5,8 @@ demo_settings_before.json is every effective field of each demo stage as the pre
 since (the `fsdp` strategy, joint augmentation, the FSQ quantizer) must have been at their no-op values there;
 fields added since must be at the value that does what the code did before they existed, unless CHANGED
 names them: settings changed on purpose (each with the measurement that chose it in docs/results.md).
+The evaluation's decoding moved into one `DecodeConfig` per task (issue 31): `effective` reads it back into
+the flat fields the file records, and checks its other fields are what the old code's DecodeConfig got.
 """
 import json
 from dataclasses import asdict, replace
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ramm.config import DecodeConfig
 from ramm_lab.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +41,25 @@ CHANGED = {
 }
 
 
+# the flat evaluation fields of before, by where they live now; the old code built DecodeConfig(method=image_method,
+# temperature=, top_p=, guidance_scale=) for images and DecodeConfig(method=caption_method) for captions
+FLAT_DECODING = {"image_method": ("image", "method"), "temperature": ("image", "temperature"),
+                 "top_p": ("image", "top_p"), "guidance_scale": ("image", "guidance_scale"),
+                 "caption_method": ("caption", "method")}
+
+
+def flat_evaluation(evaluation) -> dict:
+    """The evaluation section in the layout of before (flat decoding fields)."""
+    d = asdict(evaluation)
+    decode = {task: d.pop(task) for task in ("image", "caption")}
+    for old, (task, name) in FLAT_DECODING.items():
+        d[old] = decode[task].pop(name)
+    library = asdict(DecodeConfig())
+    for task, rest in decode.items():  # what the old code left at DecodeConfig's defaults
+        assert rest == {k: library[k] for k in rest}, task
+    return d
+
+
 def effective(cfg: DemoConfig) -> dict:
     """Every field each stage's recipe receives, paths masked."""
     g = cfg.generator
@@ -53,7 +75,7 @@ def effective(cfg: DemoConfig) -> dict:
         "generator.ra": asdict(g.ra),
         "generator.model": {"size": g.size, "dropout": g.dropout, "copy_dim": g.copy_dim, "eval_k": g.eval_k,
                             "eval_limit": g.eval_limit},
-        "evaluation": asdict(cfg.evaluation), "evaluator": asdict(cfg.evaluator),
+        "evaluation": flat_evaluation(cfg.evaluation), "evaluator": asdict(cfg.evaluator),
     }
     return json.loads(json.dumps(d, default=list))
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from ramm_lab.sft import SFTDemoConfig, _pick, _save_pictures, write_report
+from ramm_lab.sft import SFTDemoConfig, SFTEvalConfig, _pick, _save_pictures, write_report
 
 
 def test_the_shipped_config_loads_and_a_misspelt_key_is_named(tmp_path):
@@ -13,6 +13,16 @@ def test_the_shipped_config_loads_and_a_misspelt_key_is_named(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"evaluation": {"casez": 3}}))
     with pytest.raises(ValueError, match="casez"):
         SFTDemoConfig.load(tmp_path / "bad.json")
+
+
+def test_the_shipped_config_decodes_as_before_its_settings_became_a_decode_config():
+    from ramm.config import DecodeConfig
+
+    e = SFTDemoConfig.load("configs/demo-sft.json").evaluation  # before: top_p 0.9, task_top_p {segment: 0.3}
+    assert [e.decoding(t) for t in ("edit", "style", "segment", "controlled")] == \
+        [DecodeConfig(top_p=0.9), DecodeConfig(top_p=0.9), DecodeConfig(top_p=0.3), DecodeConfig(top_p=0.9)]
+    with pytest.raises(ValueError, match="image.method must be sample or greedy"):
+        SFTEvalConfig(image=DecodeConfig(method="cfg"))
 
 
 def test_cases_are_a_fixed_subset_and_the_report_shows_every_picture(tmp_path):

@@ -1,10 +1,12 @@
 """The API on a tiny random bundle: every endpoint answers with its outputs and the retrieved evidence."""
 import base64
 import io
+from dataclasses import asdict
 
 import numpy as np
 from PIL import Image
 
+from ramm.config import DecodeConfig
 from ramm.corpus.document import encode_png
 
 RED = np.full((16, 16, 3), 255, np.uint8)
@@ -77,7 +79,9 @@ def test_sft_endpoints_name_the_missing_capability(client):
     assert r.status_code == 400 and "instruction-tuned" in r.json()["detail"] and "edit_image" in r.json()["detail"]
     r = client.post("/v1/answers", json={"question": "what colour?"})
     assert r.status_code == 400 and "RAMM.answer" in r.json()["detail"]
+    library = asdict(DecodeConfig())  # the test bundle records no decoding: the library's defaults
     assert client.get("/v1/capabilities").json() == {"images": True, "captions": True, "memory": True, "k": 2,
+                                                     "decode": {"image": library, "caption": library},
                                                      "edit": False, "answer": False}
 
 

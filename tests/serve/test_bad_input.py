@@ -35,7 +35,10 @@ def image_request(**overrides):
     (image_request(caption=""), "caption"), (image_request(caption="   "), "caption"),
     (image_request(caption="x" * 501), "caption"), (image_request(n=0), "n"), (image_request(n=17), "n"),
     (image_request(k=-1), "k"), (image_request(k=99), "k"), (image_request(seed=-3), "seed"),
-    (image_request(seed=2**40), "seed"), (image_request(guidance=-1), "guidance"), (image_request(guidance=1e9), "guidance"),
+    (image_request(seed=2**40), "seed"), (image_request(guidance_scale=-1), "guidance_scale"),
+    (image_request(guidance_scale=1e9), "guidance_scale"), (image_request(guidance=-1), "guidance"),
+    (image_request(top_p=0), "top_p"), (image_request(top_p=1.5), "top_p"), (image_request(top_k=-1), "top_k"),
+    (image_request(cd_k=0), "cd_k"), (image_request(cd_alpha=2), "cd_alpha"), (image_request(temperature=-1), "temperature"),
     (image_request(method="beam"), "method"), (image_request(path="/etc/passwd"), "path"), ({"n": 2}, "caption"),
 ])
 def test_out_of_range_image_requests_are_422_naming_the_field(client, body, field):

@@ -205,14 +205,22 @@ def test_sft_learns_a_toy_edit_far_above_chance_and_the_facade_serves_it(bundle,
 
 
 def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundle, tmp_path, capsys):
-    from ramm.__main__ import main
+    import shutil
 
-    assert main(["train", "sft", "--from", str(bundle / "gen"), "--corpus", str(bundle / "corpus.jsonl"),
+    from ramm.__main__ import main
+    from ramm.config import DecodeConfig, DecodeDefaults
+    from ramm.model.generator import set_decode_defaults
+
+    shutil.copytree(bundle / "gen", tmp_path / "src")
+    chosen = DecodeDefaults(image=DecodeConfig(method="cfg", guidance_scale=2.0), caption=DecodeConfig(method="greedy"))
+    set_decode_defaults(tmp_path / "src", chosen)
+    assert main(["train", "sft", "--from", str(tmp_path / "src"), "--corpus", str(bundle / "corpus.jsonl"),
                  "--out", str(tmp_path / "sft"), "--trainer.steps", "2", "--trainer.batch_size", "2",
                  "--trainer.warmup_steps", "1", "--trainer.progress", "false", "--trainer.device", "cpu"]) == 0
     assert json.loads((tmp_path / "sft" / "generator.json").read_text())["sft"] is True
     from ramm.pipeline import RAMM
     assert RAMM.load(tmp_path / "sft", device="cpu").instruction_tuned  # what `ramm serve` offers edits on
+    assert RAMM.load(tmp_path / "sft", device="cpu").decode == chosen  # decodes as the bundle it started from
     assert not RAMM.load(bundle / "gen", device="cpu").instruction_tuned
     assert main(["generate", "edit", str(bundle / "red.png"), "make the skin tone blue", "--model",
                  str(tmp_path / "sft"), "--out", str(tmp_path / "page"), "--n", "2", "--device", "cpu"]) == 0
