@@ -7,7 +7,7 @@
 Every call retrieves and decodes as the bundle says (generator.json: the k it trained with, the decoding
 settings chosen for it) unless the caller passes k / a `DecodeConfig` / some of its fields, and returns
 the retrieved documents with the outputs. The model directory is what `ramm train generator` writes
-(`ramm.model.generator`: the transformer plus generator.json naming its tokenizers and memory).
+(`ramm.model.bundle`: the transformer plus generator.json naming its tokenizers and memory).
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class RAMM:
         """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with).
 
         `pack` keeps CPU decoding's weight copies for the facade's life (see `__init__`)."""
-        from ramm.model.generator import decode_defaults, load_generator, retrieval_default
+        from ramm.model.bundle import decode_defaults, load_generator, retrieval_default
 
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -329,13 +329,13 @@ class RAMM:
         return config
 
     def _generate(self, prompts, uncond, config: DecodeConfig, generator, **kw) -> list[list[int]]:
-        from ramm.decoding.generate import generate
+        from ramm.decoding.decoder import generate
         return generate(self.model, self.vocab, prompts, tokens_per_image=self.format.tokens_per_image,
                         config=config, uncond_prompts=uncond, generator=generator, **kw)
 
     def _sample(self, prompts, uncond, config: DecodeConfig, seed, batch_size, progress, **kw) -> list[list[int]]:
         """n samples in batches of batch_size (one seeded generator across batches)."""
-        from ramm.decoding.generate import generate_batched
+        from ramm.decoding.decoder import generate_batched
 
         if len(prompts) < 1:
             raise ValueError(f"n must be >= 1, got {len(prompts)}")

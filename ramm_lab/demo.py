@@ -7,7 +7,7 @@ Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when 
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
 JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is docs/emojibench.md:
 leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
-features of an evaluation network trained on every document (ramm_lab.evaluator), which no
+features of an evaluation network trained on every document (ramm_lab.evaluation_network), which no
 system reads.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable
 from ramm.config import (DecodeConfig, DecodeDefaults, GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict,
                          load_config, to_dict)
 from ramm_lab.emojibench import MATCH_KEY, EmojiBenchConfig
-from ramm_lab.evaluator import EvaluatorConfig
+from ramm_lab.evaluation_network import EvaluatorConfig
 from ramm.retrieval.dual_encoder import DualEncoderConfig
 from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 from ramm.utils import atomic_write_json
@@ -202,7 +202,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- evaluation network: a measuring instrument (FID, recognition), trained on every document of every
     # split; nothing downstream of it in the system reads it, only the evaluate stage ---
     def evaluator_stage(out):
-        from ramm_lab.evaluator import train_evaluator
+        from ramm_lab.evaluation_network import train_evaluator
         _, metrics = train_evaluator(docs, cfg.evaluator, out)
         return metrics
 
@@ -264,7 +264,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
     # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
-    from ramm.model.generator import set_decode_defaults
+    from ramm.model.bundle import set_decode_defaults
     for name in ("generator_ra", "generator_vanilla"):
         set_decode_defaults(run / name, cfg.generator.decode)
 

@@ -4,7 +4,7 @@ For each document (concept c, style s) of a reported split (docs/emojibench.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
   returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network
-  (ramm_lab.evaluator: trained on every document to tell (concept, style) apart, never used by
+  (ramm_lab.evaluation_network: trained on every document to tell (concept, style) apart, never used by
   the system) and CLIPScore; FID and style-restricted recognition on the retriever's image tower (the
   measures before the evaluation network, which the other style's image passes) are kept as extra columns.
 - image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
@@ -38,7 +38,7 @@ def _subset(docs: list[Document], limit: int) -> list[Document]:
 
 def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, desc: str, **kw) -> list[list[int]]:
     """`generate_batched` (the facade's batched decoding) with a progress bar."""
-    from ramm.decoding.generate import generate_batched
+    from ramm.decoding.decoder import generate_batched
 
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
         return generate_batched(model, fmt.vocab, prompts, tokens_per_image=fmt.tokens_per_image,
@@ -84,13 +84,13 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
     from ramm_lab.emojibench import emoji_references, is_flag, strip_style_prefix, track
     from ramm.evaluation.captioning import bleu4, cider, exact_match
     from ramm.evaluation.clipscore import clip_score
-    from ramm_lab.evaluator import FID_NAME, load_evaluator
+    from ramm_lab.evaluation_network import FID_NAME, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.evaluation.recognition import Recognizer
     from ramm.evaluation.retrieval_usage import retrieval_usage
     from ramm_lab.report import (Results, SystemScores, make_example, pick_examples, save_results,
                                         write_report)
-    from ramm.model.generator import load_generator
+    from ramm.model.bundle import load_generator
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.code_cache import encode_images_cached, with_codes
     from ramm_lab.emojibench import RECOGNITION_KEYS, sibling_key

@@ -110,7 +110,7 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
     the picture grids (out/<task>.png)."""
     from ramm_lab.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
     from ramm.evaluation.captioning import cider
-    from ramm_lab.evaluator import identity, load_evaluator
+    from ramm_lab.evaluation_network import identity, load_evaluator
     from ramm.evaluation.fid import FID
     from ramm.pipeline import RAMM
     from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates, with_templates

@@ -32,7 +32,7 @@ def _bundle_decoding(task: str):
     def defaults(parsed) -> dict:
         from dataclasses import asdict
 
-        from ramm.model.generator import read_decode_defaults
+        from ramm.model.bundle import read_decode_defaults
         if not parsed["model"]:
             return {}
         settings = asdict(getattr(read_decode_defaults(parsed["model"]), task))

@@ -4,7 +4,7 @@ ramm's decoder, CM3 format and trainer speak ramm's `Vocabulary` layout (text, i
 a Chameleon checkpoint has its own: BPE text, image codes as `IMGIMG..` BPE entries
 (`ChameleonImageVocabularyMapping`), `<racm3:break>` / `<eoss>` around an image, and unused
 `<reserved#####>` tokens. `ChameleonVocab` maps every ramm id onto one checkpoint id, so the batched
-modality-constrained decoder, CFG and CD-K (`ramm.decoding.generate`) and RA-CM3's weighted loss run
+modality-constrained decoder, CFG and CD-K (`ramm.decoding.decoder`) and RA-CM3's weighted loss run
 unchanged over the HF model: `ChameleonGenerator.forward` embeds the mapped ids and reads the LM head's
 logits at the mapped columns. transformers' own `forward` sets image-token logits to the dtype's minimum
 (Chameleon 7B/30B were released unable to emit images); the LM head is read directly, so Anole-style
@@ -263,7 +263,7 @@ def load_chameleon(directory: str | Path, device: str | None = None, dtype: torc
 
     from transformers import AutoTokenizer, ChameleonForConditionalGeneration
 
-    from ramm.model.generator import INFO
+    from ramm.model.bundle import INFO
     from ramm.tokenizers.cm3_format import CM3Format
     from ramm.utils import pick_device
 

@@ -73,7 +73,7 @@ def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
     import torch.distributed as dist
 
     from ramm.corpus import open_corpus
-    from ramm.model.generator import INFO
+    from ramm.model.bundle import INFO
     from ramm.model.hf_chameleon import load_chameleon
     from ramm.pipeline import image_size
     from ramm.retrieval.memory import Memory

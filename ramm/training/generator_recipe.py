@@ -57,7 +57,7 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     the leave-one-out partners (documents sharing cfg.ra.group_by)."""
     import torch
 
-    from ramm.model.generator import save_generator
+    from ramm.model.bundle import save_generator
     from ramm.model.transformer import PRESETS, Transformer, TransformerConfig
     from ramm.retrieval.memory import Memory
     from ramm.tokenizers.cm3_format import CM3Format

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def image_tokenizer_dir(cfg: GraceConfig) -> Path:
     """The image tokenizer GRACE encodes with: the generator bundle's copy with `init`, else cfg.image_tokenizer."""
     if cfg.init:
-        from ramm.model.generator import bundle_info
+        from ramm.model.bundle import bundle_info
         return bundle_info(cfg.init)["image_tokenizer"]
     return Path(cfg.image_tokenizer)
 
@@ -81,7 +81,7 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
         raise ValueError(f"retrieval needs memorized target documents (retrieve_splits {cfg.retrieve_splits}); "
                          f"{len(retrieve_docs)} given, not memorized: {sorted(unknown)[:5]}")
     if cfg.init:  # the generator bundle brings its own tokenizers and vocabulary
-        from ramm.model.generator import load_generator
+        from ramm.model.bundle import load_generator
         model, fmt, _ = load_generator(cfg.init, device=cfg.trainer.device)
         model.train()
         text_tok, image_tok, vocab = fmt.text, fmt.image_tokenizer, fmt.vocab

@@ -120,7 +120,7 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     `pairings` / `masks` / `templates` (wordings of the pairings' tasks) override what the corpus' hooks offer
     (`corpus_tasks`, `CorpusHooks.sft_templates`)."""
     from ramm.corpus import open_corpus
-    from ramm.model.generator import bundle_info, decode_defaults, load_generator, save_generator
+    from ramm.model.bundle import bundle_info, decode_defaults, load_generator, save_generator
     from ramm.training.sft_data import SFTDataset, build_items, with_templates
     from ramm.training.trainer import Trainer
 
