@@ -1,6 +1,7 @@
-"""A generator directory: the transformer (config.json + model.safetensors), copies of its tokenizers
-(text_tokenizer/, image_tokenizer/) and generator.json (paths relative to the directory, the memory it
-was trained with), so decoding can rebuild the CM3 format.
+"""A generator bundle, saved and loaded as one directory: the transformer (config.json +
+model.safetensors), copies of its tokenizers (text_tokenizer/, image_tokenizer/) and generator.json
+(paths relative to the directory, the memory it was trained with, how it decodes), so decoding can
+rebuild the CM3 format.
 
 The tokenizers are pinned as the memory pins its encoder: generator.json records the sha256 of each file
 that decides a tokenizer's ids (`TOKENIZER_FILES`), and every reader of the bundle (`bundle_info`) checks
