@@ -8,6 +8,10 @@ import logging
 import sqlite3
 import sys
 
+from ramm.cli import build_parser
+from ramm.plugins import PluginError
+from ramm.utils import Locked
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -22,10 +26,6 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ramm.cli import build_parser
-    from ramm.plugins import PluginError
-    from ramm.utils import Locked
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
     try:

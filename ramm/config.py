@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ramm.utils import atomic_write_json
+
 DEFAULT_FRACTIONS = {"train": 0.80, "val": 0.05, "test": 0.05, "heldout": 0.10}  # ramm.corpus.splits uses these too
 
 
@@ -631,7 +633,6 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | Path) -> None:
     """Write `cfg` as JSON (atomically); `load_config(type(cfg), path)` reads it back."""
-    from ramm.utils import atomic_write_json
     atomic_write_json(path, to_dict(cfg))
 
 

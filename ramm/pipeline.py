@@ -7,7 +7,7 @@
 Every call retrieves and decodes as the bundle says (generator.json: the k it trained with, the decoding
 settings chosen for it) unless the caller passes k / a `DecodeConfig` / some of its fields, and returns
 the retrieved documents with the outputs. The model directory is what `ramm train generator` writes
-(`ramm.model.generator`: the transformer plus generator.json naming its tokenizers and memory).
+(`ramm.model.bundle`: the transformer plus generator.json naming its tokenizers and memory).
 """
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ramm.config import DecodeConfig, DecodeDefaults
 from ramm.corpus.document import Document, ImageSegment, TextSegment, read_image_file
+from ramm.decoding.decoder import generate, generate_batched
+from ramm.decoding.rerank import continuation_nll, image_text_scores, rank
+from ramm.model.bundle import decode_defaults, load_generator, retrieval_default
+from ramm.model.packing import pack_weights
+from ramm.retrieval.memory import Memory
 from ramm.tokenizers.image_tokenizer import decode_pixels
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,6 @@ class Result:
 
 def read_image(image, size: int) -> np.ndarray:
     """A path, PIL image or uint8 (H, W, 3) array -> uint8 (size, size, 3); unreadable files raise."""
-    from PIL import Image
-
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -80,7 +84,6 @@ class RAMM:
             # life (ramm.model.packing.Linear), instead of packing on every call (~11 ms per call for the
             # small preset; batch-1 image latency 325 -> 277 ms). Costs a second copy of the weights;
             # a no-op on other devices.
-            from ramm.model.packing import pack_weights
             pack_weights(model)
 
     @classmethod
@@ -89,15 +92,12 @@ class RAMM:
         """Load a generator directory, and the memory (`memory_dir`, else the one it was trained with).
 
         `pack` keeps CPU decoding's weight copies for the facade's life (see `__init__`)."""
-        from ramm.model.generator import decode_defaults, load_generator, retrieval_default
-
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
         model, fmt, info = load_generator(model_dir, device)
         memory_dir = memory_dir or info.get("memory")
         memory = None
         if memory_dir:
-            from ramm.retrieval.memory import Memory
             memory = Memory.load(memory_dir)
         return cls(model, fmt, memory, pack=pack, instruction_tuned=bool(info.get("sft", False)),
                    images_unavailable=info.get("images_unavailable"), instruction_k=int(info.get("sft_retrieve_k", 0)),
@@ -169,7 +169,6 @@ class RAMM:
         pixels = self._pixels([r for rs in rows for r in rs])
         ranked = rerank and self.memory is not None and any(len(rs) > 1 for rs in rows)
         if ranked:
-            from ramm.decoding.rerank import image_text_scores, rank
             every = image_text_scores(self.memory.encoder, pixels, [c for c, rs in zip(captions, rows) for _ in rs])
         results, start = [], 0
         for rs, d in zip(rows, docs):
@@ -198,7 +197,6 @@ class RAMM:
         texts = [self.format.caption_text(r) for r in rows]
         scores: list[float] = []
         if rerank and n > 1:
-            from ramm.decoding.rerank import continuation_nll, rank
             nll = continuation_nll(self.model, self.vocab.pad, [prompt] * n, rows)
             order = rank(nll, higher_is_better=False)
             texts, rows, scores = [texts[i] for i in order], [rows[i] for i in order], (-nll[order]).tolist()
@@ -329,14 +327,11 @@ class RAMM:
         return config
 
     def _generate(self, prompts, uncond, config: DecodeConfig, generator, **kw) -> list[list[int]]:
-        from ramm.decoding.generate import generate
         return generate(self.model, self.vocab, prompts, tokens_per_image=self.format.tokens_per_image,
                         config=config, uncond_prompts=uncond, generator=generator, **kw)
 
     def _sample(self, prompts, uncond, config: DecodeConfig, seed, batch_size, progress, **kw) -> list[list[int]]:
         """n samples in batches of batch_size (one seeded generator across batches)."""
-        from ramm.decoding.generate import generate_batched
-
         if len(prompts) < 1:
             raise ValueError(f"n must be >= 1, got {len(prompts)}")
         return generate_batched(self.model, self.vocab, prompts, batch_size=batch_size, uncond_prompts=uncond,

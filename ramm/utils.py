@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import tempfile
 import threading
 import time
@@ -179,6 +180,7 @@ def output_dir(path: str | os.PathLike, what: str = "output") -> Path:
 def load_weights(model, path: str | os.PathLike, allowed_missing: set[str] = frozenset()) -> None:
     """Load a safetensors file into `model`; ValueError naming the file when it is unreadable
     (truncated, not safetensors) or does not fit the model (missing / unexpected names, wrong shapes)."""
+    # lazy: utils stays light (ramm.config and `ramm --help` import it)
     from safetensors.torch import load_file
     try:
         state = load_file(str(path))
@@ -201,12 +203,14 @@ def pick_device(device: str | None = None) -> str:
     """'cuda' when available unless told otherwise."""
     if device:
         return device
+    # lazy: utils stays light (ramm.config and `ramm --help` import it)
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def autocast_dtype(device: str):
     """bf16 where the device supports it, else None (full precision)."""
+    # lazy: utils stays light (ramm.config and `ramm --help` import it)
     import torch
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -224,8 +228,7 @@ def cpu_has_bf16() -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
+    # lazy: utils stays light (ramm.config and `ramm --help` import it)
     import numpy as np
     import torch
     random.seed(seed)

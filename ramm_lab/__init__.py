@@ -1,5 +1,5 @@
 """The EmojiBench lab, beside the `ramm` library: the corpus build (`emojibench`), its corpus format and hooks
-(`corpus_format`), the headline protocol and demo stages (`demo`, `headline`, `evaluator`, `report`), the SFT demo
+(`corpus_format`), the headline protocol and demo stages (`demo`, `headline`, `evaluation_network`, `report`), the SFT demo
 (`sft`), the cross-style probe, and the `ramm demo`, `ramm demo-sft`, `ramm eval --run`, `ramm data emojibench`
 commands (`cli`).
 

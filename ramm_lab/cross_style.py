@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,7 +25,11 @@ import numpy as np
 import torch
 
 from ramm.corpus.document import Document
-from ramm_lab.emojibench import is_flag
+from ramm.model.transformer import Transformer, TransformerConfig
+from ramm.tokenizers.code_cache import encode_images_cached
+from ramm.tokenizers.image_tokenizer import ImageTokenizer
+from ramm.training.trainer import Trainer, TrainerConfig
+from ramm_lab.emojibench import is_flag, load_emojibench
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +110,6 @@ def ar_partner_gain(train: StylePairs, val: StylePairs, test: StylePairs, n_code
                     steps: int = 400, eval_every: int = 100, batch_size: int = 32, lr: float = 2e-3,
                     seed: int = 0) -> dict[str, dict[str, float]]:
     """{"no partner" | "partner": {"step", "val", "test", "test flags"}} at each arm's best val evaluation."""
-    import tempfile
-
-    from ramm.model.transformer import Transformer, TransformerConfig
-    from ramm.training.trainer import Trainer, TrainerConfig
-
     if val.styles != train.styles or test.styles != train.styles:  # style ids are indices into `styles`
         raise ValueError(f"splits have different styles: train {train.styles}, val {val.styles}, test {test.styles}")
     tokens = train.target.shape[1]
@@ -155,10 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from ramm_lab.emojibench import load_emojibench
-    from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.tokenizers.code_cache import encode_images_cached
 
     docs = load_emojibench(args.corpus)
     tok = ImageTokenizer.from_pretrained(args.tokenizer)

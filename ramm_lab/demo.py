@@ -7,7 +7,7 @@ Each stage writes `RUN/<stage>/done.json` last (atomically) and is skipped when 
 with the same stage config, so a second run only redoes what changed. Sizes and budgets live in one
 JSON file (configs/demo.json); `DemoConfig` documents every field. The protocol is docs/emojibench.md:
 leave-one-out retrieval, three systems (RA, vanilla, retrieval-only), FID and recognition on the
-features of an evaluation network trained on every document (ramm_lab.evaluator), which no
+features of an evaluation network trained on every document (ramm_lab.evaluation_network), which no
 system reads.
 """
 from __future__ import annotations
@@ -22,14 +22,24 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
 
 from ramm.config import (DecodeConfig, DecodeDefaults, GeneratorConfig, RetrieverRecipeConfig, TrainerConfig, from_dict,
                          load_config, to_dict)
-from ramm_lab.emojibench import MATCH_KEY, EmojiBenchConfig
-from ramm_lab.evaluator import EvaluatorConfig
+from ramm.model.bundle import set_decode_defaults
 from ramm.retrieval.dual_encoder import DualEncoderConfig
+from ramm.retrieval.memory import Memory
+from ramm.retrieval.recall import memory_recall
 from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
+from ramm.tokenizers.text_tokenizer import TextTokenizer
+from ramm.training.generator_recipe import train_generator
+from ramm.training.retriever_recipe import train_retriever
+from ramm.training.tokenizer_recipe import train_image_tokenizer
 from ramm.utils import atomic_write_json
+from ramm_lab.emojibench import (MATCH_KEY, EmojiBenchConfig, build_emojibench, load_emojibench, name_query,
+                                 pseudo_namer, sibling_key)
+from ramm_lab.evaluation_network import EvaluatorConfig, train_evaluator
+from ramm_lab.headline import evaluate_headline
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +188,12 @@ def _short(v):
 
 def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report: Callable[[str], None] = print) -> Path:
     """Run every stage (cached); returns the path of report.md."""
-    import torch
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data, run = Path(data_dir), Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "config.json", to_dict(cfg))
     t_start = time.time()
-
-    from ramm_lab.emojibench import build_emojibench, load_emojibench
 
     def corpus_stage(_):
         meta = build_emojibench(data, cfg.emojibench)  # a no-op when complete and current
@@ -202,7 +208,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- evaluation network: a measuring instrument (FID, recognition), trained on every document of every
     # split; nothing downstream of it in the system reads it, only the evaluate stage ---
     def evaluator_stage(out):
-        from ramm_lab.evaluator import train_evaluator
         _, metrics = train_evaluator(docs, cfg.evaluator, out)
         return metrics
 
@@ -210,7 +215,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
 
     # --- image tokenizer ---
     def tokenizer_stage(out):
-        from ramm.training.tokenizer_recipe import train_image_tokenizer
         _, metrics = train_image_tokenizer(by_split["train"], cfg.tokenizer.model,
                                            replace(cfg.tokenizer.trainer, out_dir=str(out)),
                                            eval_docs=by_split.get("test", []))
@@ -219,7 +223,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     tok = Stage(run, "tokenizer", to_dict(cfg.tokenizer), report).run(tokenizer_stage)
 
     def text_tokenizer_stage(out):
-        from ramm.tokenizers.text_tokenizer import TextTokenizer
         t = TextTokenizer.train([d.text for d in by_split["train"]], vocab_size=cfg.text_tokenizer.vocab_size)
         t.save_pretrained(out)
         return {"vocab_size": t.vocab_size}
@@ -228,8 +231,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
 
     # --- retriever + memory ---
     def retriever_stage(out):
-        from ramm_lab.emojibench import name_query
-        from ramm.training.retriever_recipe import train_retriever
         r = cfg.retriever
         row = train_retriever(by_split["train"], out, replace(r.trainer, out_dir=str(out)), r.model, r.recipe,
                               alt_text=name_query)
@@ -238,8 +239,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     Stage(run, "retriever", to_dict(cfg.retriever), report).run(retriever_stage)
 
     def memory_stage(out):
-        from ramm.retrieval.memory import Memory
-        from ramm.retrieval.recall import memory_recall
         mem = Memory.build(docs, run / "retriever", out, progress=True)
         rec = {}
         for split in cfg.evaluation.splits:
@@ -252,8 +251,6 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     # --- generators: same data, steps and seed; only retrieval differs ---
     def generator_stage(retrieval: bool):
         def fn(out):
-            from ramm_lab.emojibench import pseudo_namer, sibling_key
-            from ramm.training.generator_recipe import train_generator
             return train_generator(replace(cfg.generator, corpus=str(data), memory=str(run / "memory"),
                                            tokenizer=str(run / "tokenizer"), text_tokenizer=str(run / "text_tokenizer"),
                                            out=str(out), retrieval=retrieval), pseudo_namer, sibling_key)
@@ -264,12 +261,10 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
     ra_res = Stage(run, "generator_ra", upstream, report).run(generator_stage(True))
     va_res = Stage(run, "generator_vanilla", upstream, report).run(generator_stage(False))
     # the bundles decode as the evaluation does (chosen on val), also when the stages were cached
-    from ramm.model.generator import set_decode_defaults
     for name in ("generator_ra", "generator_vanilla"):
         set_decode_defaults(run / name, cfg.generator.decode)
 
     def evaluate_stage(out):
-        from ramm_lab.headline import evaluate_headline
         return evaluate_headline(run, by_split, docs, cfg, mem_result.get("recall", {}),
                                  {"tokenizer": tok, "generator_ra": ra_res, "generator_vanilla": va_res,
                                   "evaluator": ev_res}, report)

@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +123,6 @@ def fetch_package(style: str, cache_dir: str | Path | None = None) -> Path:
 
 def _download(url: str, out: Path) -> None:
     """Stream `url` to `out`, FETCH_TRIES times with a growing pause before giving up."""
-    import time
-    import urllib.request
-
     for attempt in range(FETCH_TRIES):
         try:
             log.info("fetching %s", url)

@@ -4,7 +4,7 @@ For each document (concept c, style s) of a reported split (docs/emojibench.md):
 - text -> image: prompt "<s> emoji: <name>"; RA sees k documents retrieved by that text (the document
   itself left out, so the other style of c is the knowledge to use); vanilla sees none; retrieval-only
   returns the top-1 retrieved image. Scored by FID and exact recognition on the evaluation network
-  (ramm_lab.evaluator: trained on every document to tell (concept, style) apart, never used by
+  (ramm_lab.evaluation_network: trained on every document to tell (concept, style) apart, never used by
   the system) and CLIPScore; FID and style-restricted recognition on the retriever's image tower (the
   measures before the evaluation network, which the other style's image passes) are kept as extra columns.
 - image -> text: caption the document's image by CM3 infilling; RA sees k documents retrieved by the
@@ -23,8 +23,21 @@ import torch
 from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
-from ramm_lab.report import SYSTEMS
+from ramm.decoding.decoder import generate_batched
+from ramm.decoding.rerank import rank
+from ramm.evaluation.captioning import bleu4, cider, exact_match
+from ramm.evaluation.clipscore import clip_score, clip_scores
+from ramm.evaluation.fid import FID
+from ramm.evaluation.recognition import Recognizer
+from ramm.evaluation.retrieval_usage import retrieval_usage
+from ramm.model.bundle import load_generator
+from ramm.retrieval.memory import Memory
+from ramm.tokenizers.code_cache import encode_images_cached, with_codes
 from ramm.tokenizers.image_tokenizer import decode_pixels
+from ramm.training.ra_data import partner_ids, precompute_neighbours, relative_ids
+from ramm_lab.emojibench import RECOGNITION_KEYS, emoji_references, is_flag, sibling_key, strip_style_prefix, track
+from ramm_lab.evaluation_network import FID_NAME, load_evaluator
+from ramm_lab.report import SYSTEMS, Results, SystemScores, make_example, pick_examples, save_results, write_report
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +51,6 @@ def _subset(docs: list[Document], limit: int) -> list[Document]:
 
 def decode_in_batches(model, fmt, prompts: Sequence[list[int]], *, desc: str, **kw) -> list[list[int]]:
     """`generate_batched` (the facade's batched decoding) with a progress bar."""
-    from ramm.decoding.generate import generate_batched
-
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
         return generate_batched(model, fmt.vocab, prompts, tokens_per_image=fmt.tokens_per_image,
                                 progress=lambda done: bar.update(done - bar.n), **kw)
@@ -61,8 +72,6 @@ def generate_images(model, fmt, captions: list[str], retrieved: list[list[Docume
     images = images.reshape(len(captions), n, *images.shape[1:])
     if n == 1:
         return images[:, 0]
-    from ramm.decoding.rerank import rank
-    from ramm.evaluation.clipscore import clip_scores
     sims = clip_scores(encoder, images.reshape(-1, *images.shape[2:]), [c for c in captions for _ in range(n)])
     best = [rank(row)[0] for row in sims.reshape(len(captions), n)]  # the facade's best-of-n rule, by CLIPScore
     return images[np.arange(len(captions)), best]
@@ -81,21 +90,6 @@ def generate_captions(model, fmt, codes: list[np.ndarray], retrieved: list[list[
 def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list[Document], cfg, recall: dict,
                       stages: dict, report: Callable[[str], None]) -> dict:
     """Generate, score, write results.json + report.md/html under `run`; returns the scores."""
-    from ramm_lab.emojibench import emoji_references, is_flag, strip_style_prefix, track
-    from ramm.evaluation.captioning import bleu4, cider, exact_match
-    from ramm.evaluation.clipscore import clip_score
-    from ramm_lab.evaluator import FID_NAME, load_evaluator
-    from ramm.evaluation.fid import FID
-    from ramm.evaluation.recognition import Recognizer
-    from ramm.evaluation.retrieval_usage import retrieval_usage
-    from ramm_lab.report import (Results, SystemScores, make_example, pick_examples, save_results,
-                                        write_report)
-    from ramm.model.generator import load_generator
-    from ramm.retrieval.memory import Memory
-    from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-    from ramm_lab.emojibench import RECOGNITION_KEYS, sibling_key
-    from ramm.training.ra_data import partner_ids, relative_ids
-
     ecfg = cfg.evaluation
     models = {name: load_generator(run / f"generator_{d}") for name, d in (("RA", "ra"), ("vanilla", "vanilla"))}
     fmt = models["RA"][1]
@@ -241,16 +235,12 @@ def retrieve(memory, docs: list[Document], ra_cfg, partners: dict, lookup: dict,
              kinds: tuple[str, ...] = ("text", "image"), leave_one_out: bool = True) -> dict[str, list[list[Document]]]:
     """{query kind: the top k documents per document}: inference retrieval, leave-one-out unless told
     otherwise, no query dropout."""
-    from ramm.training.ra_data import precompute_neighbours
-
     nb = precompute_neighbours(memory, docs, ra_cfg, partners, dropout=0.0, kinds=kinds, leave_one_out=leave_one_out)
     return {kind: [[lookup[i] for i in row[:k]] for row in rows] for kind, rows in nb.items()}
 
 
 def train_probe(train: list[Document], n: int) -> list[Document]:
     """A fixed subset of n train documents, half of them flags (fewer when there are fewer flags)."""
-    from ramm_lab.emojibench import is_flag
-
     flags = [d for d in train if is_flag(d)]
     others = [d for d in train if not is_flag(d)]
     n_flags = min(len(flags), n // 2)
@@ -260,8 +250,6 @@ def train_probe(train: list[Document], n: int) -> list[Document]:
 
 def recognition_rates(recognizer, images: np.ndarray, docs: list[Document]) -> dict[str, float]:
     """Exact recognition of `images` (one per document) over all documents, flags and each track."""
-    from ramm_lab.emojibench import is_flag, track
-
     hits = np.array(recognizer(images, [d.metadata["concept"] for d in docs], [d.metadata["style"] for d in docs]).hits)
     out = {"all": float(hits.mean())}
     for name, sel in (("flags", np.array([is_flag(d) for d in docs])),

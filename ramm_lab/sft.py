@@ -21,9 +21,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ramm.config import DecodeConfig, SFTConfig, from_dict, to_dict
-from ramm.utils import atomic_write_json, atomic_write_text
+from ramm.corpus.document import encode_png
+from ramm.evaluation.captioning import cider
+from ramm.evaluation.fid import FID
+from ramm.pipeline import RAMM
+from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates, with_templates
+from ramm.training.sft_recipe import train_sft
+from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ramm_lab.demo import DemoConfig, Stage, run_demo
+from ramm_lab.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings, strip_style_prefix
+from ramm_lab.evaluation_network import identity, load_evaluator
+from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES
 
 log = logging.getLogger(__name__)
 GREEDY = DecodeConfig(method="greedy")  # the lab's decodes say their settings whole: a bundle's defaults may differ
@@ -84,11 +95,6 @@ def _pick(rows: list, n: int) -> list:
 def run_sft_demo(cfg: SFTDemoConfig, data_dir: str | Path, base_dir: str | Path, run_dir: str | Path,
                  report: Callable[[str], None] = print) -> Path:
     """Train (cached) and evaluate; returns the path of report.md."""
-    import torch
-
-    from ramm_lab.demo import DemoConfig, Stage, run_demo
-    from ramm.training.sft_recipe import train_sft
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data, base, run = Path(data_dir), Path(base_dir), Path(run_dir)
@@ -108,14 +114,6 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
                  report: Callable[[str], None] = print) -> dict:
     """Heldout metrics per task for the SFT model, the pretrained one and the trivial baselines, plus
     the picture grids (out/<task>.png)."""
-    from ramm_lab.emojibench import emoji_references, load_emojibench, load_masks, sft_pairings
-    from ramm.evaluation.captioning import cider
-    from ramm_lab.evaluator import identity, load_evaluator
-    from ramm.evaluation.fid import FID
-    from ramm.pipeline import RAMM
-    from ramm.training.sft_data import image_to_mask, mask_image, mask_iou, split_templates, with_templates
-    from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES
-
     TEMPLATES = with_templates(EMOJIBENCH_TEMPLATES)  # every task's wordings on EmojiBench
 
     docs = {d.id: d for d in load_emojibench(data, cfg.split)}
@@ -278,7 +276,6 @@ def evaluate_sft(sft_dir: Path, base: Path, data: Path, cfg: SFTEvalConfig, out:
 
 def _strip(caption: str) -> str:
     """Captions are scored as names (the references carry no "<style> emoji:" prefix)."""
-    from ramm_lab.emojibench import strip_style_prefix
     return strip_style_prefix(caption)
 
 
@@ -288,8 +285,6 @@ def _mean(v):
 
 def _save_pictures(pictures: dict[str, list], out: Path) -> None:
     """<task>.png: one row per case (input | output | reference, 4x); <task>.json: the instructions and texts."""
-    from ramm.corpus.document import encode_png
-    from ramm.utils import atomic_write_bytes
     for task, rows in pictures.items():
         if not rows:
             continue

@@ -4,13 +4,24 @@ Sub-commands map to plain typed functions in the library; this package owns prin
 progress bars. Modules are discovered, so adding a command touches only its own module; installed packages
 add theirs through the `ramm.cli` entry points (`ramm.plugins`: the EmojiBench lab's `ramm demo`, `ramm demo-sft`,
 `ramm eval --run`, `ramm data emojibench`).
+
+`ramm --help` imports every command module, so they import the configs (`ramm.config`, `ramm.jobs`) at their top
+and the library (torch, numpy) inside the function that runs the command.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import inspect
+import json
 import pkgutil
+import typing
+from pathlib import Path
 from typing import Callable
+
+from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
+from ramm.plugins import load_plugins
 
 # a job's DecodeConfig section takes its fields' bare names too: `--method cfg` is `--decode.method cfg` (the
 # flags `ramm generate` had before the decoding settings became one type)
@@ -64,6 +75,7 @@ class CLI:
         def call(args):
             cfg, threads = parse_config(cls, args.extra, prog, help, positional, defaults)
             if threads:
+                # lazy: torch, not for `ramm --help`
                 import torch
                 torch.set_num_threads(threads)
             return run(cfg)
@@ -93,14 +105,8 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
     """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults
     (`defaults(first parse)`: field -> value, over the class's). An unknown key in the file is a ValueError
     naming the field and the file."""
-    import dataclasses
-    import json
-    import typing
-    from pathlib import Path
-
+    # lazy: jsonargparse (0.2 s) only when a command parses its flags, not for `ramm --help`
     from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
 
     bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
              if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
@@ -143,10 +149,6 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
 
 def _field_help(parser, cls, prefix: str = "") -> None:
     """Each flag's help is its field's comment in the config class."""
-    import dataclasses
-
-    from ramm.config import _dataclass_of, _hints, field_docs
-
     docs, hints = field_docs(cls), _hints(cls)
     for action in parser._actions:
         for f in dataclasses.fields(cls):
@@ -161,10 +163,6 @@ def _field_help(parser, cls, prefix: str = "") -> None:
 def _group_titles(parser, cls) -> None:
     """Help groups titled by the field and its class's docstring (`decode: how the next token is chosen ...`)
     instead of jsonargparse's `<class 'ramm.config.DecodeConfig'>`."""
-    import inspect
-
-    from ramm.config import _dataclass_of, _hints
-
     for key, group in getattr(parser, "groups", {}).items():
         sub = cls
         for part in key.split(".") if key != cls.__name__ else ():
@@ -177,6 +175,7 @@ def _group_titles(parser, cls) -> None:
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
     """Stream the documents of `splits` (None: all) of any corpus `open_corpus` reads; `split` (a
     SplitConfig) places the rows that carry no `split` field."""
+    # lazy: numpy and PIL, not for `ramm --help`
     from ramm.corpus import open_corpus
     docs = open_corpus(corpus, image_size=image_size, strict=strict)
     return iter(docs) if splits is None else split.select(docs, splits)
@@ -188,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
         if mod.name.startswith("_"):
             continue
         importlib.import_module(f"{__name__}.{mod.name}").register(cli)
-    from ramm.plugins import load_plugins
     for register in load_plugins("ramm.cli").values():
         register(cli)
     return cli.parser

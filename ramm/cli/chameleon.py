@@ -5,15 +5,17 @@ Flags and `--config FILE` are the fields of `ramm.config.ChameleonFinetuneConfig
 """
 from __future__ import annotations
 
+from ramm.config import ChameleonFinetuneConfig
+
 
 def register(cli) -> None:
-    from ramm.config import ChameleonFinetuneConfig
     cli.config_command("chameleon", "RA fine-tune a Chameleon / Anole checkpoint (transformers directory) on a "
                        "corpus with a memory; saves a directory transformers loads", ChameleonFinetuneConfig, _run,
                        group="train")
 
 
 def _run(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.training.chameleon_recipe import finetune_chameleon
 
     result = finetune_chameleon(cfg)

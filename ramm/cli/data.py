@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ramm.jobs import DataStatsJob
+
 
 def register(cli) -> None:
-    from ramm.jobs import DataStatsJob
     cli.config_command("stats", "count documents per split, style, track and category (or stream-check any corpus)",
                        DataStatsJob, _stats, group="data", positional=("path",))
 
 
 def _stats(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from tqdm import tqdm
 
     from ramm.corpus.loaders import open_corpus

@@ -12,11 +12,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ramm.jobs import CaptionJob, EditJob, ImageJob, InfillJob
+from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
 GRID_MIN_SIDE = 128  # the grid and the page show small images (32x32 emoji: 4x) at least this large, pixelated; large ones as they are
 
 
 def register(cli) -> None:
-    from ramm.jobs import CaptionJob, EditJob, ImageJob, InfillJob
     cli.config_command("image", "text -> image: sample images for a caption", ImageJob, _image, group="generate",
                        positional=("caption",), defaults=_bundle_decoding("image"))
     cli.config_command("caption", "image -> text: caption an image file", CaptionJob, _caption, group="generate",
@@ -30,9 +32,8 @@ def register(cli) -> None:
 def _bundle_decoding(task: str):
     """The `decode` default of a command: the bundle's settings for `task` (image | caption)."""
     def defaults(parsed) -> dict:
-        from dataclasses import asdict
-
-        from ramm.model.generator import read_decode_defaults
+        # lazy: `ramm --help` imports this module and stays free of torch and numpy
+        from ramm.model.bundle import read_decode_defaults
         if not parsed["model"]:
             return {}
         settings = asdict(getattr(read_decode_defaults(parsed["model"]), task))
@@ -42,6 +43,7 @@ def _bundle_decoding(task: str):
 
 # ---------------------------------------------------------------------------------------------- commands
 def _load(cfg):
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.pipeline import RAMM
     return RAMM.load(cfg.model, memory_dir=cfg.memory, device=cfg.device)
 
@@ -51,6 +53,7 @@ def _kwargs(cfg) -> dict:
 
 
 def _image(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from tqdm import tqdm
     ramm = _load(cfg)
     with tqdm(total=cfg.n, desc="images", unit="sample") as bar:
@@ -68,6 +71,7 @@ def _image(cfg) -> int:
 
 
 def _caption(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from tqdm import tqdm
 
     from ramm.pipeline import image_size, read_image
@@ -90,6 +94,7 @@ def _caption(cfg) -> int:
 
 
 def _infill(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     import numpy as np
 
     from ramm.corpus.document import Document, ImageSegment, TextSegment
@@ -117,6 +122,7 @@ def _infill(cfg) -> int:
 
 
 def _edit(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from tqdm import tqdm
 
     from ramm.pipeline import image_size, read_image
@@ -140,6 +146,7 @@ def _edit(cfg) -> int:
 def grid(images, columns: int = 8, pad: int = 2, scale: int | None = None):
     """Images (uint8 (H, W, 3), same size) -> one uint8 grid image on white, upscaled `scale`x (nearest; None:
     the smallest whole factor that shows an image at GRID_MIN_SIDE pixels or more, 1 for large images)."""
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     import numpy as np
     if not len(images):
         raise ValueError("no images to put in a grid")
@@ -160,8 +167,8 @@ def _print_retrieved(docs) -> None:
 
 
 def _save_png(path: Path, pixels) -> str:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus.document import encode_png
-    from ramm.utils import atomic_write_bytes
     atomic_write_bytes(path, encode_png(pixels))
     return path.name
 
@@ -172,7 +179,6 @@ def _img_tag(src: str) -> str:
 
 def _write_report(out: Path, cfg, task: str, query_html: str, retrieved, samples, ramm) -> None:
     """index.html (query | retrieved | samples) and result.json; samples: (PNG name, HTML label, plain text)."""
-    from ramm.utils import atomic_write_json, atomic_write_text
     ret_cells = []
     for i, d in enumerate(retrieved):
         img = ""

@@ -2,17 +2,20 @@
 (`ramm.jobs.GraceSearchJob`)."""
 from __future__ import annotations
 
+from ramm.config import GraceConfig
+from ramm.jobs import GraceSearchJob
+
+
 def register(cli) -> None:
-    from ramm.config import GraceConfig
     cli.config_command("grace", "train a GRACE generative retriever (identifiers, memorize, retrieve) on any corpus "
                        "`open_corpus` reads", GraceConfig, _train, group="train")
 
-    from ramm.jobs import GraceSearchJob
     cli.config_command("search", "retrieve images for a text query with a GRACE model", GraceSearchJob, _search,
                        group="grace", positional=("model", "query"))
 
 
 def _train(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.training.grace_recipe import grace_documents, train_grace
 
@@ -23,6 +26,7 @@ def _train(cfg) -> int:
 
 
 def _search(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.grace.retriever import GraceRetriever
 
     retriever = GraceRetriever.from_pretrained(cfg.model, device=cfg.device)

@@ -6,13 +6,17 @@ Flags and `--config FILE` of train / build / add / eval are the fields of `ramm.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 from ramm.cli import corpus_documents
+from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
+from ramm.utils import atomic_write_json
 
 
 def register(cli) -> None:
-    from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
     cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split", RetrieverJob,
                        _train, group="train")
     cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,
@@ -27,9 +31,7 @@ def register(cli) -> None:
 
 
 def _train(cfg) -> int:
-    import logging
-    from dataclasses import replace
-
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.training.retriever_recipe import train_retriever
 
@@ -49,6 +51,7 @@ def _train(cfg) -> int:
 
 
 def _build(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.retrieval.distributed_build import build_distributed, embedding_report, world_size
     from ramm.retrieval.encoder import load_encoder
@@ -73,6 +76,7 @@ def _build(cfg) -> int:
 
 
 def _add(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.retrieval.memory import Memory
     mem = Memory.load(cfg.memory)
@@ -95,8 +99,7 @@ def _report(mem, where: str, corpus) -> None:
 
 
 def _search(cfg) -> int:
-    from pathlib import Path
-
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus.document import read_image_file
     from ramm.retrieval.memory import Memory
     if cfg.image is not None and not Path(cfg.image).is_file():
@@ -110,10 +113,10 @@ def _search(cfg) -> int:
 
 
 def _eval(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.retrieval.memory import Memory
     from ramm.retrieval.recall import memory_recall
-    from ramm.utils import atomic_write_json
 
     match = open_corpus(cfg.corpus).hooks.match_or(cfg.match)
     if match is None:

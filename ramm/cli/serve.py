@@ -4,13 +4,15 @@ Flags and `--config FILE` are the fields of `ramm.serve.ServeConfig`; the API is
 """
 from __future__ import annotations
 
+from ramm.serve.config import ServeConfig
+
 
 def register(cli) -> None:
-    from ramm.serve.config import ServeConfig
     cli.config_command("serve", "serve the generator and its memory over HTTP, with a web page at /", ServeConfig, _run)
 
 
 def _run(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     import uvicorn
 
     from ramm.serve import create_app

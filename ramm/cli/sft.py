@@ -4,14 +4,16 @@ Flags and `--config FILE` are the fields of `ramm.config.SFTConfig` (`--mixture.
 """
 from __future__ import annotations
 
+from ramm.config import SFTConfig
+
 
 def register(cli) -> None:
-    from ramm.config import SFTConfig
     cli.config_command("sft", "instruction-tune a pretrained generator on editing, style transfer, silhouettes, "
                        "segmentation, questions, captioning and infilling", SFTConfig, _run, group="train")
 
 
 def _run(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.training.sft_recipe import train_sft
 
     result = train_sft(cfg)

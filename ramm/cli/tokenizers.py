@@ -6,10 +6,10 @@ Flags and `--config FILE` are the fields of `ramm.jobs.ImageTokenizerJob` / `Tex
 from __future__ import annotations
 
 from ramm.cli import corpus_documents
+from ramm.jobs import ImageTokenizerJob, TextTokenizerJob
 
 
 def register(cli) -> None:
-    from ramm.jobs import ImageTokenizerJob, TextTokenizerJob
     cli.config_command("tokenizer", "train the VQ image tokenizer on a corpus' train split", ImageTokenizerJob,
                        _run_image, group="train")
     cli.config_command("text-tokenizer", "train the byte-level BPE text tokenizer on a corpus' train split",
@@ -17,6 +17,7 @@ def register(cli) -> None:
 
 
 def _run_image(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.training.tokenizer_recipe import train_image_tokenizer
 
     docs = list(corpus_documents(cfg.corpus, cfg.split, ["train", "test"], image_size=cfg.model.image_size,
@@ -32,6 +33,7 @@ def _run_image(cfg) -> int:
 
 
 def _run_text(cfg) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.tokenizers.text_tokenizer import TextTokenizer
 
     texts = [t for d in corpus_documents(cfg.corpus, cfg.split, ["train"], strict=cfg.strict) for t in d.texts]

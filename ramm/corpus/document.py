@@ -79,6 +79,7 @@ class ImageSegment:
 
     def to_tensor(self):
         """(3, H, W) float in [0, 1]."""
+        # lazy: ramm.corpus reads and checks corpora without torch
         import torch
         return torch.from_numpy(self.pixels).permute(2, 0, 1).float().div(255.0)
 
@@ -274,6 +275,7 @@ class Document:
 def batch_pixels(docs: Iterable[Document], size: int | None = None):
     """Stack each document's first image into a float tensor (B, 3, H, W) in [0, 1]; `size` resizes
     each to size x size first (a user's corpus mixes sizes)."""
+    # lazy: ramm.corpus reads and checks corpora without torch
     import torch
     pixels = [d.image if size is None else resize_pixels(d.image, size) for d in docs]
     shapes = sorted({p.shape for p in pixels})

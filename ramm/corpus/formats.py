@@ -46,6 +46,7 @@ def formats() -> dict[str, CorpusFormat]:
     """Every format: the installed entry points (loaded on first use), then those registered in-process."""
     global _loaded
     if not _loaded:
+        # lazy: the plugin loader; installed formats (the lab's) import ramm.corpus themselves
         from ramm.plugins import load_plugins
 
         for name, fmt in load_plugins("ramm.corpus_formats").items():

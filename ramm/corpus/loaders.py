@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes, read_image_file
+from ramm.corpus.formats import find_format, formats
 from ramm.corpus.hooks import NEUTRAL, CorpusHooks
 from ramm.corpus.skips import SkipCounter
 
@@ -66,8 +67,6 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
     images: folder that relative image paths start from (default: the file's folder).
     image_size: resize every image to this square side (default: keep each image's size).
     """
-    from ramm.corpus.formats import find_format, formats
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus not found: {path}")

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ramm.decoding.generate import left_pad
+from ramm.decoding.decoder import left_pad
 
 
 def image_text_scores(encoder, images: np.ndarray, caption: str | Sequence[str]) -> np.ndarray:

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from ramm.retrieval.encoder import load_encoder
+
 log = logging.getLogger(__name__)
 
 INCEPTION_SUFFIXES = (".pth", ".pt")  # torch-fidelity's pt_inception-2015-12-05-*.pth
@@ -70,7 +72,6 @@ class FID:
                 raise ValueError(f"{path}: FID on Inception features needs `pip install torch-fidelity`") from None
             metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=str(path))
             return cls(metric, f"FID on Inception-v3 features ({path.name})")
-        from ramm.retrieval.encoder import load_encoder
         kind = json.loads((path / "config.json").read_text()).get("model_type") if (path / "config.json").exists() else None
         name = "FID on CLIP features" if kind == "clip" else "FID on ramm-encoder features"
         return cls.from_encoder(load_encoder(path), f"{name} ({path.name})")

@@ -6,7 +6,7 @@ the document's id and there is one group. Two modes:
 
 - "exact": the gallery is every real document, and an image is recognised iff its nearest real image is
   the requested (label, group) document itself (EmojiBench, the headline's rule with the evaluation
-  network of `ramm_lab.evaluator`: same concept AND same style, so the other style's image is a
+  network of `ramm_lab.evaluation_network`: same concept AND same style, so the other style's image is a
   miss). Real images with identical pixels embed identically, so any of them counts as nearest.
 - "group": the gallery is only the real images of the requested group, and an image is recognised when
   the nearest of them has the requested label. Every candidate shares the group, so an image of another

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ramm.corpus.document import Document
 from ramm.evaluation.token_loss import caption_token_loss, image_token_loss
@@ -54,8 +55,6 @@ def retrieval_usage(model, fmt, docs: Sequence[Document], retrieved: Sequence[Se
     """{context: mean loss of the documents' image tokens (modality "image") or caption tokens ("caption")}
     for every context of `usage_contexts`; `retrieved` should be what that task retrieves (caption -> text
     query for images, image query for captions)."""
-    import torch
-
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
     kept, contexts = usage_contexts(docs, retrieved, partners, seed)

@@ -29,6 +29,7 @@ SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 def kmeans_paths(embeddings: np.ndarray, k: int = 30, leaf_size: int = 30, seed: int = 0) -> list[list[int]]:
     """GRACE's structured identifiers: cluster into k, recurse into clusters larger than `leaf_size`;
     an image's path is its cluster index at each level, then its position inside the leaf."""
+    # lazy: faiss (a slow import) only for the semantic identifiers' k-means
     import faiss
 
     x = np.ascontiguousarray(embeddings, dtype=np.float32)

@@ -11,7 +11,9 @@ from pathlib import Path
 from ramm.decoding.constrained_beam import constrained_beam_search
 from ramm.grace.identifiers import Identifiers, unique_strings
 from ramm.grace.tasks import image_prompt, query_prompt
+from ramm.model.transformer import Transformer
 from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.text_tokenizer import TextTokenizer
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json, pick_device
 
@@ -67,9 +69,6 @@ class GraceRetriever:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None) -> "GraceRetriever":
-        from ramm.model.transformer import Transformer
-        from ramm.tokenizers.text_tokenizer import TextTokenizer
-
         directory = Path(directory)
         if not (directory / "grace.json").is_file():
             raise FileNotFoundError(f"{directory / 'grace.json'} not found (not a GRACE model directory?)")

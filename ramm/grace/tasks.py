@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ramm.corpus.document import Document
 from ramm.grace.identifiers import Identifiers
+from ramm.model.batch import pad_batch
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,6 @@ class ExampleDataset:
         return self.examples[i]
 
     def collate(self, batch: list[Example]) -> dict:
-        from ramm.model.batch import pad_batch
-
         return pad_batch([(e.prompt + e.target, [0.0] * len(e.prompt) + [1.0] * len(e.target)) for e in batch],
                          self.pad, loss_weights=False)
 
@@ -76,8 +76,6 @@ class ExampleDataset:
 def add_identifier_tokens(model, base: int, n: int) -> None:
     """Resize the generator to `base + n` ids; atomic ids get the model's normal init rather than the mean
     embedding, so that they start distinguishable (identical rows make all atomic logits tie)."""
-    import torch
-
     model.resize_token_embeddings(base + n)
     if n:
         with torch.no_grad():

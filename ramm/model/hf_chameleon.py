@@ -4,7 +4,7 @@ ramm's decoder, CM3 format and trainer speak ramm's `Vocabulary` layout (text, i
 a Chameleon checkpoint has its own: BPE text, image codes as `IMGIMG..` BPE entries
 (`ChameleonImageVocabularyMapping`), `<racm3:break>` / `<eoss>` around an image, and unused
 `<reserved#####>` tokens. `ChameleonVocab` maps every ramm id onto one checkpoint id, so the batched
-modality-constrained decoder, CFG and CD-K (`ramm.decoding.generate`) and RA-CM3's weighted loss run
+modality-constrained decoder, CFG and CD-K (`ramm.decoding.decoder`) and RA-CM3's weighted loss run
 unchanged over the HF model: `ChameleonGenerator.forward` embeds the mapped ids and reads the LM head's
 logits at the mapped columns. transformers' own `forward` sets image-token logits to the dtype's minimum
 (Chameleon 7B/30B were released unable to emit images); the LM head is read directly, so Anole-style
@@ -15,6 +15,7 @@ order: the released weights never trained them, RA fine-tuning (`ramm.training.c
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -27,7 +28,10 @@ import torch
 from torch import nn
 
 from ramm.model.transformer import weighted_cross_entropy
+from ramm.tokenizers.chameleon import ChameleonImageTokenizer, read_decoder
+from ramm.tokenizers.cm3_format import CM3Format
 from ramm.tokenizers.vocab import SPECIALS, Vocabulary
+from ramm.utils import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,6 @@ NAMED_ROLES = {"<img>": ("boi_token", "<racm3:break>"), "</img>": ("eoi_token", 
 
 def is_chameleon_checkpoint(directory: str | Path) -> bool:
     """A directory whose config.json says model_type "chameleon"."""
-    import json
-
     config = Path(directory) / "config.json"
     try:
         return json.loads(config.read_text()).get("model_type") == "chameleon"
@@ -60,6 +62,7 @@ class ChameleonVocab:
 
     @classmethod
     def from_checkpoint(cls, vocabulary_map: dict[str, int], tokenizer, n_sentinels: int = 8) -> "ChameleonVocab":
+        # lazy: transformers (a slow import) only for Chameleon checkpoints
         from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
         mapping = ChameleonImageVocabularyMapping(vocabulary_map)
@@ -147,6 +150,7 @@ class ChameleonGenerator(nn.Module):
         self._peft = None
 
     def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> HFCache:
+        # lazy: transformers (a slow import) only for Chameleon checkpoints
         from transformers import DynamicCache
 
         if (max_len or 0) > self.cfg.max_seq_len:
@@ -189,6 +193,7 @@ class ChameleonGenerator(nn.Module):
                  targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
         """Freeze the weights and train LoRA adapters on the attention projections (peft)."""
         try:
+            # lazy: peft is optional (pip install ramm[lora])
             from peft import LoraConfig, get_peft_model
         except ImportError:
             raise ImportError("LoRA fine-tuning needs peft: pip install peft") from None
@@ -212,8 +217,6 @@ class ChameleonGenerator(nn.Module):
 
 def check_checkpoint(directory: str | Path) -> Path:
     """The directory, or a ValueError naming what is missing for it to be a Chameleon checkpoint."""
-    import json
-
     d = Path(directory)
     if not (d / "config.json").is_file():
         raise ValueError(f"{d} is not a transformers checkpoint: no config.json")
@@ -231,8 +234,6 @@ def check_checkpoint(directory: str | Path) -> Path:
 def _image_tokenizer(model, d: Path, cv: ChameleonVocab):
     """(ChameleonImageTokenizer over the model's own VQ-VAE or None, why image tasks are unavailable or None)."""
     from safetensors import safe_open
-
-    from ramm.tokenizers.chameleon import ChameleonImageTokenizer, read_decoder
 
     if not cv.has_images:
         return None, f"{d}: the checkpoint's vocabulary has no image tokens (no IMGIMG* entries in vocabulary_map)"
@@ -259,13 +260,11 @@ def load_chameleon(directory: str | Path, device: str | None = None, dtype: torc
 
     info["images_unavailable"] says why image tasks are refused (None when they work): no image tokens
     in the vocabulary, no VQGAN weights, or no VQGAN decoder."""
-    import json
-
+    # lazy: transformers (a slow import) only for Chameleon checkpoints
     from transformers import AutoTokenizer, ChameleonForConditionalGeneration
 
-    from ramm.model.generator import INFO
-    from ramm.tokenizers.cm3_format import CM3Format
-    from ramm.utils import pick_device
+    # lazy: import cycle, ramm.model.bundle imports this module to load Chameleon checkpoints
+    from ramm.model.bundle import INFO
 
     d = check_checkpoint(directory)
     device = pick_device(device)

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save
 
 from ramm.config import load_config
 from ramm.model.copy_head import CopyHead
@@ -403,8 +404,6 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json + model.safetensors (the tied output projection is stored once)."""
-        from safetensors.torch import save
-
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                  if not (self.cfg.tie_weights and k == "lm_head.weight")}

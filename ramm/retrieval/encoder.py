@@ -61,6 +61,7 @@ def load_encoder(path: str | Path) -> Encoder:
         cfg = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{cfg_file}: not a readable encoder config ({e})") from None
+    # lazy: encoder.py stays torch-free (a memory's readers load it; the encoders load on use)
     import torch
 
     # building the module draws its random init before the weights overwrite it; a memory loads its encoder
@@ -68,9 +69,11 @@ def load_encoder(path: str | Path) -> Encoder:
     # other weights than the uninterrupted one (found by bench/fault_injection.py, generator-ra)
     with torch.random.fork_rng(devices=[]):
         if isinstance(cfg, dict) and cfg.get("model_type") == "clip":
+            # lazy: transformers only for a CLIP encoder
             from ramm.retrieval.hf_clip import HFClipEncoder
             encoder = HFClipEncoder.from_pretrained(path)
         else:
+            # lazy: import cycle (dual_encoder imports this module) and torch
             from ramm.retrieval.dual_encoder import DualEncoder
             encoder = DualEncoder.from_pretrained(path)
     encoder.source = path  # the files it came from, which a memory copies to stay self-contained
@@ -82,6 +85,7 @@ def encoder_fingerprint(encoder: Encoder) -> str:
 
     Two encoders with the same fingerprint embed alike, so a memory records it and refuses any other
     encoder (a retrained folder, or another model of the same width), whose vectors would not compare."""
+    # lazy: encoder.py stays torch-free (a memory's readers load it; the encoders load on use)
     import torch
     encoder = getattr(encoder, "replays", None) or encoder  # vectors replayed from another encoder are its
     h = hashlib.sha256(type(encoder).__name__.encode())
@@ -128,6 +132,7 @@ def as_image_batch(images, size: int | None = None):
     `images`: a uint8 (N, H, W, 3) / (H, W, 3) array, a float (N, 3, H, W) tensor in [0, 1], or a list of
     uint8 (H, W, 3) arrays whose sizes may differ (a user's corpus mixes 20 to 64 px images); each is
     resized to `size` (without one, a list of mixed sizes is a ValueError)."""
+    # lazy: encoder.py stays torch-free (a memory's readers load it; the encoders load on use)
     import torch
     import torch.nn.functional as F
     if isinstance(images, (list, tuple)):

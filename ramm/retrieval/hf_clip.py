@@ -23,6 +23,7 @@ class HFClipEncoder(Encoder):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> "HFClipEncoder":
+        # lazy: transformers (a slow import) only when a CLIP encoder loads
         from transformers import AutoTokenizer, CLIPModel
         try:  # transformers >= 5: the PIL backend, which needs no torchvision
             from transformers import CLIPImageProcessorPil as CLIPImageProcessor

@@ -41,9 +41,11 @@ Key = Hashable
 def memory_class(backend: str) -> type["Memory"]:
     """The Memory implementation of a backend name (`faiss` | `milvus`)."""
     if backend == "faiss":
+        # lazy: import cycle, the backends subclass Memory
         from ramm.retrieval.faiss_memory import FaissMemory
         return FaissMemory
     if backend == "milvus":
+        # lazy: import cycle, and pymilvus is optional
         from ramm.retrieval.milvus_memory import MilvusMemory
         return MilvusMemory
     raise ValueError(f"unknown memory backend {backend!r}; choose from {list(BACKENDS)}")

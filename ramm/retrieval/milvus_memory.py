@@ -105,6 +105,7 @@ def connect(uri: str, timeout: float):
     naming the URI when it cannot be reached within `timeout` seconds."""
     kind = uri_kind(uri)
     try:
+        # lazy: pymilvus is optional (pip install ramm[milvus])
         from pymilvus import MilvusClient
     except ImportError:
         raise ImportError("the Milvus memory backend needs pymilvus and milvus-lite: pip install 'ramm[milvus]'") from None
@@ -160,6 +161,7 @@ class MilvusMemory(Memory):
 
     def _call(self, method: str, *args, **kwargs):
         """One client call with the config's timeout; a failure is a ConnectionError naming the URI."""
+        # lazy: pymilvus is optional (pip install ramm[milvus])
         from pymilvus.exceptions import MilvusException
         try:
             return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
@@ -172,6 +174,7 @@ class MilvusMemory(Memory):
         return {"version": 1, "dim": self.config.dim, "encoder_sha256": self.config.encoder_sha256}
 
     def _create_collection(self) -> None:
+        # lazy: pymilvus is optional (pip install ramm[milvus])
         from pymilvus import DataType, MilvusClient
         cfg = self.config
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)

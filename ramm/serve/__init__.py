@@ -9,5 +9,6 @@ __all__ = ["ServeConfig", "create_app"]
 
 
 def create_app(cfg: ServeConfig, ramm=None):
+    # lazy: `ramm serve` reads ServeConfig without fastapi and torch
     from ramm.serve.app import create_app as create
     return create(cfg, ramm)

@@ -26,11 +26,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ramm.config import METHODS, DecodeConfig, to_dict
-from ramm.pipeline import image_size
+from ramm.corpus.document import (MAX_IMAGE_PIXELS, BadItem, Document, ImageSegment, TextSegment, decode_image_bytes,
+                                  encode_png)
+from ramm.pipeline import RAMM, image_size
+from ramm.retrieval.memory import Memory
 from ramm.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, QueueFull
 from ramm.serve.config import ServeConfig
-from ramm.serve.schemas import (AnswerRequest, DocumentsAdded, DocumentsIn, EditRequest, Evidence, ImageRequest,
-                                Sample, SearchResponse, TaskResponse)
+from ramm.serve.schemas import (AnswerRequest, DocumentsAdded, DocumentsIn, EditRequest, Evidence, ImageRequest, Sample,
+                                SearchResponse, TaskResponse)
 from ramm.utils import Locked
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,6 @@ def has_capability(ramm, task: str) -> bool:
 
 
 def png_b64(pixels) -> str:
-    from ramm.corpus.document import encode_png
     return base64.b64encode(encode_png(pixels)).decode("ascii")
 
 
@@ -60,10 +62,8 @@ class Engine:
     def __init__(self, cfg: ServeConfig, ramm):
         """Runs on the worker thread: the memory's SQLite connection must be opened by the thread using it."""
         if ramm is None:
-            from ramm.pipeline import RAMM
             ramm = RAMM.load(cfg.model, memory_dir=cfg.memory, device=cfg.device)
         elif ramm.memory is not None:  # a caller's facade: same model, the memory reopened on this thread
-            from ramm.retrieval.memory import Memory
             ramm = copy.copy(ramm)
             ramm.memory = Memory.load(ramm.memory.root, encoder=ramm.memory.encoder)
         self.cfg, self.ramm = cfg, ramm
@@ -74,7 +74,6 @@ class Engine:
 
     def decode_image(self, data: bytes, item: str):
         """Uploaded bytes -> uint8 (size, size, 3); the pixel count is checked from the header first."""
-        from ramm.corpus.document import MAX_IMAGE_PIXELS, BadItem, decode_image_bytes
         if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
             raise ValueError(f"{item}: not a readable image (the API takes PNG or JPEG)")
         try:
@@ -118,7 +117,6 @@ class Engine:
     def _with_codes(self, doc):
         """The document with its images' VQ codes, computed once per document id: every prompt that
         retrieves it would otherwise re-encode its pixels (memory documents never change under an id)."""
-        from ramm.corpus.document import Document, ImageSegment
         if doc.id not in self._codes:
             if len(self._codes) > 100_000:
                 self._codes.clear()
@@ -380,7 +378,6 @@ def create_app(cfg: ServeConfig, ramm=None) -> FastAPI:
 
     @app.post("/v1/memory/documents", response_model=DocumentsAdded)
     async def add_documents(body: DocumentsIn):
-        from ramm.corpus.document import Document, ImageSegment, TextSegment
         if len(body.documents) > cfg.max_documents:
             raise HTTPException(413, f"{len(body.documents)} documents in one request (limit {cfg.max_documents})")
         docs = []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
+from safetensors import safe_open
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class VQGANDecoder(nn.Module):
     """taming-transformers' Decoder, mirroring transformers' ChameleonVQVAEEncoder."""
 
     def __init__(self, config):
+        # lazy: transformers (a slow import) only for Chameleon checkpoints
         from transformers.models.chameleon.modeling_chameleon import (
             ChameleonVQVAEEncoderAttnBlock as AttnBlock,
             ChameleonVQVAEEncoderResnetBlock as ResnetBlock,
@@ -73,8 +75,6 @@ class VQGANDecoder(nn.Module):
 
 def read_decoder(vq_config, files, prefix: str) -> VQGANDecoder | None:
     """The VQGAN decoder from the `prefix`* tensors of these safetensors files; None when none has them."""
-    from safetensors import safe_open
-
     weights = {}
     for f in files:
         with safe_open(f, "pt") as st:
@@ -108,6 +108,7 @@ class ChameleonImageTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir, device: str | None = None) -> "ChameleonImageTokenizer":
         """A dir saved by `ChameleonVQVAE.save_pretrained` (config.json with model_type chameleon_vqgan)."""
+        # lazy: transformers (a slow import) only for Chameleon checkpoints
         from transformers import ChameleonVQVAE
 
         d = Path(model_dir)

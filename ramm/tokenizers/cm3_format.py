@@ -75,6 +75,7 @@ class CM3Format:
         if seg.tokens is not None:
             codes = np.asarray(seg.tokens, dtype=np.int64).reshape(-1)
         elif self.image_tokenizer is not None:
+            # lazy: the CM3 format is torch-free; only raw pixels need the VQ model
             import torch
             with torch.no_grad():
                 codes = self.image_tokenizer.encode(seg.to_tensor()[None]).cpu().numpy()[0]
@@ -332,6 +333,7 @@ class CM3Format:
 
     def _image_segment(self, codes: np.ndarray, decode: bool) -> ImageSegment:
         if decode and self.image_tokenizer is not None:
+            # lazy: torch, only to decode image codes to pixels
             from ramm.tokenizers.image_tokenizer import decode_pixels
             return ImageSegment(pixels=decode_pixels(self.image_tokenizer, codes[None])[0], tokens=codes)
         return ImageSegment(tokens=codes)

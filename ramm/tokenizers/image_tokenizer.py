@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors.torch import save
 from torch import nn
 
 from ramm.config import ImageTokenizerConfig, from_dict
@@ -100,6 +101,7 @@ class Decoder(nn.Module):
 
 
 def _make_quantizer(cfg: ImageTokenizerConfig) -> nn.Module:
+    # lazy: vector_quantize_pytorch (a slow import) only when a VQ model is built
     from vector_quantize_pytorch import VectorQuantize
     return VectorQuantize(dim=cfg.latent_dim, codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim,
                           decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight, kmeans_init=True,
@@ -185,7 +187,6 @@ class ImageTokenizer(nn.Module):
         return next(self.parameters()).device
 
     def save_pretrained(self, out_dir) -> None:
-        from safetensors.torch import save
         out = Path(out_dir)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(out / "model.safetensors", save(state))

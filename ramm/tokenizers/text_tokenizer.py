@@ -9,6 +9,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from ramm.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -19,8 +21,6 @@ PAD = "<pad>"
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, add_prefix_space: bool = False):
     """The one byte-level BPE trainer (a `tokenizers.Tokenizer`, <pad> id 0): the generator's TextTokenizer
     and the dual encoder's text tower (`train_text_tokenizer`) differ only in these arguments."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 258:
         raise ValueError(f"vocab_size must be >= 258 (256 bytes + <pad> + one merge), got {vocab_size}")
     texts = list(texts)
@@ -70,8 +70,6 @@ class TextTokenizer:
 
     @classmethod
     def from_pretrained(cls, model_dir) -> "TextTokenizer":
-        from tokenizers import Tokenizer
-
         path = Path(model_dir) / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer.json in {model_dir}")

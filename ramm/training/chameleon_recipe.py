@@ -14,9 +14,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ramm.config import ChameleonFinetuneConfig
+from ramm.corpus import open_corpus
+from ramm.model.bundle import INFO
+from ramm.model.hf_chameleon import load_chameleon
+from ramm.pipeline import image_size
+from ramm.retrieval.memory import Memory
+from ramm.tokenizers.code_cache import encode_images, with_codes
+from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
 from ramm.training.recipe import holds_run_folder, start_run
+from ramm.training.trainer import Trainer
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -26,10 +35,6 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tupl
     """Fine-tune `model` (a ChameleonGenerator) in place on `train` documents with neighbours from `memory`;
     returns the trainer's last metrics and, under FSDP (which leaves `model` sharded), the full trained
     weights on rank 0 ({} on the others; None without FSDP) for `unsharded`."""
-    from ramm.tokenizers.code_cache import encode_images, with_codes
-    from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
-    from ramm.training.trainer import Trainer
-
     if fmt.image_tokenizer is None:
         raise ValueError("RA fine-tuning encodes the corpus' images: the checkpoint has no image tokens or VQGAN")
     train = [d for d in train if d.image is not None]
@@ -58,8 +63,6 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tupl
 
 def unsharded(cfg: ChameleonFinetuneConfig, weights: dict[str, torch.Tensor]):
     """A plain ChameleonGenerator (adapters included) from cfg.model with FSDP's gathered `weights`."""
-    from ramm.model.hf_chameleon import load_chameleon
-
     model, _, _ = load_chameleon(cfg.model, device="cpu", dtype=getattr(torch, cfg.dtype))
     if cfg.lora_rank:
         model.add_lora(cfg.lora_rank, cfg.lora_alpha, targets=cfg.lora_targets)
@@ -70,14 +73,6 @@ def unsharded(cfg: ChameleonFinetuneConfig, weights: dict[str, torch.Tensor]):
 @holds_run_folder
 def finetune_chameleon(cfg: ChameleonFinetuneConfig) -> dict:
     """Load cfg.model, RA fine-tune it on cfg.corpus with cfg.memory, save to cfg.out; returns a summary."""
-    import torch.distributed as dist
-
-    from ramm.corpus import open_corpus
-    from ramm.model.generator import INFO
-    from ramm.model.hf_chameleon import load_chameleon
-    from ramm.pipeline import image_size
-    from ramm.retrieval.memory import Memory
-
     out = start_run(cfg, "chameleon_finetune_config.json")
     t0 = time.time()
     model, fmt, info = load_chameleon(cfg.model, device="cpu", dtype=getattr(torch, cfg.dtype))

@@ -14,15 +14,28 @@ import logging
 import time
 from dataclasses import replace
 
+import torch
+
 from ramm.config import GeneratorConfig
+from ramm.corpus import open_corpus
+from ramm.evaluation.token_loss import image_token_loss
+from ramm.model.bundle import save_generator
+from ramm.model.transformer import PRESETS, Transformer, TransformerConfig
+from ramm.retrieval.memory import Memory
+from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+from ramm.tokenizers.image_tokenizer import ImageTokenizer
+from ramm.tokenizers.text_tokenizer import TextTokenizer
+from ramm.tokenizers.vocab import Vocabulary
+from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
 from ramm.training.recipe import holds_run_folder, start_run
+from ramm.training.trainer import Trainer
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
 def _load_corpus(path: str, strict: bool = False):
-    from ramm.corpus import open_corpus
     docs = list(open_corpus(path, strict=strict))
     if not docs:
         raise ValueError(f"corpus {path} has no documents")
@@ -32,9 +45,6 @@ def _load_corpus(path: str, strict: bool = False):
 def evaluate_generator(model, fmt, memory, eval_sets: dict[str, list], lookup: dict, cfg: GeneratorConfig,
                        partners: dict[str, set[str]], ks=(0,)) -> dict[str, float]:
     """Image-token loss of each split's main documents with k retrieved documents (text query, no dropout)."""
-    from ramm.evaluation.token_loss import image_token_loss
-    from ramm.training.ra_data import precompute_neighbours
-
     out = {}
     for split, docs in eval_sets.items():
         if cfg.eval_limit:
@@ -55,19 +65,6 @@ def train_generator(cfg: GeneratorConfig, pseudo_namer=None, sibling_key=None) -
     `ramm_lab.emojibench`'s functions): `pseudo_namer(train_docs)` makes the `rename` that cfg.ra.pseudo_names applies
     (None: no renaming), and `sibling_key(doc)` the related documents the diversity rule keeps besides
     the leave-one-out partners (documents sharing cfg.ra.group_by)."""
-    import torch
-
-    from ramm.model.generator import save_generator
-    from ramm.model.transformer import PRESETS, Transformer, TransformerConfig
-    from ramm.retrieval.memory import Memory
-    from ramm.tokenizers.cm3_format import CM3Format
-    from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.tokenizers.text_tokenizer import TextTokenizer
-    from ramm.tokenizers.vocab import Vocabulary
-    from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-    from ramm.training.ra_data import RADataset, precompute_neighbours, relative_ids
-    from ramm.training.trainer import Trainer
-
     out = start_run(cfg, "generator_config.json")
     ra = cfg.ra if cfg.retrieval else replace(cfg.ra, k_choices=(0,))  # the baseline: k = 0 always
     t0 = time.time()

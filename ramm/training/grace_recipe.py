@@ -15,8 +15,22 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ramm.config import GraceConfig
+from ramm.corpus import open_corpus
 from ramm.corpus.document import Document
+from ramm.grace.identifiers import build_identifiers
+from ramm.grace.retriever import GraceRetriever
+from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
+from ramm.model.bundle import bundle_info, load_generator
+from ramm.model.transformer import Transformer, TransformerConfig
+from ramm.retrieval.encoder import load_encoder
+from ramm.retrieval.recall import concept_of
+from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.code_cache import encode_images_cached
+from ramm.tokenizers.image_tokenizer import ImageTokenizer
+from ramm.tokenizers.text_tokenizer import TextTokenizer
+from ramm.tokenizers.vocab import Vocabulary
 from ramm.training.recipe import holds_run_folder, start_run
+from ramm.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +38,18 @@ log = logging.getLogger(__name__)
 def image_tokenizer_dir(cfg: GraceConfig) -> Path:
     """The image tokenizer GRACE encodes with: the generator bundle's copy with `init`, else cfg.image_tokenizer."""
     if cfg.init:
-        from ramm.model.generator import bundle_info
         return bundle_info(cfg.init)["image_tokenizer"]
     return Path(cfg.image_tokenizer)
 
 
 def image_codes(image_tokenizer, cfg: GraceConfig, docs) -> np.ndarray:
     """(N, tokens_per_image) codes of each document's first image, through the shared on-disk code cache."""
-    from ramm.tokenizers.code_cache import encode_images_cached
-
     codes = encode_images_cached(image_tokenizer, image_tokenizer_dir(cfg), docs)
     return np.stack([codes[d.id] for d in docs])
 
 
 def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | None = None) -> list[tuple[str, str]]:
     """(query, concept) pairs: each document's caption, then its pseudo-queries (deduplicated per concept)."""
-    from ramm.retrieval.recall import concept_of
-
     captions = [(d.text, concept_of(d)) for d in docs]
     pseudo = list(dict.fromkeys((q, concept_of(d)) for d in docs for q in (pseudo_queries(d) if pseudo_queries else [])))
     return captions + pseudo
@@ -49,8 +58,6 @@ def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | Non
 def grace_documents(cfg: GraceConfig) -> tuple[list[Document], list[Document]]:
     """(memorized, retrieve_docs) of cfg.corpus, any corpus open_corpus reads: the documents with an image in
     cfg.memorize_splits, and those of them in cfg.retrieve_splits (placed by cfg.split)."""
-    from ramm.corpus import open_corpus
-
     splits = cfg.split
     memorized = [d for d in splits.select(open_corpus(cfg.corpus, strict=cfg.strict), cfg.memorize_splits) if d.image is not None]
     return memorized, [d for d in memorized if splits.of(d) in cfg.retrieve_splits]
@@ -62,16 +69,6 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
     """Builds identifiers for `memorized`, trains the stages (retrieval on the queries of `retrieve_docs`, which
     must be memorized, and of `pseudo_queries` when cfg.pseudo_queries), saves the GRACE model in cfg.out;
     returns the GraceRetriever."""
-    from ramm.grace.identifiers import build_identifiers
-    from ramm.grace.retriever import GraceRetriever
-    from ramm.grace.tasks import ExampleDataset, add_identifier_tokens, memorize_examples, retrieve_examples
-    from ramm.model.transformer import Transformer, TransformerConfig
-    from ramm.tokenizers.cm3_format import CM3Format
-    from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.tokenizers.text_tokenizer import TextTokenizer
-    from ramm.tokenizers.vocab import Vocabulary
-    from ramm.training.trainer import Trainer
-
     out = start_run(cfg, "grace_config.json")
     memorized, retrieve_docs = list(memorized), list(retrieve_docs)
     if not memorized:
@@ -81,7 +78,6 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
         raise ValueError(f"retrieval needs memorized target documents (retrieve_splits {cfg.retrieve_splits}); "
                          f"{len(retrieve_docs)} given, not memorized: {sorted(unknown)[:5]}")
     if cfg.init:  # the generator bundle brings its own tokenizers and vocabulary
-        from ramm.model.generator import load_generator
         model, fmt, _ = load_generator(cfg.init, device=cfg.trainer.device)
         model.train()
         text_tok, image_tok, vocab = fmt.text, fmt.image_tokenizer, fmt.vocab
@@ -96,7 +92,6 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
 
     embeddings = None
     if cfg.scheme == "structured":
-        from ramm.retrieval.encoder import load_encoder
         embeddings = load_encoder(cfg.retriever).embed_image([d.image for d in memorized])
     idents = build_identifiers(cfg.scheme, [d.id for d in memorized], vocab, text_tok,
                                captions=[d.text for d in memorized], embeddings=embeddings,

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from ramm.config import RetrieverRecipeConfig
 from ramm.corpus.document import Document
@@ -122,7 +123,6 @@ def train_retriever(train_docs: list[Document], out_dir: str | Path, trainer_cfg
 def _train(out: Path, train_docs, trainer_cfg, model_cfg, recipe, val_docs, memory_docs, alt_text) -> dict:
     tok_file = out / "tokenizer.json"
     if trainer_cfg.resume and tok_file.exists():  # resuming: the tokenizer must not change under the weights
-        from tokenizers import Tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises its own exception type

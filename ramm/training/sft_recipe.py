@@ -12,12 +12,26 @@ for the equal-time comparison on val.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from ramm.config import SFTConfig
+import torch
+
+from ramm.config import GeneratorConfig, RAConfig, SFTConfig, from_dict
+from ramm.corpus import open_corpus
+from ramm.corpus.document import Document, ImageSegment
+from ramm.evaluation.token_loss import _main_token_loss
+from ramm.model.bundle import bundle_info, decode_defaults, load_generator, save_generator
+from ramm.retrieval.memory import Memory
+from ramm.tokenizers.code_cache import encode_images_cached, with_codes
+from ramm.training.ra_data import RADataset, precompute_neighbours
 from ramm.training.recipe import holds_run_folder, start_run
+from ramm.training.sft_data import (TEMPLATES, TEXT_QUERY_TASKS, SFTDataset, build_items, encode_within, mask_image,
+                                    split_templates, with_templates)
+from ramm.training.trainer import Trainer
 from ramm.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -32,10 +46,6 @@ def corpus_tasks(hooks, docs: list) -> tuple[dict, dict]:
 
 def prepare(fmt, image_tokenizer_dir, docs: list, masks: dict) -> tuple[dict, dict]:
     """({id: Document with codes}, {id: silhouette ImageSegment with codes}): VQ codes from the shared cache."""
-    from ramm.corpus.document import Document, ImageSegment
-    from ramm.tokenizers.code_cache import encode_images_cached, with_codes
-    from ramm.training.sft_data import mask_image
-
     docs = [d for d in docs if d.image is not None]
     mask_docs = [Document(f"{i}.mask", [ImageSegment(pixels=mask_image(m))]) for i, m in masks.items()]
     codes = encode_images_cached(fmt.image_tokenizer, image_tokenizer_dir, docs + mask_docs)
@@ -48,10 +58,6 @@ def sft_retriever(memory, docs: list, lookup: dict, k: int, allowed: set[str] | 
     """item -> its k retrieved documents (`ramm.training.sft_data.Retrieve`), precomputed for `docs` by the
     memory's batched search: image neighbours for image-input tasks, text neighbours for the captioned
     ones; the item's own document never (the search's leave-one-out) nor its target (dropped here)."""
-    from ramm.config import RAConfig
-    from ramm.training.ra_data import precompute_neighbours
-    from ramm.training.sft_data import TEXT_QUERY_TASKS
-
     ra = RAConfig(k_choices=(k,), n_candidates=k + 1, diversity=None, query_dropout=0.0)
     found = precompute_neighbours(memory, docs, ra, {}, allowed=allowed)
     nb = {kind: dict(zip([d.id for d in docs], rows)) for kind, rows in found.items()}
@@ -66,12 +72,6 @@ def pretraining_replay(pretrained, train: list, lookup: dict, fmt):
     """The pretrained generator's own training examples (`ramm.training.ra_data.RADataset`: its RA config and
     the neighbours it saved), for replay during SFT; None, with a warning, when the directory lacks them
     (a generator not trained by `ramm train generator`) or they were computed on other documents."""
-    import json
-    from pathlib import Path
-
-    from ramm.config import GeneratorConfig, from_dict
-    from ramm.training.ra_data import RADataset
-
     cfg_file, nb_file = Path(pretrained) / "generator_config.json", Path(pretrained) / "neighbours.json"
     if not cfg_file.is_file():
         log.warning("no pretraining replay: %s has no generator_config.json", pretrained)
@@ -92,11 +92,6 @@ def pretraining_replay(pretrained, train: list, lookup: dict, fmt):
 def response_losses(model, fmt, items: dict, heldout: int, limit: int = 0, retrieve=None, templates=None) -> dict[str, float]:
     """Teacher-forced loss on the response tokens per task, `<task>_trained` (training templates, each
     item under template i mod n) and `<task>_heldout` (held-out templates)."""
-    import torch
-
-    from ramm.evaluation.token_loss import _main_token_loss
-    from ramm.training.sft_data import TEMPLATES, encode_within, split_templates
-
     templates = TEMPLATES if templates is None else templates
     out = {}
     device = next(model.parameters()).device
@@ -119,11 +114,6 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     """Tune cfg.pretrained on cfg.corpus, save the tuned generator to cfg.out, return the val evaluation.
     `pairings` / `masks` / `templates` (wordings of the pairings' tasks) override what the corpus' hooks offer
     (`corpus_tasks`, `CorpusHooks.sft_templates`)."""
-    from ramm.corpus import open_corpus
-    from ramm.model.generator import bundle_info, decode_defaults, load_generator, save_generator
-    from ramm.training.sft_data import SFTDataset, build_items, with_templates
-    from ramm.training.trainer import Trainer
-
     out = start_run(cfg, "sft_config.json")
     t0 = time.time()
     info = bundle_info(cfg.pretrained)
@@ -140,7 +130,6 @@ def train_sft(cfg: SFTConfig, pairings: dict | None = None, masks: dict | None =
     masks = found_masks if masks is None else masks
     memory = None
     if cfg.retrieve_k:
-        from ramm.retrieval.memory import Memory
         if not (cfg.memory or info.get("memory")):
             raise ValueError(f"retrieve_k={cfg.retrieve_k} needs a memory: pass --memory (the pretrained generator "
                              f"{cfg.pretrained} names none)")

@@ -29,7 +29,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from safetensors.torch import load_file, save
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from ramm.config import TrainerConfig
 from ramm.training.recipe import run_lock
@@ -127,9 +133,6 @@ def fully_shard_blocks(model: torch.nn.Module, device: str, world: int) -> torch
     The blocks are the classes a module lists in `_no_split_modules` (transformers' convention, which
     ramm's Transformer follows too): each is all-gathered only around its own forward and backward, so a
     rank holds one block's full weights at a time plus its 1/world share of the rest."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
     blocks = [m for m in model.modules() if type(m).__name__ in names and m is not model]
     if not blocks:
@@ -242,7 +245,6 @@ class Trainer:
             return model
         if self.cfg.strategy == "fsdp":
             return fully_shard_blocks(model, self.device, self.world)
-        from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
 
     def _grad_sync(self, sync: bool):
@@ -256,7 +258,6 @@ class Trainer:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's unsharded weights on CPU: on rank 0 (every rank must call it), {} elsewhere."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if self.rank == 0 else {}
 
@@ -290,8 +291,6 @@ class Trainer:
         """Write checkpoint.tmp/ completely (trainer_state.json last, marking it complete), then swap it
         for checkpoint/. A kill at any point leaves a complete checkpoint under one of the names
         checkpoint, checkpoint.tmp or checkpoint.old, which `_recover_checkpoint` finds."""
-        from safetensors.torch import save
-
         tmp, old = self.out / "checkpoint.tmp", self.out / "checkpoint.old"
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd, osd = get_state_dict(self.model, self.optimizer, options=opts)
@@ -341,8 +340,6 @@ class Trainer:
     def load_checkpoint(self) -> None:
         """Weights, optimizer, RNG and step from checkpoint/; ValueError naming the file that is unreadable
         (truncated, tampered) or does not fit this model (another architecture)."""
-        from safetensors.torch import load_file
-
         state = json.loads((self.ckpt_dir / "trainer_state.json").read_text())
         tensors = {}
         for name in ("model.safetensors", "optimizer.safetensors"):
@@ -400,7 +397,7 @@ class Trainer:
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in self._kept_rows).encode())
         elif path.exists():
             path.unlink()
-        try:
+        try:  # tensorboard is optional: without it, metrics.jsonl only
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.out / "tb"))
         except ImportError:
@@ -439,8 +436,6 @@ class Trainer:
             return self._fit(until_step)
 
     def _fit(self, until_step: int | None) -> dict:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         if cfg.resume and self._recover_checkpoint():
             self.load_checkpoint()

@@ -35,6 +35,7 @@ def register(cli) -> None:
 
 
 def _emojibench(cfg: EmojiBenchJob) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from tqdm import tqdm
 
     from ramm.corpus.skips import SkipCounter

@@ -12,6 +12,7 @@ def register(cli) -> None:
 
 
 def _run(args) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm_lab.report import headline_table, load_results
     from ramm_lab.demo import DemoConfig, run_demo
 

@@ -13,6 +13,7 @@ def register(cli) -> None:
 
 
 def _run(args) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm_lab.sft import SFTDemoConfig, run_sft_demo
 
     md = run_sft_demo(SFTDemoConfig.load(args.config), args.data, args.base, args.run,

@@ -13,6 +13,7 @@ def register(cli):
 
 
 def _run(args) -> int:
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm_lab.report import headline_table, load_results, write_report
 
     results, examples = load_results(args.run)

@@ -30,7 +30,7 @@ DEMO = DecodeDefaults(image=DecodeConfig(method="cfg", guidance_scale=2.0, top_p
 def bundles(tmp_path_factory):
     """The tiny random bundle saved with the demo's decoding ("demo"), and as a bundle from before
     generator.json recorded any ("old")."""
-    from ramm.model.generator import set_decode_defaults
+    from ramm.model.bundle import set_decode_defaults
 
     root = pipeline_tests.bundle.__wrapped__(tmp_path_factory)
     shutil.copytree(root / "gen", root / "demo")

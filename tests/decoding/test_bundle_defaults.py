@@ -73,7 +73,7 @@ def test_ramm_serve_retrieves_as_the_bundle_trained_unless_asked(bundles, tmp_pa
 
 
 def test_a_run_folder_moved_whole_still_finds_its_memory(bundles, tmp_path):
-    from ramm.model.generator import load_generator, save_generator
+    from ramm.model.bundle import load_generator, save_generator
 
     model, _, _ = load_generator(bundles / "gen", device="cpu")
     run = tmp_path / "run"

@@ -26,7 +26,7 @@ def make_docs():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A generator bundle (random weights), its tokenizers and a memory, written as `ramm` would."""
-    from ramm.model.generator import save_generator
+    from ramm.model.bundle import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig, train_text_tokenizer
     from ramm.retrieval.memory import Memory

@@ -43,7 +43,7 @@ def test_train_grace_from_a_pretrained_generator_bundle(tmp_path, emojibench_dir
 
     from ramm_lab.emojibench import load_emojibench
     from ramm.grace.retriever import GraceRetriever
-    from ramm.model.generator import save_generator
+    from ramm.model.bundle import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
     from ramm.tokenizers.text_tokenizer import TextTokenizer

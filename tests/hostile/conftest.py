@@ -12,7 +12,7 @@ from hostile_helpers import pair_docs, tiny_image_tokenizer
 @pytest.fixture
 def bundle(tmp_path):
     """A generator bundle with random weights and its own tokenizers, saved as `ramm train generator` does."""
-    from ramm.model.generator import save_generator
+    from ramm.model.bundle import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     from ramm.tokenizers.vocab import Vocabulary

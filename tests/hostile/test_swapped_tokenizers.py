@@ -8,7 +8,7 @@ from hostile_helpers import cli, one_line_error, pair_docs, tiny_image_tokenizer
 
 
 def test_a_bundle_loads_with_its_own_tokenizers_and_records_their_pins(bundle):
-    from ramm.model.generator import load_generator
+    from ramm.model.bundle import load_generator
     pins = json.loads((bundle / "generator.json").read_text())["tokenizer_sha256"]
     assert sorted(pins) == ["image_tokenizer/config.json", "image_tokenizer/model.safetensors",
                             "text_tokenizer/tokenizer.json"]
@@ -17,7 +17,7 @@ def test_a_bundle_loads_with_its_own_tokenizers_and_records_their_pins(bundle):
 
 
 def test_another_trainings_image_tokenizer_of_the_same_config_is_refused(bundle):
-    from ramm.model.generator import load_generator
+    from ramm.model.bundle import load_generator
     tiny_image_tokenizer(seed=1).save_pretrained(bundle / "image_tokenizer")  # same config, other weights
     with pytest.raises(ValueError, match=r"image_tokenizer/model\.safetensors is not the file this generator"):
         load_generator(bundle, device="cpu")
@@ -25,7 +25,7 @@ def test_another_trainings_image_tokenizer_of_the_same_config_is_refused(bundle)
 
 @pytest.mark.parametrize("vocab_size", [300, 280])
 def test_another_bpe_is_refused_whatever_its_size(bundle, vocab_size):
-    from ramm.model.generator import load_generator
+    from ramm.model.bundle import load_generator
     from ramm.tokenizers.text_tokenizer import TextTokenizer
     texts = [f"another corpus sentence number {i} about {w}" for i in range(40) for w in ("cats", "boats")]
     TextTokenizer.train(texts, vocab_size=vocab_size).save_pretrained(bundle / "text_tokenizer")
@@ -51,7 +51,7 @@ def test_cli_generate_refuses_a_swapped_tokenizer_in_one_line(bundle, tmp_path, 
 
 
 def test_a_missing_pinned_file_is_named(bundle):
-    from ramm.model.generator import bundle_info
+    from ramm.model.bundle import bundle_info
     (bundle / "image_tokenizer" / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"image_tokenizer/config\.json not found"):
         bundle_info(bundle)

@@ -13,7 +13,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").glob("demo*.json") if p.name != "
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_demo_config_sections_build_their_recipe_configs(path, tmp_path):
     from ramm.config import GeneratorConfig, RAConfig, RetrieverRecipeConfig, TrainerConfig
-    from ramm_lab.evaluator import EvaluatorConfig
+    from ramm_lab.evaluation_network import EvaluatorConfig
     from ramm.retrieval.dual_encoder import DualEncoderConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizerConfig
 

@@ -7,7 +7,7 @@ import torch
 from chameleon_fixture import make_checkpoint
 
 from ramm.corpus.document import Document, ImageSegment, TextSegment
-from ramm.decoding.generate import DecodeConfig, generate
+from ramm.decoding.decoder import DecodeConfig, generate
 from ramm.model.hf_chameleon import load_chameleon
 from ramm.pipeline import RAMM
 

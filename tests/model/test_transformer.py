@@ -267,7 +267,7 @@ def test_logits_equal_hf_llama_with_the_same_weights():
 
 @pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"text_tokenizer": 3, "image_tokenizer": "x"}'])
 def test_a_generator_json_of_the_wrong_type_names_the_file(tmp_path, content):
-    from ramm.model.generator import bundle_info
+    from ramm.model.bundle import bundle_info
     (tmp_path / "generator.json").write_text(content)
     with pytest.raises(ValueError, match="generator.json: "):
         bundle_info(tmp_path)

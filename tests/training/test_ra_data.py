@@ -120,7 +120,7 @@ def test_image_token_loss_counts_only_the_main_documents_image_tokens(setup):
 
 
 def test_generator_directory_round_trip_rebuilds_the_format(setup, tmp_path):
-    from ramm.model.generator import load_generator, save_generator
+    from ramm.model.bundle import load_generator, save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     docs, _, fmt, lookup, tmp, _ = setup
     fmt.text.save_pretrained(tmp_path / "text")

@@ -38,7 +38,7 @@ PAIRS = {"edit": [(f"sq-{a}", f"sq-{b}", {"tone": b}) for a in COLOURS for b in 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A corpus (JSONL + PNGs), tokenizers and a random tiny generator, written as `ramm` would."""
-    from ramm.model.generator import save_generator
+    from ramm.model.bundle import save_generator
     from ramm.model.transformer import Transformer, TransformerConfig
     from ramm.tokenizers.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
     from ramm.tokenizers.text_tokenizer import TextTokenizer
@@ -68,7 +68,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(bundle):
     from ramm.corpus import open_corpus
-    from ramm.model.generator import bundle_info, load_generator
+    from ramm.model.bundle import bundle_info, load_generator
     from ramm.training.sft_recipe import prepare
 
     model, fmt, _ = load_generator(bundle / "gen", device="cpu")
@@ -209,7 +209,7 @@ def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundl
 
     from ramm.__main__ import main
     from ramm.config import DecodeConfig, DecodeDefaults
-    from ramm.model.generator import set_decode_defaults
+    from ramm.model.bundle import set_decode_defaults
 
     shutil.copytree(bundle / "gen", tmp_path / "src")
     chosen = DecodeDefaults(image=DecodeConfig(method="cfg", guidance_scale=2.0), caption=DecodeConfig(method="greedy"))

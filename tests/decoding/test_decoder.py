@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ramm.decoding.generate import CLOSE, IMAGE, TEXT, DecodeConfig, ModalityConstraint, generate, left_pad
+from ramm.decoding.decoder import CLOSE, IMAGE, TEXT, DecodeConfig, ModalityConstraint, generate, left_pad
 TPI = 4  # matches the conftest vocabulary fixtures
 
 
@@ -66,7 +66,7 @@ def test_packed_weight_decoding_equals_plain(model, vocab, monkeypatch, method):
 @pytest.mark.parametrize("method", ["greedy", "cfg", "cd"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_computing_only_the_grammars_logits_changes_no_token(model, vocab, monkeypatch, method, mixed):
-    import ramm.decoding.generate as G
+    import ramm.decoding.decoder as G
     # images only (their codes' columns), or rows drawing images and text under a doc_end stop token
     prompts = image_prompts(vocab) + ([[vocab.doc, 4, 5], [vocab.doc, 6]] if mixed else [])
     kw = dict(config=DecodeConfig(method=method, temperature=0.0), uncond_prompts=uncond(vocab, len(prompts)),
@@ -92,7 +92,7 @@ def test_column_plans_follow_the_states_present(vocab):
     assert (~mixed.blocked[1]).nonzero().flatten().tolist() == [ids.index(vocab.img_end)]
     torch.testing.assert_close(mixed.blocked, c.blocked(10)[:, mixed.ids])
     # with a codebook wider than RANGE_GAP the image codes between text and specials are skipped
-    from ramm.decoding.generate import RANGE_GAP
+    from ramm.decoding.decoder import RANGE_GAP
     from ramm.tokenizers.vocab import Vocabulary
     wide = Vocabulary(text_size=100, image_size=RANGE_GAP + 1)
     text = ModalityConstraint(wide, wide.size, TPI, [[wide.doc, 3]], [wide.doc_end], True, False, "cpu").columns(10)

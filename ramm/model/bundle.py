@@ -1,6 +1,7 @@
-"""A generator directory: the transformer (config.json + model.safetensors), copies of its tokenizers
-(text_tokenizer/, image_tokenizer/) and generator.json (paths relative to the directory, the memory it
-was trained with), so decoding can rebuild the CM3 format.
+"""A generator bundle, saved and loaded as one directory: the transformer (config.json +
+model.safetensors), copies of its tokenizers (text_tokenizer/, image_tokenizer/) and generator.json
+(paths relative to the directory, the memory it was trained with, how it decodes), so decoding can
+rebuild the CM3 format.
 
 The tokenizers are pinned as the memory pins its encoder: generator.json records the sha256 of each file
 that decides a tokenizer's ids (`TOKENIZER_FILES`), and every reader of the bundle (`bundle_info`) checks
@@ -15,7 +16,12 @@ import shutil
 from pathlib import Path
 
 from ramm.config import DecodeDefaults, from_dict, to_dict
+from ramm.model.hf_chameleon import check_checkpoint, is_chameleon_checkpoint, load_chameleon
 from ramm.model.transformer import Transformer
+from ramm.tokenizers.cm3_format import CM3Format
+from ramm.tokenizers.image_tokenizer import ImageTokenizer
+from ramm.tokenizers.text_tokenizer import TextTokenizer
+from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json, file_sha256, pick_device
 
 log = logging.getLogger(__name__)
@@ -131,12 +137,6 @@ def read_decode_defaults(directory: str | Path) -> DecodeDefaults:
 def load_generator(directory: str | Path, device: str | None = None):
     """(model, CM3Format with both tokenizers, info dict) from a directory written by save_generator, or
     from a transformers Chameleon / Anole checkpoint (`ramm.model.hf_chameleon`)."""
-    from ramm.model.hf_chameleon import check_checkpoint, is_chameleon_checkpoint, load_chameleon
-    from ramm.tokenizers.cm3_format import CM3Format
-    from ramm.tokenizers.image_tokenizer import ImageTokenizer
-    from ramm.tokenizers.text_tokenizer import TextTokenizer
-    from ramm.tokenizers.vocab import Vocabulary
-
     if is_chameleon_checkpoint(directory):
         return load_chameleon(directory, device)
     config = Path(directory) / "config.json"

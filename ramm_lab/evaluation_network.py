@@ -39,10 +39,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
 
 from ramm.corpus.document import Document
+from ramm.evaluation.recognition import Recognizer
 from ramm.retrieval.encoder import as_image_batch
 from ramm.utils import atomic_write_bytes, atomic_write_json, pick_device
+from ramm_lab.emojibench import RECOGNITION_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +183,11 @@ class Evaluator(nn.Module):
     def recognizer(self, gallery: list[Document]):
         """An exact `Recognizer` over `gallery`: an image is recognised iff its nearest real image in the
         whole gallery (all styles) is the requested document."""
-        from ramm_lab.emojibench import RECOGNITION_KEYS
-        from ramm.evaluation.recognition import Recognizer
         return Recognizer(self, gallery, mode="exact", **RECOGNITION_KEYS)
 
     # ------------------------------------------------------------------------------------ persistence
     def save_pretrained(self, out_dir: str | Path) -> None:
         """model.safetensors + config.json (the config and the class list), each written atomically."""
-        from safetensors.torch import save
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -195,7 +196,6 @@ class Evaluator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> "Evaluator":
-        from safetensors.torch import load_file
         path = Path(path)
         for f in ("config.json", "model.safetensors"):
             if not (path / f).exists():
@@ -338,8 +338,6 @@ def train_evaluator(docs: list[Document], cfg: EvaluatorConfig = EvaluatorConfig
     metrics: steps, train_seconds, loss, and exact-identity accuracy (nearest real image) of clean
     images and of fresh augmented views drawn with another seed.
     """
-    from tqdm.auto import tqdm
-
     if not docs:
         raise ValueError("cannot train the evaluator on zero documents")
     missing = [d.id for d in docs if d.image is None]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ramm.corpus.document import Document
 from ramm_lab.emojibench import RECOGNITION_KEYS
-from ramm_lab.evaluator import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
+from ramm_lab.evaluation_network import (FID_NAME, Evaluator, EvaluatorConfig, augment, gaussian_blur, jpeg_like,
                                         load_evaluator, train_evaluator)
 from ramm.evaluation.fid import FID
 from ramm.evaluation.recognition import Recognizer

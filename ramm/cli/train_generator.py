@@ -4,16 +4,18 @@ Flags and `--config FILE` are the fields of `ramm.config.GeneratorConfig` (`--tr
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ramm.config import GeneratorConfig
+
 
 def register(cli) -> None:
-    from ramm.config import GeneratorConfig
     cli.config_command("generator", "train the retrieval-augmented CM3 generator (or the no-retrieval baseline) "
                        "on any corpus `open_corpus` reads", GeneratorConfig, _run, group="train")
 
 
 def _run(cfg) -> int:
-    from dataclasses import replace
-
+    # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm.corpus import open_corpus
     from ramm.training.generator_recipe import train_generator
 
