@@ -29,10 +29,10 @@ def dense_ranking(enc, docs, texts: list[str], documents: bool = False) -> list[
 
 def queries_of(docs, candidates) -> tuple[list[str], list[set[str]], int]:
     """Query texts, the relevant candidate ids of each (same concept) and the number of caption queries."""
-    from ramm_lab.emojibench import pseudo_queries
+    from ramm_lab.emojibench import MATCH_KEY, pseudo_queries
     from ramm.training.grace_recipe import eval_queries
 
-    queries = eval_queries(docs, pseudo_queries)
+    queries = eval_queries(docs, pseudo_queries, match=MATCH_KEY)
     if not queries:
         raise ValueError("no documents to take queries from")
     by_concept: dict[str, set[str]] = {}

@@ -242,7 +242,7 @@ def run_demo(cfg: DemoConfig, data_dir: str | Path, run_dir: str | Path, report:
         mem = Memory.build(docs, run / "retriever", out, progress=True)
         rec = {}
         for split in cfg.evaluation.splits:
-            for direction, r in memory_recall(mem, by_split[split]).items():
+            for direction, r in memory_recall(mem, by_split[split], match=MATCH_KEY).items():
                 rec[f"{direction} {split}"] = {f"R@{k}": v for k, v in r.items()}
         return {"documents": len(mem), "recall": rec}
 

@@ -157,7 +157,7 @@ def evaluate_headline(run: Path, by_split: dict[str, list[Document]], docs: list
             for modality, got_kind in (("image", by_text), ("caption", by_image)):
                 label = f"{split} {t} · {modality}"
                 usage[label] = retrieval_usage(models["RA"][0], fmt, sel_docs, [got_kind[i] for i in idx], mates,
-                                               modality=modality)
+                                               modality=modality, group_by=group)
                 report(f"[evaluate] RA {label}-token loss by retrieved context: "
                        + ", ".join(f"{c} {v:.3f}" for c, v in usage[label].items()))
         for name, sel in subsets.items():

@@ -5,6 +5,8 @@ Flags and `--config FILE` are the fields of `ramm.config.ChameleonFinetuneConfig
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ramm.config import ChameleonFinetuneConfig
 
 
@@ -16,9 +18,11 @@ def register(cli) -> None:
 
 def _run(cfg) -> int:
     # lazy: `ramm --help` imports this module and stays free of torch and numpy
+    from ramm.corpus import open_corpus
     from ramm.training.chameleon_recipe import finetune_chameleon
 
-    result = finetune_chameleon(cfg)
+    hooks = open_corpus(cfg.corpus).hooks  # the corpus' answer key: leave-one-out partners of its documents
+    result = finetune_chameleon(replace(cfg, ra=replace(cfg.ra, group_by=hooks.match_or(cfg.ra.group_by))))
     print(f"saved the fine-tuned checkpoint to {cfg.out} ({result['minutes']:.1f} min, "
           f"final loss {result['train_loss'] or float('nan'):.4f})")
     return 0

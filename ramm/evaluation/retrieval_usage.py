@@ -27,7 +27,7 @@ MODALITIES = {"image": image_token_loss, "caption": caption_token_loss}
 
 
 def usage_contexts(docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
-                   partners: dict[str, Sequence[Document]], seed: int = 0
+                   partners: dict[str, Sequence[Document]], seed: int = 0, *, group_by: str | None
                    ) -> tuple[list[Document], dict[str, list[list[Document]]]]:
     """(the documents that have a leave-one-out partner, {context: retrieved documents of each}); `partners`
     maps a document id to its partners (see the module docstring for the contexts)."""
@@ -35,9 +35,9 @@ def usage_contexts(docs: Sequence[Document], retrieved: Sequence[Sequence[Docume
         raise ValueError(f"{len(docs)} documents but {len(retrieved)} retrieved lists")
     keep = [i for i, d in enumerate(docs) if partners.get(d.id)]
     if not keep:
-        raise ValueError("no document has a leave-one-out partner (metadata 'concept' shared by another document)")
+        raise ValueError(f"no document has a leave-one-out partner (metadata {group_by!r} shared by another document)")
     rng = np.random.default_rng(seed)
-    concept = [d.metadata.get("concept", d.id) for d in docs]
+    concept = [d.id if group_by is None else d.metadata.get(group_by, d.id) for d in docs]
     contexts: dict[str, list[list[Document]]] = {c: [] for c in CONTEXTS}
     for i in keep:
         others = [j for j in range(len(docs)) if concept[j] != concept[i]]
@@ -51,13 +51,13 @@ def usage_contexts(docs: Sequence[Document], retrieved: Sequence[Sequence[Docume
 
 def retrieval_usage(model, fmt, docs: Sequence[Document], retrieved: Sequence[Sequence[Document]],
                     partners: dict[str, Sequence[Document]], batch_size: int = 32, seed: int = 0,
-                    modality: str = "image") -> dict[str, float]:
+                    modality: str = "image", *, group_by: str | None) -> dict[str, float]:
     """{context: mean loss of the documents' image tokens (modality "image") or caption tokens ("caption")}
     for every context of `usage_contexts`; `retrieved` should be what that task retrieves (caption -> text
     query for images, image query for captions)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
-    kept, contexts = usage_contexts(docs, retrieved, partners, seed)
+    kept, contexts = usage_contexts(docs, retrieved, partners, seed, group_by=group_by)
     model.eval()
     with torch.no_grad():
         return {name: MODALITIES[modality](model, fmt, kept, contexts[name], batch_size=batch_size) for name in CONTEXTS}

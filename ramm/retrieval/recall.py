@@ -14,7 +14,7 @@ import numpy as np
 from ramm.corpus.document import Document
 
 
-def concept_of(doc: Document, key: str | None = "concept") -> str:
+def concept_of(doc: Document, key: str | None) -> str:
     """The answer a document stands for: its metadata `key` (EmojiBench: the concept), else (or with key None)
     its own id."""
     return str(doc.id if key is None else doc.metadata.get(key, doc.id))
@@ -56,7 +56,7 @@ def exact_leave_one_out(queries: np.ndarray, memory: np.ndarray, self_rows: Sequ
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def memory_recall(memory, queries: Sequence[Document], ks=(1, 5, 10), match: str | None = "concept") -> dict[str, dict[int, float]]:
+def memory_recall(memory, queries: Sequence[Document], *, match: str | None, ks=(1, 5, 10)) -> dict[str, dict[int, float]]:
     """{'text->image': {K: recall}, 'image->text': {...}} for `queries` against a built Memory,
     each query's own document left out (by id, and its exact duplicates); a hit shares the query's
     metadata `match`."""

@@ -45,7 +45,7 @@ def ra_finetune(model, fmt, train, memory, cfg: ChameleonFinetuneConfig) -> tupl
     with_image = [d for d in pool.values() if d.image is not None]
     codes = dict(zip([d.id for d in with_image], encode_images(fmt.image_tokenizer, with_image, batch=8)))
     lookup = {i: with_codes(d, codes) for i, d in pool.items() if i in codes}
-    partners = relative_ids(list(pool.values()), list(pool.values()))
+    partners = relative_ids(list(pool.values()), list(pool.values()), cfg.ra.group_by)
     neighbours = precompute_neighbours(memory, train, cfg.ra, partners, allowed={d.id for d in train}) \
         if max(cfg.ra.k_choices) else {}
     data = RADataset([lookup[d.id] for d in train], neighbours, lookup, fmt, cfg.ra)

@@ -48,10 +48,13 @@ def image_codes(image_tokenizer, cfg: GraceConfig, docs) -> np.ndarray:
     return np.stack([codes[d.id] for d in docs])
 
 
-def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | None = None) -> list[tuple[str, str]]:
-    """(query, concept) pairs: each document's caption, then its pseudo-queries (deduplicated per concept)."""
-    captions = [(d.text, concept_of(d)) for d in docs]
-    pseudo = list(dict.fromkeys((q, concept_of(d)) for d in docs for q in (pseudo_queries(d) if pseudo_queries else [])))
+def eval_queries(docs, pseudo_queries: Callable[[Document], Sequence[str]] | None = None, *,
+                 match: str | None) -> list[tuple[str, str]]:
+    """(query, answer) pairs: each document's caption, then its pseudo-queries (deduplicated per answer); the
+    answer is the document's metadata `match` (EmojiBench: the concept; None: the document itself)."""
+    captions = [(d.text, concept_of(d, match)) for d in docs]
+    pseudo = list(dict.fromkeys((q, concept_of(d, match)) for d in docs
+                                for q in (pseudo_queries(d) if pseudo_queries else [])))
     return captions + pseudo
 
 

@@ -31,7 +31,7 @@ from ramm.retrieval.strategies import Strategy, query_dropout
 from ramm.tokenizers.cm3_format import CM3Format
 
 
-def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str | None = "concept") -> dict[str, set[str]]:
+def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str | None) -> dict[str, set[str]]:
     """Leave-one-out partners: documents of `pool` sharing `metadata[group_by]` (EmojiBench: the other style);
     group_by None: none."""
     if group_by is None:
@@ -43,7 +43,7 @@ def partner_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: st
     return {d.id: by_group.get(d.metadata.get(group_by), set()) - {d.id} for d in docs}
 
 
-def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str = "concept",
+def relative_ids(docs: Sequence[Document], pool: Sequence[Document], group_by: str | None,
                  sibling_key: Callable[[Document], object] | None = None) -> dict[str, set[str]]:
     """Leave-one-out partners plus siblings: documents of `pool` with the same `sibling_key(doc)` (not None;
     `CorpusHooks.sibling_key`; EmojiBench: the other skin tones in the same art style). Both are

@@ -81,8 +81,8 @@ def collate(items: list[dict]) -> dict:
             "text": pad([it["text"] for it in items], batch_first=True), "text_b": pad([it["text_b"] for it in items], batch_first=True)}
 
 
-def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], ks=(1, 5, 10),
-                         match: str = "concept") -> dict:
+def leave_one_out_recall(model: DualEncoder, queries: list[Document], memory: list[Document], *,
+                         match: str | None, ks=(1, 5, 10)) -> dict:
     """Exact Recall@K (recall.py's definition, a hit shares metadata `match`) over a small in-RAM memory;
     queries must be in `memory`."""
     row = {d.id: i for i, d in enumerate(memory)}

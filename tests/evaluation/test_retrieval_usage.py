@@ -60,7 +60,7 @@ def train_copier(vocab, fmt, cfg, steps: int = 350) -> Transformer:
 
 def test_contexts_are_what_they_say(setup):
     _, _, docs, partners, _ = setup
-    kept, ctx = usage_contexts(docs, [[docs[1]]] * len(docs), partners)
+    kept, ctx = usage_contexts(docs, [[docs[1]]] * len(docs), partners, group_by="concept")
     assert set(ctx) == set(CONTEXTS) and [d.id for d in kept] == [d.id for d in docs]
     for i, d in enumerate(kept):
         assert ctx["none"][i] == [] and ctx["own image"][i] == [d]
@@ -71,20 +71,20 @@ def test_contexts_are_what_they_say(setup):
 def test_copier_is_caught_copying_and_an_untrained_model_is_not(setup):
     vocab, fmt, docs, partners, cfg = setup
     retrieved = [[partners[d.id][0]] for d in docs]
-    copier = retrieval_usage(train_copier(vocab, fmt, cfg), fmt, docs, retrieved, partners)
+    copier = retrieval_usage(train_copier(vocab, fmt, cfg), fmt, docs, retrieved, partners, group_by="concept")
     assert copier["own image"] < 0.5 * copier["none"]  # it copies the oracle
     assert copier["partner"] > copier["own image"] + 1.0  # and unrelated codes do not help it
     torch.manual_seed(0)
-    blank = retrieval_usage(Transformer(cfg), fmt, docs, retrieved, partners)
+    blank = retrieval_usage(Transformer(cfg), fmt, docs, retrieved, partners, group_by="concept")
     assert abs(blank["own image"] - blank["none"]) < 0.2 * blank["none"]
 
 
 def test_bad_input(setup):
     _, fmt, docs, partners, cfg = setup
     with pytest.raises(ValueError, match="retrieved lists"):
-        usage_contexts(docs, [[]], partners)
+        usage_contexts(docs, [[]], partners, group_by="concept")
     with pytest.raises(ValueError, match="partner"):
-        usage_contexts(docs, [[] for _ in docs], {})
+        usage_contexts(docs, [[] for _ in docs], {}, group_by="concept")
 
 
 def test_caption_modality_scores_caption_tokens_and_catches_a_copy_head(setup):
@@ -96,10 +96,10 @@ def test_caption_modality_scores_caption_tokens_and_catches_a_copy_head(setup):
     torch.manual_seed(0)
     copy_cfg = TransformerConfig(**{**cfg.__dict__, "copy_dim": 32, "sep_id": vocab.sep,
                                     "content_ids": vocab.special_offset})
-    head = retrieval_usage(Transformer(copy_cfg).eval(), fmt, docs, retrieved, partners, modality="caption")
+    head = retrieval_usage(Transformer(copy_cfg).eval(), fmt, docs, retrieved, partners, modality="caption", group_by="concept")
     assert head["own image"] < 0.8 * head["none"], head
     torch.manual_seed(0)
-    plain = retrieval_usage(Transformer(cfg).eval(), fmt, docs, retrieved, partners, modality="caption")
+    plain = retrieval_usage(Transformer(cfg).eval(), fmt, docs, retrieved, partners, modality="caption", group_by="concept")
     assert abs(plain["own image"] - plain["none"]) < 0.1 * plain["none"], plain
     with pytest.raises(ValueError, match="modality"):
-        retrieval_usage(Transformer(cfg), fmt, docs, retrieved, partners, modality="audio")
+        retrieval_usage(Transformer(cfg), fmt, docs, retrieved, partners, modality="audio", group_by="concept")

@@ -16,7 +16,7 @@ def test_pseudo_queries_are_name_and_short_names_without_the_caption():
 
 
 def test_eval_queries_put_captions_first_and_deduplicate_pseudo_queries_per_concept():
-    qs = eval_queries([doc("google"), doc("twitter")], pseudo_queries)
+    qs = eval_queries([doc("google"), doc("twitter")], pseudo_queries, match="concept")
     assert qs[:2] == [("google emoji: japan flag", "1f1ef-1f1f5"), ("twitter emoji: japan flag", "1f1ef-1f1f5")]
     assert len(qs) == 2 + 3
 

@@ -39,10 +39,10 @@ def test_retrieval_training_data_and_recall_take_mixed_sizes(mixed, tmp_path):
     from ramm.training.ra_data import precompute_neighbours, relative_ids
     enc = tiny_encoder(mixed)
     memory = Memory.build(mixed, enc, tmp_path / "memory", progress=False)
-    partners = relative_ids(mixed, mixed)
+    partners = relative_ids(mixed, mixed, "concept")
     nb = precompute_neighbours(memory, mixed, RAConfig(n_candidates=3), partners)  # text and image queries
     assert len(nb["image"]) == len(nb["text"]) == len(mixed)
-    recall = memory_recall(memory, mixed, ks=(1, 5))
+    recall = memory_recall(memory, mixed, match="concept", ks=(1, 5))
     assert set(recall) == {"text->image", "image->text"}
 
 
@@ -53,4 +53,4 @@ def test_retriever_training_views_take_mixed_sizes(mixed):
     views = ConceptViews(mixed, enc, RetrieverRecipeConfig(max_shift=2, flip_prob=0.5))
     batch = collate([views[i] for i in range(len(views))])
     assert batch["image"].shape == (len(views), 3, 16, 16) and batch["image_b"].shape == batch["image"].shape
-    assert set(leave_one_out_recall(enc, mixed, mixed, ks=(1,))) == {"t2i_r1", "i2t_r1"}
+    assert set(leave_one_out_recall(enc, mixed, mixed, match="concept", ks=(1,))) == {"t2i_r1", "i2t_r1"}

@@ -49,7 +49,7 @@ def test_training_loss_drops_and_retrieval_beats_chance(tmp_path, docs):
     import json
     losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert losses[-1] < 0.7 * losses[0]
-    recall = leave_one_out_recall(DualEncoder.from_pretrained(tmp_path), docs, docs)
+    recall = leave_one_out_recall(DualEncoder.from_pretrained(tmp_path), docs, docs, match="concept")
     assert recall["t2i_r1"] > 0.3 and recall["i2t_r5"] > 5 * 5 / len(docs)  # chance is 1/30 per concept
 
 
@@ -154,7 +154,7 @@ def test_private_subspace_encoder_trains_and_reloads(tmp_path, docs):
     train_retriever(docs, tmp_path, cfg, model_cfg, CONCEPT, alt_text=name_query)
     enc = load_encoder(tmp_path)
     assert enc.dim == 32 + 2 * 16 and enc.cfg.pool == "flatten"
-    recall = leave_one_out_recall(enc, docs, docs)
+    recall = leave_one_out_recall(enc, docs, docs, match="concept")
     assert recall["t2i_r1"] > 0.3 and recall["i2t_r1"] > 3 / len(docs)
 
 

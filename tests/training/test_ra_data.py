@@ -64,7 +64,7 @@ def test_image_codes_are_cached_and_reread(setup):
 def test_a_retrieved_document_equal_to_the_query_never_appears_in_a_training_input(setup, exempt):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig(k_choices=(2,), n_candidates=2, diversity=None if exempt else 0.9, exempt_partner=exempt)
-    partners = partner_ids(docs, docs)
+    partners = partner_ids(docs, docs, "concept")
     nb = precompute_neighbours(memory, docs, cfg, partners)
     for kind in ("text", "image"):
         for d, row in zip(docs, nb[kind]):
@@ -84,7 +84,7 @@ def test_a_retrieved_document_equal_to_the_query_never_appears_in_a_training_inp
 def test_k_is_sampled_from_the_choices_and_examples_are_deterministic(setup):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig()
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"))
     data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
     ks = {data[i][0].count(fmt.vocab.doc) - 1 for i in range(len(docs)) for _ in [data.set_epoch(i)]}
     assert ks == {0, 1, 2}
@@ -97,7 +97,7 @@ def test_k_is_sampled_from_the_choices_and_examples_are_deterministic(setup):
 
 def test_partner_exemption_lets_the_other_style_through_a_strict_threshold(setup):
     docs, memory, fmt, lookup, _, _ = setup
-    partners = partner_ids(docs, docs)
+    partners = partner_ids(docs, docs, "concept")
     strict = RAConfig(k_choices=(1,), n_candidates=1, diversity=-1.0, query_dropout=0.0, exempt_partner=True)
     nb = precompute_neighbours(memory, docs, strict, partners)
     for d, row in zip(docs, nb["image"]):  # only the partner passes a threshold of -1
@@ -138,17 +138,17 @@ def test_allowed_limits_training_neighbours_to_the_given_documents(setup):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig(k_choices=(2,), n_candidates=2, diversity=None, query_dropout=0.0)
     allowed = {d.id for d in docs if d.metadata.get("style") == "filled"}
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), allowed=allowed)
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"), allowed=allowed)
     for kind in ("text", "image"):
         assert all(set(row) <= allowed and len(row) == 2 for row in nb[kind])
-    free = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    free = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"))
     assert any(set(row) - allowed for row in free["text"])  # without it, outline documents are retrieved
 
 
 def test_a_training_batch_shares_one_k_and_keeps_each_examples_masks(setup):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig()
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"))
     data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
     ks = set()
     for e in range(12):
@@ -171,7 +171,7 @@ def test_a_training_batch_shares_one_k_and_keeps_each_examples_masks(setup):
 def test_vanilla_examples_keep_the_ra_runs_masks(setup):
     docs, memory, fmt, lookup, tmp, itok = setup
     cfg = RAConfig(k_choices=(0, 1, 2))
-    ra = RADataset([lookup[d.id] for d in docs], precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs)),
+    ra = RADataset([lookup[d.id] for d in docs], precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept")),
                    lookup, fmt, cfg)
     vanilla = RADataset([lookup[d.id] for d in docs], {}, lookup, fmt, RAConfig(k_choices=(0,)))
     same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
@@ -187,7 +187,7 @@ def test_pseudo_names_rename_only_examples_that_retrieved_their_partner(setup):
     named = {i: _named(d) for i, d in lookup.items()}
     train = [named[d.id] for d in docs]
     cfg = RAConfig(k_choices=(1,), n_candidates=1, diversity=None, query_dropout=0.0, pseudo_names=1.0)
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"))
     data = RADataset(train, nb, named, fmt, cfg, rename=pseudo_namer(train))
     renamed = kept = 0
     for i, d in enumerate(train):
@@ -213,7 +213,7 @@ def test_vanilla_examples_keep_the_ra_runs_masks_with_pseudo_names(setup):
     named = {i: _named(d) for i, d in lookup.items()}
     train = [named[d.id] for d in docs]
     cfg = RAConfig(k_choices=(0, 1, 2), pseudo_names=1.0)
-    ra = RADataset(train, precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs)), named, fmt, cfg,
+    ra = RADataset(train, precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept")), named, fmt, cfg,
                    rename=pseudo_namer(train))
     vanilla = RADataset(train, {}, named, fmt, RAConfig(k_choices=(0,), pseudo_names=1.0), rename=pseudo_namer(train))
     same = [ra[i] == vanilla[i] for i in range(len(docs)) if fmt.vocab.sep not in ra[i][0]]
@@ -238,7 +238,7 @@ def test_partners_share_the_group_key_and_relatives_add_the_callers_siblings():
 def test_copy_examples_put_the_target_first_and_keep_the_other_examples_and_the_vanilla_masks(setup):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig(k_choices=(1, 2), copy_self=0.5)
-    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs))
+    nb = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"))
     data = RADataset([lookup[d.id] for d in docs], nb, lookup, fmt, cfg)
     main_docs = [fmt.encode_document(lookup[d.id]) for d in docs]
     copied = 0
@@ -266,8 +266,8 @@ def test_copy_examples_put_the_target_first_and_keep_the_other_examples_and_the_
 def test_without_leave_one_out_a_document_retrieves_itself_first(setup):
     docs, memory, fmt, lookup, _, _ = setup
     cfg = RAConfig(k_choices=(2,), n_candidates=2, query_dropout=0.0)  # the diversity rule on: it must not drop it
-    own = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), dropout=0.0, kinds=("text",),
+    own = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"), dropout=0.0, kinds=("text",),
                                 leave_one_out=False)["text"]
-    loo = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs), dropout=0.0, kinds=("text",))["text"]
+    loo = precompute_neighbours(memory, docs, cfg, partner_ids(docs, docs, "concept"), dropout=0.0, kinds=("text",))["text"]
     assert sum(row[0] == d.id for row, d in zip(own, docs)) >= len(docs) - 1  # the exact duplicate may tie
     assert all(d.id not in row for row, d in zip(loo, docs))
