@@ -36,8 +36,9 @@ from ramm.training.generator_recipe import train_generator
 from ramm.training.retriever_recipe import train_retriever
 from ramm.training.tokenizer_recipe import train_image_tokenizer
 from ramm.utils import atomic_write_json
-from ramm_lab.emojibench import (MATCH_KEY, EmojiBenchConfig, build_emojibench, load_emojibench, name_query,
+from ramm_lab.emojibench import (MATCH_KEY, load_emojibench, name_query,
                                  pseudo_namer, sibling_key)
+from ramm_lab.emojibench_build import EmojiBenchConfig, build_emojibench
 from ramm_lab.evaluation_network import EvaluatorConfig, train_evaluator
 from ramm_lab.headline import evaluate_headline
 

@@ -9,7 +9,7 @@ from milvus_server import milvus_server  # noqa: F401 (a fixture: one Milvus ser
 
 @pytest.fixture(scope="session")
 def emojibench_dir() -> Path:
-    from ramm_lab.emojibench import build_emojibench
+    from ramm_lab.emojibench_build import build_emojibench
     from ramm.utils import default_cache_dir
 
     out = default_cache_dir() / "emojibench-tests"

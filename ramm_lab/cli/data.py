@@ -40,7 +40,8 @@ def _emojibench(cfg: EmojiBenchJob) -> int:
 
     from ramm.corpus.skips import SkipCounter
     from ramm_lab.corpus_format import emojibench_table
-    from ramm_lab.emojibench import EmojiBenchConfig, FetchError, build_emojibench, read_manifest
+    from ramm_lab.emojibench import read_manifest
+    from ramm_lab.emojibench_build import EmojiBenchConfig, FetchError, build_emojibench
 
     build = EmojiBenchConfig(size=cfg.size, styles=cfg.style_list, seed=cfg.seed, skin_tones=cfg.skin_tones)
     skips = SkipCounter()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import ramm_lab.emojibench as eb
+import ramm_lab.emojibench_build as ebb
 from ramm.__main__ import main
 from ramm.corpus import open_corpus
 from ramm.corpus.document import BadItem
@@ -66,15 +67,15 @@ def fake_npm(tmp_path, monkeypatch):
     pins = {}
     for style in eb.STYLES:
         data = fake_package(style)
-        (cache / "npm" / f"emoji-datasource-{style}-{eb.VERSION}.tgz").write_bytes(data)
+        (cache / "npm" / f"emoji-datasource-{style}-{ebb.VERSION}.tgz").write_bytes(data)
         pins[style] = hashlib.sha256(data).hexdigest()
-    monkeypatch.setattr(eb, "TARBALL_SHA256", pins)
+    monkeypatch.setattr(ebb, "TARBALL_SHA256", pins)
     monkeypatch.setenv("RAMM_CACHE", str(cache))
     return cache
 
 
 def build(out, **kw):
-    return eb.build_emojibench(out, eb.EmojiBenchConfig(**kw), shard_size=30)
+    return ebb.build_emojibench(out, ebb.EmojiBenchConfig(**kw), shard_size=30)
 
 
 def test_build_writes_documents_per_protocol(fake_npm, tmp_path):
@@ -104,11 +105,11 @@ def test_rerun_is_a_no_op_and_repairs_a_damaged_shard(fake_npm, tmp_path, monkey
     out = tmp_path / "eb"
     build(out)
     stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    fetch = eb.fetch_package
-    monkeypatch.setattr(eb, "fetch_package", lambda *a: pytest.fail("a complete output must not refetch"))
+    fetch = ebb.fetch_package
+    monkeypatch.setattr(ebb, "fetch_package", lambda *a: pytest.fail("a complete output must not refetch"))
     build(out)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
-    monkeypatch.setattr(eb, "fetch_package", fetch)
+    monkeypatch.setattr(ebb, "fetch_package", fetch)
     data = (out / "00001.tar").read_bytes()
     (out / "00001.tar").write_bytes(data[: len(data) // 2])  # a half-written shard
     assert eb.verify_emojibench(out)
@@ -137,7 +138,7 @@ def test_filters_by_split_and_style(fake_npm, tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
         eb.load_emojibench(tmp_path / "eb", splits=("training",))
     with pytest.raises(ValueError, match="unknown style"):
-        eb.EmojiBenchConfig(styles=("apple",))
+        ebb.EmojiBenchConfig(styles=("apple",))
 
 
 def test_skin_tone_variants_are_documents_of_their_base_split(fake_npm, tmp_path):
@@ -179,7 +180,7 @@ def test_skin_tone_variants_are_documents_of_their_base_split(fake_npm, tmp_path
 
 def test_missing_variant_image_is_a_counted_named_skip(fake_npm, tmp_path):
     skips = SkipCounter()
-    meta = eb.build_emojibench(tmp_path / "eb", shard_size=30, skips=skips)
+    meta = ebb.build_emojibench(tmp_path / "eb", shard_size=30, skips=skips)
     assert skips.skipped == {"missing_image": 2} and meta["skipped"] == {"missing_image": 2}
     assert meta["missing_images"] == [f"img/twitter/64/1f1{N_FLAGS:02x}.png", f"img/twitter/64/{MISSING_VARIANT}"]
     err = next(e for e in skips.first if e.item == f"twitter-{MISSING_VARIANT[:-4]}")
@@ -260,15 +261,15 @@ def test_npm_pack_fallback_failures_and_bad_checksum_raise_fetch_error(tmp_path,
     def no_https(url, timeout):
         raise urllib.error.URLError("blocked")
     monkeypatch.setattr(urllib.request, "urlopen", no_https)
-    monkeypatch.setattr(eb, "FETCH_TRIES", 1)
+    monkeypatch.setattr(ebb, "FETCH_TRIES", 1)
     offline = fake_npm_binary(tmp_path, "echo 'npm error code ECONNREFUSED' >&2; exit 1\n")
-    monkeypatch.setattr(eb.shutil, "which", lambda name: offline)
-    with pytest.raises(eb.FetchError, match="ECONNREFUSED.*registry.npmjs.org"):
-        eb.fetch_package("google", tmp_path / "cache")
-    tampered = fake_npm_binary(tmp_path, f"echo tampered > emoji-datasource-google-{eb.VERSION}.tgz\n")
-    monkeypatch.setattr(eb.shutil, "which", lambda name: tampered)
-    with pytest.raises(eb.FetchError, match="does not match the pinned"):
-        eb.fetch_package("google", tmp_path / "cache")
+    monkeypatch.setattr(ebb.shutil, "which", lambda name: offline)
+    with pytest.raises(ebb.FetchError, match="ECONNREFUSED.*registry.npmjs.org"):
+        ebb.fetch_package("google", tmp_path / "cache")
+    tampered = fake_npm_binary(tmp_path, f"echo tampered > emoji-datasource-google-{ebb.VERSION}.tgz\n")
+    monkeypatch.setattr(ebb.shutil, "which", lambda name: tampered)
+    with pytest.raises(ebb.FetchError, match="does not match the pinned"):
+        ebb.fetch_package("google", tmp_path / "cache")
     assert not list((tmp_path / "cache" / "npm").iterdir())  # nothing unverified is left in the cache
 
 
@@ -299,7 +300,7 @@ def test_real_emojibench_end_to_end(tmp_path):
     """Fetches (or reuses from the cache) the real npm packages: 1,911 concepts + 1,875 skin-tone variants
     (323 concepts: 310 x 5 tones, 13 two-person x 25 tone pairs) x 2 styles, nothing missing."""
     out = tmp_path / "eb"
-    meta = eb.build_emojibench(out)
+    meta = ebb.build_emojibench(out)
     rows = eb.read_manifest(out)
     assert meta["n_base_concepts"] == 1911 and meta["n_concepts"] == 1911 + 1875 and meta["skipped"] == {}
     assert len(rows) == 2 * (1911 + 1875) == 7572 and meta["n_tone_documents"] == 2 * 1875
@@ -344,23 +345,23 @@ class _Response(io.BytesIO):
 def test_fetch_downloads_over_https_without_npm_and_checks_the_pin(tmp_path, monkeypatch):
     import urllib.request
     data = fake_package("google")
-    monkeypatch.setattr(eb, "TARBALL_SHA256", {"google": hashlib.sha256(data).hexdigest(), "twitter": "0" * 64})
-    monkeypatch.setattr(eb.shutil, "which", lambda name: None)  # no npm on this machine
+    monkeypatch.setattr(ebb, "TARBALL_SHA256", {"google": hashlib.sha256(data).hexdigest(), "twitter": "0" * 64})
+    monkeypatch.setattr(ebb.shutil, "which", lambda name: None)  # no npm on this machine
     urls = []
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: urls.append(url) or _Response(data))
-    path = eb.fetch_package("google", tmp_path)
+    path = ebb.fetch_package("google", tmp_path)
     assert path.read_bytes() == data
-    assert urls == [f"https://registry.npmjs.org/emoji-datasource-google/-/emoji-datasource-google-{eb.VERSION}.tgz"]
-    with pytest.raises(eb.FetchError, match="does not match the pinned"):
-        eb.fetch_package("twitter", tmp_path)
-    assert not (tmp_path / "npm" / f"emoji-datasource-twitter-{eb.VERSION}.tgz").exists()
+    assert urls == [f"https://registry.npmjs.org/emoji-datasource-google/-/emoji-datasource-google-{ebb.VERSION}.tgz"]
+    with pytest.raises(ebb.FetchError, match="does not match the pinned"):
+        ebb.fetch_package("twitter", tmp_path)
+    assert not (tmp_path / "npm" / f"emoji-datasource-twitter-{ebb.VERSION}.tgz").exists()
 
 
 def test_fetch_offline_without_npm_is_a_clear_error_after_retries(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request
-    monkeypatch.setattr(eb.shutil, "which", lambda name: None)
-    monkeypatch.setattr(eb, "FETCH_TRIES", 2)
+    monkeypatch.setattr(ebb.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ebb, "FETCH_TRIES", 2)
     monkeypatch.setattr("time.sleep", lambda s: None)
     calls = []
 
@@ -368,6 +369,6 @@ def test_fetch_offline_without_npm_is_a_clear_error_after_retries(tmp_path, monk
         calls.append(url)
         raise urllib.error.URLError("Temporary failure in name resolution")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(eb.FetchError, match="could not download .*name resolution.*npm .* not installed"):
-        eb.fetch_package("google", tmp_path)
+    with pytest.raises(ebb.FetchError, match="could not download .*name resolution.*npm .* not installed"):
+        ebb.fetch_package("google", tmp_path)
     assert len(calls) == 2
