@@ -16,16 +16,15 @@ import importlib
 import inspect
 import json
 import pkgutil
-import typing
 from pathlib import Path
 from typing import Callable
 
-from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
+from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs, from_dict
 from ramm.plugins import load_plugins
 
-# a job's DecodeConfig section takes its fields' bare names too: `--method cfg` is `--decode.method cfg` (the
-# flags `ramm generate` had before the decoding settings became one type)
-SHORT_SECTION = "decode"
+SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take their bare names too (`add_fields`)
+# flag spellings users typed before the flags were the field names: `ramm generate image -k 3`, `ramm train sft --from DIR`
+ALIASES = {"k": ("-k",), "pretrained": ("--from",)}
 
 
 class CLI:
@@ -69,35 +68,23 @@ class CLI:
         as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
         instead; `defaults(parsed)` may replace field defaults from what the command line names (a bundle's
         decoding settings), under the file and the flags; `run(cfg)` does the work, after `--threads` has
-        set torch's CPU threads."""
+        set torch's CPU threads. The parsed arguments' `parse(argv, defaults=None)` parses without
+        reading a bundle or running (tests/cli/test_documented_commands.py)."""
         p = self.command(name, help, group=group, add_help=False)
         prog = f"ramm {group} {name}" if group else f"ramm {name}"
+        def parse(argv: list[str], defaults=defaults):
+            return parse_config(cls, argv, prog, help, positional, defaults)
+
         def call(args):
-            cfg, threads = parse_config(cls, args.extra, prog, help, positional, defaults)
+            cfg, threads = parse(args.extra)
             if threads:
                 # lazy: torch, not for `ramm --help`
                 import torch
                 torch.set_num_threads(threads)
             return run(cfg)
-        p.set_defaults(func=call, takes_extra=True)
+        p.set_defaults(func=call, parse=parse, takes_extra=True)
 
 
-def _normalized(arg: str, bools: set[str], short: dict[str, str]) -> str:
-    """`--batch-size=3` -> `--batch_size=3` (flags take either spelling of a field's name); `-k` -> `--k`;
-    `--from` -> `--pretrained` (`ramm train sft --from DIR`); `--method` -> `--decode.method` (`short`);
-    `--no-rerank` -> `--rerank=false` for a boolean field."""
-    if arg == "-k":
-        return "--k"
-    if arg == "--from" or arg.startswith("--from="):  # `from` is a Python keyword: the field is `pretrained`
-        return "--pretrained" + arg[6:]
-    if not arg.startswith("--"):
-        return arg
-    flag, eq, value = arg.partition("=")
-    flag = flag.replace("-", "_").replace("__", "--", 1)
-    flag = short.get(flag, flag)
-    if not eq and flag.startswith("--no_") and flag[5:] in bools:
-        return f"--{flag[5:]}=false"
-    return flag + eq + value
 
 
 def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
@@ -105,18 +92,9 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
     """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults
     (`defaults(first parse)`: field -> value, over the class's). An unknown key in the file is a ValueError
     naming the field and the file."""
-    # lazy: jsonargparse (0.2 s) only when a command parses its flags, not for `ramm --help`
+    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `ramm --help`
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
-             if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
-    own = {f.name for f in dataclasses.fields(cls)}
-    short = {f"--{g.name}": f"--{SHORT_SECTION}.{g.name}" for g in dataclasses.fields(DecodeConfig) if g.name not in own
-             and _dataclass_of(_hints(cls).get(SHORT_SECTION)) is DecodeConfig}
-    argv = [_normalized(a, bools, short) for a in argv]
-    argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
-            (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a
-            for i, a in enumerate(argv)]  # a bare boolean flag (`--verify`) sets it
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path:
@@ -130,46 +108,89 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
     p = ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
-    docs = field_docs(cls)
-    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
-    for name in positional:  # one whose default is None may be left out
-        extra = dict(nargs="?", default=None) if name in optional else {}
-        p.add_argument(name, type=_hints(cls)[name], help=docs.get(name), **extra)
-    p.add_class_arguments(cls, None, skip=set(positional) or None)
-    _field_help(p, cls)
-    _group_titles(p, cls)
+    argv = bare_booleans(argv, add_fields(p, cls, positional))
     ns = p.parse_args(argv)
     if defaults is not None and (changed := defaults(ns)):
         p.set_defaults(changed)
         ns = p.parse_args(argv)
-    ns = p.instantiate(ns) if hasattr(p, "instantiate") else p.instantiate_classes(ns)
-    kwargs = {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.init}
-    return cls(**kwargs), ns["threads"]
+    values = ns.as_dict()
+    threads = values.pop("threads")
+    values.pop("config", None)
+    return from_dict(cls, values, prog), threads
 
 
-def _field_help(parser, cls, prefix: str = "") -> None:
-    """Each flag's help is its field's comment in the config class."""
+def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
+               bare: frozenset[str] = frozenset()) -> set[str]:
+    """One flag per field of the dataclass `cls` (nested ones as `--trainer.steps`, in a help group titled by
+    the field and its class's docstring), its help the field's comment. Each flag also takes its dashed
+    spelling (`--batch-size`), a boolean one `--no-x`, a job's DecodeConfig section its bare names
+    (`--method cfg` is `--decode.method cfg`: the flags `ramm generate` had before the decoding settings were
+    one type; `bare`: those names, less the job's own fields) and ALIASES theirs; the fields in `positional`
+    are positional arguments instead (one whose default is None may be left out). `defaults`: the section's
+    default instance (a generator's trainer keeps its own defaults)."""
+    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `ramm --help`
+    from jsonargparse import ActionYesNo
+
     docs, hints = field_docs(cls), _hints(cls)
-    for action in parser._actions:
-        for f in dataclasses.fields(cls):
-            if action.dest == prefix + f.name and f.name in docs:
-                action.help = docs[f.name]
+    doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").rstrip(".")
+    title = f"--{prefix}*" if prefix else cls.__name__
+    group = parser.add_argument_group(f"{title}: {doc}" if doc else title)
+    own = {f.name for f in dataclasses.fields(cls)}
+    sections = []  # nested dataclasses: their groups after this one's
+    booleans = set()
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        hint, name = hints[f.name], prefix + f.name
+        if _dataclass_of(hint) is not None:
+            sections.append((f, default))
+            continue
+        if f.name in positional:
+            group.add_argument(f.name, type=hint, help=docs.get(f.name),
+                               **(dict(nargs="?", default=None) if default is None else {}))
+            continue
+        kwargs = dict(help=docs.get(f.name))
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = default
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        if not prefix:
+            flags += ALIASES.get(f.name, ())
+        elif f.name in bare:
+            flags += [flag.replace(f"--{prefix}", "--") for flag in flags]
+        if hint in (bool, bool | None):
+            booleans.update(flags)
+        if not prefix and hint in (bool, bool | None):
+            # `--no-` + the first flag: the dashed one (`--no-skin-tones`)
+            action = group.add_argument(*reversed(flags), action=ActionYesNo(yes_prefix="", no_prefix="no-"), nargs="?",
+                                        dest=name, **kwargs)
+            booleans.update(action.option_strings)
+        elif hint in (bool, bool | None):
+            group.add_argument(*flags, type=hint, nargs="?", const=True, **kwargs)
+        else:
+            group.add_argument(*flags, type=hint, required=default is dataclasses.MISSING, **kwargs)
+    for f, default in sections:
         sub = _dataclass_of(hints[f.name])
-        if sub is not None:
-            _field_help(parser, sub, f"{prefix}{f.name}.")
+        short = frozenset(g.name for g in dataclasses.fields(sub)) - own if not prefix and f.name == SHORT_SECTION \
+            and sub is DecodeConfig else frozenset()
+        booleans |= add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default)
+                               else None, short)
+    return booleans
 
 
-def _group_titles(parser, cls) -> None:
-    """Help groups titled by the field and its class's docstring (`decode: how the next token is chosen ...`)
-    instead of jsonargparse's `<class 'ramm.config.DecodeConfig'>`."""
-    for key, group in getattr(parser, "groups", {}).items():
-        sub = cls
-        for part in key.split(".") if key != cls.__name__ else ():
-            sub = _dataclass_of(_hints(sub).get(part)) if sub is not None else None
-        doc = (inspect.getdoc(sub) or "").split("\n\n")[0].replace("\n", " ").rstrip(".") if sub is not None else ""
-        name = cls.__name__ if key == cls.__name__ else f"--{key}.*"
-        group.title = f"{name}: {doc}" if doc else name
+def bare_booleans(argv: list[str], booleans: set[str]) -> list[str]:
+    """`--verify` -> `--verify=true` where no `true` / `false` follows, so that a bare boolean flag sets it
+    without taking the next argument as its value (`ramm data stats --verify DIR`); `--verify false` stays."""
+    words = ("true", "false", "yes", "no")
+    return [f"{a}=true" if a in booleans and (i + 1 == len(argv) or argv[i + 1].lower() not in words) else a
+            for i, a in enumerate(argv)]
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
