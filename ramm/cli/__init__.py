@@ -5,19 +5,20 @@ progress bars. Modules are discovered, so adding a command touches only its own 
 add theirs through the `ramm.cli` entry points (`ramm.plugins`: the EmojiBench lab's `ramm demo`, `ramm demo-sft`,
 `ramm eval --run`, `ramm data emojibench`).
 
-`ramm --help` imports every command module, so they import the configs (`ramm.config`, `ramm.jobs`) at their top
-and the library (torch, numpy) inside the function that runs the command.
+The whole CLI is one jsonargparse tree: groups (`ramm train`) hold sub-commands, and every command is a config
+dataclass (`config_command`) whose fields are its flags, their help the fields' comments, and its `--config FILE`
+a JSON of those fields. `ramm --help` builds the tree, so command modules import the configs (`ramm.config`,
+`ramm.jobs`) at their top and the library (torch, numpy) inside the function that runs the command.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import inspect
 import json
 import pkgutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs, from_dict
 from ramm.plugins import load_plugins
@@ -27,8 +28,20 @@ SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take thei
 ALIASES = {"k": ("-k",), "pretrained": ("--from",)}
 
 
+@dataclasses.dataclass
+class Command:
+    """One command of the tree: its config class, what runs it and its parser."""
+
+    cls: type
+    run: Callable
+    parser: Any
+    defaults: Callable[[Any], dict] | None = None
+    job_file: bool = True  # takes `--config FILE`
+
+
 class CLI:
-    """Holds the top-level parser and lazily created command groups (`ramm train ...`)."""
+    """One jsonargparse tree: groups (`ramm train`) and their sub-commands, each leaf's flags and `--config FILE`
+    the fields of its config dataclass."""
 
     GROUP_HELP = {
         "data": "build and inspect corpora",
@@ -40,61 +53,96 @@ class CLI:
     }
 
     def __init__(self):
-        self.parser = argparse.ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
-        self.top = self.parser.add_subparsers(dest="command", metavar="COMMAND")
-        self._groups: dict[str, argparse._SubParsersAction] = {}
-        self._group_parsers: dict[str, argparse.ArgumentParser] = {}
+        # lazy: jsonargparse, not for `import ramm.cli`
+        from jsonargparse import ArgumentParser
+        self.parser = ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
+        self.parsers: dict[tuple[str, ...], Any] = {(): self.parser}  # group -> its parser
+        self.subcommands = {(): self.parser.add_subcommands(required=False, dest="command")}
+        self.commands: dict[tuple[str, ...], Command] = {}
+        self.booleans: set[str] = set()
 
-    def group(self, name: str) -> argparse._SubParsersAction:
-        if name not in self._groups:
-            p = self.top.add_parser(name, help=self.GROUP_HELP.get(name, name))
-            p.set_defaults(func=lambda args, p=p: p.print_help() or 2)
-            self._group_parsers[name] = p
-            self._groups[name] = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
-        return self._groups[name]
+    def _group(self, name: str):
+        """The sub-commands of the group `name` (`ramm train ...`), created on first use."""
+        if (name,) not in self.subcommands:
+            # lazy: jsonargparse, not for `import ramm.cli`
+            from jsonargparse import ArgumentParser
+            p = ArgumentParser(prog=f"ramm {name}", description=self.GROUP_HELP.get(name, name))
+            self.subcommands[()].add_subcommand(name, p, help=self.GROUP_HELP.get(name, name))
+            self.parsers[(name,)] = p
+            self.subcommands[(name,)] = p.add_subcommands(required=False, dest=f"{name}_command")
+        return self.subcommands[(name,)]
 
-    def group_parser(self, name: str) -> argparse.ArgumentParser:
-        """The group's own parser, for options of the bare group command (`ramm eval --run DIR`)."""
-        self.group(name)
-        return self._group_parsers[name]
+    def config_command(self, name: str | None, help: str, cls, run, group: str | None = None,
+                       positional: tuple[str, ...] = (), defaults: Callable[[Any], dict] | None = None,
+                       job_file: bool = True) -> None:
+        """A command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones as
+        `--trainer.steps`); the fields in `positional` are positional arguments instead; `defaults(parsed)`
+        may replace field defaults from what the command line names (a bundle's decoding settings), under
+        the file and the flags; `run(cfg)` does the work, after `--threads` has set torch's CPU threads.
+        `name=None`: the options of the bare group (`ramm eval --run DIR`), beside its sub-commands;
+        `job_file=False`: no `--config FILE` (`ramm demo`, whose `--config` is a field: the demo's config)."""
+        if name is None:
+            self._group(group)
+            path, p = (group,), self.parsers[(group,)]
+            self.booleans |= add_fields(p, cls, positional)
+        else:
+            path = (group, name) if group else (name,)
+            p = config_parser(cls, "ramm " + " ".join(path), help, positional, self.booleans, job_file)
+            (self._group(group) if group else self.subcommands[()]).add_subcommand(name, p, help=help)
+        self.commands[path] = Command(cls, run, p, defaults, job_file and name is not None)
 
-    def command(self, name: str, help: str, group: str | None = None, **kwargs) -> argparse.ArgumentParser:
-        subs = self.group(group) if group else self.top
-        return subs.add_parser(name, help=help, description=help, **kwargs)
-
-    def config_command(self, name: str, help: str, cls, run, group: str | None = None,
-                       positional: tuple[str, ...] = (), defaults: Callable[[dict], dict] | None = None) -> None:
-        """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
-        as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
-        instead; `defaults(parsed)` may replace field defaults from what the command line names (a bundle's
-        decoding settings), under the file and the flags; `run(cfg)` does the work, after `--threads` has
-        set torch's CPU threads. The parsed arguments' `parse(argv, defaults=None)` parses without
-        reading a bundle or running (tests/cli/test_documented_commands.py)."""
-        p = self.command(name, help, group=group, add_help=False)
-        prog = f"ramm {group} {name}" if group else f"ramm {name}"
-        def parse(argv: list[str], defaults=defaults):
-            return parse_config(cls, argv, prog, help, positional, defaults)
-
-        def call(args):
-            cfg, threads = parse(args.extra)
-            if threads:
-                # lazy: torch, not for `ramm --help`
-                import torch
-                torch.set_num_threads(threads)
-            return run(cfg)
-        p.set_defaults(func=call, parse=parse, takes_extra=True)
+    def parse(self, argv: list[str], bundle: bool = True):
+        """(command, config, threads) for a command line, or (None, the group's parser, None) for a bare group
+        (`ramm train`: its help); `bundle=False`: no `defaults` hook (nothing read from disk: a dry parse)."""
+        named = tuple(a for a in argv[:2] if not a.startswith("-"))
+        for n in (2, 1):
+            if named[:n] in self.commands and self.commands[named[:n]].job_file:
+                check_config_files(self.commands[named[:n]].cls, argv)
+                break
+        argv = bare_booleans(argv, self.booleans)
+        ns = self.parser.parse_args(argv)
+        path, leaf = _chosen(ns)
+        command = self.commands.get(path)
+        if command is None or path == (path[0],) and path in self.parsers and not _set(leaf, command.cls):
+            return None, self.parsers.get(path, self.parser), None
+        if bundle and command.defaults is not None and (changed := command.defaults(leaf)):
+            command.parser.set_defaults(changed)
+            path, leaf = _chosen(self.parser.parse_args(argv))
+        return (command, *config_from(command.cls, leaf, "ramm " + " ".join(path)))
 
 
+def _chosen(ns) -> tuple[tuple[str, ...], Any]:
+    """The sub-command path a parse chose (`("train", "generator")`) and that command's namespace."""
+    path = []
+    while (dest := "command" if not path else f"{path[-1]}_command") in ns and ns[dest]:
+        path.append(ns[dest])
+        ns = ns[ns[dest]]
+    return tuple(path), ns
 
 
-def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
-                 defaults: Callable[[dict], dict] | None = None):
-    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults
-    (`defaults(first parse)`: field -> value, over the class's). An unknown key in the file is a ValueError
-    naming the field and the file."""
-    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `ramm --help`
+def _set(ns, cls) -> bool:
+    """Whether a bare group's options were given (`ramm eval --run DIR`, not `ramm eval`)."""
+    return any(ns.get(f.name) not in (None, False, "") for f in dataclasses.fields(cls) if f.init)
+
+
+def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), booleans: set | None = None,
+                  job_file: bool = True):
+    """The parser of one command: `--config FILE` (`job_file`), `--threads` and the fields of `cls`
+    (`add_fields`); `booleans` collects the boolean flags."""
+    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `import ramm.cli`
     from jsonargparse import ActionConfigFile, ArgumentParser
+    p = ArgumentParser(prog=prog, description=description)
+    if job_file:
+        p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
+    found = add_fields(p, cls, positional)
+    if booleans is not None:
+        booleans |= found
+    return p
 
+
+def check_config_files(cls, argv: list[str]) -> None:
+    """An unknown key in a `--config FILE` is a ValueError naming the field (dotted) and the file."""
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path:
@@ -105,18 +153,29 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
             except json.JSONDecodeError as e:
                 raise ValueError(f"config {path} is not valid JSON: {e}") from None
             check_keys(cls, data, f"config {path}")
-    p = ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
-    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
-    argv = bare_booleans(argv, add_fields(p, cls, positional))
+
+
+def config_from(cls, ns, where: str) -> tuple[Any, int | None]:
+    """(config, threads) from a command's parsed namespace; `where` names the command in an error."""
+    values = ns.as_dict()
+    threads = values.pop("threads", None)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return from_dict(cls, {k: v for k, v in values.items() if k in names}, where), threads
+
+
+def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
+                 defaults: Callable[[Any], dict] | None = None):
+    """(config, threads) of one command's argv, outside the tree; flags override the file, the file the
+    defaults (`defaults(first parse)`: field -> value, over the class's)."""
+    check_config_files(cls, argv)
+    booleans: set[str] = set()
+    p = config_parser(cls, prog, description, positional, booleans)
+    argv = bare_booleans(argv, booleans)
     ns = p.parse_args(argv)
     if defaults is not None and (changed := defaults(ns)):
         p.set_defaults(changed)
         ns = p.parse_args(argv)
-    values = ns.as_dict()
-    threads = values.pop("threads")
-    values.pop("config", None)
-    return from_dict(cls, values, prog), threads
+    return config_from(cls, ns, prog)
 
 
 def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
@@ -202,7 +261,7 @@ def corpus_documents(corpus: str, split, splits=None, image_size: int | None = N
     return iter(docs) if splits is None else split.select(docs, splits)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_cli() -> CLI:
     cli = CLI()
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
@@ -210,4 +269,4 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"{__name__}.{mod.name}").register(cli)
     for register in load_plugins("ramm.cli").values():
         register(cli)
-    return cli.parser
+    return cli

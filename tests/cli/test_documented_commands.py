@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ramm.cli import build_parser
+from ramm.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 # the shell variables docs/your-corpus.md sets before its commands
@@ -36,9 +36,5 @@ def test_a_documented_command_line_parses(where, line):
     for name, value in VARIABLES.items():
         line = line.replace(name, value)
     argv = shlex.split(re.sub(r"\[(--[^\]]*)\]", r"\1", line), comments=True)[1:]
-    args, extra = build_parser().parse_known_args(argv)
-    assert getattr(args, "func", None), f"{where}: {line}"
-    if hasattr(args, "parse"):
-        args.parse(extra, defaults=None)
-    else:
-        assert not extra, f"{where}: {line}"
+    command, cfg, _ = build_cli().parse(argv, bundle=False)
+    assert command is not None and cfg is not None, f"{where}: {line}"
