@@ -246,8 +246,12 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
 
 def bare_booleans(argv: list[str], booleans: set[str]) -> list[str]:
     """`--verify` -> `--verify=true` where no `true` / `false` follows, so that a bare boolean flag sets it
-    without taking the next argument as its value (`ramm data stats --verify DIR`); `--verify false` stays."""
+    without taking the next argument as its value (`ramm data stats --verify DIR`); `--verify false` stays.
+    The old `--no_skin_tones` is a ValueError naming `--no-skin-tones`."""
     words = ("true", "false", "yes", "no")
+    for a in argv:
+        if a.startswith("--no_") and (new := "--no-" + a[5:].partition("=")[0].replace("_", "-")) in booleans:
+            raise ValueError(f"{a} is spelled {new} now")
     return [f"{a}=true" if a in booleans and (i + 1 == len(argv) or argv[i + 1].lower() not in words) else a
             for i, a in enumerate(argv)]
 

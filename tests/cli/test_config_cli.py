@@ -103,3 +103,8 @@ def test_a_bare_boolean_flag_sets_it_and_an_optional_positional_may_be_left_out(
     assert (cfg.memory, cfg.text, cfg.image, cfg.k) == ("mem", None, "q.png", 3)
     with pytest.raises(ValueError, match="either a text query or --image"):
         parse_config(MemorySearchJob, ["mem"], "ramm memory search", "", positional=("memory", "text"))
+
+
+def test_an_old_underscored_negation_names_the_new_flag(capsys):
+    assert main(["data", "stats", "c.jsonl", "--no_verify"]) == 1
+    assert "--no_verify is spelled --no-verify now" in capsys.readouterr().err
