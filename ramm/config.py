@@ -9,6 +9,7 @@ from these classes before torch loads.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import inspect
@@ -709,14 +710,34 @@ def field_docs(cls) -> dict[str, str]:
 
 def _own_field_docs(cls) -> dict[str, str]:
     try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
+        classes, lines = _module_layout(inspect.getsourcefile(cls))
+    except (OSError, TypeError, SyntaxError):
         return {}
-    docs, names = {}, {f.name for f in dataclasses.fields(cls)}
-    line_field: dict[int, str] = {}
+    if cls.__qualname__ not in classes:  # a class made in a function
+        return {}
+    (first, last), indent = classes[cls.__qualname__]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {name: comment for line, (col, name, comment) in lines.items()
+            if first <= line <= last and col == indent and name in names and comment}
+
+
+@cache
+def _module_layout(filename: str) -> tuple[dict, dict]:
+    """A module read once for `field_docs` (`ramm --help` reads some 30 classes): qualified class name ->
+    ((first, last line), its body's indent), and line -> (column, first name, its `# comment`)."""
+    source = Path(filename).read_text()
+    classes = {}
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                classes[prefix + child.name] = ((child.lineno, child.end_lineno), child.col_offset + 4)
+                visit(child, f"{prefix}{child.name}.")
+    visit(ast.parse(source), "")
+    lines: dict[int, tuple[int, str, str]] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
-            line_field.setdefault(tok.start[0], tok.string)
-        elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
-            docs[line_field[tok.start[0]]] = tok.string.lstrip("#").strip()
-    return docs
+        if tok.type == tokenize.NAME and tok.start[0] not in lines:
+            lines[tok.start[0]] = (tok.start[1], tok.string, "")
+        elif tok.type == tokenize.COMMENT and tok.start[0] in lines:
+            col, name, _ = lines[tok.start[0]]
+            lines[tok.start[0]] = (col, name, tok.string.lstrip("#").strip())
+    return classes, lines
