@@ -163,21 +163,6 @@ def config_from(cls, ns, where: str) -> tuple[Any, int | None]:
     return from_dict(cls, {k: v for k, v in values.items() if k in names}, where), threads
 
 
-def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
-                 defaults: Callable[[Any], dict] | None = None):
-    """(config, threads) of one command's argv, outside the tree; flags override the file, the file the
-    defaults (`defaults(first parse)`: field -> value, over the class's)."""
-    check_config_files(cls, argv)
-    booleans: set[str] = set()
-    p = config_parser(cls, prog, description, positional, booleans)
-    argv = bare_booleans(argv, booleans)
-    ns = p.parse_args(argv)
-    if defaults is not None and (changed := defaults(ns)):
-        p.set_defaults(changed)
-        ns = p.parse_args(argv)
-    return config_from(cls, ns, prog)
-
-
 def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
                bare: frozenset[str] = frozenset()) -> set[str]:
     """One flag per field of the dataclass `cls` (nested ones as `--trainer.steps`, in a help group titled by
