@@ -129,7 +129,7 @@ def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] 
                   job_file: bool = True):
     """The parser of one command: `--config FILE` (`job_file`), `--threads` and the fields of `cls`
     (`add_fields`); `booleans` collects the boolean flags."""
-    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `import ramm.cli`
+    # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionConfigFile, ArgumentParser
     p = ArgumentParser(prog=prog, description=description)
     if job_file:
@@ -172,7 +172,7 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
     one type; `bare`: those names, less the job's own fields) and ALIASES theirs; the fields in `positional`
     are positional arguments instead (one whose default is None may be left out). `defaults`: the section's
     default instance (a generator's trainer keeps its own defaults)."""
-    # lazy: jsonargparse (0.1 s) only when a command parses its flags, not for `ramm --help`
+    # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionYesNo
 
     docs, hints = field_docs(cls), _hints(cls)
