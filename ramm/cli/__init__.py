@@ -24,7 +24,8 @@ from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_d
 from ramm.plugins import load_plugins
 
 SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take their bare names too (`add_fields`)
-# flag spellings users typed before the flags were the field names: `ramm generate image -k 3`, `ramm train sft --from DIR`
+# flag spellings users typed before the flags were the field names (`ramm generate image -k 3`,
+# `ramm train sft --from DIR`)
 ALIASES = {"k": ("-k",), "pretrained": ("--from",)}
 
 
@@ -133,7 +134,8 @@ def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] 
     from jsonargparse import ActionConfigFile, ArgumentParser
     p = ArgumentParser(prog=prog, description=description)
     if job_file:
-        p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
+        p.add_argument("--config", action=ActionConfigFile,
+                       help="JSON file of this command's fields (flags override it)")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
     found = add_fields(p, cls, positional)
     if booleans is not None:

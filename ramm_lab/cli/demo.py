@@ -2,16 +2,7 @@
 RA and vanilla generators -> generation -> evaluation -> report), each stage cached."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass
-class DemoJob:
-    """`ramm demo`: the headline experiment end to end."""
-
-    config: str = "configs/demo.json"  # demo config JSON (sizes, budgets, decoding)
-    data: str = "data/emojibench"  # where EmojiBench is (or will be) built
-    run: str = "runs/demo"  # run directory: every stage's outputs and the report
+from ramm_lab.jobs import DemoJob
 
 
 def register(cli) -> None:

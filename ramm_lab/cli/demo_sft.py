@@ -1,17 +1,7 @@
 """`ramm demo-sft`: instruction tuning on EmojiBench from a finished `ramm demo` run, evaluated on heldout concepts."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass
-class DemoSFTJob:
-    """`ramm demo-sft`: instruction-tune the demo's RA generator and evaluate it."""
-
-    config: str = "configs/demo-sft.json"  # SFT demo config JSON (mixture, budget, cases)
-    data: str = "data/emojibench"  # where EmojiBench is (or will be) built
-    base: str = "runs/demo"  # a `ramm demo` run to start from (run first when unfinished)
-    run: str = "runs/demo-sft"  # run directory: the SFT model, metrics and the report
+from ramm_lab.jobs import DemoSFTJob
 
 
 def register(cli) -> None:

@@ -2,14 +2,7 @@
 beside the library's `ramm eval retrieval`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass
-class ReportJob:
-    """`ramm eval --run DIR`: re-render a run's report."""
-
-    run: str | None = None  # run directory holding results.json; writes report.md and report.html there
+from ramm_lab.jobs import ReportJob
 
 
 def register(cli):
