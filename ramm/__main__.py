@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import sys
 
-from ramm.cli import build_parser
+from ramm.cli import build_cli
 from ramm.plugins import PluginError
 from ramm.utils import Locked
 
@@ -29,19 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
     try:
-        parser = build_parser()
+        cli = build_cli()
     except PluginError as e:  # an installed package's commands that fail to load
         print(f"ramm: error: {error_line(e)}", file=sys.stderr)
         return 1
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "takes_extra", False):
-        parser.parse_args(argv)  # argparse's own error for the unknown arguments
-    args.extra = extra
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        rc = args.func(args)
+        command, cfg, threads = cli.parse(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        if command is None:  # `ramm`, `ramm train`: the help of what was named
+            cfg.print_help()
+            return 2
+        if threads:
+            # lazy: torch, not for `ramm --help`
+            import torch
+            torch.set_num_threads(threads)
+        rc = command.run(cfg)
     except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError, ConnectionError an OSError
         print(f"ramm: error: {error_line(e)}", file=sys.stderr)
         return 1

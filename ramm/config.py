@@ -9,6 +9,7 @@ from these classes before torch loads.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import inspect
@@ -558,6 +559,66 @@ class DualEncoderConfig:
                 raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {getattr(self, name)}")
 
 
+# ------------------------------------------------------------------------------ `ramm train` of the parts
+def _tokenizer_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=None, weight_decay=0.0, log_every=20,
+                         ckpt_every=200)
+
+
+@dataclass
+class ImageTokenizerTrainConfig:
+    """`ramm train tokenizer`: the VQ image tokenizer on a corpus' train split, PSNR on its test split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
+    model: ImageTokenizerConfig = field(default_factory=lambda: ImageTokenizerConfig(local=True))  # the tokenizer's architecture (patch-local codes)
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
+
+    def __post_init__(self):
+        require(self, ("corpus", "out"))
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
+@dataclass
+class TextTokenizerTrainConfig:
+    """`ramm train text-tokenizer`: byte-level BPE on the texts of a corpus' train split."""
+
+    corpus: str  # any corpus `open_corpus` reads
+    out: str  # output directory for tokenizer.json
+    vocab_size: int = 2048  # BPE vocabulary size, the 256 bytes and <pad> included
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+
+    def __post_init__(self):
+        require(self, ("corpus", "out"))
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size must be >= 257 (256 bytes + <pad>), got {self.vocab_size}")
+
+
+def _retriever_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=None, weight_decay=0.05, log_every=20,
+                         ckpt_every=200, eval_every=200)
+
+
+@dataclass
+class RetrieverTrainConfig:
+    """`ramm train retriever`: the dual encoder on a corpus' train split, leave-one-out recall on its val split."""
+
+    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
+    out: str  # encoder directory: config.json, model.safetensors, tokenizer.json (+ checkpoint/)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # architecture and loss weights
+    views: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # how training views are drawn
+    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
+    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
+    trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
+
+    def __post_init__(self):
+        require(self, ("corpus", "out"))
+        self.trainer.out_dir = self.trainer.out_dir or self.out
+
+
 # ------------------------------------------------------------------------------------------ JSON in/out
 def _dataclass_of(tp) -> type | None:
     """The dataclass in an annotation (`X`, `X | None`), else None."""
@@ -649,14 +710,34 @@ def field_docs(cls) -> dict[str, str]:
 
 def _own_field_docs(cls) -> dict[str, str]:
     try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
+        classes, lines = _module_layout(inspect.getsourcefile(cls))
+    except (OSError, TypeError, SyntaxError):
         return {}
-    docs, names = {}, {f.name for f in dataclasses.fields(cls)}
-    line_field: dict[int, str] = {}
+    if cls.__qualname__ not in classes:  # a class made in a function
+        return {}
+    (first, last), indent = classes[cls.__qualname__]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {name: comment for line, (col, name, comment) in lines.items()
+            if first <= line <= last and col == indent and name in names and comment}
+
+
+@cache
+def _module_layout(filename: str) -> tuple[dict, dict]:
+    """A module read once for `field_docs` (`ramm --help` reads some 30 classes): qualified class name ->
+    ((first, last line), its body's indent), and line -> (column, first name, its `# comment`)."""
+    source = Path(filename).read_text()
+    classes = {}
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                classes[prefix + child.name] = ((child.lineno, child.end_lineno), child.col_offset + 4)
+                visit(child, f"{prefix}{child.name}.")
+    visit(ast.parse(source), "")
+    lines: dict[int, tuple[int, str, str]] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
-            line_field.setdefault(tok.start[0], tok.string)
-        elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
-            docs[line_field[tok.start[0]]] = tok.string.lstrip("#").strip()
-    return docs
+        if tok.type == tokenize.NAME and tok.start[0] not in lines:
+            lines[tok.start[0]] = (tok.start[1], tok.string, "")
+        elif tok.type == tokenize.COMMENT and tok.start[0] in lines:
+            col, name, _ = lines[tok.start[0]]
+            lines[tok.start[0]] = (col, name, tok.string.lstrip("#").strip())
+    return classes, lines

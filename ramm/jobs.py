@@ -1,15 +1,14 @@
-"""The CLI's jobs: one dataclass per `ramm` command, holding the component configs it hands on.
+"""The CLI's jobs: one dataclass per `ramm` command that trains nothing (memory, generate, eval, search, data),
+holding the component configs it hands on; the `ramm train` commands take their configs from `ramm.config`.
 
-`ramm train retriever` takes a `RetrieverJob`, which contains the encoder's `DualEncoderConfig`, the
-`TrainerConfig` and the `SplitConfig` that picks its documents; its flags (`--model.private_dim`,
-`--trainer.steps`, `--split.group_by`) and `--config FILE` come from these fields. No heavy imports here.
+`ramm memory build` takes a `MemoryBuildJob`, which contains the `SplitConfig` that picks its documents; its
+flags (`--backend`, `--split.group_by`) and `--config FILE` come from these fields. No heavy imports here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ramm.config import (DecodeConfig, DualEncoderConfig, ImageTokenizerConfig, RetrieverRecipeConfig, SplitConfig,
-                         TrainerConfig, require)
+from ramm.config import DecodeConfig, SplitConfig, require
 
 SPLITS = ("train", "val", "test", "heldout")
 
@@ -19,65 +18,6 @@ def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
     if not splits or not all(isinstance(s, str) and s for s in splits):
         raise ValueError(f"{name} must be a non-empty list of split names, got {splits!r}")
     return splits
-
-
-def _tokenizer_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=None, weight_decay=0.0, log_every=20,
-                         ckpt_every=200)
-
-
-@dataclass
-class ImageTokenizerJob:
-    """`ramm train tokenizer`: the VQ image tokenizer on a corpus' train split, PSNR on its test split."""
-
-    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
-    out: str  # output directory: config.json + model.safetensors (+ checkpoint/, metrics.jsonl)
-    model: ImageTokenizerConfig = field(default_factory=lambda: ImageTokenizerConfig(local=True))  # the tokenizer's architecture (patch-local codes)
-    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
-    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
-    trainer: TrainerConfig = field(default_factory=_tokenizer_trainer)  # budget, optimizer, schedule (out_dir: out)
-
-    def __post_init__(self):
-        require(self, ("corpus", "out"))
-        self.trainer.out_dir = self.trainer.out_dir or self.out
-
-
-@dataclass
-class TextTokenizerJob:
-    """`ramm train text-tokenizer`: byte-level BPE on the texts of a corpus' train split."""
-
-    corpus: str  # any corpus `open_corpus` reads
-    out: str  # output directory for tokenizer.json
-    vocab_size: int = 2048  # BPE vocabulary size, the 256 bytes and <pad> included
-    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
-    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
-
-    def __post_init__(self):
-        require(self, ("corpus", "out"))
-        if self.vocab_size < 257:
-            raise ValueError(f"vocab_size must be >= 257 (256 bytes + <pad>), got {self.vocab_size}")
-
-
-def _retriever_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=None, weight_decay=0.05, log_every=20,
-                         ckpt_every=200, eval_every=200)
-
-
-@dataclass
-class RetrieverJob:
-    """`ramm train retriever`: the dual encoder on a corpus' train split, leave-one-out recall on its val split."""
-
-    corpus: str  # any corpus `open_corpus` reads (directory, JSONL/CSV, COCO JSON, webdataset shards)
-    out: str  # encoder directory: config.json, model.safetensors, tokenizer.json (+ checkpoint/)
-    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # architecture and loss weights
-    views: RetrieverRecipeConfig = field(default_factory=RetrieverRecipeConfig)  # how training views are drawn
-    strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
-    split: SplitConfig = field(default_factory=SplitConfig)  # how the corpus is split when rows carry no `split`
-    trainer: TrainerConfig = field(default_factory=_retriever_trainer)  # batch_size: concepts per step (out_dir: out)
-
-    def __post_init__(self):
-        require(self, ("corpus", "out"))
-        self.trainer.out_dir = self.trainer.out_dir or self.out
 
 
 @dataclass

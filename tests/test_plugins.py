@@ -16,6 +16,8 @@ from ramm.plugins import PluginError, load_plugins
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_FORMAT = '''
+from dataclasses import dataclass
+
 from ramm.corpus.document import Document, TextSegment
 from ramm.corpus.formats import CorpusFormat
 from ramm.corpus.hooks import CorpusHooks
@@ -26,8 +28,15 @@ FORMAT = CorpusFormat(name="fakefmt", detect=lambda p: (p / "FAKE").is_file(),
 NOT_A_FORMAT = 42
 
 
+@dataclass
+class FakeJob:
+    """`ramm fake-command`"""
+
+    words: str = "fake ran"  # what it prints
+
+
 def register(cli):
-    cli.command("fake-command", "a command from a plugin").set_defaults(func=lambda args: print("fake ran") or 0)
+    cli.config_command("fake-command", "a command from a plugin", FakeJob, lambda job: print(job.words) or 0)
 '''
 
 

@@ -5,31 +5,44 @@ progress bars. Modules are discovered, so adding a command touches only its own 
 add theirs through the `ramm.cli` entry points (`ramm.plugins`: the EmojiBench lab's `ramm demo`, `ramm demo-sft`,
 `ramm eval --run`, `ramm data emojibench`).
 
-`ramm --help` imports every command module, so they import the configs (`ramm.config`, `ramm.jobs`) at their top
-and the library (torch, numpy) inside the function that runs the command.
+The whole CLI is one jsonargparse tree: groups (`ramm train`) hold sub-commands, and every command is a config
+dataclass (`config_command`) whose fields are its flags, their help the fields' comments, and its `--config FILE`
+a JSON of those fields. `ramm --help` builds the tree, so command modules import the configs (`ramm.config`,
+`ramm.jobs`) at their top and the library (torch, numpy) inside the function that runs the command.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import inspect
 import json
 import pkgutil
-import typing
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs
+from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs, from_dict
 from ramm.plugins import load_plugins
 
-# a job's DecodeConfig section takes its fields' bare names too: `--method cfg` is `--decode.method cfg` (the
-# flags `ramm generate` had before the decoding settings became one type)
-SHORT_SECTION = "decode"
+SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take their bare names too (`add_fields`)
+# flag spellings users typed before the flags were the field names (`ramm generate image -k 3`,
+# `ramm train sft --from DIR`)
+ALIASES = {"k": ("-k",), "pretrained": ("--from",)}
+
+
+@dataclasses.dataclass
+class Command:
+    """One command of the tree: its config class, what runs it and its parser."""
+
+    cls: type
+    run: Callable
+    parser: Any
+    defaults: Callable[[Any], dict] | None = None
+    job_file: bool = True  # takes `--config FILE`
 
 
 class CLI:
-    """Holds the top-level parser and lazily created command groups (`ramm train ...`)."""
+    """One jsonargparse tree: groups (`ramm train`) and their sub-commands, each leaf's flags and `--config FILE`
+    the fields of its config dataclass."""
 
     GROUP_HELP = {
         "data": "build and inspect corpora",
@@ -41,82 +54,97 @@ class CLI:
     }
 
     def __init__(self):
-        self.parser = argparse.ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
-        self.top = self.parser.add_subparsers(dest="command", metavar="COMMAND")
-        self._groups: dict[str, argparse._SubParsersAction] = {}
-        self._group_parsers: dict[str, argparse.ArgumentParser] = {}
+        # lazy: jsonargparse, not for `import ramm.cli`
+        from jsonargparse import ArgumentParser
+        self.parser = ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
+        self.parsers: dict[tuple[str, ...], Any] = {(): self.parser}  # group -> its parser
+        self.subcommands = {(): self.parser.add_subcommands(required=False, dest="command")}
+        self.commands: dict[tuple[str, ...], Command] = {}
+        self.booleans: set[str] = set()
 
-    def group(self, name: str) -> argparse._SubParsersAction:
-        if name not in self._groups:
-            p = self.top.add_parser(name, help=self.GROUP_HELP.get(name, name))
-            p.set_defaults(func=lambda args, p=p: p.print_help() or 2)
-            self._group_parsers[name] = p
-            self._groups[name] = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
-        return self._groups[name]
+    def _group(self, name: str):
+        """The sub-commands of the group `name` (`ramm train ...`), created on first use."""
+        if (name,) not in self.subcommands:
+            # lazy: jsonargparse, not for `import ramm.cli`
+            from jsonargparse import ArgumentParser
+            p = ArgumentParser(prog=f"ramm {name}", description=self.GROUP_HELP.get(name, name))
+            self.subcommands[()].add_subcommand(name, p, help=self.GROUP_HELP.get(name, name))
+            self.parsers[(name,)] = p
+            self.subcommands[(name,)] = p.add_subcommands(required=False, dest=f"{name}_command")
+        return self.subcommands[(name,)]
 
-    def group_parser(self, name: str) -> argparse.ArgumentParser:
-        """The group's own parser, for options of the bare group command (`ramm eval --run DIR`)."""
-        self.group(name)
-        return self._group_parsers[name]
+    def config_command(self, name: str | None, help: str, cls, run, group: str | None = None,
+                       positional: tuple[str, ...] = (), defaults: Callable[[Any], dict] | None = None,
+                       job_file: bool = True) -> None:
+        """A command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones as
+        `--trainer.steps`); the fields in `positional` are positional arguments instead; `defaults(parsed)`
+        may replace field defaults from what the command line names (a bundle's decoding settings), under
+        the file and the flags; `run(cfg)` does the work, after `--threads` has set torch's CPU threads.
+        `name=None`: the options of the bare group (`ramm eval --run DIR`), beside its sub-commands;
+        `job_file=False`: no `--config FILE` (`ramm demo`, whose `--config` is a field: the demo's config)."""
+        if name is None:
+            self._group(group)
+            path, p = (group,), self.parsers[(group,)]
+            self.booleans |= add_fields(p, cls, positional)
+        else:
+            path = (group, name) if group else (name,)
+            p = config_parser(cls, "ramm " + " ".join(path), help, positional, self.booleans, job_file)
+            (self._group(group) if group else self.subcommands[()]).add_subcommand(name, p, help=help)
+        self.commands[path] = Command(cls, run, p, defaults, job_file and name is not None)
 
-    def command(self, name: str, help: str, group: str | None = None, **kwargs) -> argparse.ArgumentParser:
-        subs = self.group(group) if group else self.top
-        return subs.add_parser(name, help=help, description=help, **kwargs)
-
-    def config_command(self, name: str, help: str, cls, run, group: str | None = None,
-                       positional: tuple[str, ...] = (), defaults: Callable[[dict], dict] | None = None) -> None:
-        """A sub-command whose flags and `--config FILE` are the fields of the dataclass `cls` (nested ones
-        as `--trainer.steps`), parsed by jsonargparse; the fields in `positional` are positional arguments
-        instead; `defaults(parsed)` may replace field defaults from what the command line names (a bundle's
-        decoding settings), under the file and the flags; `run(cfg)` does the work, after `--threads` has
-        set torch's CPU threads."""
-        p = self.command(name, help, group=group, add_help=False)
-        prog = f"ramm {group} {name}" if group else f"ramm {name}"
-        def call(args):
-            cfg, threads = parse_config(cls, args.extra, prog, help, positional, defaults)
-            if threads:
-                # lazy: torch, not for `ramm --help`
-                import torch
-                torch.set_num_threads(threads)
-            return run(cfg)
-        p.set_defaults(func=call, takes_extra=True)
-
-
-def _normalized(arg: str, bools: set[str], short: dict[str, str]) -> str:
-    """`--batch-size=3` -> `--batch_size=3` (flags take either spelling of a field's name); `-k` -> `--k`;
-    `--from` -> `--pretrained` (`ramm train sft --from DIR`); `--method` -> `--decode.method` (`short`);
-    `--no-rerank` -> `--rerank=false` for a boolean field."""
-    if arg == "-k":
-        return "--k"
-    if arg == "--from" or arg.startswith("--from="):  # `from` is a Python keyword: the field is `pretrained`
-        return "--pretrained" + arg[6:]
-    if not arg.startswith("--"):
-        return arg
-    flag, eq, value = arg.partition("=")
-    flag = flag.replace("-", "_").replace("__", "--", 1)
-    flag = short.get(flag, flag)
-    if not eq and flag.startswith("--no_") and flag[5:] in bools:
-        return f"--{flag[5:]}=false"
-    return flag + eq + value
+    def parse(self, argv: list[str], bundle: bool = True):
+        """(command, config, threads) for a command line, or (None, the group's parser, None) for a bare group
+        (`ramm train`: its help); `bundle=False`: no `defaults` hook (nothing read from disk: a dry parse)."""
+        named = tuple(a for a in argv[:2] if not a.startswith("-"))
+        for n in (2, 1):
+            if named[:n] in self.commands and self.commands[named[:n]].job_file:
+                check_config_files(self.commands[named[:n]].cls, argv)
+                break
+        argv = bare_booleans(argv, self.booleans)
+        ns = self.parser.parse_args(argv)
+        path, leaf = _chosen(ns)
+        command = self.commands.get(path)
+        if command is None or path == (path[0],) and path in self.parsers and not _set(leaf, command.cls):
+            return None, self.parsers.get(path, self.parser), None
+        if bundle and command.defaults is not None and (changed := command.defaults(leaf)):
+            command.parser.set_defaults(changed)
+            path, leaf = _chosen(self.parser.parse_args(argv))
+        return (command, *config_from(command.cls, leaf, "ramm " + " ".join(path)))
 
 
-def parse_config(cls, argv: list[str], prog: str, description: str, positional: tuple[str, ...] = (),
-                 defaults: Callable[[dict], dict] | None = None):
-    """(config, threads) from `--config FILE` and flags; flags override the file, the file the defaults
-    (`defaults(first parse)`: field -> value, over the class's). An unknown key in the file is a ValueError
-    naming the field and the file."""
-    # lazy: jsonargparse (0.2 s) only when a command parses its flags, not for `ramm --help`
+def _chosen(ns) -> tuple[tuple[str, ...], Any]:
+    """The sub-command path a parse chose (`("train", "generator")`) and that command's namespace."""
+    path = []
+    while (dest := "command" if not path else f"{path[-1]}_command") in ns and ns[dest]:
+        path.append(ns[dest])
+        ns = ns[ns[dest]]
+    return tuple(path), ns
+
+
+def _set(ns, cls) -> bool:
+    """Whether a bare group's options were given (`ramm eval --run DIR`, not `ramm eval`)."""
+    return any(ns.get(f.name) not in (None, False, "") for f in dataclasses.fields(cls) if f.init)
+
+
+def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), booleans: set | None = None,
+                  job_file: bool = True):
+    """The parser of one command: `--config FILE` (`job_file`), `--threads` and the fields of `cls`
+    (`add_fields`); `booleans` collects the boolean flags."""
+    # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionConfigFile, ArgumentParser
+    p = ArgumentParser(prog=prog, description=description)
+    if job_file:
+        p.add_argument("--config", action=ActionConfigFile,
+                       help="JSON file of this command's fields (flags override it)")
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
+    found = add_fields(p, cls, positional)
+    if booleans is not None:
+        booleans |= found
+    return p
 
-    bools = {f.name for f in dataclasses.fields(cls)  # bool and bool | None (None: "as the bundle says")
-             if _hints(cls)[f.name] is bool or set(typing.get_args(_hints(cls)[f.name])) == {bool, type(None)}}
-    own = {f.name for f in dataclasses.fields(cls)}
-    short = {f"--{g.name}": f"--{SHORT_SECTION}.{g.name}" for g in dataclasses.fields(DecodeConfig) if g.name not in own
-             and _dataclass_of(_hints(cls).get(SHORT_SECTION)) is DecodeConfig}
-    argv = [_normalized(a, bools, short) for a in argv]
-    argv = [f"{a}=true" if a[2:] in bools and a.startswith("--") and
-            (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")) else a
-            for i, a in enumerate(argv)]  # a bare boolean flag (`--verify`) sets it
+
+def check_config_files(cls, argv: list[str]) -> None:
+    """An unknown key in a `--config FILE` is a ValueError naming the field (dotted) and the file."""
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path:
@@ -127,49 +155,92 @@ def parse_config(cls, argv: list[str], prog: str, description: str, positional: 
             except json.JSONDecodeError as e:
                 raise ValueError(f"config {path} is not valid JSON: {e}") from None
             check_keys(cls, data, f"config {path}")
-    p = ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", action=ActionConfigFile, help="JSON file of this command's fields (flags override it)")
-    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
-    docs = field_docs(cls)
-    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
-    for name in positional:  # one whose default is None may be left out
-        extra = dict(nargs="?", default=None) if name in optional else {}
-        p.add_argument(name, type=_hints(cls)[name], help=docs.get(name), **extra)
-    p.add_class_arguments(cls, None, skip=set(positional) or None)
-    _field_help(p, cls)
-    _group_titles(p, cls)
-    ns = p.parse_args(argv)
-    if defaults is not None and (changed := defaults(ns)):
-        p.set_defaults(changed)
-        ns = p.parse_args(argv)
-    ns = p.instantiate(ns) if hasattr(p, "instantiate") else p.instantiate_classes(ns)
-    kwargs = {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.init}
-    return cls(**kwargs), ns["threads"]
 
 
-def _field_help(parser, cls, prefix: str = "") -> None:
-    """Each flag's help is its field's comment in the config class."""
+def config_from(cls, ns, where: str) -> tuple[Any, int | None]:
+    """(config, threads) from a command's parsed namespace; `where` names the command in an error."""
+    values = ns.as_dict()
+    threads = values.pop("threads", None)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return from_dict(cls, {k: v for k, v in values.items() if k in names}, where), threads
+
+
+def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
+               bare: frozenset[str] = frozenset()) -> set[str]:
+    """One flag per field of the dataclass `cls` (nested ones as `--trainer.steps`, in a help group titled by
+    the field and its class's docstring), its help the field's comment. Each flag also takes its dashed
+    spelling (`--batch-size`), a boolean one `--no-x`, a job's DecodeConfig section its bare names
+    (`--method cfg` is `--decode.method cfg`: the flags `ramm generate` had before the decoding settings were
+    one type; `bare`: those names, less the job's own fields) and ALIASES theirs; the fields in `positional`
+    are positional arguments instead (one whose default is None may be left out). `defaults`: the section's
+    default instance (a generator's trainer keeps its own defaults)."""
+    # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
+    from jsonargparse import ActionYesNo
+
     docs, hints = field_docs(cls), _hints(cls)
-    for action in parser._actions:
-        for f in dataclasses.fields(cls):
-            if action.dest == prefix + f.name and f.name in docs:
-                action.help = docs[f.name]
+    doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").rstrip(".")
+    title = f"--{prefix}*" if prefix else cls.__name__
+    group = parser.add_argument_group(f"{title}: {doc}" if doc else title)
+    own = {f.name for f in dataclasses.fields(cls)}
+    sections = []  # nested dataclasses: their groups after this one's
+    booleans = set()
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        hint, name = hints[f.name], prefix + f.name
+        if _dataclass_of(hint) is not None:
+            sections.append((f, default))
+            continue
+        if f.name in positional:
+            group.add_argument(f.name, type=hint, help=docs.get(f.name),
+                               **(dict(nargs="?", default=None) if default is None else {}))
+            continue
+        kwargs = dict(help=docs.get(f.name))
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = default
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        if not prefix:
+            flags += ALIASES.get(f.name, ())
+        elif f.name in bare:
+            flags += [flag.replace(f"--{prefix}", "--") for flag in flags]
+        if hint in (bool, bool | None):
+            booleans.update(flags)
+        if not prefix and hint in (bool, bool | None):
+            # `--no-` + the first flag: the dashed one (`--no-skin-tones`)
+            action = group.add_argument(*reversed(flags), action=ActionYesNo(yes_prefix="", no_prefix="no-"), nargs="?",
+                                        dest=name, **kwargs)
+            booleans.update(action.option_strings)
+        elif hint in (bool, bool | None):
+            group.add_argument(*flags, type=hint, nargs="?", const=True, **kwargs)
+        else:
+            group.add_argument(*flags, type=hint, required=default is dataclasses.MISSING, **kwargs)
+    for f, default in sections:
         sub = _dataclass_of(hints[f.name])
-        if sub is not None:
-            _field_help(parser, sub, f"{prefix}{f.name}.")
+        short = frozenset(g.name for g in dataclasses.fields(sub)) - own if not prefix and f.name == SHORT_SECTION \
+            and sub is DecodeConfig else frozenset()
+        booleans |= add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default)
+                               else None, short)
+    return booleans
 
 
-def _group_titles(parser, cls) -> None:
-    """Help groups titled by the field and its class's docstring (`decode: how the next token is chosen ...`)
-    instead of jsonargparse's `<class 'ramm.config.DecodeConfig'>`."""
-    for key, group in getattr(parser, "groups", {}).items():
-        sub = cls
-        for part in key.split(".") if key != cls.__name__ else ():
-            sub = _dataclass_of(_hints(sub).get(part)) if sub is not None else None
-        doc = (inspect.getdoc(sub) or "").split("\n\n")[0].replace("\n", " ").rstrip(".") if sub is not None else ""
-        name = cls.__name__ if key == cls.__name__ else f"--{key}.*"
-        group.title = f"{name}: {doc}" if doc else name
+def bare_booleans(argv: list[str], booleans: set[str]) -> list[str]:
+    """`--verify` -> `--verify=true` where no `true` / `false` follows, so that a bare boolean flag sets it
+    without taking the next argument as its value (`ramm data stats --verify DIR`); `--verify false` stays.
+    The old `--no_skin_tones` is a ValueError naming `--no-skin-tones`."""
+    words = ("true", "false", "yes", "no")
+    for a in argv:
+        if a.startswith("--no_") and (new := "--no-" + a[5:].partition("=")[0].replace("_", "-")) in booleans:
+            raise ValueError(f"{a} is spelled {new} now")
+    return [f"{a}=true" if a in booleans and (i + 1 == len(argv) or argv[i + 1].lower() not in words) else a
+            for i, a in enumerate(argv)]
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
@@ -181,7 +252,7 @@ def corpus_documents(corpus: str, split, splits=None, image_size: int | None = N
     return iter(docs) if splits is None else split.select(docs, splits)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_cli() -> CLI:
     cli = CLI()
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
@@ -189,4 +260,4 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"{__name__}.{mod.name}").register(cli)
     for register in load_plugins("ramm.cli").values():
         register(cli)
-    return cli.parser
+    return cli

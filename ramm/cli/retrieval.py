@@ -1,7 +1,7 @@
 """`ramm train retriever`, `ramm memory build|add|search`, `ramm eval retrieval`.
 
-Flags and `--config FILE` of train / build / add / eval are the fields of `ramm.jobs.RetrieverJob`,
-`MemoryBuildJob`, `MemoryAddJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`,
+Flags and `--config FILE` of train / build / add / eval are the fields of `ramm.config.RetrieverTrainConfig`,
+`ramm.jobs.MemoryBuildJob`, `MemoryAddJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`,
 `--split.seed`, `--backend milvus --uri URI`, ...).
 """
 from __future__ import annotations
@@ -12,13 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from ramm.cli import corpus_documents
-from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob, RetrieverJob
+from ramm.config import RetrieverTrainConfig
+from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob
 from ramm.utils import atomic_write_json
 
 
 def register(cli) -> None:
-    cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split", RetrieverJob,
-                       _train, group="train")
+    cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split",
+                       RetrieverTrainConfig, _train, group="train")
     cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,
                        group="memory")
     cli.config_command("add", "embed a corpus' new documents into a built memory", MemoryAddJob, _add,

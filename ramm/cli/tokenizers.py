@@ -1,19 +1,19 @@
 """`ramm train tokenizer` (VQ image tokenizer) and `ramm train text-tokenizer` (byte-level BPE).
 
-Flags and `--config FILE` are the fields of `ramm.jobs.ImageTokenizerJob` / `TextTokenizerJob`
+Flags and `--config FILE` are the fields of `ramm.config.ImageTokenizerTrainConfig` / `TextTokenizerTrainConfig`
 (`--model.grid`, `--trainer.steps`, `--split.seed`, ...).
 """
 from __future__ import annotations
 
 from ramm.cli import corpus_documents
-from ramm.jobs import ImageTokenizerJob, TextTokenizerJob
+from ramm.config import ImageTokenizerTrainConfig, TextTokenizerTrainConfig
 
 
 def register(cli) -> None:
-    cli.config_command("tokenizer", "train the VQ image tokenizer on a corpus' train split", ImageTokenizerJob,
-                       _run_image, group="train")
+    cli.config_command("tokenizer", "train the VQ image tokenizer on a corpus' train split",
+                       ImageTokenizerTrainConfig, _run_image, group="train")
     cli.config_command("text-tokenizer", "train the byte-level BPE text tokenizer on a corpus' train split",
-                       TextTokenizerJob, _run_text, group="train")
+                       TextTokenizerTrainConfig, _run_text, group="train")
 
 
 def _run_image(cfg) -> int:

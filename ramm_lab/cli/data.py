@@ -1,32 +1,13 @@
-"""`ramm data emojibench` (flags: the fields of `EmojiBenchJob`): fetch the npm emoji packages and build EmojiBench.
+"""`ramm data emojibench` (flags: the fields of `ramm_lab.jobs.EmojiBenchJob`): fetch the npm emoji packages and
+build EmojiBench.
 
 `ramm data stats data/emojibench` is the library's command; it prints the table of `ramm_lab.corpus_format`.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
-from ramm.config import require
-
-
-@dataclass
-class EmojiBenchJob:
-    """`ramm data emojibench`: fetch the npm emoji packages and build EmojiBench."""
-
-    out: str  # output folder (tar shards + manifest.jsonl + meta.json)
-    size: int = 32  # image side in pixels
-    styles: str = "google,twitter"  # comma-separated art styles
-    seed: int = 0  # seed of the concept-level splits
-    skin_tones: bool = True  # one document per skin-tone variant (False or --no-skin-tones: default tones only)
-    cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
-
-    def __post_init__(self):
-        require(self, ("out",))
-
-    @property
-    def style_list(self) -> tuple[str, ...]:
-        return tuple(s.strip() for s in self.styles.split(",") if s.strip())
+from ramm_lab.jobs import EmojiBenchJob
 
 
 def register(cli) -> None:

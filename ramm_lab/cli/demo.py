@@ -2,23 +2,22 @@
 RA and vanilla generators -> generation -> evaluation -> report), each stage cached."""
 from __future__ import annotations
 
+from ramm_lab.jobs import DemoJob
+
 
 def register(cli) -> None:
-    p = cli.command("demo", "run the headline experiment end to end on EmojiBench (stages are cached)")
-    p.add_argument("--config", default="configs/demo.json", help="demo config JSON (sizes, budgets, decoding)")
-    p.add_argument("--data", default="data/emojibench", help="where EmojiBench is (or will be) built")
-    p.add_argument("--run", default="runs/demo", help="run directory: every stage's outputs and the report")
-    p.set_defaults(func=_run)
+    cli.config_command("demo", "run the headline experiment end to end on EmojiBench (stages are cached)", DemoJob,
+                       _run, job_file=False)
 
 
-def _run(args) -> int:
+def _run(job: DemoJob) -> int:
     # lazy: `ramm --help` imports this module and stays free of torch and numpy
     from ramm_lab.report import headline_table, load_results
     from ramm_lab.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.load(args.config)
-    md = run_demo(cfg, args.data, args.run, report=lambda s: print(s, flush=True))
-    results, _ = load_results(args.run)
+    cfg = DemoConfig.load(job.config)
+    md = run_demo(cfg, job.data, job.run, report=lambda s: print(s, flush=True))
+    results, _ = load_results(job.run)
     print()
     print(headline_table(results))
     print(f"\nreport: {md}\n        {md.with_suffix('.html')}")

@@ -4,15 +4,15 @@ import json
 import pytest
 
 from ramm.__main__ import main
-from ramm.cli import parse_config
+from ramm.cli import build_cli
 from ramm.config import GeneratorConfig, GraceConfig, load_config, save_config
 
 
 def test_flags_and_config_file_fill_the_nested_config(tmp_path):
     f = tmp_path / "gen.json"
     f.write_text(json.dumps({"corpus": "c", "trainer": {"steps": 7}, "ra": {"alpha": 0.2}}))
-    cfg, threads = parse_config(GeneratorConfig, ["--config", str(f), "--trainer.batch-size", "4", "--out", "o",
-                                                  "--threads", "2"], "ramm train generator", "")
+    _, cfg, threads = build_cli().parse(["train", "generator", "--config", str(f), "--trainer.batch-size", "4",
+                                         "--out", "o", "--threads", "2"])
     assert (cfg.corpus, cfg.out, threads) == ("c", "o", 2)
     assert (cfg.trainer.steps, cfg.trainer.batch_size, cfg.ra.alpha) == (7, 4, 0.2)
     default = GeneratorConfig()
@@ -68,11 +68,13 @@ def test_a_mistyped_nested_field_of_the_retriever_job_names_the_field_and_the_fi
 
 def test_job_flags_keep_their_short_and_negated_spellings():
     from ramm.jobs import ImageJob, MemoryBuildJob
-    cfg, _ = parse_config(ImageJob, ["a caption", "--model", "m", "--out", "o", "-k", "3", "--no-retrieve",
-                                     "--no-rerank", "--exclude", "[x, y]"], "ramm generate image", "", ("caption",))
+    _, cfg, _ = build_cli().parse(["generate", "image", "a caption", "--model", "m", "--out", "o", "-k", "3",
+                                   "--no-retrieve", "--no-rerank", "--exclude", "[x, y]"], bundle=False)
+    assert isinstance(cfg, ImageJob)
     assert (cfg.caption, cfg.k, cfg.retrieve, cfg.rerank, cfg.exclude) == ("a caption", 3, False, False, ("x", "y"))
-    cfg, _ = parse_config(MemoryBuildJob, ["--corpus", "c", "--encoder", "e", "--out", "o", "--splits", "[val,test]",
-                                           "--split.group-by", "source"], "ramm memory build", "")
+    _, cfg, _ = build_cli().parse(["memory", "build", "--corpus", "c", "--encoder", "e", "--out", "o",
+                                   "--splits", "[val,test]", "--split.group-by", "source"])
+    assert isinstance(cfg, MemoryBuildJob)
     assert cfg.splits == ("val", "test") and cfg.split.group_by == "source"
 
 
@@ -92,14 +94,17 @@ def test_split_config_places_rows_without_a_split_by_a_seeded_hash_of_the_group(
 
 
 def test_a_bare_boolean_flag_sets_it_and_an_optional_positional_may_be_left_out():
-    from ramm.cli import parse_config
-    from ramm.jobs import DataStatsJob, MemorySearchJob
+    cli = build_cli()
     for argv, verify in ((["c.jsonl", "--verify"], True), (["--verify", "c.jsonl"], True),
                          (["c.jsonl", "--verify", "false"], False), (["c.jsonl"], False)):
-        cfg, _ = parse_config(DataStatsJob, argv, "ramm data stats", "", positional=("path",))
+        _, cfg, _ = cli.parse(["data", "stats", *argv])
         assert (cfg.path, cfg.verify) == ("c.jsonl", verify), argv
-    cfg, _ = parse_config(MemorySearchJob, ["mem", "--image", "q.png", "-k", "3"], "ramm memory search", "",
-                          positional=("memory", "text"))
+    _, cfg, _ = cli.parse(["memory", "search", "mem", "--image", "q.png", "-k", "3"])
     assert (cfg.memory, cfg.text, cfg.image, cfg.k) == ("mem", None, "q.png", 3)
     with pytest.raises(ValueError, match="either a text query or --image"):
-        parse_config(MemorySearchJob, ["mem"], "ramm memory search", "", positional=("memory", "text"))
+        cli.parse(["memory", "search", "mem"])
+
+
+def test_an_old_underscored_negation_names_the_new_flag(capsys):
+    assert main(["data", "stats", "c.jsonl", "--no_verify"]) == 1
+    assert "--no_verify is spelled --no-verify now" in capsys.readouterr().err

@@ -123,10 +123,9 @@ def test_the_flags_of_before_set_the_decode_fields(bundles, tmp_path):
                         "--decode.top_p", 0.6, "--decode.temperature", 0.9, "--decode.top_k", 50,
                         "--decode.cd_alpha", 0.2, "--decode.cd_k", 4)
     assert same == decode
-    from ramm.cli import parse_config
-    from ramm.config import GeneratorConfig
+    from ramm.cli import build_cli
     with pytest.raises(SystemExit):  # the bare names belong to a job's DecodeConfig only, not the recipe's defaults
-        parse_config(GeneratorConfig, ["--image", "{}"], "ramm train generator", "")
+        build_cli().parse(["train", "generator", "--image", "{}"])
 
 
 def test_ramm_generate_refuses_bad_decoding_in_one_line_naming_the_field(bundles, tmp_path, capsys):
@@ -179,13 +178,13 @@ def test_ramm_serve_decodes_as_the_bundle_says_unless_the_request_overrides(bund
 
 
 def test_a_config_file_overrides_the_bundles_decoding_and_a_flag_the_file(tmp_path):
-    from ramm.cli import parse_config
-    from ramm.jobs import ImageJob
+    from ramm.cli import build_cli
 
+    cli = build_cli()
     bundle = {f"decode.{k}": v for k, v in asdict(DEMO.image).items()}  # what `ramm generate image` reads
     (tmp_path / "job.json").write_text(json.dumps({"decode": {"top_p": 0.9}}))
     argv = [CAPTION, "--model", "m", "--out", "o", "--config", str(tmp_path / "job.json")]
-    parse = lambda *extra: parse_config(ImageJob, [*argv, *extra], "ramm generate image", "", ("caption",),  # noqa: E731
-                                        lambda parsed: bundle)[0].decode
+    cli.commands["generate", "image"].defaults = lambda parsed: bundle
+    parse = lambda *extra: cli.parse(["generate", "image", *argv, *extra])[1].decode  # noqa: E731
     assert parse() == DecodeConfig(method="cfg", guidance_scale=2.0, top_p=0.9)
     assert parse("--guidance-scale", "4") == DecodeConfig(method="cfg", guidance_scale=4.0, top_p=0.9)
