@@ -28,13 +28,14 @@ def error_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD build it tries
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        cli = build_cli()
+        cli = build_cli(argv)
     except PluginError as e:  # an installed package's commands that fail to load
         print(f"ramm: error: {error_line(e)}", file=sys.stderr)
         return 1
     try:
-        command, cfg, threads = cli.parse(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        command, cfg, threads = cli.parse(argv)
         if command is None:  # `ramm`, `ramm train`: the help of what was named
             cfg.print_help()
             return 2

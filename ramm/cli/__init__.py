@@ -53,9 +53,12 @@ class CLI:
         "eval": "evaluate a run and render its report",
     }
 
-    def __init__(self):
+    def __init__(self, wanted: tuple[str, ...] | None = None):
+        """wanted: the command path a command line names (`("train", "generator")`); only that command's flags
+        are built, every other command is its name and help (None: all, e.g. to parse many command lines)."""
         # lazy: jsonargparse, not for `import ramm.cli`
         from jsonargparse import ArgumentParser
+        self.wanted = wanted
         self.parser = ArgumentParser(prog="ramm", description="retrieval-augmented multimodal models")
         self.parsers: dict[tuple[str, ...], Any] = {(): self.parser}  # group -> its parser
         self.subcommands = {(): self.parser.add_subcommands(required=False, dest="command")}
@@ -88,7 +91,11 @@ class CLI:
             self.booleans |= add_fields(p, cls, positional)
         else:
             path = (group, name) if group else (name,)
-            p = config_parser(cls, "ramm " + " ".join(path), help, positional, self.booleans, job_file)
+            if self.wanted is None or self.wanted[:len(path)] == path:
+                p = config_parser(cls, "ramm " + " ".join(path), help, positional, self.booleans, job_file)
+            else:  # a command this command line does not run: its name and help (building all 22 costs 0.2 s)
+                from jsonargparse import ArgumentParser
+                p = ArgumentParser(prog="ramm " + " ".join(path), description=help)
             (self._group(group) if group else self.subcommands[()]).add_subcommand(name, p, help=help)
         self.commands[path] = Command(cls, run, p, defaults, job_file and name is not None)
 
@@ -252,8 +259,9 @@ def corpus_documents(corpus: str, split, splits=None, image_size: int | None = N
     return iter(docs) if splits is None else split.select(docs, splits)
 
 
-def build_cli() -> CLI:
-    cli = CLI()
+def build_cli(argv: list[str] | None = None) -> CLI:
+    """The command tree; given the command line it will parse, only the command it names is built whole."""
+    cli = CLI(None if argv is None else tuple(a for a in argv[:2] if not a.startswith("-")))
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
