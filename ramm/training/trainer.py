@@ -259,6 +259,7 @@ class Trainer:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's unsharded weights on CPU: on rank 0 (every rank must call it), {} elsewhere."""
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._barrier()  # the gathers' buffers stay held here until every rank is done (see `_collective`)
         return sd if self.rank == 0 else {}
 
     # ------------------------------------------------------------------ data order
