@@ -102,7 +102,7 @@ class CLI:
     def parse(self, argv: list[str], bundle: bool = True):
         """(command, config, threads) for a command line, or (None, the group's parser, None) for a bare group
         (`ramm train`: its help); `bundle=False`: no `defaults` hook (nothing read from disk: a dry parse)."""
-        named = tuple(a for a in argv[:2] if not a.startswith("-"))
+        named = command_path(argv)
         for n in (2, 1):
             if named[:n] in self.commands and self.commands[named[:n]].job_file:
                 check_config_files(self.commands[named[:n]].cls, argv)
@@ -259,9 +259,14 @@ def corpus_documents(corpus: str, split, splits=None, image_size: int | None = N
     return iter(docs) if splits is None else split.select(docs, splits)
 
 
+def command_path(argv: list[str]) -> tuple[str, ...]:
+    """The command a command line names: its first words before any flag (`("train", "generator")`)."""
+    return tuple(a for a in argv[:2] if not a.startswith("-"))
+
+
 def build_cli(argv: list[str] | None = None) -> CLI:
     """The command tree; given the command line it will parse, only the command it names is built whole."""
-    cli = CLI(None if argv is None else tuple(a for a in argv[:2] if not a.startswith("-")))
+    cli = CLI(None if argv is None else command_path(argv))
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
