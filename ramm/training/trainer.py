@@ -470,8 +470,7 @@ class Trainer:
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == end:
                 if self.distributed:  # mean loss and total tokens over ranks
-                    t = self._collective(dist.all_reduce, torch.tensor([loss_sum, tokens], dtype=torch.float64,
-                                                                        device=self.device))
+                    t = self._collective(dist.all_reduce, torch.tensor([loss_sum, tokens], dtype=torch.float64))
                     loss_sum, tokens = t[0].item() / self.world, int(t[1].item())
                 now = time.time()
                 row = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
