@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ramm.config import SPLITS
 from ramm.corpus.formats import CorpusFormat
 from ramm.corpus.hooks import CorpusHooks
-from ramm.corpus.splits import SPLITS
 from ramm_lab import emojibench as eb
 from ramm_lab.sft_tasks import EMOJIBENCH_TEMPLATES, QUESTION_WEIGHTS
 

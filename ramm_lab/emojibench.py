@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ramm.config import SPLITS
 from ramm.corpus.document import BadItem, Document, ImageSegment, TextSegment, decode_image_bytes
-from ramm.corpus.splits import SPLITS
 
 log = logging.getLogger(__name__)
 

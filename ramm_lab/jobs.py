@@ -1,5 +1,5 @@
 """The lab's jobs: one dataclass per `ramm` command the lab adds (`ramm data emojibench`, `ramm demo`,
-`ramm demo-sft`, `ramm eval --run`), as `ramm.jobs` holds the library's. No heavy imports here."""
+`ramm demo-sft`, `ramm eval --run`), as `ramm.config` holds the library's. No heavy imports here."""
 from __future__ import annotations
 
 from dataclasses import dataclass

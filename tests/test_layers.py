@@ -25,8 +25,8 @@ PLUGINS = "ramm.plugins"  # the only ramm module that reaches code by an install
 # layer of each top-level piece of ramm, and of the lab; a piece may import lower layers and itself only
 LAYERS = {
     "utils": 0, "plugins": 0,  # plugins: loads the entry points (ramm_lab's format and commands)
-    "config": 1,  # the typed configs: only utils
-    "jobs": 2, "corpus": 2,  # jobs: the CLI jobs' configs, only config
+    "config": 1,  # every command's typed config: only utils
+    "corpus": 2,
     "tokenizers": 3,
     "retrieval": 4,
     "model": 5,

@@ -7,8 +7,8 @@ add theirs through the `ramm.cli` entry points (`ramm.plugins`: the EmojiBench l
 
 The whole CLI is one jsonargparse tree: groups (`ramm train`) hold sub-commands, and every command is a config
 dataclass (`config_command`) whose fields are its flags, their help the fields' comments, and its `--config FILE`
-a JSON of those fields. `ramm --help` builds the tree, so command modules import the configs (`ramm.config`,
-`ramm.jobs`) at their top and the library (torch, numpy) inside the function that runs the command.
+a JSON of those fields. `ramm --help` builds the tree, so command modules import their configs (`ramm.config`)
+at their top and the library (torch, numpy) inside the function that runs the command.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pkgutil
 from pathlib import Path
 from typing import Any, Callable
 
-from ramm.config import DecodeConfig, _dataclass_of, _hints, check_keys, field_docs, from_dict
+from ramm.config import DecodeConfig, check_keys, dataclass_of, field_docs, from_dict, type_hints
 from ramm.plugins import load_plugins
 
 SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take their bare names too (`add_fields`)
@@ -184,7 +184,7 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
     # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionYesNo
 
-    docs, hints = field_docs(cls), _hints(cls)
+    docs, hints = field_docs(cls), type_hints(cls)
     doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").rstrip(".")
     title = f"--{prefix}*" if prefix else cls.__name__
     group = parser.add_argument_group(f"{title}: {doc}" if doc else title)
@@ -203,7 +203,7 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
         else:
             default = dataclasses.MISSING
         hint, name = hints[f.name], prefix + f.name
-        if _dataclass_of(hint) is not None:
+        if dataclass_of(hint) is not None:
             sections.append((f, default))
             continue
         if f.name in positional:
@@ -230,7 +230,7 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
         else:
             group.add_argument(*flags, type=hint, required=default is dataclasses.MISSING, **kwargs)
     for f, default in sections:
-        sub = _dataclass_of(hints[f.name])
+        sub = dataclass_of(hints[f.name])
         short = frozenset(g.name for g in dataclasses.fields(sub)) - own if not prefix and f.name == SHORT_SECTION \
             and sub is DecodeConfig else frozenset()
         booleans |= add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default)

@@ -1,15 +1,15 @@
-"""`ramm data stats` (flags: the fields of `ramm.jobs.DataStatsJob`); corpus formats installed with a lab add
+"""`ramm data stats` (flags: the fields of `ramm.config.DataStatsConfig`); corpus formats installed with a lab add
 their own `ramm data` commands (`ramm data emojibench`)."""
 from __future__ import annotations
 
 from collections import Counter
 
-from ramm.jobs import DataStatsJob
+from ramm.config import DataStatsConfig
 
 
 def register(cli) -> None:
     cli.config_command("stats", "count documents per split, style, track and category (or stream-check any corpus)",
-                       DataStatsJob, _stats, group="data", positional=("path",))
+                       DataStatsConfig, _stats, group="data", positional=("path",))
 
 
 def _stats(cfg) -> int:

@@ -2,7 +2,7 @@
 
 Each command writes its samples (PNG), a grid PNG for images, `result.json`, and an `index.html`
 showing the query, the retrieved documents (image + text) and the samples side by side. Flags and
-`--config FILE` are the fields of `ramm.jobs.ImageJob` / `CaptionJob` / `InfillJob` / `EditJob`; `--decode.*` (or the bare `--method`,
+`--config FILE` are the fields of `ramm.config.GenerateImageConfig` / `GenerateCaptionConfig` / `GenerateInfillConfig` / `GenerateEditConfig`; `--decode.*` (or the bare `--method`,
 `--guidance_scale`, ...) starts from the bundle's settings for images / captions (generator.json `decode`).
 """
 from __future__ import annotations
@@ -12,21 +12,21 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ramm.jobs import CaptionJob, EditJob, ImageJob, InfillJob
+from ramm.config import GenerateCaptionConfig, GenerateEditConfig, GenerateImageConfig, GenerateInfillConfig
 from ramm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 GRID_MIN_SIDE = 128  # the grid and the page show small images (32x32 emoji: 4x) at least this large, pixelated; large ones as they are
 
 
 def register(cli) -> None:
-    cli.config_command("image", "text -> image: sample images for a caption", ImageJob, _image, group="generate",
+    cli.config_command("image", "text -> image: sample images for a caption", GenerateImageConfig, _image, group="generate",
                        positional=("caption",), defaults=_bundle_decoding("image"))
-    cli.config_command("caption", "image -> text: caption an image file", CaptionJob, _caption, group="generate",
+    cli.config_command("caption", "image -> text: caption an image file", GenerateCaptionConfig, _caption, group="generate",
                        positional=("image",), defaults=_bundle_decoding("caption"))
-    cli.config_command("infill", "regenerate the caption or the image of a (caption, image) document", InfillJob,
+    cli.config_command("infill", "regenerate the caption or the image of a (caption, image) document", GenerateInfillConfig,
                        _infill, group="generate")
     cli.config_command("edit", "image + instruction -> image with an instruction-tuned generator (ramm train sft)",
-                       EditJob, _edit, group="generate", positional=("image", "instruction"))
+                       GenerateEditConfig, _edit, group="generate", positional=("image", "instruction"))
 
 
 def _bundle_decoding(task: str):

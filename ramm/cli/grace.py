@@ -1,16 +1,15 @@
 """`ramm train grace` (flags: the fields of `ramm.config.GraceConfig`) and `ramm grace search DIR "query"`
-(`ramm.jobs.GraceSearchJob`)."""
+(`ramm.config.GraceSearchConfig`)."""
 from __future__ import annotations
 
-from ramm.config import GraceConfig
-from ramm.jobs import GraceSearchJob
+from ramm.config import GraceConfig, GraceSearchConfig
 
 
 def register(cli) -> None:
     cli.config_command("grace", "train a GRACE generative retriever (identifiers, memorize, retrieve) on any corpus "
                        "`open_corpus` reads", GraceConfig, _train, group="train")
 
-    cli.config_command("search", "retrieve images for a text query with a GRACE model", GraceSearchJob, _search,
+    cli.config_command("search", "retrieve images for a text query with a GRACE model", GraceSearchConfig, _search,
                        group="grace", positional=("model", "query"))
 
 

@@ -1,7 +1,7 @@
 """`ramm train retriever`, `ramm memory build|add|search`, `ramm eval retrieval`.
 
 Flags and `--config FILE` of train / build / add / eval are the fields of `ramm.config.RetrieverTrainConfig`,
-`ramm.jobs.MemoryBuildJob`, `MemoryAddJob` and `RetrievalEvalJob` (`--model.private_dim`, `--trainer.steps`,
+`ramm.config.MemoryBuildConfig`, `MemoryAddConfig` and `RetrievalEvalConfig` (`--model.private_dim`, `--trainer.steps`,
 `--split.seed`, `--backend milvus --uri URI`, ...).
 """
 from __future__ import annotations
@@ -12,23 +12,23 @@ from dataclasses import replace
 from pathlib import Path
 
 from ramm.cli import corpus_documents
-from ramm.config import RetrieverTrainConfig
-from ramm.jobs import MemoryAddJob, MemoryBuildJob, MemorySearchJob, RetrievalEvalJob
+from ramm.config import (MemoryAddConfig, MemoryBuildConfig, MemorySearchConfig, RetrievalEvalConfig,
+                         RetrieverTrainConfig)
 from ramm.utils import atomic_write_json
 
 
 def register(cli) -> None:
     cli.config_command("retriever", "train the CLIP-style dual encoder on a corpus' train split",
                        RetrieverTrainConfig, _train, group="train")
-    cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildJob, _build,
+    cli.config_command("build", "embed a corpus and build (or resume building) a memory", MemoryBuildConfig, _build,
                        group="memory")
-    cli.config_command("add", "embed a corpus' new documents into a built memory", MemoryAddJob, _add,
+    cli.config_command("add", "embed a corpus' new documents into a built memory", MemoryAddConfig, _add,
                        group="memory", positional=("memory", "corpus"))
-    cli.config_command("search", "query a memory by text or image", MemorySearchJob, _search, group="memory",
+    cli.config_command("search", "query a memory by text or image", MemorySearchConfig, _search, group="memory",
                        positional=("memory", "text"))
 
     cli.config_command("retrieval", "Recall@1/5/10 text->image and image->text on test and heldout",
-                       RetrievalEvalJob, _eval, group="eval")
+                       RetrievalEvalConfig, _eval, group="eval")
 
 
 def _train(cfg) -> int:

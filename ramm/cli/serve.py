@@ -4,7 +4,7 @@ Flags and `--config FILE` are the fields of `ramm.serve.ServeConfig`; the API is
 """
 from __future__ import annotations
 
-from ramm.serve.config import ServeConfig
+from ramm.config import ServeConfig
 
 
 def register(cli) -> None:

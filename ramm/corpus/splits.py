@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 
 from ramm.config import DEFAULT_FRACTIONS, check_fractions, split_rank_key
 
-SPLITS = ("train", "val", "test", "heldout")
-
 
 def assign_splits(concepts: Iterable[str], seed: int = 0, fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
                   strata: Mapping[str, str] | None = None,

@@ -19,11 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ramm.config import SCHEMES
 from ramm.decoding.trie import PrefixTrie
 from ramm.tokenizers.vocab import Vocabulary
 from ramm.utils import atomic_write_json
-
-SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 
 
 def kmeans_paths(embeddings: np.ndarray, k: int = 30, leaf_size: int = 30, seed: int = 0) -> list[list[int]]:

@@ -3,7 +3,7 @@
 `create_app(ServeConfig(...))` builds the FastAPI app (`app.py`); concurrent image requests are decoded
 together by the `DynamicBatcher` (`batcher.py`); `static/index.html` is the page, no build step.
 """
-from ramm.serve.config import ServeConfig
+from ramm.config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]
 

@@ -25,13 +25,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ramm.config import METHODS, DecodeConfig, to_dict
+from ramm.config import METHODS, DecodeConfig, ServeConfig, to_dict
 from ramm.corpus.document import (MAX_IMAGE_PIXELS, BadItem, Document, ImageSegment, TextSegment, decode_image_bytes,
                                   encode_png)
 from ramm.pipeline import RAMM, image_size
 from ramm.retrieval.memory import Memory
 from ramm.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, QueueFull
-from ramm.serve.config import ServeConfig
 from ramm.serve.schemas import (AnswerRequest, DocumentsAdded, DocumentsIn, EditRequest, Evidence, ImageRequest, Sample,
                                 SearchResponse, TaskResponse)
 from ramm.utils import Locked

@@ -52,8 +52,8 @@ def test_help_groups_are_titled_by_the_field_and_its_class_docstring(command, ca
     out = capsys.readouterr().out
     assert "<class '" not in out
     titles = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert {"train": "GeneratorConfig: The RA-CM3 generator", "memory": "MemoryBuildJob: `ramm memory build`",
-            "generate": "ImageJob: `ramm generate image CAPTION`"}[command[0]] in "\n".join(titles)
+    assert {"train": "GeneratorConfig: The RA-CM3 generator", "memory": "MemoryBuildConfig: `ramm memory build`",
+            "generate": "GenerateImageConfig: `ramm generate image CAPTION`"}[command[0]] in "\n".join(titles)
     if command[0] != "memory":
         assert any(t.startswith(("--trainer.*: ", "--decode.*: ")) for t in titles), titles
 
@@ -67,14 +67,14 @@ def test_a_mistyped_nested_field_of_the_retriever_job_names_the_field_and_the_fi
 
 
 def test_job_flags_keep_their_short_and_negated_spellings():
-    from ramm.jobs import ImageJob, MemoryBuildJob
+    from ramm.config import GenerateImageConfig, MemoryBuildConfig
     _, cfg, _ = build_cli().parse(["generate", "image", "a caption", "--model", "m", "--out", "o", "-k", "3",
                                    "--no-retrieve", "--no-rerank", "--exclude", "[x, y]"], bundle=False)
-    assert isinstance(cfg, ImageJob)
+    assert isinstance(cfg, GenerateImageConfig)
     assert (cfg.caption, cfg.k, cfg.retrieve, cfg.rerank, cfg.exclude) == ("a caption", 3, False, False, ("x", "y"))
     _, cfg, _ = build_cli().parse(["memory", "build", "--corpus", "c", "--encoder", "e", "--out", "o",
                                    "--splits", "[val,test]", "--split.group-by", "source"])
-    assert isinstance(cfg, MemoryBuildJob)
+    assert isinstance(cfg, MemoryBuildConfig)
     assert cfg.splits == ("val", "test") and cfg.split.group_by == "source"
 
 

@@ -118,11 +118,11 @@ def test_make_example_saves_every_image_and_renders(tmp_path):
 
 def test_eval_group_takes_run_and_subcommands_from_other_modules():
     from ramm.cli import CLI
-    from ramm.jobs import RetrievalEvalJob
+    from ramm.config import RetrievalEvalConfig
     from ramm_lab.cli.evaluation import register
     from ramm_lab.jobs import ReportJob
     cli = CLI()
-    cli.config_command("retrieval", "recall of a retriever", RetrievalEvalJob, "retrieval", group="eval")
+    cli.config_command("retrieval", "recall of a retriever", RetrievalEvalConfig, "retrieval", group="eval")
     register(cli)  # the lab's commands come after the library's (ramm.cli.build_cli)
     assert cli.parse(["eval", "--run", "runs/x"])[1] == ReportJob(run="runs/x")
     command, job, _ = cli.parse(["eval", "retrieval", "--memory", "m", "--corpus", "c"])

@@ -1,17 +1,15 @@
-"""The CLI's jobs: one dataclass per `ramm` command that trains nothing (memory, generate, eval, search, data),
-holding the component configs it hands on; the `ramm train` commands take their configs from `ramm.config`.
-
-`ramm memory build` takes a `MemoryBuildJob`, which contains the `SplitConfig` that picks its documents; its
-flags (`--backend`, `--split.group_by`) and `--config FILE` come from these fields. No heavy imports here.
+"""What every other `ramm` command takes: memory build / add / search, generate (image, edit, caption,
+infill), eval retrieval, grace search, data stats and serve. The `ramm train` commands' are in `ramm.config.train`.
 """
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, field
 
-from ramm.config import DecodeConfig, SplitConfig, require
-
-SPLITS = ("train", "val", "test", "heldout")
-
+from ramm.config.components import SPLITS, SplitConfig
+from ramm.config.decode import DecodeConfig
+from ramm.config.schema import require
 
 def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
@@ -21,7 +19,7 @@ def _check_splits(name: str, splits: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @dataclass
-class MemoryBuildJob:
+class MemoryBuildConfig:
     """`ramm memory build`: embed a corpus' documents and add them to a Memory (resumable)."""
 
     corpus: str  # any corpus `open_corpus` reads
@@ -57,7 +55,7 @@ class MemoryBuildJob:
 
 
 @dataclass
-class MemoryAddJob:
+class MemoryAddConfig:
     """`ramm memory add MEMORY CORPUS`: add a corpus' new documents to a built memory (any backend)."""
 
     memory: str  # memory directory (positional)
@@ -75,7 +73,7 @@ class MemoryAddJob:
 
 
 @dataclass
-class RetrievalEvalJob:
+class RetrievalEvalConfig:
     """`ramm eval retrieval`: Recall@1/5/10 text->image and image->text, leave-one-out, per query split."""
 
     memory: str  # memory directory (should hold every split)
@@ -92,7 +90,7 @@ class RetrievalEvalJob:
 
 
 @dataclass
-class DecodeJob:
+class GenerateConfig:
     """What every `ramm generate` command shares: the bundle, retrieval and decoding settings.
 
     `decode` of `image` and `caption` defaults to what the bundle's generator.json records for the task
@@ -118,7 +116,7 @@ class DecodeJob:
 
 
 @dataclass
-class ImageJob(DecodeJob):
+class GenerateImageConfig(GenerateConfig):
     """`ramm generate image CAPTION`: text -> image samples."""
 
     caption: str = ""  # the caption to draw (positional)
@@ -131,7 +129,7 @@ class ImageJob(DecodeJob):
 
 
 @dataclass
-class EditJob(DecodeJob):
+class GenerateEditConfig(GenerateConfig):
     """`ramm generate edit IMAGE INSTRUCTION`: image + instruction -> image, from an SFT generator (`ramm train sft`)."""
 
     image: str = ""  # PNG/JPEG file to edit (positional)
@@ -147,7 +145,7 @@ class EditJob(DecodeJob):
 
 
 @dataclass
-class CaptionJob(DecodeJob):
+class GenerateCaptionConfig(GenerateConfig):
     """`ramm generate caption IMAGE`: image -> text samples."""
 
     image: str = ""  # PNG/JPEG file to caption (positional)
@@ -162,7 +160,7 @@ class CaptionJob(DecodeJob):
 
 
 @dataclass
-class InfillJob(DecodeJob):
+class GenerateInfillConfig(GenerateConfig):
     """`ramm generate infill`: regenerate the caption or the image of a (caption, image) document."""
 
     n: int = 4  # samples to draw
@@ -184,7 +182,7 @@ class InfillJob(DecodeJob):
 
 
 @dataclass
-class MemorySearchJob:
+class MemorySearchConfig:
     """`ramm memory search MEMORY [TEXT]`: query a memory by a text or an image file."""
 
     memory: str  # memory directory (positional)
@@ -202,7 +200,7 @@ class MemorySearchJob:
 
 
 @dataclass
-class GraceSearchJob:
+class GraceSearchConfig:
     """`ramm grace search MODEL QUERY`: images for a text query, by trie-constrained beam search."""
 
     model: str  # GRACE model directory (ramm train grace --out; positional)
@@ -218,7 +216,7 @@ class GraceSearchJob:
 
 
 @dataclass
-class DataStatsJob:
+class DataStatsConfig:
     """`ramm data stats PATH`: the corpus format's summary table (EmojiBench: documents per split, style, track and
     category), or a stream check of any corpus."""
 
@@ -229,3 +227,49 @@ class DataStatsJob:
 
     def __post_init__(self):
         require(self, ("path",))
+
+
+API_KEY_ENV = "RAMM_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServeConfig:
+    """`ramm serve`: an HTTP API and a web page over one loaded generator and its memory."""
+
+    model: str = ""  # generator directory (`ramm train generator --out`)
+    memory: str | None = None  # memory directory (default: the one the generator was trained with); documents added over the API are written to it (a Milvus memory: many servers may share it)
+    device: str | None = None  # cpu | cuda (default: cuda when available)
+    host: str = "127.0.0.1"  # address to bind; anything but loopback needs an API key
+    port: int = 8000  # TCP port (0: any free port)
+    api_key: str | None = None  # key every request but /healthz must send (X-API-Key or Authorization: Bearer); default: $RAMM_API_KEY
+    batching: bool = True  # decode concurrent image requests together (False: one request per decode)
+    max_batch_rows: int = 128  # most samples one batched decode holds
+    max_wait_ms: float = 5.0  # how long the oldest queued request waits for batch mates
+    max_queue: int = 256  # queued requests beyond which the server answers 503 with Retry-After
+    timeout_s: float = 60.0  # a request's deadline: past it the server answers 504 and drops its work
+    max_upload_bytes: int = 4 * 1024 * 1024  # largest request body (uploads, JSON): beyond it 413
+    max_image_pixels: int = 4096 * 4096  # largest uploaded image (width x height): beyond it 400, before decoding
+    max_documents: int = 64  # most documents one POST /v1/memory/documents may add
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("ServeConfig: set model (a generator directory)")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_batch_rows", "max_queue", "max_upload_bytes", "max_image_pixels", "max_documents"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0:
+            raise ValueError(f"max_wait_ms must be >= 0 and timeout_s > 0, got {self.max_wait_ms}, {self.timeout_s}")
+        self.api_key = self.api_key or os.environ.get(API_KEY_ENV) or None
+        if not is_loopback(self.host) and not self.api_key:
+            raise ValueError(f"binding {self.host} (not loopback) needs an API key: --api-key or ${API_KEY_ENV}")
