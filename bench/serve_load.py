@@ -57,7 +57,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen([sys.executable, "-m", "ramm", "serve", "--model", str(model), "--memory", str(memory),
-                                      "--port", str(self.port), "--batching", str(batching).lower(), "--threads",
+                                      "--port", str(self.port), "--batching" if batching else "--no-batching", "--threads",
                                       str(threads), "--max-queue", "1024", "--timeout-s", "600"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -12,6 +12,7 @@ at their top and the library (torch, numpy) inside the function that runs the co
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import inspect
@@ -63,7 +64,6 @@ class CLI:
         self.parsers: dict[tuple[str, ...], Any] = {(): self.parser}  # group -> its parser
         self.subcommands = {(): self.parser.add_subcommands(required=False, dest="command")}
         self.commands: dict[tuple[str, ...], Command] = {}
-        self.booleans: set[str] = set()
 
     def _group(self, name: str):
         """The sub-commands of the group `name` (`ramm train ...`), created on first use."""
@@ -88,11 +88,11 @@ class CLI:
         if name is None:
             self._group(group)
             path, p = (group,), self.parsers[(group,)]
-            self.booleans |= add_fields(p, cls, positional)
+            add_fields(p, cls, positional)
         else:
             path = (group, name) if group else (name,)
             if self.wanted is None or self.wanted[:len(path)] == path:
-                p = config_parser(cls, "ramm " + " ".join(path), help, positional, self.booleans, job_file)
+                p = config_parser(cls, "ramm " + " ".join(path), help, positional, job_file)
             else:  # a command this command line does not run: its name and help (building all 22 costs 0.2 s)
                 from jsonargparse import ArgumentParser
                 p = ArgumentParser(prog="ramm " + " ".join(path), description=help)
@@ -107,7 +107,6 @@ class CLI:
             if named[:n] in self.commands and self.commands[named[:n]].job_file:
                 check_config_files(self.commands[named[:n]].cls, argv)
                 break
-        argv = bare_booleans(argv, self.booleans)
         ns = self.parser.parse_args(argv)
         path, leaf = _chosen(ns)
         command = self.commands.get(path)
@@ -133,10 +132,9 @@ def _set(ns, cls) -> bool:
     return any(ns.get(f.name) not in (None, False, "") for f in dataclasses.fields(cls) if f.init)
 
 
-def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), booleans: set | None = None,
-                  job_file: bool = True):
+def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), job_file: bool = True):
     """The parser of one command: `--config FILE` (`job_file`), `--threads` and the fields of `cls`
-    (`add_fields`); `booleans` collects the boolean flags."""
+    (`add_fields`)."""
     # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionConfigFile, ArgumentParser
     p = ArgumentParser(prog=prog, description=description)
@@ -144,9 +142,7 @@ def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] 
         p.add_argument("--config", action=ActionConfigFile,
                        help="JSON file of this command's fields (flags override it)")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
-    found = add_fields(p, cls, positional)
-    if booleans is not None:
-        booleans |= found
+    add_fields(p, cls, positional)
     return p
 
 
@@ -173,24 +169,21 @@ def config_from(cls, ns, where: str) -> tuple[Any, int | None]:
 
 
 def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
-               bare: frozenset[str] = frozenset()) -> set[str]:
-    """One flag per field of the dataclass `cls` (nested ones as `--trainer.steps`, in a help group titled by
-    the field and its class's docstring), its help the field's comment. Each flag also takes its dashed
-    spelling (`--batch-size`), a boolean one `--no-x`, a job's DecodeConfig section its bare names
-    (`--method cfg` is `--decode.method cfg`: the flags `ramm generate` had before the decoding settings were
-    one type; `bare`: those names, less the job's own fields) and ALIASES theirs; the fields in `positional`
-    are positional arguments instead (one whose default is None may be left out). `defaults`: the section's
-    default instance (a generator's trainer keeps its own defaults)."""
-    # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
-    from jsonargparse import ActionYesNo
-
+               bare: frozenset[str] = frozenset()) -> None:
+    """One flag per field of the dataclass `cls`, spelled as the field (nested ones as `--trainer.batch_size`, in a
+    help group titled by the field and its class's docstring), its help the field's comment; a boolean one takes
+    no value (`Switch`: `--verify`, `--no-verify`). Each flag also takes, hidden from the help (`Alias`), its
+    dashed spelling (`--trainer.batch-size`), ALIASES theirs, and a job's DecodeConfig section its bare names
+    (`--method cfg` is `--decode.method cfg`: the flags `ramm generate` had before the decoding settings were one
+    type; `bare`: those names, less the job's own fields); the fields in `positional` are positional arguments
+    instead (one whose default is None may be left out). `defaults`: the section's default instance (a
+    generator's trainer keeps its own defaults)."""
     docs, hints = field_docs(cls), type_hints(cls)
     doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").rstrip(".")
     title = f"--{prefix}*" if prefix else cls.__name__
     group = parser.add_argument_group(f"{title}: {doc}" if doc else title)
     own = {f.name for f in dataclasses.fields(cls)}
     sections = []  # nested dataclasses: their groups after this one's
-    booleans = set()
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -213,41 +206,86 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
         kwargs = dict(help=docs.get(f.name))
         if default is not dataclasses.MISSING:
             kwargs["default"] = default
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        if not prefix:
-            flags += ALIASES.get(f.name, ())
-        elif f.name in bare:
-            flags += [flag.replace(f"--{prefix}", "--") for flag in flags]
+        flag = f"--{name}"
         if hint in (bool, bool | None):
-            booleans.update(flags)
-        if not prefix and hint in (bool, bool | None):
-            # `--no-` + the first flag: the dashed one (`--no-skin-tones`)
-            action = group.add_argument(*reversed(flags), action=ActionYesNo(yes_prefix="", no_prefix="no-"), nargs="?",
-                                        dest=name, **kwargs)
-            booleans.update(action.option_strings)
-        elif hint in (bool, bool | None):
-            group.add_argument(*flags, type=hint, nargs="?", const=True, **kwargs)
+            action = group.add_argument(flag, action=Switch, dest=name, optional=hint is not bool, **kwargs)
+            group.add_argument("--no_" + name, action=Renamed, now=action.option_strings[1])
         else:
-            group.add_argument(*flags, type=hint, required=default is dataclasses.MISSING, **kwargs)
+            action = group.add_argument(flag, type=hint, required=default is dataclasses.MISSING, **kwargs)
+        others = [f"--{name.replace('_', '-')}"] if "_" in name else []
+        if not prefix:
+            others += ALIASES.get(f.name, ())
+        elif f.name in bare:
+            others += [other.replace(f"--{prefix}", "--") for other in [flag, *others]]
+        if others:
+            group.add_argument(*others, action=Alias, target=action)
     for f, default in sections:
         sub = dataclass_of(hints[f.name])
         short = frozenset(g.name for g in dataclasses.fields(sub)) - own if not prefix and f.name == SHORT_SECTION \
             and sub is DecodeConfig else frozenset()
-        booleans |= add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default)
-                               else None, short)
-    return booleans
+        add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default) else None, short)
 
 
-def bare_booleans(argv: list[str], booleans: set[str]) -> list[str]:
-    """`--verify` -> `--verify=true` where no `true` / `false` follows, so that a bare boolean flag sets it
-    without taking the next argument as its value (`ramm data stats --verify DIR`); `--verify false` stays.
-    The old `--no_skin_tones` is a ValueError naming `--no-skin-tones`."""
-    words = ("true", "false", "yes", "no")
-    for a in argv:
-        if a.startswith("--no_") and (new := "--no-" + a[5:].partition("=")[0].replace("_", "-")) in booleans:
-            raise ValueError(f"{a} is spelled {new} now")
-    return [f"{a}=true" if a in booleans and (i + 1 == len(argv) or argv[i + 1].lower() not in words) else a
-            for i, a in enumerate(argv)]
+class Switch(argparse.Action):
+    """A boolean field's flag, taking no value: `--verify` sets the field and `--no-verify` clears it, so that a
+    positional argument after it stays one (`ramm data stats --verify DIR`). The negation is no- and the flag
+    dashed, as before (`--no-skin-tones`; nested: `--no-trainer.amp-cpu`), where argparse's BooleanOptionalAction
+    and jsonargparse's ActionYesNo spell it from the flag as written (`--no-skin_tones`). `optional`: a
+    `bool | None` field, whose `--config FILE` value may be null."""
+
+    def __init__(self, option_strings: list[str], dest: str, optional: bool = False, **kwargs):
+        (flag,) = option_strings
+        super().__init__([flag, "--no-" + flag[2:].replace("_", "-")], dest, nargs=0, type=BooleanValue(optional),
+                         **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string != self.option_strings[1])
+
+
+class BooleanValue:
+    """A Switch's type: it reads the field's value in a `--config FILE` (true / false, or "true" / "yes" / "false"
+    / "no"; null where `optional`) and names the type in the help."""
+
+    def __init__(self, optional: bool):
+        self.optional = optional
+
+    def __call__(self, value):
+        if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
+            return value.lower() in ("true", "yes")
+        if isinstance(value, bool) or value is None and self.optional:
+            return value
+        raise TypeError(f"expected {self}, got {value!r}")
+
+    def __repr__(self) -> str:
+        return "bool | None" if self.optional else "bool"
+
+
+class Alias(argparse.Action):
+    """Other spellings of a flag, hidden from the help: what one is given goes to the flag's own action as if the
+    flag were written, so values, errors, `--config FILE` and `--print_config` are the flag's. (A second argument
+    with the flag's dest and help=SUPPRESS parses alike, but jsonargparse leaves a suppressed argument's dest out
+    of `--print_config`, dropping the flag's value with it.)"""
+
+    def __init__(self, option_strings: list[str], dest: str, target: argparse.Action, **kwargs):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=target.nargs, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.target = target
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.target(parser, namespace, values, self.target.option_strings[0])
+
+
+class Renamed(argparse.Action):
+    """A flag's former spelling, hidden from the help: a ValueError naming the flag it is now (`--no_skin_tones`,
+    jsonargparse's default spelling of a negation, is `--no-skin-tones`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, now: str, **kwargs):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.now = now
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise ValueError(f"{option_string} is spelled {self.now} now")
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):

@@ -1,4 +1,4 @@
-"""`ramm train generator`: the RA-CM3 generator (--retrieval true) or its vanilla baseline (--retrieval false).
+"""`ramm train generator`: the RA-CM3 generator (--retrieval) or its vanilla baseline (--no-retrieval).
 
 Flags and `--config FILE` are the fields of `ramm.config.GeneratorConfig` (`--trainer.steps`, `--ra.alpha`, ...).
 """

@@ -159,7 +159,7 @@ def _complete_step(ckpt: Path) -> int | None:
         step, world = int(state["step"]), int(state["world"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"cannot resume: {state_file} is unreadable ({type(e).__name__}: {e}). Restore it, or "
-                         f"delete {ckpt} (or set --trainer.resume false) to train from step 0 over this run") from None
+                         f"delete {ckpt} (or pass --no-trainer.resume) to train from step 0 over this run") from None
     missing = [f for f in (*CHECKPOINT_FILES, *(f"rng-{r}.json" for r in range(world))) if not (ckpt / f).is_file()]
     if missing:
         raise ValueError(f"cannot resume: {ckpt} lacks {', '.join(missing)} though its trainer_state.json marks it "

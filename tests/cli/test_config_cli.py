@@ -1,5 +1,6 @@
 """Training commands take their flags and `--config FILE` from the config dataclasses (jsonargparse)."""
 import json
+import re
 
 import pytest
 
@@ -96,15 +97,96 @@ def test_split_config_places_rows_without_a_split_by_a_seeded_hash_of_the_group(
 def test_a_bare_boolean_flag_sets_it_and_an_optional_positional_may_be_left_out():
     cli = build_cli()
     for argv, verify in ((["c.jsonl", "--verify"], True), (["--verify", "c.jsonl"], True),
-                         (["c.jsonl", "--verify", "false"], False), (["c.jsonl"], False)):
+                         (["--no-verify", "c.jsonl"], False), (["--strict", "--verify", "c.jsonl"], True),
+                         (["c.jsonl", "--verify", "--no-verify"], False), (["c.jsonl"], False)):
         _, cfg, _ = cli.parse(["data", "stats", *argv])
         assert (cfg.path, cfg.verify) == ("c.jsonl", verify), argv
+    _, cfg, _ = cli.parse(["generate", "image", "--model", "m", "--out", "o", "--retrieve", "a caption"], bundle=False)
+    assert (cfg.caption, cfg.retrieve) == ("a caption", True)
     _, cfg, _ = cli.parse(["memory", "search", "mem", "--image", "q.png", "-k", "3"])
     assert (cfg.memory, cfg.text, cfg.image, cfg.k) == ("mem", None, "q.png", 3)
     with pytest.raises(ValueError, match="either a text query or --image"):
         cli.parse(["memory", "search", "mem"])
 
 
-def test_an_old_underscored_negation_names_the_new_flag(capsys):
-    assert main(["data", "stats", "c.jsonl", "--no_verify"]) == 1
-    assert "--no_verify is spelled --no-verify now" in capsys.readouterr().err
+@pytest.mark.parametrize("argv,line", [
+    (["data", "stats", "c.jsonl", "--no_verify"], "--no_verify is spelled --no-verify now"),
+    (["data", "stats", "--no_verify", "c.jsonl"], "--no_verify is spelled --no-verify now"),
+    (["train", "generator", "--corpus", "c", "--out", "o", "--no_trainer.amp_cpu"],
+     "--no_trainer.amp_cpu is spelled --no-trainer.amp-cpu now"),
+    (["train", "generator", "--corpus", "c", "--out", "o", "--no_copy_gate_reads"],
+     "--no_copy_gate_reads is spelled --no-copy-gate-reads now")])
+def test_an_old_underscored_negation_is_one_line_naming_the_new_flag(argv, line, capsys):
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"ramm: error: {line}\n"
+
+
+def _shown_flags(command: list[str], capsys) -> list[str]:
+    """Every option string `ramm COMMAND --help` lists (its options' first column)."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    flags = []
+    for line in out.splitlines():
+        if re.match(r"  -", line):
+            flags += [part.split()[0] for part in re.split(r",\s+", line.strip().split("  ")[0])]
+    return flags
+
+
+@pytest.mark.parametrize("command", [["train", "generator"], ["train", "sft"], ["generate", "image"], ["data", "stats"],
+                                     ["memory", "search"], ["serve"]])
+def test_help_shows_one_spelling_per_flag(command, capsys):
+    flags = _shown_flags(command, capsys)
+    assert len(flags) == len(set(flags)) > 5, flags
+    shown = set(flags)
+    for flag in flags:  # a flag's other spellings are hidden: dashed, bare DecodeConfig names, ALIASES
+        if "_" in flag and not flag.startswith("--no-"):
+            assert flag.replace("_", "-") not in shown, flag
+        if flag.startswith("--decode.") and command[0] == "generate":
+            assert "--" + flag.split(".", 1)[1] not in shown, flag
+    assert not shown & {"-k", "--from", "--method", "--top-k", "--top_k", "--batch-size", "--trainer.batch-size"}
+    if command == ["train", "generator"]:
+        assert {"--trainer.batch_size", "--trainer.amp_cpu", "--no-trainer.amp-cpu", "--copy_gate_reads",
+                "--no-copy-gate-reads", "--retrieval", "--no-retrieval", "--decode.image.top_k"} <= shown
+
+
+def _config(argv: list[str]):
+    return build_cli(argv).parse(argv, bundle=False)[1]
+
+
+GENERATOR = ["train", "generator", "--corpus", "c", "--out", "o"]
+IMAGE = ["generate", "image", "a caption", "--model", "m", "--out", "o"]
+
+
+@pytest.mark.parametrize("base,old,new", [
+    (GENERATOR,
+     ["--trainer.batch-size", "4", "--trainer.amp-cpu", "--copy-gate-reads", "--text-tokenizer", "t",
+      "--decode.image.top-k", "5", "--split.group-by", "kind"],
+     ["--trainer.batch_size", "4", "--trainer.amp_cpu", "--copy_gate_reads", "--text_tokenizer", "t",
+      "--decode.image.top_k", "5", "--split.group_by", "kind"]),
+    (IMAGE,
+     ["-k", "3", "--method", "cfg", "--top-k", "7", "--guidance_scale", "2", "--cd-alpha", "0.2", "--batch-size", "2"],
+     ["--k", "3", "--decode.method", "cfg", "--decode.top_k", "7", "--decode.guidance_scale", "2",
+      "--decode.cd_alpha", "0.2", "--batch_size", "2"]),
+    (["train", "sft", "--corpus", "c", "--out", "o"], ["--from", "g", "--heldout-templates", "2"],
+     ["--pretrained", "g", "--heldout_templates", "2"]),
+])
+def test_old_spellings_parse_to_the_same_config(base, old, new):
+    assert _config(base + old) == _config(base + new) != _config(base)
+
+
+def test_hidden_spellings_keep_their_values_with_a_config_file_and_print_config(tmp_path, capsys):
+    f = tmp_path / "gen.json"
+    f.write_text(json.dumps({"corpus": "c", "out": "o", "retrieval": False, "trainer": {"amp_cpu": True, "steps": 9}}))
+    cfg = _config(["train", "generator", "--config", str(f), "--trainer.batch-size", "3"])
+    assert (cfg.retrieval, cfg.trainer.amp_cpu, cfg.trainer.steps, cfg.trainer.batch_size) == (False, True, 9, 3)
+    cfg = _config(["train", "generator", "--config", str(f), "--retrieval", "--no-trainer.amp-cpu"])
+    assert (cfg.retrieval, cfg.trainer.amp_cpu) == (True, False)  # flags override the file's booleans
+    with pytest.raises(SystemExit):
+        main(["train", "generator", "--config", str(f), "--trainer.batch-size", "3", "--print_config"])
+    out = capsys.readouterr().out
+    assert "batch_size: 3" in out and "amp_cpu: true" in out and "retrieval: false" in out
+    f = tmp_path / "image.json"
+    f.write_text(json.dumps({"caption": "c", "model": "m", "out": "o", "retrieve": None, "rerank": False}))
+    cfg = _config(["generate", "image", "--config", str(f), "--top-k", "4"])
+    assert (cfg.retrieve, cfg.rerank, cfg.decode.top_k) == (None, False, 4)

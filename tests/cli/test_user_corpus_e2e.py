@@ -17,7 +17,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), 
 SHAPES = ("circle", "square", "triangle")
 FRACTIONS = {"train": 0.6, "val": 0.1, "test": 0.15, "heldout": 0.15}
 SPLIT = ["--split.fractions", json.dumps(FRACTIONS), "--split.group_by", "kind", "--split.seed", "3"]
-TOY = ["--trainer.steps", "2", "--trainer.batch_size", "8", "--trainer.warmup_steps", "0", "--trainer.progress", "false"]
+TOY = ["--trainer.steps", "2", "--trainer.batch_size", "8", "--trainer.warmup_steps", "0", "--no-trainer.progress"]
 
 
 def draw(shape: str, rgb: tuple[int, int, int], variant: int) -> Image.Image:

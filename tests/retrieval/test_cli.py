@@ -21,7 +21,7 @@ def test_memory_build_and_search_by_text_and_image(tmp_path, docs, encoder_dir, 
     assert "12 documents (12 added, 0 already present, 1 skipped)" in out  # the loader's skip is counted
     assert "skipped missing_file: 1" in out
     assert run(["memory", "build", "--corpus", str(tmp_path / "corpus.jsonl"), "--encoder", str(encoder_dir),
-                "--out", str(tmp_path / "strict"), "--strict", "true"]) == 1
+                "--out", str(tmp_path / "strict"), "--strict"]) == 1
     assert "missing_file: broken" in capsys.readouterr().err
     assert run(["memory", "search", str(mem), docs[0].text, "-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -161,7 +161,7 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert tok.tokens_per_image == 16
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
     argv[argv.index("--trainer.steps") + 1] = "6"
-    assert main([*argv, "--trainer.resume", "true"]) == 0
+    assert main([*argv, "--trainer.resume"]) == 0
     assert json.loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     rows = [json.loads(r) for r in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4, 6]  # continued from step 4, not restarted

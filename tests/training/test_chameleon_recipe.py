@@ -94,7 +94,7 @@ def test_cli_fine_tunes_a_jsonl_corpus_and_the_facade_loads_the_result_with_its_
     out = tmp_path / "ft"
     assert main(["train", "chameleon", "--model", str(ckpt), "--corpus", str(tmp_path / "c.jsonl"),
                  "--memory", str(tmp / "mem"), "--out", str(out), "--lora_rank", "2", "--trainer.steps", "2",
-                 "--trainer.batch_size", "2", "--trainer.device", "cpu", "--trainer.progress", "false",
+                 "--trainer.batch_size", "2", "--trainer.device", "cpu", "--no-trainer.progress",
                  "--ra.k_choices", "[0, 1]", "--ra.n_candidates", "1", "--ra.max_len", "128"]) == 0
     ramm = RAMM.load(out, device="cpu")
     assert ramm.memory is not None and len(ramm.memory) == len(docs)

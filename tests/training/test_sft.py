@@ -216,7 +216,7 @@ def test_cli_trains_sft_from_a_generator_and_generate_edit_writes_the_page(bundl
     set_decode_defaults(tmp_path / "src", chosen)
     assert main(["train", "sft", "--from", str(tmp_path / "src"), "--corpus", str(bundle / "corpus.jsonl"),
                  "--out", str(tmp_path / "sft"), "--trainer.steps", "2", "--trainer.batch_size", "2",
-                 "--trainer.warmup_steps", "1", "--trainer.progress", "false", "--trainer.device", "cpu"]) == 0
+                 "--trainer.warmup_steps", "1", "--no-trainer.progress", "--trainer.device", "cpu"]) == 0
     assert json.loads((tmp_path / "sft" / "generator.json").read_text())["sft"] is True
     from ramm.pipeline import RAMM
     assert RAMM.load(tmp_path / "sft", device="cpu").instruction_tuned  # what `ramm serve` offers edits on
