@@ -64,6 +64,7 @@ class CLI:
         self.parsers: dict[tuple[str, ...], Any] = {(): self.parser}  # group -> its parser
         self.subcommands = {(): self.parser.add_subcommands(required=False, dest="command")}
         self.commands: dict[tuple[str, ...], Command] = {}
+        self.switches: dict[str, Switch] = {}  # every spelling of a boolean flag -> its action (`check_switches`)
 
     def _group(self, name: str):
         """The sub-commands of the group `name` (`ramm train ...`), created on first use."""
@@ -88,11 +89,11 @@ class CLI:
         if name is None:
             self._group(group)
             path, p = (group,), self.parsers[(group,)]
-            add_fields(p, cls, positional)
+            self.switches |= add_fields(p, cls, positional)
         else:
             path = (group, name) if group else (name,)
             if self.wanted is None or self.wanted[:len(path)] == path:
-                p = config_parser(cls, "ramm " + " ".join(path), help, positional, job_file)
+                p = config_parser(cls, "ramm " + " ".join(path), help, positional, job_file, self.switches)
             else:  # a command this command line does not run: its name and help (building all 22 costs 0.2 s)
                 from jsonargparse import ArgumentParser
                 p = ArgumentParser(prog="ramm " + " ".join(path), description=help)
@@ -107,6 +108,7 @@ class CLI:
             if named[:n] in self.commands and self.commands[named[:n]].job_file:
                 check_config_files(self.commands[named[:n]].cls, argv)
                 break
+        check_switches(argv, self.switches)
         ns = self.parser.parse_args(argv)
         path, leaf = _chosen(ns)
         command = self.commands.get(path)
@@ -132,9 +134,10 @@ def _set(ns, cls) -> bool:
     return any(ns.get(f.name) not in (None, False, "") for f in dataclasses.fields(cls) if f.init)
 
 
-def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), job_file: bool = True):
+def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] = (), job_file: bool = True,
+                  switches: dict | None = None):
     """The parser of one command: `--config FILE` (`job_file`), `--threads` and the fields of `cls`
-    (`add_fields`)."""
+    (`add_fields`); `switches` collects its boolean flags' spellings."""
     # lazy: jsonargparse (0.1 s) when the tree is built, not for `import ramm.cli`
     from jsonargparse import ActionConfigFile, ArgumentParser
     p = ArgumentParser(prog=prog, description=description)
@@ -142,7 +145,9 @@ def config_parser(cls, prog: str, description: str, positional: tuple[str, ...] 
         p.add_argument("--config", action=ActionConfigFile,
                        help="JSON file of this command's fields (flags override it)")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
-    add_fields(p, cls, positional)
+    found = add_fields(p, cls, positional)
+    if switches is not None:
+        switches |= found
     return p
 
 
@@ -169,7 +174,7 @@ def config_from(cls, ns, where: str) -> tuple[Any, int | None]:
 
 
 def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", defaults=None,
-               bare: frozenset[str] = frozenset()) -> None:
+               bare: frozenset[str] = frozenset()) -> dict[str, Switch]:
     """One flag per field of the dataclass `cls`, spelled as the field (nested ones as `--trainer.batch_size`, in a
     help group titled by the field and its class's docstring), its help the field's comment; a boolean one takes
     no value (`Switch`: `--verify`, `--no-verify`). Each flag also takes, hidden from the help (`Alias`), its
@@ -177,13 +182,14 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
     (`--method cfg` is `--decode.method cfg`: the flags `ramm generate` had before the decoding settings were one
     type; `bare`: those names, less the job's own fields); the fields in `positional` are positional arguments
     instead (one whose default is None may be left out). `defaults`: the section's default instance (a
-    generator's trainer keeps its own defaults)."""
+    generator's trainer keeps its own defaults). Returns every spelling of its boolean flags -> their Switch."""
     docs, hints = field_docs(cls), type_hints(cls)
     doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").rstrip(".")
     title = f"--{prefix}*" if prefix else cls.__name__
     group = parser.add_argument_group(f"{title}: {doc}" if doc else title)
     own = {f.name for f in dataclasses.fields(cls)}
     sections = []  # nested dataclasses: their groups after this one's
+    switches: dict[str, Switch] = {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -219,11 +225,27 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
             others += [other.replace(f"--{prefix}", "--") for other in [flag, *others]]
         if others:
             group.add_argument(*others, action=Alias, target=action)
+        if isinstance(action, Switch):
+            switches |= dict.fromkeys([*action.option_strings, *others], action)
     for f, default in sections:
         sub = dataclass_of(hints[f.name])
         short = frozenset(g.name for g in dataclasses.fields(sub)) - own if not prefix and f.name == SHORT_SECTION \
             and sub is DecodeConfig else frozenset()
-        add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default) else None, short)
+        switches |= add_fields(parser, sub, (), f"{prefix}{f.name}.", default if dataclasses.is_dataclass(default)
+                               else None, short)
+    return switches
+
+
+def check_switches(argv: list[str], switches: dict[str, "Switch"]) -> None:
+    """A boolean flag given a value, as the flags took before they became switches (`--trainer.resume false`,
+    `--strict=true`), is a ValueError naming the spellings now, not argparse's "unrecognized arguments: false"."""
+    words = ("true", "false", "yes", "no")
+    for i, a in enumerate(argv):
+        flag, eq, value = a.partition("=")
+        if flag in switches and (eq or i + 1 < len(argv) and argv[i + 1].lower() in words):
+            on, off = switches[flag].option_strings
+            raise ValueError(f"{flag} takes no value now ({a if eq else a + ' ' + argv[i + 1]}): "
+                             f"{on} sets it, {off} clears it")
 
 
 class Switch(argparse.Action):

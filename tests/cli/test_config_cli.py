@@ -121,6 +121,22 @@ def test_an_old_underscored_negation_is_one_line_naming_the_new_flag(argv, line,
     assert capsys.readouterr().err == f"ramm: error: {line}\n"
 
 
+@pytest.mark.parametrize("argv,line", [
+    (["data", "stats", "--strict", "true", "c.jsonl"],
+     "--strict takes no value now (--strict true): --strict sets it, --no-strict clears it"),
+    (["data", "stats", "c.jsonl", "--verify=yes"],
+     "--verify takes no value now (--verify=yes): --verify sets it, --no-verify clears it"),
+    (["train", "generator", "--corpus", "c", "--out", "o", "--trainer.resume", "false"],
+     "--trainer.resume takes no value now (--trainer.resume false): --trainer.resume sets it, "
+     "--no-trainer.resume clears it"),
+    (["train", "generator", "--corpus", "c", "--out", "o", "--copy-gate-reads", "False"],
+     "--copy-gate-reads takes no value now (--copy-gate-reads False): --copy_gate_reads sets it, "
+     "--no-copy-gate-reads clears it")])
+def test_a_boolean_flag_given_a_value_as_before_is_one_line_naming_the_spellings_now(argv, line, capsys):
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"ramm: error: {line}\n"
+
+
 def _shown_flags(command: list[str], capsys) -> list[str]:
     """Every option string `ramm COMMAND --help` lists (its options' first column)."""
     with pytest.raises(SystemExit):
