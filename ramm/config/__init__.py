@@ -12,10 +12,10 @@ before torch loads.
 A config is saved as JSON beside the weights and read back with `load_config`; a command's `--config FILE` is
 a JSON of the same fields.
 """
-from ramm.config.commands import (API_KEY_ENV, DataStatsConfig, GenerateCaptionConfig, GenerateConfig,
+from ramm.config.commands import (DataStatsConfig, GenerateCaptionConfig, GenerateConfig,
                                   GenerateEditConfig, GenerateImageConfig, GenerateInfillConfig, GraceSearchConfig,
                                   MemoryAddConfig, MemoryBuildConfig, MemorySearchConfig, RetrievalEvalConfig,
-                                  ServeConfig, is_loopback)
+                                  ServeConfig)
 from ramm.config.components import (DEFAULT_FRACTIONS, SPLITS, DualEncoderConfig, ImageTokenizerConfig, RAConfig,
                                     SplitConfig, TrainerConfig, check_fractions, split_rank_key)
 from ramm.config.decode import DECODE_RANGES, METHODS, DecodeConfig, DecodeDefaults
@@ -26,9 +26,9 @@ from ramm.config.train import (SCHEMES, ChameleonFinetuneConfig, GeneratorConfig
                                SFTMixture, TextTokenizerTrainConfig)
 
 __all__ = [
-    "API_KEY_ENV", "DataStatsConfig", "GenerateCaptionConfig", "GenerateConfig", "GenerateEditConfig",
+    "DataStatsConfig", "GenerateCaptionConfig", "GenerateConfig", "GenerateEditConfig",
     "GenerateImageConfig", "GenerateInfillConfig", "GraceSearchConfig", "MemoryAddConfig", "MemoryBuildConfig",
-    "MemorySearchConfig", "RetrievalEvalConfig", "ServeConfig", "is_loopback",
+    "MemorySearchConfig", "RetrievalEvalConfig", "ServeConfig",
     "DEFAULT_FRACTIONS", "SPLITS", "DualEncoderConfig", "ImageTokenizerConfig", "RAConfig", "SplitConfig",
     "TrainerConfig", "check_fractions", "split_rank_key",
     "DECODE_RANGES", "METHODS", "DecodeConfig", "DecodeDefaults",

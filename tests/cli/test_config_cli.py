@@ -206,3 +206,15 @@ def test_hidden_spellings_keep_their_values_with_a_config_file_and_print_config(
     f.write_text(json.dumps({"caption": "c", "model": "m", "out": "o", "retrieve": None, "rerank": False}))
     cfg = _config(["generate", "image", "--config", str(f), "--top-k", "4"])
     assert (cfg.retrieve, cfg.rerank, cfg.decode.top_k) == (None, False, 4)
+
+
+def test_every_command_takes_its_config_from_one_home():
+    """The library's commands read their configs from `ramm.config` (the lab's from `ramm_lab.jobs`), each a
+    dataclass named for what it configures."""
+    homes = {"ramm": "ramm.config.", "ramm_lab": "ramm_lab.jobs"}
+    cli = build_cli()
+    assert len(cli.commands) > 20
+    for path, command in cli.commands.items():
+        module = command.cls.__module__
+        assert module.startswith(homes[module.split(".")[0]]), (path, module)
+        assert command.cls.__name__.endswith("Config") or module == "ramm_lab.jobs", (path, command.cls)
