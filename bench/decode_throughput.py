@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
-from ramm.decoding.decoder import DecodeConfig, generate  # noqa: E402
+from ramm.config import DecodeConfig  # noqa: E402
+from ramm.decoding.decoder import generate  # noqa: E402
 from ramm.model.packing import pack_weights  # noqa: E402
 from ramm.model.transformer import Transformer, TransformerConfig  # noqa: E402
 from ramm.tokenizers.vocab import Vocabulary  # noqa: E402

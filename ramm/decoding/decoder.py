@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ramm.config import DecodeConfig  # noqa: F401 (re-exported; it lives at the config layer so the CLI jobs can nest it)
+from ramm.config import DecodeConfig
 from ramm.decoding.guidance import cfg_logits, contrastive_scores
 from ramm.decoding.sampling import sample
 from ramm.model.packing import packed_for

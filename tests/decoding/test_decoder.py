@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ramm.decoding.decoder import CLOSE, IMAGE, TEXT, DecodeConfig, ModalityConstraint, generate, left_pad
+from ramm.config import DecodeConfig
+from ramm.decoding.decoder import CLOSE, IMAGE, TEXT, ModalityConstraint, generate, left_pad
 TPI = 4  # matches the conftest vocabulary fixtures
 
 

@@ -17,7 +17,8 @@ def test_continuation_nll_matches_a_direct_computation_per_row(model, vocab):
 
 
 def test_continuation_nll_prefers_what_the_model_generates(model, vocab):
-    from ramm.decoding.decoder import DecodeConfig, generate
+    from ramm.config import DecodeConfig
+    from ramm.decoding.decoder import generate
     prompt = [vocab.doc, 3, 4]
     greedy = generate(model, vocab, [prompt], tokens_per_image=4, max_new_tokens=6, allow_images=False,
                       config=DecodeConfig(method="greedy"))[0]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from chameleon_fixture import make_checkpoint
 
+from ramm.config import DecodeConfig
 from ramm.corpus.document import Document, ImageSegment, TextSegment
-from ramm.decoding.decoder import DecodeConfig, generate
+from ramm.decoding.decoder import generate
 from ramm.model.hf_chameleon import load_chameleon
 from ramm.pipeline import RAMM
 
