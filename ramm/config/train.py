@@ -117,7 +117,7 @@ class GraceConfig:
     pseudo_queries: bool = True  # add names and short names as extra retrieval queries
     memorize_steps: int = 1000  # optimizer steps of learning to memorize (sequence schedule)
     retrieve_steps: int = 1000  # optimizer steps of learning to retrieve (sequence); mixed runs the sum
-    k: int = 30  # structured: clusters per level (GRACE: 30)
+    clusters: int = 30  # structured: clusters per level (GRACE's k: 30)
     leaf_size: int = 30  # structured: most images per leaf (GRACE: 30)
     num_beams: int = 10  # beam width at retrieval time
     strict: bool = False  # stop at the first unreadable corpus item, naming it, instead of skipping and counting it
@@ -129,7 +129,7 @@ class GraceConfig:
             raise ValueError(f"unknown identifier scheme {self.scheme!r}; choose one of {SCHEMES}")
         if self.schedule not in ("sequence", "mixed"):
             raise ValueError(f"schedule must be 'sequence' or 'mixed', got {self.schedule!r}")
-        for name in ("memorize_steps", "retrieve_steps", "k", "leaf_size", "num_beams"):
+        for name in ("memorize_steps", "retrieve_steps", "clusters", "leaf_size", "num_beams"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self.memorize_splits, self.retrieve_splits = tuple(self.memorize_splits), tuple(self.retrieve_splits)

@@ -98,7 +98,7 @@ def train_grace(cfg: GraceConfig, memorized: Sequence[Document], retrieve_docs: 
         embeddings = load_encoder(cfg.retriever).embed_image([d.image for d in memorized])
     idents = build_identifiers(cfg.scheme, [d.id for d in memorized], vocab, text_tok,
                                captions=[d.text for d in memorized], embeddings=embeddings,
-                               k=cfg.k, leaf_size=cfg.leaf_size, seed=cfg.trainer.seed)
+                               k=cfg.clusters, leaf_size=cfg.leaf_size, seed=cfg.trainer.seed)
     log.info("%d %s identifiers, up to %d tokens", len(idents), cfg.scheme, max(len(t) for t in idents.tokens))
 
     if model.cfg.vocab_size != vocab.size + idents.new_tokens:  # room for atomic ids (or drop unused rows)
