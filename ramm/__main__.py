@@ -10,7 +10,7 @@ import sys
 
 from ramm.cli import build_cli
 from ramm.plugins import PluginError
-from ramm.utils import Locked
+from ramm.utils import Locked, end_distributed_process
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -44,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(threads)
         rc = command.run(cfg)
-    except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError, ConnectionError an OSError
-        print(f"ramm: error: {error_line(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("ramm: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+        rc = 130
+    except (ValueError, OSError, Locked, sqlite3.Error) as e:  # BadItem is a ValueError, ConnectionError an OSError
+        print(f"ramm: error: {error_line(e)}", file=sys.stderr)
+        rc = 1
+    rc = int(rc or 0)
+    end_distributed_process(rc)  # under torchrun: no interpreter teardown for gloo's threads to abort
+    return rc
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch
 
 from ramm.model.transformer import Transformer, TransformerConfig
 from ramm.training.trainer import Trainer, TrainerConfig
+from ramm.utils import end_distributed_process
 
 V, T = 31, 16
 
@@ -43,3 +44,4 @@ if __name__ == "__main__":  # out_dir grad_accum [strategy [until_step [resume]]
             until=int(args[3]) if args[3] else None, resume=args[4] == "resume")
     local = sum(getattr(p, "_local_tensor", p).numel() for p in t.model.parameters())  # this rank's share
     (Path(args[0]) / f"params-{t.rank}.json").write_text(json.dumps({"local": local}))
+    end_distributed_process(0)
