@@ -44,7 +44,7 @@ def test_demo_config_rejects_unknown_keys_and_bad_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path):
+def test_demo_tiny_runs_end_to_end_and_caches_stages(emojibench_dir, tmp_path, torch_on_every_core):
     from ramm.pipeline import RAMM
     from ramm_lab.demo import run_demo
     from ramm_lab.report import load_results
