@@ -15,3 +15,17 @@ def emojibench_dir() -> Path:
     out = default_cache_dir() / "emojibench-tests"
     build_emojibench(out)  # a no-op when already complete and current
     return out
+
+
+@pytest.fixture
+def torch_on_every_core():
+    """torch on every CPU core for one test, then back: test modules set one thread when imported (right for
+    tiny models), so without this the end-to-end EmojiBench tests run single-threaded, unlike `ramm demo`."""
+    import os
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+sys.path.insert(0, str(HERE))
+import tiny_run  # noqa: E402
 
 
 def losses(out):
@@ -28,7 +30,7 @@ def torchrun(*args):
 def runs(tmp_path_factory):
     """One rank (no sharding) and two FSDP ranks, 12 steps each, batch 4 (grad_accum 2 on the single rank)."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    subprocess.run([sys.executable, str(HERE / "tiny_run.py"), tmp / "one", "2"], check=True, env=ENV)
+    tiny_run.main([tmp / "one", "2"])  # the script's one-rank run, in this process
     torchrun(tmp / "fsdp", 1, "fsdp")
     return tmp
 

@@ -13,7 +13,7 @@ from ramm.training.trainer import TrainerConfig, lr_at
 from ramm.utils import cpu_has_bf16
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_run import run  # noqa: E402
+from tiny_run import main as tiny_run_main, run  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -49,7 +49,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
-    subprocess.run([sys.executable, str(HERE / "tiny_run.py"), str(tmp_path / "one"), "1"], check=True, env=env)
+    tiny_run_main([tmp_path / "one", "1"])  # the script's one-rank run, in this process
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     str(HERE / "tiny_run.py"), str(tmp_path / "two"), "1"], check=True, env=env, capture_output=True)
     one, two = load_file(tmp_path / "one/checkpoint/model.safetensors"), load_file(tmp_path / "two/checkpoint/model.safetensors")

@@ -38,10 +38,16 @@ def run(out_dir, steps=12, until=None, resume=False, grad_accum=1, dropout=0.1, 
     return trainer
 
 
-if __name__ == "__main__":  # out_dir grad_accum [strategy [until_step [resume]]]
-    args = sys.argv[1:] + [None] * (5 - len(sys.argv[1:]))
+def main(argv: list[str]) -> None:
+    """The script: out_dir grad_accum [strategy [until_step [resume]]]. A one-rank run needs no launcher, so
+    the tests call this in their own process for it (4 s less than a fresh interpreter) and torchrun the ranks."""
+    args = [str(a) for a in argv] + [None] * (5 - len(argv))
     t = run(args[0], grad_accum=int(args[1]), dropout=0.0, strategy=args[2] or "ddp",
             until=int(args[3]) if args[3] else None, resume=args[4] == "resume")
     local = sum(getattr(p, "_local_tensor", p).numel() for p in t.model.parameters())  # this rank's share
     (Path(args[0]) / f"params-{t.rank}.json").write_text(json.dumps({"local": local}))
-    end_distributed_process(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    end_distributed_process(0)  # torchrun's ranks: no interpreter teardown (the in-process caller has no group)
