@@ -15,7 +15,7 @@ class EmojiBenchJob:
     size: int = 32  # image side in pixels
     styles: str = "google,twitter"  # comma-separated art styles
     seed: int = 0  # seed of the concept-level splits
-    skin_tones: bool = True  # one document per skin-tone variant (False or --no-skin-tones: default tones only)
+    skin_tones: bool = True  # one document per skin-tone variant (--no-skin-tones: default tones only)
     cache: str | None = None  # download cache (None: $RAMM_CACHE or ~/.cache/ramm)
 
     def __post_init__(self):

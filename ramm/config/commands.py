@@ -101,7 +101,7 @@ class GenerateConfig:
     memory: str | None = None  # memory directory to retrieve from (None: the bundle's, if any)
     n: int = 8  # samples to draw
     k: int | None = None  # documents to retrieve (None: as the bundle trained, its eval_k; a vanilla bundle 0)
-    retrieve: bool | None = None  # False (or --no-retrieve): no retrieved documents (None: as the bundle trained)
+    retrieve: bool | None = None  # --no-retrieve: no retrieved documents, --retrieve: retrieve (unset: as the bundle trained)
     exclude: tuple[str, ...] = ()  # memory ids never to retrieve (leave-one-out)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # decoding method and its settings (default: the bundle's for this task)
     seed: int = 0  # random seed (same seed, same samples)
@@ -120,7 +120,7 @@ class GenerateImageConfig(GenerateConfig):
     """`ramm generate image CAPTION`: text -> image samples."""
 
     caption: str = ""  # the caption to draw (positional)
-    rerank: bool = True  # best CLIP-style score first (False or --no-rerank: sample order)
+    rerank: bool = True  # best CLIP-style score first (--no-rerank: sample order)
 
     def __post_init__(self):
         super().__post_init__()
@@ -150,7 +150,7 @@ class GenerateCaptionConfig(GenerateConfig):
 
     image: str = ""  # PNG/JPEG file to caption (positional)
     max_tokens: int = 32  # longest caption in tokens
-    rerank: bool = True  # lowest perplexity first (False or --no-rerank: sample order)
+    rerank: bool = True  # lowest perplexity first (--no-rerank: sample order)
 
     def __post_init__(self):
         super().__post_init__()
