@@ -16,12 +16,10 @@ import argparse
 import dataclasses
 import importlib
 import inspect
-import json
 import pkgutil
-from pathlib import Path
 from typing import Any, Callable
 
-from ramm.config import DecodeConfig, check_keys, dataclass_of, field_docs, from_dict, type_hints
+from ramm.config import DecodeConfig, check_keys, dataclass_of, field_docs, from_dict, read_config, type_hints
 from ramm.plugins import load_plugins
 
 SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take their bare names too (`add_fields`)
@@ -156,13 +154,7 @@ def check_config_files(cls, argv: list[str]) -> None:
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path:
-            try:
-                data = json.loads(Path(path).read_text())
-            except FileNotFoundError:
-                raise FileNotFoundError(f"config {path} not found") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"config {path} is not valid JSON: {e}") from None
-            check_keys(cls, data, f"config {path}")
+            check_keys(cls, read_config(path), f"config {path}")
 
 
 def config_from(cls, ns, where: str) -> tuple[Any, int | None]:

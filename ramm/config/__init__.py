@@ -19,8 +19,8 @@ from ramm.config.commands import (DataStatsConfig, GenerateCaptionConfig, Genera
 from ramm.config.components import (DEFAULT_FRACTIONS, SPLITS, DualEncoderConfig, ImageTokenizerConfig, RAConfig,
                                     SplitConfig, TrainerConfig, check_fractions, split_rank_key)
 from ramm.config.decode import DECODE_RANGES, METHODS, DecodeConfig, DecodeDefaults
-from ramm.config.schema import (check_keys, dataclass_of, field_docs, from_dict, load_config, require, save_config,
-                                to_dict, type_hints)
+from ramm.config.schema import (check_keys, dataclass_of, field_docs, from_dict, load_config, read_config, require,
+                                save_config, to_dict, type_hints)
 from ramm.config.train import (SCHEMES, ChameleonFinetuneConfig, GeneratorConfig, GraceConfig,
                                ImageTokenizerTrainConfig, RetrieverRecipeConfig, RetrieverTrainConfig, SFTConfig,
                                SFTMixture, TextTokenizerTrainConfig)
@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_FRACTIONS", "SPLITS", "DualEncoderConfig", "ImageTokenizerConfig", "RAConfig", "SplitConfig",
     "TrainerConfig", "check_fractions", "split_rank_key",
     "DECODE_RANGES", "METHODS", "DecodeConfig", "DecodeDefaults",
-    "check_keys", "dataclass_of", "field_docs", "from_dict", "load_config", "require", "save_config", "to_dict",
+    "check_keys", "dataclass_of", "field_docs", "from_dict", "load_config", "read_config", "require", "save_config", "to_dict",
     "type_hints",
     "SCHEMES", "ChameleonFinetuneConfig", "GeneratorConfig", "GraceConfig", "ImageTokenizerTrainConfig",
     "RetrieverRecipeConfig", "RetrieverTrainConfig", "SFTConfig", "SFTMixture", "TextTokenizerTrainConfig",

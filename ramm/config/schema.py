@@ -83,16 +83,19 @@ def _with_default(f: dataclasses.Field, value: dict) -> dict:
     return {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default) if g.init}, **value}
 
 
-def load_config(cls, path: str | Path):
-    """Read a config saved with `save_config` (or written by hand)."""
-    path = Path(path)
+def read_config(path: str | Path):
+    """The JSON in a config file; a missing file or one that is not JSON is an error naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config {path} not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"config {path} is not valid JSON: {e}") from None
-    return from_dict(cls, data, str(path))
+
+
+def load_config(cls, path: str | Path):
+    """Read a config saved with `save_config` (or written by hand)."""
+    return from_dict(cls, read_config(path), str(path))
 
 
 def to_dict(cfg) -> dict:

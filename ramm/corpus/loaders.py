@@ -96,7 +96,6 @@ def open_corpus(path: str | Path, strict: bool = False, images: str | Path | Non
                      f"registered format ({', '.join(sorted(formats())) or 'none installed'})")
 
 
-
 # ---------------------------------------------------------------------------------------------- shared
 def _caption(text, item: str, where: str) -> str:
     if not isinstance(text, str) or not text.strip():
