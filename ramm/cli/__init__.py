@@ -26,6 +26,7 @@ SHORT_SECTION = "decode"  # a job's DecodeConfig section, whose fields take thei
 # flag spellings users typed before the flags were the field names (`ramm generate image -k 3`,
 # `ramm train sft --from DIR`)
 ALIASES = {"k": ("-k",), "pretrained": ("--from",)}
+BOOLEAN_WORDS = {"true": True, "yes": True, "false": False, "no": False}  # a boolean written as a word
 
 
 @dataclasses.dataclass
@@ -207,7 +208,6 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
         flag = f"--{name}"
         if hint in (bool, bool | None):
             action = group.add_argument(flag, action=Switch, dest=name, optional=hint is not bool, **kwargs)
-            group.add_argument("--no_" + name, action=Renamed, now=action.option_strings[1])
         else:
             action = group.add_argument(flag, type=hint, required=default is dataclasses.MISSING, **kwargs)
         others = [f"--{name.replace('_', '-')}"] if "_" in name else []
@@ -229,12 +229,14 @@ def add_fields(parser, cls, positional: tuple[str, ...] = (), prefix: str = "", 
 
 
 def check_switches(argv: list[str], switches: dict[str, "Switch"]) -> None:
-    """A boolean flag given a value, as the flags took before they became switches (`--trainer.resume false`,
-    `--strict=true`), is a ValueError naming the spellings now, not argparse's "unrecognized arguments: false"."""
-    words = ("true", "false", "yes", "no")
+    """A boolean flag spelled as before it became a switch is a ValueError naming the spelling now: negated with
+    an underscore (`--no_skin_tones`, jsonargparse's spelling, is `--no-skin-tones`), or given a value
+    (`--trainer.resume false`, `--strict=true`: not argparse's "unrecognized arguments: false")."""
     for i, a in enumerate(argv):
-        flag, eq, value = a.partition("=")
-        if flag in switches and (eq or i + 1 < len(argv) and argv[i + 1].lower() in words):
+        flag, eq, _ = a.partition("=")
+        if flag.startswith("--no_") and (negated := switches.get("--" + flag[5:])) is not None:
+            raise ValueError(f"{flag} is spelled {negated.option_strings[1]} now")
+        if flag in switches and (eq or i + 1 < len(argv) and argv[i + 1].lower() in BOOLEAN_WORDS):
             on, off = switches[flag].option_strings
             raise ValueError(f"{flag} takes no value now ({a if eq else a + ' ' + argv[i + 1]}): "
                              f"{on} sets it, {off} clears it")
@@ -264,8 +266,8 @@ class BooleanValue:
         self.optional = optional
 
     def __call__(self, value):
-        if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
-            return value.lower() in ("true", "yes")
+        if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+            return BOOLEAN_WORDS[value.lower()]
         if isinstance(value, bool) or value is None and self.optional:
             return value
         raise TypeError(f"expected {self}, got {value!r}")
@@ -287,19 +289,6 @@ class Alias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         self.target(parser, namespace, values, self.target.option_strings[0])
-
-
-class Renamed(argparse.Action):
-    """A flag's former spelling, hidden from the help: a ValueError naming the flag it is now (`--no_skin_tones`,
-    jsonargparse's default spelling of a negation, is `--no-skin-tones`)."""
-
-    def __init__(self, option_strings: list[str], dest: str, now: str, **kwargs):
-        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
-                         help=argparse.SUPPRESS)
-        self.now = now
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        raise ValueError(f"{option_string} is spelled {self.now} now")
 
 
 def corpus_documents(corpus: str, split, splits=None, image_size: int | None = None, strict: bool = False):
